@@ -1,0 +1,68 @@
+# steer — one binary, `steer`, and its tests. GNU Make.
+#   make            build build/steer
+#   make deps       install the Debian packages the build and tests need (apt-get)
+#   make run        deps + build + the main job (see README)
+#   make test       deps + build + every test; prints "N passed, N failed", non-zero on failure
+#   make bench      deps + build + speed figures beside PyTorch's (steer bench)
+#   make asan       build with AddressSanitizer/UBSan into build-asan/
+#   make CUDA=1     reserved for the CUDA backend (issue 6)
+
+CC      ?= cc
+BUILD   ?= build
+OPT     ?= -O2
+CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fopenmp -I. $(EXTRA_CFLAGS)
+LDLIBS  += -ldnnl -llapacke -lopenblas -ljansson -lpng -lz -lm -lpthread
+LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
+
+PARTS    := kernels generator env policy server
+REF_SRC  := $(wildcard kernels/reference*.c)
+LIB_SRC  := $(filter-out $(REF_SRC),$(foreach p,$(PARTS),$(wildcard $(p)/*.c)))
+LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
+REF_OBJ  := $(REF_SRC:%.c=$(BUILD)/%.o)
+TEST_SRC := $(wildcard tests/test_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+
+.PHONY: all deps run test test-only bench asan clean
+all: $(BUILD)/steer
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/libsteer.a: $(LIB_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+$(BUILD)/steer: $(BUILD)/steer.o $(BUILD)/libsteer.a
+	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(REF_OBJ) $(BUILD)/libsteer.a
+	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
+
+deps:
+	@bash scripts/deps.sh
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@bash scripts/run.sh
+
+test: deps
+	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@bash tests/run.sh $(BUILD)
+
+# The suite without the deps step (what a developer re-runs).
+test-only: all $(TEST_BIN)
+	@bash tests/run.sh $(BUILD)
+
+bench: deps
+	@$(MAKE) --no-print-directory all
+	@bash bench/run.sh $(BUILD)
+
+asan:
+	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
+	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer
+
+clean:
+	rm -rf build build-asan
+
+-include $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(TEST_BIN:=.d)

@@ -1,0 +1,63 @@
+// ops.h — the element-wise and small layers, in our own C (OpenMP over the batch where it pays).
+//
+// B batch, C channels, H, W spatial, N = H*W, n a flat element count. NCHW float32.
+// Forward functions write their outputs; backward functions ACCUMULATE (+=) into d* buffers,
+// the caller zeroes them (llm.c's convention). None allocate; none fail.
+#ifndef KERNELS_OPS_H
+#define KERNELS_OPS_H
+
+#include <stdint.h>
+
+// Leaky ReLU: out = x > 0 ? x : alpha*x. out may alias inp.
+void leaky_relu_forward(float *out, const float *inp, float alpha, long n);
+// inp is the forward input (or its output: the sign is the same for alpha > 0).
+void leaky_relu_backward(float *dinp, const float *dout, const float *inp, float alpha, long n);
+
+// tanh. out may alias inp. Backward uses the forward output.
+void tanh_forward(float *out, const float *inp, long n);
+void tanh_backward(float *dinp, const float *dout, const float *out, long n);
+
+// PixelNorm (Karras et al. 2018, eq. in sec. 4.2): out = x / sqrt(mean_c x^2 + eps), per pixel.
+// out, inp: (B, C, N); rnorm: (B, N) saved for backward = 1/sqrt(mean_c x^2 + eps).
+#define PIXELNORM_EPS 1e-8f
+void pixelnorm_forward(float *out, float *rnorm, const float *inp, int B, int C, int N);
+void pixelnorm_backward(float *dinp, const float *dout, const float *out, const float *rnorm,
+                        int B, int C, int N);
+
+// Nearest-neighbour upsample x2: out (B, C, 2H, 2W), inp (B, C, H, W).
+void upsample2x_forward(float *out, const float *inp, int B, int C, int H, int W);
+void upsample2x_backward(float *dinp, const float *dout, int B, int C, int H, int W);
+
+// Hinge losses (Lim & Ye 2017; Miyato et al. 2018). Logits are (B). Each returns the mean loss and
+// writes (not accumulates) the gradient of that mean into dlogits (B) when dlogits is not NULL.
+// D: mean(relu(1 - real)) over the real batch, mean(relu(1 + fake)) over the fake batch.
+float hinge_d_real_loss(float *dlogits, const float *logits, int B);
+float hinge_d_fake_loss(float *dlogits, const float *logits, int B);
+// G: -mean(fake).
+float hinge_g_loss(float *dlogits, const float *logits, int B);
+
+// Softmax cross-entropy with integer labels: logits (B, K), labels (B) in [0, K).
+// Returns the mean loss; writes the gradient of the mean into dlogits (B, K) when not NULL;
+// probs (B, K) receives the softmax when not NULL.
+float softmax_xent_forward_backward(float *dlogits, float *probs, const float *logits,
+                                    const int32_t *labels, int B, int K);
+
+// Embedding lookup: out (B, D) = table[labels[b]], table (K, D). Backward accumulates into dtable.
+void embedding_forward(float *out, const float *table, const int32_t *labels, int B, int D);
+void embedding_backward(float *dtable, const float *dout, const int32_t *labels, int B, int D);
+
+// Inverted dropout with keep mask: mask (n) gets 0 or 1/(1-p) from rng state *seed (advanced).
+// p = 0 copies. out may alias inp.
+void dropout_forward(float *out, float *mask, const float *inp, float p, uint64_t *seed, long n);
+void dropout_backward(float *dinp, const float *dout, const float *mask, long n);
+
+// out += inp (n elements); the residual adds and the gradient fan-in use it.
+void add_inplace(float *out, const float *inp, long n);
+
+// Adam / AdamW (Kingma & Ba 2015; Loshchilov & Hutter 2019, decoupled weight decay).
+// t is the 1-based step count after this update. m, v (n) are the moment buffers.
+// weight_decay = 0 gives plain Adam.
+void adamw_update(float *params, const float *grads, float *m, float *v, long n, float lr,
+                  float beta1, float beta2, float eps, float weight_decay, long t);
+
+#endif

@@ -1,12 +1,40 @@
-// steer.c — the one binary: dispatches to the subcommands of each part.
+// steer.c — the one binary: dispatches to the subcommands of each part. No logic of its own.
 #include <stdio.h>
 #include <string.h>
 
+#include "generator/bench.h"
+#include "generator/cli.h"
+
+typedef struct {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *help;
+} Command;
+
+static const Command COMMANDS[] = {
+    {"train", cli_train, "train the SN-GAN on Fashion-MNIST (steer train --help)"},
+    {"sample", cli_sample, "sample a checkpoint into a .npy or a PNG grid"},
+    {"bench", cli_bench, "speed of training and generation, as name value lines"},
+};
+#define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: steer <command> [options]\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++) fprintf(f, "  %-12s %s\n", COMMANDS[i].name, COMMANDS[i].help);
+}
+
 int main(int argc, char **argv) {
-    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
-        printf("usage: steer <command> [options]\n");
-        return argc < 2 ? 2 : 0;
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
     }
-    fprintf(stderr, "steer: unknown command '%s' (try steer --help)\n", argv[1]);
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    for (int i = 0; i < N_COMMANDS; i++)
+        if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "steer: unknown command '%s'\n", argv[1]);
+    usage(stderr);
     return 2;
 }

@@ -1,0 +1,385 @@
+// cli.c — `steer train` and `steer sample`: argument parsing, progress, files. No model math.
+#include "generator/cli.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "env/fmnist.h"
+#include "env/imageio.h"
+#include "generator/gan.h"
+#include "kernels/kernels.h"
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// Parses a whole decimal integer in [lo, hi] for option `opt`; prints why and returns -1 if not.
+static int parse_long(const char *s, long lo, long hi, const char *opt, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "steer: %s '%s': expected an integer in [%ld, %ld]\n", opt, s, lo, hi);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, double lo, double hi, const char *opt, float *out) {
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
+        fprintf(stderr, "steer: %s '%s': expected a number in [%g, %g]\n", opt, s, lo, hi);
+        return -1;
+    }
+    *out = (float)v;
+    return 0;
+}
+
+static int mkdir_p(const char *dir) {
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", dir);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') {
+            *p = 0;
+            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
+            *p = '/';
+        }
+    return (mkdir(buf, 0755) && errno != EEXIST) ? -1 : 0;
+}
+
+static void format_duration(char *out, size_t len, double s) {
+    if (s < 0 || s > 1e8) s = 0;
+    long t = (long)(s + 0.5);
+    if (t >= 3600)
+        snprintf(out, len, "%ldh%02ldm", t / 3600, t / 60 % 60);
+    else
+        snprintf(out, len, "%ldm%02lds", t / 60, t % 60);
+}
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+// Writes a grid of `n` samples of the trainer's G (fixed seed, so grids over time compare).
+static int write_grid(GanTrainer *t, const char *path, int n, char *err, size_t errlen) {
+    const SaganConfig *c = &t->cfg;
+    long img = (long)c->channels * c->img * c->img;
+    float *z = malloc(sizeof(float) * n * c->z_dim), *out = malloc(sizeof(float) * n * img);
+    int32_t *y = malloc(sizeof(int32_t) * n);
+    int rc = -1;
+    if (!z || !out || !y) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    // Conditional: row r (of 10 columns) shows class r % n_classes.
+    gan_sample_latents(c, 12345, n, -1, z, y);
+    if (c->n_classes)
+        for (int i = 0; i < n; i++) y[i] = (i / 10) % c->n_classes;
+    for (int i = 0; i < n; i += t->hp.batch) {
+        int b = n - i < t->hp.batch ? n - i : t->hp.batch;
+        if ((rc = generator_forward(&t->G, z + (long)i * c->z_dim, c->n_classes ? y + i : NULL,
+                                    b))) {
+            snprintf(err, errlen, "generator: %s", kernels_strerror(rc));
+            goto done;
+        }
+        memcpy(out + i * img, t->G.img, sizeof(float) * b * img);
+    }
+    rc = image_grid_write_png(path, out, n, c->channels, c->img, c->img, 10, err, errlen);
+done:
+    free(z);
+    free(out);
+    free(y);
+    return rc;
+}
+
+static void train_usage(FILE *f) {
+    fprintf(f,
+            "usage: steer train [options]\n"
+            "Trains the SN-GAN on Fashion-MNIST; checkpoints and sample grids go to --ckpt-dir.\n"
+            "  --config NAME      model config: fmnist32c (default), fmnist32, tiny, tinyc\n"
+            "  --ch N             override the config's base width (power of two)\n"
+            "  --z-dim N          override the config's latent size\n"
+            "  --data DIR         Fashion-MNIST folder (default %s)\n"
+            "  --iters N          training iterations (default 20000)\n"
+            "  --batch N          batch size (default 64)\n"
+            "  --seed S           seed of initialization and of every draw (default 1)\n"
+            "  --lr-g X, --lr-d X Adam learning rates (default 1e-4, 4e-4)\n"
+            "  --beta1 X, --beta2 X  Adam betas (default 0, 0.9)\n"
+            "  --ckpt-dir DIR     where checkpoints and grids go (default runs/CONFIG)\n"
+            "  --resume FILE      continue from a checkpoint written by steer train\n"
+            "  --save-every N     checkpoint interval in iterations (default 1000, 0: only at end)\n"
+            "  --log-every N      progress line interval (default 100)\n"
+            "  --sample-every N   PNG sample grid interval (default 1000, 0: never)\n"
+            "  --out FILE         also write the final checkpoint here\n"
+            "SIGINT/SIGTERM stop after the current iteration and save a checkpoint.\n",
+            FMNIST_DIR);
+}
+
+int cli_train(int argc, char **argv) {
+    const char *config = "fmnist32c", *data_dir = FMNIST_DIR, *resume = NULL, *out = NULL;
+    char ckpt_dir[PATH_MAX] = "";
+    long iters = 20000, seed = 1, save_every = 1000, log_every = 100, sample_every = 1000, v;
+    long ch = 0, z_dim = 0;
+    GanHparams hp;
+    gan_hparams_default(&hp);
+    int hp_given = 0;
+    static const struct option opts[] = {
+        {"config", 1, 0, 'c'},      {"data", 1, 0, 'd'},         {"iters", 1, 0, 'i'},
+        {"batch", 1, 0, 'b'},       {"seed", 1, 0, 's'},         {"lr-g", 1, 0, 'G'},
+        {"lr-d", 1, 0, 'D'},        {"beta1", 1, 0, '1'},        {"beta2", 1, 0, '2'},
+        {"ckpt-dir", 1, 0, 'o'},    {"resume", 1, 0, 'r'},       {"save-every", 1, 0, 'S'},
+        {"log-every", 1, 0, 'l'},   {"sample-every", 1, 0, 'p'}, {"out", 1, 0, 'O'},
+        {"ch", 1, 0, 'w'},          {"z-dim", 1, 0, 'z'},        {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    optind = 1;
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': config = optarg; break;
+        case 'd': data_dir = optarg; break;
+        case 'i': if (parse_long(optarg, 0, 100000000, "--iters", &iters)) return 2; break;
+        case 'b':
+            if (parse_long(optarg, 1, 4096, "--batch", &v)) return 2;
+            hp.batch = (int)v, hp_given = 1;
+            break;
+        case 's': if (parse_long(optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
+        case 'G': if (parse_float(optarg, 0, 1, "--lr-g", &hp.lr_g)) return 2; hp_given = 1; break;
+        case 'D': if (parse_float(optarg, 0, 1, "--lr-d", &hp.lr_d)) return 2; hp_given = 1; break;
+        case '1': if (parse_float(optarg, 0, 0.9999, "--beta1", &hp.beta1)) return 2; hp_given = 1; break;
+        case '2': if (parse_float(optarg, 0, 0.9999, "--beta2", &hp.beta2)) return 2; hp_given = 1; break;
+        case 'o': snprintf(ckpt_dir, sizeof ckpt_dir, "%s", optarg); break;
+        case 'r': resume = optarg; break;
+        case 'S': if (parse_long(optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
+        case 'l': if (parse_long(optarg, 1, LONG_MAX, "--log-every", &log_every)) return 2; break;
+        case 'p': if (parse_long(optarg, 0, LONG_MAX, "--sample-every", &sample_every)) return 2; break;
+        case 'O': out = optarg; break;
+        case 'w': if (parse_long(optarg, 8, 1024, "--ch", &ch)) return 2; break;
+        case 'z': if (parse_long(optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
+        case 'h': train_usage(stdout); return 0;
+        default: train_usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "steer train: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    char err[1024];
+    GanTrainer t;
+    int rc;
+    if (resume) {
+        if ((rc = gan_load(&t, resume, hp_given ? &hp : NULL, err, sizeof err))) {
+            fprintf(stderr, "steer train: %s\n", err);
+            gan_free(&t);
+            return 1;
+        }
+        fprintf(stderr, "resumed %s at step %ld\n", resume, t.step);
+    } else {
+        SaganConfig cfg;
+        if (sagan_config_lookup(&cfg, config)) {
+            fprintf(stderr, "steer train: unknown config '%s' (try fmnist32c, fmnist32, tiny)\n",
+                    config);
+            return 2;
+        }
+        if (ch) cfg.ch = (int)ch;
+        if (z_dim) cfg.z_dim = (int)z_dim;
+        if (sagan_config_check(&cfg, err, sizeof err)) {
+            fprintf(stderr, "steer train: %s\n", err);
+            return 2;
+        }
+        if (gan_init(&t, &cfg, &hp, (uint64_t)seed)) {
+            fprintf(stderr, "steer train: out of memory building the model\n");
+            gan_free(&t);
+            return 1;
+        }
+    }
+    if (!ckpt_dir[0]) snprintf(ckpt_dir, sizeof ckpt_dir, "runs/%s", t.cfg.name);
+    if (mkdir_p(ckpt_dir)) {
+        fprintf(stderr, "steer train: cannot create %s: %s\n", ckpt_dir, strerror(errno));
+        gan_free(&t);
+        return 1;
+    }
+    Dataset data = {0};
+    if ((rc = fmnist_load(&data, data_dir, 1, err, sizeof err))) {
+        fprintf(stderr, "steer train: %s\n", err);
+        gan_free(&t);
+        return 1;
+    }
+    if (data.c != t.cfg.channels || data.h != t.cfg.img) {
+        fprintf(stderr, "steer train: the data is %dx%dx%d but config %s makes %dx%dx%d\n", data.c,
+                data.h, data.w, t.cfg.name, t.cfg.channels, t.cfg.img, t.cfg.img);
+        dataset_free(&data);
+        gan_free(&t);
+        return 2;
+    }
+    signal(SIGINT, on_signal);
+    signal(SIGTERM, on_signal);
+    fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
+            t.cfg.name, t.cfg.ch, t.cfg.z_dim, t.cfg.n_classes ? "conditional" : "unconditional",
+            iters, t.hp.batch, ckpt_dir);
+    char path[PATH_MAX + 64], eta[32];
+    double t0 = now_s(), t_log = t0;
+    long start = t.step, log_start = t.step;
+    int status = 0;
+    while (t.step < iters && !stop_requested) {
+        if ((rc = gan_step(&t, &data))) {
+            fprintf(stderr, "steer train: step %ld failed: %s\n", t.step, kernels_strerror(rc));
+            status = 1;
+            break;
+        }
+        if (!(t.loss_d == t.loss_d && t.loss_g == t.loss_g)) {
+            fprintf(stderr, "steer train: step %ld: loss is not finite (D %g, G %g)\n", t.step,
+                    t.loss_d, t.loss_g);
+            status = 1;
+            break;
+        }
+        if (t.step % log_every == 0 || t.step == iters) {
+            double now = now_s();
+            double ips = (t.step - log_start) * t.hp.batch / (now - t_log);
+            double done_rate = (t.step - start) / (now - t0);
+            format_duration(eta, sizeof eta, (iters - t.step) / done_rate);
+            printf("step %ld/%ld  loss_d %.4f  loss_g %.4f  %.0f images/s  eta %s\n", t.step,
+                   iters, t.loss_d, t.loss_g, ips, eta);
+            fflush(stdout);
+            t_log = now;
+            log_start = t.step;
+        }
+        if (sample_every && t.step % sample_every == 0) {
+            snprintf(path, sizeof path, "%s/samples_%07ld.png", ckpt_dir, t.step);
+            if (write_grid(&t, path, 100, err, sizeof err))
+                fprintf(stderr, "steer train: sample grid: %s\n", err);
+        }
+        if (save_every && t.step % save_every == 0 && t.step < iters) {
+            snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
+            if (gan_save(&t, path, err, sizeof err)) {
+                fprintf(stderr, "steer train: %s\n", err);
+                status = 1;
+                break;
+            }
+        }
+    }
+    snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
+    if (gan_save(&t, path, err, sizeof err) || (out && gan_save(&t, out, err, sizeof err))) {
+        fprintf(stderr, "steer train: %s\n", err);
+        status = 1;
+    } else {
+        fprintf(stderr, "%s at step %ld after %.1f s; checkpoint %s%s%s\n",
+                stop_requested ? "stopped" : "done", t.step, now_s() - t0, path,
+                out ? " and " : "", out ? out : "");
+    }
+    dataset_free(&data);
+    gan_free(&t);
+    return status;
+}
+
+static void sample_usage(FILE *f) {
+    fprintf(f, "usage: steer sample --ckpt FILE --n N --out FILE.npy|FILE.png [--seed S] "
+               "[--class K] [--cols C]\n"
+               "Samples N images from a checkpoint, deterministically for a seed.\n"
+               "  .npy: float32, shape (N, C, H, W), values in [-1, 1]; .png: a grid\n"
+               "  --class K  a conditional model samples class K only (default: uniform)\n"
+               "  --cols C   grid columns (default 10)\n");
+}
+
+static int ends_with(const char *s, const char *suffix) {
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+int cli_sample(int argc, char **argv) {
+    const char *ckpt = NULL, *out = NULL;
+    long n = 0, seed = 0, cls = -1, cols = 10;
+    static const struct option opts[] = {{"ckpt", 1, 0, 'c'}, {"n", 1, 0, 'n'},
+                                         {"out", 1, 0, 'o'},  {"seed", 1, 0, 's'},
+                                         {"class", 1, 0, 'k'}, {"cols", 1, 0, 'w'},
+                                         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    optind = 1;
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'c': ckpt = optarg; break;
+        case 'n': if (parse_long(optarg, 1, 1000000, "--n", &n)) return 2; break;
+        case 'o': out = optarg; break;
+        case 's': if (parse_long(optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
+        case 'k': if (parse_long(optarg, 0, 999, "--class", &cls)) return 2; break;
+        case 'w': if (parse_long(optarg, 1, 1000, "--cols", &cols)) return 2; break;
+        case 'h': sample_usage(stdout); return 0;
+        default: sample_usage(stderr); return 2;
+        }
+    }
+    if (!ckpt || !out || !n || optind < argc) {
+        sample_usage(stderr);
+        return 2;
+    }
+    int png = ends_with(out, ".png");
+    if (!png && !ends_with(out, ".npy")) {
+        fprintf(stderr, "steer sample: --out '%s' must end in .npy or .png\n", out);
+        return 2;
+    }
+    char err[1024];
+    Generator g;
+    enum { BATCH = 64 };
+    if (generator_load(&g, ckpt, BATCH, err, sizeof err)) {
+        fprintf(stderr, "steer sample: %s\n", err);
+        generator_free(&g);
+        return 1;
+    }
+    const SaganConfig *c = &g.cfg;
+    if (cls >= 0 && cls >= c->n_classes) {
+        fprintf(stderr, "steer sample: --class %ld, but %s has %s\n", cls, ckpt,
+                c->n_classes ? "fewer classes" : "no classes (unconditional)");
+        generator_free(&g);
+        return 2;
+    }
+    long img = (long)c->channels * c->img * c->img;
+    float *z = malloc(sizeof(float) * n * c->z_dim), *x = malloc(sizeof(float) * n * img);
+    int32_t *y = malloc(sizeof(int32_t) * n);
+    int status = 1;
+    if (!z || !x || !y) {
+        fprintf(stderr, "steer sample: out of memory for %ld samples\n", n);
+        goto done;
+    }
+    gan_sample_latents(c, (uint64_t)seed, n, (int)cls, z, y);
+    for (long i = 0; i < n; i += BATCH) {
+        int b = n - i < BATCH ? (int)(n - i) : BATCH;
+        int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
+        if (rc) {
+            fprintf(stderr, "steer sample: generator: %s\n", kernels_strerror(rc));
+            goto done;
+        }
+        memcpy(x + i * img, g.img, sizeof(float) * b * img);
+    }
+    int rc;
+    if (png) {
+        rc = image_grid_write_png(out, x, (int)n, c->channels, c->img, c->img, (int)cols, err,
+                                  sizeof err);
+    } else {
+        int64_t shape[4] = {n, c->channels, c->img, c->img};
+        rc = npy_write_f32(out, x, 4, shape, err, sizeof err);
+    }
+    if (rc) {
+        fprintf(stderr, "steer sample: %s\n", err);
+        goto done;
+    }
+    fprintf(stderr, "wrote %ld samples of %s to %s\n", n, ckpt, out);
+    status = 0;
+done:
+    free(z);
+    free(x);
+    free(y);
+    generator_free(&g);
+    return status;
+}

@@ -1,0 +1,106 @@
+// sagan.h — the self-attention SN-GAN of DESIGN.md: configs, generator G, discriminator D.
+//
+// B batch, C channels, H, W spatial, Z latent size, K classes. Images are NCHW in [-1, 1].
+// Each network owns its ParamSet and one activation buffer (and its gradient twin) sized at init
+// for max_B, so forward and backward never allocate. A network is used by one thread at a time.
+#ifndef GENERATOR_SAGAN_H
+#define GENERATOR_SAGAN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "generator/params.h"
+#include "kernels/attention.h"
+
+#define SAGAN_MAX_STAGES 5
+
+typedef struct {
+    char name[32];
+    int ch;        // base width: G starts at 4x4 with 4*ch channels
+    int z_dim;     // latent size Z
+    int img;       // output resolution: 32 or 64
+    int channels;  // image channels: 1 or 3
+    int n_classes; // 0: unconditional; else class embedding in G, projection in D
+    int attn_res;  // resolution of the self-attention block (16), 0 for none
+} SaganConfig;
+
+// Fills *c for a named config ("fmnist32", "fmnist32c", "rgb64", ...). Returns 0 or -1 (unknown).
+int sagan_config_lookup(SaganConfig *c, const char *name);
+// Checks a (possibly hand-made) config's knobs; returns 0 or -1 with a message in err.
+int sagan_config_check(const SaganConfig *c, char *err, size_t errlen);
+// Number of up (G) / down (D) stages: log2(img / 4).
+int sagan_stages(const SaganConfig *c);
+
+typedef struct {
+    SaganConfig cfg;
+    int max_B, n_stages, attn_stage; // attn_stage: stage after which attention sits, or -1
+    int chan[SAGAN_MAX_STAGES + 1];  // chan[0] at 4x4, chan[s+1] after stage s
+    ParamSet ps;
+    int p_embed, p_fc_w, p_fc_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
+    int p_f, p_g, p_h, p_o, p_gamma, p_out_w, p_out_b;
+    // Activations, carved from one buffer; the gradient twins from `dacts` at the same offsets.
+    float *acts, *dacts;
+    long acts_total;
+    float *zc;                       // (B, Z) z plus the class embedding
+    float *fc_pre;                   // (B, chan0, 4, 4) linear output
+    float *fc;                       // (B, chan0, 4, 4) after LReLU
+    float *pn0, *rn0;                // (B, chan0, 16), (B, 16) PixelNorm out and 1/norm
+    float *up[SAGAN_MAX_STAGES];     // (B, chan[s], 2h, 2w) upsampled input of stage s
+    float *conv[SAGAN_MAX_STAGES];   // (B, chan[s+1], 2h, 2w) conv output
+    float *act[SAGAN_MAX_STAGES];    // (B, chan[s+1], 2h, 2w) after LReLU
+    float *pn[SAGAN_MAX_STAGES];     // (B, chan[s+1], 2h, 2w) PixelNorm out
+    float *rn[SAGAN_MAX_STAGES];     // (B, 2h*2w)
+    float *att;                      // (B, chan[attn_stage+1], N) attention output
+    float *att_saved_buf, *att_scratch;
+    AttentionSaved att_saved;
+    float *pre;                      // (B, channels, img, img) before tanh
+    float *img;                      // (B, channels, img, img) the output
+    const float *zin;                // borrowed: the linear layer's input of the last forward
+    const int32_t *labels;           // borrowed: labels of the last forward
+} Generator;
+
+typedef struct {
+    SaganConfig cfg;
+    int max_B, n_stages, attn_stage;
+    int chan[SAGAN_MAX_STAGES + 1]; // chan[0] after the first conv, chan[k+1] after stage k
+    ParamSet ps;
+    int p_in_w, p_in_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
+    int p_f, p_g, p_h, p_o, p_gamma, p_fc_w, p_fc_b, p_embed;
+    float *acts, *dacts;
+    long acts_total;
+    float *c0, *a0;                 // (B, chan0, img, img) first conv, then after LReLU
+    float *conv[SAGAN_MAX_STAGES];  // (B, chan[k+1], r, r) stage k conv output
+    float *act[SAGAN_MAX_STAGES];   // (B, chan[k+1], r, r) after LReLU
+    float *att;                     // attention output
+    float *att_saved_buf, *att_scratch;
+    AttentionSaved att_saved;
+    float *out;                     // (B) logits
+    float *proj;                    // (B, F) class embedding rows used by the projection
+    const float *x;                 // borrowed: input of the last forward
+    const int32_t *labels;          // borrowed: labels of the last forward
+} Discriminator;
+
+// Builds G (or D) for cfg at batch up to max_B with parameters initialized from seed.
+// Returns 0, or -1 out of memory (the struct is then safe to _free).
+int generator_init(Generator *g, const SaganConfig *cfg, int max_B, uint64_t seed);
+void generator_free(Generator *g);
+// z (B, Z); y (B) class labels or NULL for an unconditional model. Output in g->img.
+// Uses the effective (spectral-normalized) weights as last computed by paramset_sn_forward.
+int generator_forward(Generator *g, const float *z, const int32_t *y, int B);
+// Backpropagates dimg (B, channels, img, img) through the last forward; accumulates into
+// g->ps's gradient slots (call paramset_sn_backward after to fold SN gradients).
+int generator_backward(Generator *g, const float *dimg, int B);
+
+int discriminator_init(Discriminator *d, const SaganConfig *cfg, int max_B, uint64_t seed);
+void discriminator_free(Discriminator *d);
+// x (B, channels, img, img), y (B) or NULL (borrowed until backward). Logits in d->out (B).
+int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B);
+// dout (B): gradient of the loss w.r.t. the logits. Parameter gradients are accumulated when
+// param_grads is non-zero; dx (B, channels, img, img), if not NULL, is accumulated.
+int discriminator_backward(Discriminator *d, const float *dout, int B, int param_grads, float *dx);
+
+// Multiply-accumulates of one G forward / one D forward for one image (for GFLOP/s figures).
+double generator_macs(const SaganConfig *cfg);
+double discriminator_macs(const SaganConfig *cfg);
+
+#endif

@@ -1,0 +1,524 @@
+// test_conv.c — unit tests of the matrix layers: kernels/conv.c (oneDNN convolution),
+// kernels/gemm.c (gemm, linear) and their double references in kernels/reference_conv.c.
+//
+// Two kinds of check: (1) central finite differences in double against every gradient of the
+// references (the ground truth is checked first), with the gradient buffers pre-filled so the
+// accumulate (+=) contract is checked too; (2) the fast float kernels, forward and backward,
+// against the references on the shapes the models use (3x3 pad 1, 4x4 stride 2 pad 1, 1x1) and
+// on odd ones, with and without bias, with NULL gradients, twice over the same buffers (the second
+// call must add as much again), and from several threads at once on one cached shape.
+// Attention has its own file (test_attention.c). No timings here.
+//
+// Every comparison prints its worst pairs and fails the test; test_compare_can_fail shows that
+// the comparison rejects a planted error.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/conv.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+#include "kernels/reference.h"
+#include "kernels/rng.h"
+
+// Float kernel vs double reference, and finite differences vs analytic gradients.
+#define ATOL 1e-4
+#define RTOL 1e-3
+#define FD_ATOL 1e-6
+#define FD_RTOL 1e-5
+#define FD_H 1e-5
+
+static void *xmalloc(size_t bytes) {
+    void *p = calloc(1, bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
+        exit(1);
+    }
+    return p;
+}
+#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
+
+// --- comparison: count |got - want| > atol + rtol |want|, print the worst few -----------------
+
+#define WORST 5
+
+// got (n) is read from gotf (float) or, when gotf is NULL, gotd (double). Returns the number of
+// elements out of tolerance, after printing the worst of them.
+static long compare(const char *what, const float *gotf, const double *gotd, const double *want,
+                    long n, double atol, double rtol) {
+    long worst_i[WORST];
+    double worst_excess[WORST];
+    int nworst = 0;
+    long bad = 0;
+    for (long i = 0; i < n; i++) {
+        double got = gotf ? (double)gotf[i] : gotd[i];
+        double err = fabs(got - want[i]);
+        double tol = atol + rtol * fabs(want[i]);
+        if (err <= tol) // NaN compares false and lands below as a failure
+            continue;
+        bad++;
+        double excess = isnan(err) ? INFINITY : err / tol;
+        int pos;
+        if (nworst < WORST)
+            pos = nworst++;
+        else if (excess > worst_excess[WORST - 1])
+            pos = WORST - 1;
+        else
+            continue;
+        for (; pos > 0 && worst_excess[pos - 1] < excess; pos--) {
+            worst_excess[pos] = worst_excess[pos - 1];
+            worst_i[pos] = worst_i[pos - 1];
+        }
+        worst_excess[pos] = excess;
+        worst_i[pos] = i;
+    }
+    if (bad) {
+        fprintf(stderr, "%s: %ld of %ld out of tolerance (atol %g, rtol %g); worst:\n", what, bad,
+                n, atol, rtol);
+        for (int k = 0; k < nworst; k++) {
+            long i = worst_i[k];
+            fprintf(stderr, "    [%ld] got %.9g want %.9g\n", i, gotf ? gotf[i] : gotd[i],
+                    want[i]);
+        }
+    }
+    return bad;
+}
+
+#define ASSERT_CLOSE(what, gotf, want, n)                                                          \
+    assert_int_equal(compare(what, gotf, NULL, want, n, ATOL, RTOL), 0)
+
+// --- data -------------------------------------------------------------------------------------
+
+static Rng test_rng;
+
+// x (n) uniform in [-scale, scale), in both precisions (either may be NULL); the float values
+// are the doubles rounded, so references see exactly the kernels' inputs.
+static void fill(float *xf, double *xd, long n, double scale) {
+    for (long i = 0; i < n; i++) {
+        float v = (float)((2.0 * rng_uniform(&test_rng) - 1.0) * scale);
+        if (xf)
+            xf[i] = v;
+        if (xd)
+            xd[i] = v;
+    }
+}
+
+static double *to_double(const float *x, long n) {
+    double *d = ALLOC(double, n);
+    for (long i = 0; i < n; i++)
+        d[i] = x[i];
+    return d;
+}
+
+static double *dup_double(const double *x, long n) {
+    double *d = ALLOC(double, n);
+    memcpy(d, x, sizeof(double) * n);
+    return d;
+}
+
+static int setup(void **state) {
+    (void)state;
+    rng_seed(&test_rng, 20240611);
+    return 0;
+}
+
+// --- finite differences in double ---------------------------------------------------------------
+
+// A forward pass of the op under test with every input but one held fixed: fills out.
+typedef void (*FdForward)(double *out, void *ctx);
+
+// Checks analytic (n) against central differences of L = <forward(ctx), dout> in x (n), which
+// forward reads through ctx. analytic holds the gradient alone (accumulation removed).
+static void fd_check(const char *what, double *x, long n, const double *analytic, FdForward fwd,
+                     void *ctx, const double *dout, long nout) {
+    double *numeric = ALLOC(double, n), *out = ALLOC(double, nout);
+    for (long i = 0; i < n; i++) {
+        double keep = x[i], lp = 0, lm = 0;
+        x[i] = keep + FD_H;
+        fwd(out, ctx);
+        for (long k = 0; k < nout; k++)
+            lp += out[k] * dout[k];
+        x[i] = keep - FD_H;
+        fwd(out, ctx);
+        for (long k = 0; k < nout; k++)
+            lm += out[k] * dout[k];
+        x[i] = keep;
+        numeric[i] = (lp - lm) / (2 * FD_H);
+    }
+    assert_int_equal(compare(what, NULL, analytic, numeric, n, FD_ATOL, FD_RTOL), 0);
+    free(numeric);
+    free(out);
+}
+
+// Backward references are called on gradient buffers holding `init`; this gives back the part
+// they added.
+static void subtract(double *g, const double *init, long n) {
+    for (long i = 0; i < n; i++)
+        g[i] -= init[i];
+}
+
+typedef struct {
+    double *inp, *w, *bias;
+    int B, C, H, W, OC, K, S, P;
+} ConvCtx;
+
+static void conv_fd_forward(double *out, void *ctx) {
+    ConvCtx *c = ctx;
+    conv2d_forward_ref(out, c->inp, c->w, c->bias, c->B, c->C, c->H, c->W, c->OC, c->K, c->S,
+                       c->P);
+}
+
+static void conv_fd_case(int B, int C, int H, int W, int OC, int K, int S, int P) {
+    int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+    long ni = (long)B * C * H * W, nw = (long)OC * C * K * K, no = (long)B * OC * OH * OW;
+    ConvCtx c = {ALLOC(double, ni), ALLOC(double, nw), ALLOC(double, OC), B, C, H, W, OC, K, S, P};
+    double *dout = ALLOC(double, no), *init_i = ALLOC(double, ni), *init_w = ALLOC(double, nw),
+           *init_b = ALLOC(double, OC);
+    fill(NULL, c.inp, ni, 1.0);
+    fill(NULL, c.w, nw, 1.0);
+    fill(NULL, c.bias, OC, 1.0);
+    fill(NULL, dout, no, 1.0);
+    fill(NULL, init_i, ni, 1.0);
+    fill(NULL, init_w, nw, 1.0);
+    fill(NULL, init_b, OC, 1.0);
+    double *di = dup_double(init_i, ni), *dw = dup_double(init_w, nw), *db = dup_double(init_b, OC);
+    conv2d_backward_ref(di, dw, db, dout, c.inp, c.w, B, C, H, W, OC, K, S, P);
+    subtract(di, init_i, ni);
+    subtract(dw, init_w, nw);
+    subtract(db, init_b, OC);
+    fd_check("conv2d_ref dinp", c.inp, ni, di, conv_fd_forward, &c, dout, no);
+    fd_check("conv2d_ref dw", c.w, nw, dw, conv_fd_forward, &c, dout, no);
+    fd_check("conv2d_ref dbias", c.bias, OC, db, conv_fd_forward, &c, dout, no);
+    free(c.inp), free(c.w), free(c.bias), free(dout), free(init_i), free(init_w), free(init_b);
+    free(di), free(dw), free(db);
+}
+
+static void test_conv_ref_fd(void **state) {
+    (void)state;
+    conv_fd_case(2, 2, 5, 4, 3, 3, 1, 1); // 3x3 pad 1
+    conv_fd_case(2, 2, 6, 7, 3, 4, 2, 1); // 4x4 stride 2 pad 1, an odd width the stride skips
+    conv_fd_case(2, 3, 3, 4, 2, 1, 1, 0); // 1x1
+}
+
+typedef struct {
+    double *inp, *w, *bias;
+    int B, IN, OUT;
+} LinearCtx;
+
+static void linear_fd_forward(double *out, void *ctx) {
+    LinearCtx *c = ctx;
+    linear_forward_ref(out, c->inp, c->w, c->bias, c->B, c->IN, c->OUT);
+}
+
+static void test_linear_ref_fd(void **state) {
+    (void)state;
+    int B = 3, IN = 5, OUT = 4;
+    long ni = (long)B * IN, nw = (long)OUT * IN, no = (long)B * OUT;
+    LinearCtx c = {ALLOC(double, ni), ALLOC(double, nw), ALLOC(double, OUT), B, IN, OUT};
+    double *dout = ALLOC(double, no), *init_i = ALLOC(double, ni), *init_w = ALLOC(double, nw),
+           *init_b = ALLOC(double, OUT);
+    fill(NULL, c.inp, ni, 1.0);
+    fill(NULL, c.w, nw, 1.0);
+    fill(NULL, c.bias, OUT, 1.0);
+    fill(NULL, dout, no, 1.0);
+    fill(NULL, init_i, ni, 1.0);
+    fill(NULL, init_w, nw, 1.0);
+    fill(NULL, init_b, OUT, 1.0);
+    double *di = dup_double(init_i, ni), *dw = dup_double(init_w, nw), *db = dup_double(init_b, OUT);
+    linear_backward_ref(di, dw, db, dout, c.inp, c.w, B, IN, OUT);
+    subtract(di, init_i, ni);
+    subtract(dw, init_w, nw);
+    subtract(db, init_b, OUT);
+    fd_check("linear_ref dinp", c.inp, ni, di, linear_fd_forward, &c, dout, no);
+    fd_check("linear_ref dw", c.w, nw, dw, linear_fd_forward, &c, dout, no);
+    fd_check("linear_ref dbias", c.bias, OUT, db, linear_fd_forward, &c, dout, no);
+    free(c.inp), free(c.w), free(c.bias), free(dout), free(init_i), free(init_w), free(init_b);
+    free(di), free(dw), free(db);
+}
+
+// --- the fast convolution against the reference -------------------------------------------------
+
+enum { WITH_BIAS = 1, NO_DINP = 2, NO_DW = 4, NO_DBIAS = 8 };
+
+// One shape: forward, then backward twice into pre-filled gradients (each gradient must end as
+// init + 2 * reference), with the parts named by flags left out (and their buffers untouched).
+static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, int flags) {
+    char what[160];
+    int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+    long ni = (long)B * C * H * W, nw = (long)OC * C * K * K, no = (long)B * OC * OH * OW;
+    int bias = flags & WITH_BIAS;
+    float *inp = ALLOC(float, ni), *w = ALLOC(float, nw), *b = ALLOC(float, OC);
+    float *out = ALLOC(float, no), *dout = ALLOC(float, no);
+    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *b_d = ALLOC(double, OC);
+    double *dout_d = ALLOC(double, no), *out_ref = ALLOC(double, no);
+    double wscale = 1.0 / sqrt((double)C * K * K); // keeps outputs O(1), as a trained net's are
+    fill(inp, inp_d, ni, 1.0);
+    fill(w, w_d, nw, wscale);
+    fill(b, b_d, OC, 1.0);
+    fill(dout, dout_d, no, 1.0);
+
+    snprintf(what, sizeof(what), "conv2d B%d C%d %dx%d OC%d K%d S%d P%d flags %d", B, C, H, W, OC,
+             K, S, P, flags);
+    fill(out, NULL, no, 1.0); // forward writes: stale contents must not leak through
+    assert_int_equal(conv2d_forward(out, inp, w, bias ? b : NULL, B, C, H, W, OC, K, S, P), 0);
+    conv2d_forward_ref(out_ref, inp_d, w_d, bias ? b_d : NULL, B, C, H, W, OC, K, S, P);
+    char part[200];
+    snprintf(part, sizeof(part), "%s forward", what);
+    ASSERT_CLOSE(part, out, out_ref, no);
+
+    float *di = ALLOC(float, ni), *dw = ALLOC(float, nw), *db = ALLOC(float, OC);
+    fill(di, NULL, ni, 1.0);
+    fill(dw, NULL, nw, 1.0);
+    fill(db, NULL, OC, 1.0);
+    double *di_ref = to_double(di, ni), *dw_ref = to_double(dw, nw), *db_ref = to_double(db, OC);
+    float *pdi = flags & NO_DINP ? NULL : di, *pdw = flags & NO_DW ? NULL : dw;
+    float *pdb = flags & NO_DBIAS ? NULL : db;
+    for (int rep = 0; rep < 2; rep++) {
+        assert_int_equal(conv2d_backward(pdi, pdw, pdb, dout, inp, w, B, C, H, W, OC, K, S, P), 0);
+        conv2d_backward_ref(pdi ? di_ref : NULL, pdw ? dw_ref : NULL, pdb ? db_ref : NULL, dout_d,
+                            inp_d, w_d, B, C, H, W, OC, K, S, P);
+    }
+    snprintf(part, sizeof(part), "%s dinp", what);
+    ASSERT_CLOSE(part, di, di_ref, ni);
+    snprintf(part, sizeof(part), "%s dw", what);
+    ASSERT_CLOSE(part, dw, dw_ref, nw);
+    snprintf(part, sizeof(part), "%s dbias", what);
+    ASSERT_CLOSE(part, db, db_ref, OC);
+
+    free(inp), free(w), free(b), free(out), free(dout), free(inp_d), free(w_d), free(b_d);
+    free(dout_d), free(out_ref), free(di), free(dw), free(db), free(di_ref), free(dw_ref);
+    free(db_ref);
+}
+
+static void test_conv_3x3(void **state) {
+    (void)state;
+    conv_case(3, 5, 8, 7, 6, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 4, 6, 6, 3, 3, 1, 1, 0);
+    conv_case(1, 16, 8, 8, 32, 3, 1, 1, WITH_BIAS);
+}
+
+static void test_conv_4x4_stride2(void **state) {
+    (void)state;
+    conv_case(2, 4, 8, 8, 8, 4, 2, 1, WITH_BIAS);
+    conv_case(3, 3, 7, 9, 5, 4, 2, 1, WITH_BIAS); // odd sizes: the stride leaves a row unused
+    conv_case(1, 16, 32, 32, 32, 4, 2, 1, 0);
+}
+
+static void test_conv_1x1(void **state) {
+    (void)state;
+    conv_case(2, 32, 16, 16, 4, 1, 1, 0, 0);
+    conv_case(3, 16, 5, 5, 32, 1, 1, 0, WITH_BIAS);
+}
+
+// Leaving out gradients: each NULL one is skipped and the others still come out right.
+static void test_conv_null_grads(void **state) {
+    (void)state;
+    conv_case(2, 1, 12, 12, 16, 3, 1, 1, WITH_BIAS | NO_DINP); // the first layer of D
+    conv_case(2, 4, 8, 8, 6, 3, 1, 1, WITH_BIAS | NO_DW | NO_DBIAS);
+    conv_case(2, 4, 8, 8, 6, 4, 2, 1, WITH_BIAS | NO_DW);
+    conv_case(2, 4, 8, 8, 6, 4, 2, 1, WITH_BIAS | NO_DINP | NO_DW); // bias gradient alone
+    conv_case(2, 4, 8, 8, 6, 3, 1, 1, WITH_BIAS | NO_DBIAS);
+}
+
+// The layers of G and D at batch 2 (the cache is keyed by batch too, so these are the shapes'
+// own primitives at a small batch).
+static void test_conv_model_shapes(void **state) {
+    (void)state;
+    conv_case(2, 128, 8, 8, 64, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 64, 16, 16, 32, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 32, 32, 32, 16, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 16, 32, 32, 1, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 1, 32, 32, 16, 3, 1, 1, WITH_BIAS | NO_DINP);
+    conv_case(2, 32, 16, 16, 64, 4, 2, 1, WITH_BIAS);
+    conv_case(2, 64, 8, 8, 128, 4, 2, 1, WITH_BIAS);
+}
+
+// A cached shape called again with other buffers must use them (the pointers are rebound per
+// call), and conv2d_cache_clear must leave the kernel working.
+static void test_conv_rebind_and_clear(void **state) {
+    (void)state;
+    conv_case(2, 8, 6, 6, 4, 3, 1, 1, WITH_BIAS);
+    conv_case(2, 8, 6, 6, 4, 3, 1, 1, WITH_BIAS);
+    conv2d_cache_clear();
+    conv_case(2, 8, 6, 6, 4, 3, 1, 1, WITH_BIAS);
+}
+
+// Several threads on one shape at once: each must get its own result.
+typedef struct {
+    float *out, *inp, *w;
+    int rc;
+} ThreadJob;
+
+#define TB 2
+#define TC 16
+#define TH 16
+#define TOC 16
+
+static void *conv_thread(void *arg) {
+    ThreadJob *j = arg;
+    for (int rep = 0; rep < 20 && j->rc == 0; rep++)
+        j->rc = conv2d_forward(j->out, j->inp, j->w, NULL, TB, TC, TH, TH, TOC, 3, 1, 1);
+    return NULL;
+}
+
+static void test_conv_threads(void **state) {
+    (void)state;
+    enum { NT = 4 };
+    long ni = (long)TB * TC * TH * TH, nw = (long)TOC * TC * 9, no = (long)TB * TOC * TH * TH;
+    ThreadJob jobs[NT];
+    pthread_t tid[NT];
+    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *ref = ALLOC(double, no);
+    for (int t = 0; t < NT; t++) {
+        jobs[t] = (ThreadJob){ALLOC(float, no), ALLOC(float, ni), ALLOC(float, nw), 0};
+        fill(jobs[t].inp, NULL, ni, 1.0);
+        fill(jobs[t].w, NULL, nw, 0.1);
+    }
+    for (int t = 0; t < NT; t++)
+        assert_int_equal(pthread_create(&tid[t], NULL, conv_thread, &jobs[t]), 0);
+    for (int t = 0; t < NT; t++)
+        pthread_join(tid[t], NULL);
+    for (int t = 0; t < NT; t++) {
+        assert_int_equal(jobs[t].rc, 0);
+        for (long i = 0; i < ni; i++)
+            inp_d[i] = jobs[t].inp[i];
+        for (long i = 0; i < nw; i++)
+            w_d[i] = jobs[t].w[i];
+        conv2d_forward_ref(ref, inp_d, w_d, NULL, TB, TC, TH, TH, TOC, 3, 1, 1);
+        ASSERT_CLOSE("conv2d from threads", jobs[t].out, ref, no);
+        free(jobs[t].out), free(jobs[t].inp), free(jobs[t].w);
+    }
+    free(inp_d), free(w_d), free(ref);
+}
+
+static void test_conv_errors(void **state) {
+    (void)state;
+    float x[16] = {0}, w[16] = {0}, y[16] = {0};
+    assert_int_equal(conv2d_forward(y, x, w, NULL, 0, 1, 4, 4, 1, 1, 1, 0), KERNELS_EINVAL);
+    assert_int_equal(conv2d_forward(y, x, w, NULL, 1, 1, 2, 2, 1, 5, 1, 0), KERNELS_EINVAL);
+    assert_int_equal(conv2d_forward(y, x, w, NULL, 1, 1, 4, 4, 1, 1, 0, 0), KERNELS_EINVAL);
+    assert_int_equal(conv2d_backward(x, w, NULL, y, x, w, 1, -1, 4, 4, 1, 1, 1, 0),
+                     KERNELS_EINVAL);
+    // Every code has its own message, and unknown codes still get a string.
+    assert_string_equal(kernels_strerror(0), "success");
+    assert_string_not_equal(kernels_strerror(KERNELS_EDNN), kernels_strerror(KERNELS_ENOMEM));
+    assert_string_not_equal(kernels_strerror(KERNELS_EINVAL), kernels_strerror(KERNELS_ENOMEM));
+    assert_non_null(kernels_strerror(-1000));
+}
+
+// --- gemm and linear ------------------------------------------------------------------------------
+
+static void gemm_case(int ta, int tb, int M, int N, int K, float alpha, float beta) {
+    int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2; // strides wider than rows
+    long na = (long)(ta ? K : M) * lda, nb = (long)(tb ? N : K) * ldb, nc = (long)M * ldc;
+    float *A = ALLOC(float, na), *Bm = ALLOC(float, nb), *Cm = ALLOC(float, nc);
+    fill(A, NULL, na, 1.0);
+    fill(Bm, NULL, nb, 1.0);
+    fill(Cm, NULL, nc, 1.0);
+    double *ref = to_double(Cm, nc);
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double s = 0;
+            for (int k = 0; k < K; k++)
+                s += (double)(ta ? A[(long)k * lda + i] : A[(long)i * lda + k]) *
+                     (tb ? Bm[(long)j * ldb + k] : Bm[(long)k * ldb + j]);
+            ref[(long)i * ldc + j] = alpha * s + beta * ref[(long)i * ldc + j];
+        }
+    assert_int_equal(gemm(ta, tb, M, N, K, alpha, A, lda, Bm, ldb, beta, Cm, ldc), 0);
+    char what[80];
+    snprintf(what, sizeof(what), "gemm ta %d tb %d %dx%dx%d", ta, tb, M, N, K);
+    ASSERT_CLOSE(what, Cm, ref, nc); // the padding columns must be untouched too
+    free(A), free(Bm), free(Cm), free(ref);
+}
+
+static void test_gemm(void **state) {
+    (void)state;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            gemm_case(ta, tb, 7, 5, 3, 1.0f, 0.0f);
+            gemm_case(ta, tb, 33, 65, 17, 0.5f, 1.0f);
+            gemm_case(ta, tb, 256, 256, 4, 1.0f, 0.0f);
+        }
+}
+
+static void linear_case(int B, int IN, int OUT, int bias, int skip_dinp) {
+    long ni = (long)B * IN, nw = (long)OUT * IN, no = (long)B * OUT;
+    float *inp = ALLOC(float, ni), *w = ALLOC(float, nw), *b = ALLOC(float, OUT);
+    float *out = ALLOC(float, no), *dout = ALLOC(float, no);
+    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *b_d = ALLOC(double, OUT);
+    double *dout_d = ALLOC(double, no), *ref = ALLOC(double, no);
+    fill(inp, inp_d, ni, 1.0);
+    fill(w, w_d, nw, 1.0 / sqrt(IN));
+    fill(b, b_d, OUT, 1.0);
+    fill(dout, dout_d, no, 1.0);
+    fill(out, NULL, no, 1.0);
+    assert_int_equal(linear_forward(out, inp, w, bias ? b : NULL, B, IN, OUT), 0);
+    linear_forward_ref(ref, inp_d, w_d, bias ? b_d : NULL, B, IN, OUT);
+    ASSERT_CLOSE("linear forward", out, ref, no);
+
+    float *di = ALLOC(float, ni), *dw = ALLOC(float, nw), *db = ALLOC(float, OUT);
+    fill(di, NULL, ni, 1.0);
+    fill(dw, NULL, nw, 1.0);
+    fill(db, NULL, OUT, 1.0);
+    double *di_ref = to_double(di, ni), *dw_ref = to_double(dw, nw), *db_ref = to_double(db, OUT);
+    for (int rep = 0; rep < 2; rep++) {
+        assert_int_equal(linear_backward(skip_dinp ? NULL : di, dw, bias ? db : NULL, dout, inp, w,
+                                         B, IN, OUT),
+                         0);
+        linear_backward_ref(skip_dinp ? NULL : di_ref, dw_ref, bias ? db_ref : NULL, dout_d, inp_d,
+                            w_d, B, IN, OUT);
+    }
+    ASSERT_CLOSE("linear dinp", di, di_ref, ni);
+    ASSERT_CLOSE("linear dw", dw, dw_ref, nw);
+    ASSERT_CLOSE("linear dbias", db, db_ref, OUT);
+    free(inp), free(w), free(b), free(out), free(dout), free(inp_d), free(w_d), free(b_d);
+    free(dout_d), free(ref), free(di), free(dw), free(db), free(di_ref), free(dw_ref), free(db_ref);
+}
+
+static void test_linear(void **state) {
+    (void)state;
+    linear_case(3, 7, 5, 1, 0);
+    linear_case(64, 128, 512, 1, 0); // G's z -> 4x4x4ch at ch = 32
+    linear_case(64, 2048, 1, 1, 1);  // D's head; its input gradient still wanted below
+    linear_case(64, 2048, 1, 0, 0);
+}
+
+// --- the comparison itself ------------------------------------------------------------------------
+
+static void test_compare_can_fail(void **state) {
+    (void)state;
+    float got[4] = {1.0f, 2.0f, 3.0f, NAN};
+    double want[4] = {1.0, 2.0, 3.01, 4.0};
+    fprintf(stderr, "(two planted errors follow)\n");
+    assert_int_equal(compare("planted", got, NULL, want, 4, ATOL, RTOL), 2);
+    assert_int_equal(compare("planted", got, NULL, want, 3, ATOL, 0.01), 0);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_compare_can_fail),
+        cmocka_unit_test(test_conv_ref_fd),
+        cmocka_unit_test(test_linear_ref_fd),
+        cmocka_unit_test(test_conv_3x3),
+        cmocka_unit_test(test_conv_4x4_stride2),
+        cmocka_unit_test(test_conv_1x1),
+        cmocka_unit_test(test_conv_null_grads),
+        cmocka_unit_test(test_conv_model_shapes),
+        cmocka_unit_test(test_conv_rebind_and_clear),
+        cmocka_unit_test(test_conv_threads),
+        cmocka_unit_test(test_conv_errors),
+        cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_linear),
+    };
+    int failed = cmocka_run_group_tests(tests, setup, NULL);
+    conv2d_cache_clear();
+    return failed;
+}

@@ -1,0 +1,464 @@
+// test_eval.c — unit tests of the evaluator: generator/fid.c (Fréchet distance against closed
+// forms) and generator/classifier.c (backward against central finite differences, training
+// reduces the loss, file round trip and refusals, and the shipped models/fmnist-eval.safetensors
+// classifying real test images).
+//
+// Not covered: the `steer eval` command line itself (a tool; docs/eval.md shows its runs) and the
+// kernels the classifier is made of (test_ops.c and the conv / linear tests check them).
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "env/fmnist.h"
+#include "generator/classifier.h"
+#include "generator/fid.h"
+#include "generator/safetensors.h"
+#include "kernels/ops.h"
+#include "kernels/rng.h"
+
+#define SHIPPED_MODEL "models/fmnist-eval.safetensors"
+#define SHIPPED_MIN_ACC 0.88 // on the first 1000 test images
+
+static Dataset test_set; // the Fashion-MNIST test set, loaded once
+static char tmpdir[256];
+
+static void *xmalloc(size_t bytes) {
+    void *p = malloc(bytes ? bytes : 1);
+    if (!p) {
+        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
+        exit(1);
+    }
+    return p;
+}
+#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
+
+static int group_setup(void **state) {
+    (void)state;
+    char err[1024];
+    if (fmnist_load(&test_set, FMNIST_DIR, 0, err, sizeof err)) {
+        fprintf(stderr, "test_eval: %s\n", err);
+        return -1;
+    }
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/steer_test_eval_XXXXXX");
+    return mkdtemp(tmpdir) ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    (void)state;
+    dataset_free(&test_set);
+    char path[512];
+    snprintf(path, sizeof path, "%s/clf.safetensors", tmpdir);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/bad.safetensors", tmpdir);
+    unlink(path);
+    return rmdir(tmpdir);
+}
+
+#define assert_msg_has(err, sub)                                                                   \
+    do {                                                                                           \
+        if (!strstr((err), (sub))) fail_msg("message \"%s\" lacks \"%s\"", (err), (sub));          \
+    } while (0)
+
+// ---------------------------------------------------------------------------------------------
+// Fréchet distance
+
+// A random orthogonal (d, d) matrix: Gram-Schmidt on normal draws.
+static void random_rotation(double *q, int d, Rng *rng) {
+    float *g = ALLOC(float, d * d);
+    rng_normal(rng, g, d * d);
+    for (int i = 0; i < d; i++) {
+        double *r = q + i * d;
+        for (int j = 0; j < d; j++) r[j] = g[i * d + j];
+        for (int k = 0; k < i; k++) {
+            double dot = 0;
+            for (int j = 0; j < d; j++) dot += r[j] * q[k * d + j];
+            for (int j = 0; j < d; j++) r[j] -= dot * q[k * d + j];
+        }
+        double nrm = 0;
+        for (int j = 0; j < d; j++) nrm += r[j] * r[j];
+        for (int j = 0; j < d; j++) r[j] /= sqrt(nrm);
+    }
+    free(g);
+}
+
+// S = Q^T diag(e) Q for the rows of Q as eigenvectors.
+static void rotated_diag(double *s, const double *q, const double *e, int d) {
+    for (int i = 0; i < d; i++)
+        for (int j = 0; j < d; j++) {
+            double v = 0;
+            for (int k = 0; k < d; k++) v += q[k * d + i] * e[k] * q[k * d + j];
+            s[i * d + j] = v;
+        }
+}
+
+// Same rotation, different spectra: S1 and S2 commute, so tr sqrt(S1 S2) = sum sqrt(a_k b_k) and
+// FD = |mu1 - mu2|^2 + sum (sqrt(a_k) - sqrt(b_k))^2. One eigenvalue of S1 is exactly 0 (a
+// rank-deficient covariance, as with fewer samples than features).
+static void test_fd_rotated_closed_form(void **state) {
+    (void)state;
+    enum { D = 12 };
+    Rng rng;
+    rng_seed(&rng, 7);
+    double q[D * D], s1[D * D], s2[D * D], a[D], b[D], mu1[D], mu2[D], want = 0;
+    random_rotation(q, D, &rng);
+    for (int k = 0; k < D; k++) {
+        a[k] = k == 0 ? 0.0 : 0.1 + 3.0 * rng_uniform(&rng);
+        b[k] = 0.05 + 2.0 * rng_uniform(&rng);
+        mu1[k] = rng_uniform(&rng) - 0.5;
+        mu2[k] = 2.0 * rng_uniform(&rng) - 1.0;
+        want += (sqrt(a[k]) - sqrt(b[k])) * (sqrt(a[k]) - sqrt(b[k])) +
+                (mu1[k] - mu2[k]) * (mu1[k] - mu2[k]);
+    }
+    rotated_diag(s1, q, a, D);
+    rotated_diag(s2, q, b, D);
+    // sqrt is steep at 0: the zero eigenvalue, computed as ~1e-16, costs ~1e-8 of accuracy.
+    double fd;
+    assert_int_equal(fid_frechet_distance(&fd, mu1, s1, mu2, s2, D), 0);
+    if (fabs(fd - want) > 1e-7 * (1 + want)) fail_msg("FD %.15g, closed form %.15g", fd, want);
+    // Symmetric in its arguments.
+    assert_int_equal(fid_frechet_distance(&fd, mu2, s2, mu1, s1, D), 0);
+    if (fabs(fd - want) > 1e-7 * (1 + want)) fail_msg("FD (swapped) %.15g, want %.15g", fd, want);
+}
+
+// Non-commuting 2x2 covariances. For 2x2 PSD M, tr sqrt(M) = sqrt(tr M + 2 sqrt(det M)), and
+// M = S1^(1/2) S2 S1^(1/2) has tr M = tr(S1 S2), det M = det S1 det S2.
+static void test_fd_noncommuting_2x2(void **state) {
+    (void)state;
+    double s1[4] = {2.0, 0.7, 0.7, 0.5}, s2[4] = {0.3, -0.2, -0.2, 1.7};
+    double mu1[2] = {0.1, -0.4}, mu2[2] = {1.0, 0.2};
+    double tr12 = s1[0] * s2[0] + s1[1] * s2[2] + s1[2] * s2[1] + s1[3] * s2[3];
+    double det = (s1[0] * s1[3] - s1[1] * s1[2]) * (s2[0] * s2[3] - s2[1] * s2[2]);
+    double want = 0.81 + 0.36 + (s1[0] + s1[3]) + (s2[0] + s2[3]) - 2 * sqrt(tr12 + 2 * sqrt(det));
+    double fd;
+    assert_int_equal(fid_frechet_distance(&fd, mu1, s1, mu2, s2, 2), 0);
+    if (fabs(fd - want) > 1e-12 * (1 + want)) fail_msg("FD %.15g, closed form %.15g", fd, want);
+}
+
+// Samples x = A z + m with a dense A: FD of the fitted set with itself is 0, the mean and the
+// covariance match a naive two-pass computation, and a shifted copy is at |shift|^2.
+static void test_fd_sample_stats(void **state) {
+    (void)state;
+    enum { N = 3000, D = 24 };
+    Rng rng;
+    rng_seed(&rng, 11);
+    float *z = ALLOC(float, N * D), *x = ALLOC(float, N * D), *xs = ALLOC(float, N * D);
+    float a[D * D], m[D], shift[D];
+    rng_normal(&rng, z, N * D);
+    rng_normal(&rng, a, D * D);
+    rng_normal(&rng, m, D);
+    rng_normal(&rng, shift, D);
+    double shift2 = 0;
+    for (int j = 0; j < D; j++) shift2 += (double)shift[j] * shift[j];
+    for (int i = 0; i < N; i++)
+        for (int j = 0; j < D; j++) {
+            float v = m[j];
+            for (int k = 0; k < D; k++) v += a[j * D + k] * z[i * D + k];
+            x[i * D + j] = v;
+            xs[i * D + j] = v + shift[j];
+        }
+    FidStats s = {0}, t = {0};
+    assert_int_equal(fid_stats_compute(&s, x, N, D), 0);
+    assert_int_equal(s.d, D);
+    assert_int_equal(s.n, N);
+    double worst = 0;
+    for (int j = 0; j < D; j++) {
+        double mu = 0;
+        for (int i = 0; i < N; i++) mu += x[i * D + j];
+        mu /= N;
+        worst = fmax(worst, fabs(mu - s.mu[j]));
+        for (int k = 0; k < D; k++) {
+            double c = 0;
+            double muk = 0;
+            for (int i = 0; i < N; i++) muk += x[i * D + k];
+            muk /= N;
+            for (int i = 0; i < N; i++) c += (x[i * D + j] - mu) * (x[i * D + k] - muk);
+            c /= N - 1;
+            worst = fmax(worst, fabs(c - s.cov[j * D + k]) / (1 + fabs(c)));
+        }
+    }
+    if (worst > 1e-9) fail_msg("mean/covariance off a naive computation by %g", worst);
+    double fd;
+    assert_int_equal(fid_stats_distance(&fd, &s, &s), 0);
+    double tr = 0;
+    for (int j = 0; j < D; j++) tr += s.cov[j * D + j];
+    if (fabs(fd) > 1e-9 * tr) fail_msg("FD of a set with itself is %g (trace %g)", fd, tr);
+    assert_int_equal(fid_stats_compute(&t, xs, N, D), 0);
+    assert_int_equal(fid_stats_distance(&fd, &s, &t), 0);
+    // Float rounding of the shifted copy moves the covariance a hair: 1e-6 relative.
+    if (fabs(fd - shift2) > 1e-6 * (shift2 + tr)) fail_msg("FD %.10g, want |shift|^2 %.10g", fd, shift2);
+    fid_stats_free(&s);
+    fid_stats_free(&t);
+    fid_stats_free(&t); // safe twice
+    free(z);
+    free(x);
+    free(xs);
+}
+
+static void test_fd_refusals(void **state) {
+    (void)state;
+    float x[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+    FidStats s = {0}, t = {0};
+    assert_int_equal(fid_stats_compute(&s, x, 1, 8), FID_EINVAL); // one sample has no covariance
+    assert_null(s.mu);
+    x[5] = NAN;
+    assert_int_equal(fid_stats_compute(&s, x, 4, 2), FID_ENONFINITE);
+    assert_null(s.mu);
+    x[5] = 6;
+    assert_int_equal(fid_stats_compute(&s, x, 4, 2), 0);
+    assert_int_equal(fid_stats_compute(&t, x, 2, 4), 0);
+    double fd;
+    assert_int_equal(fid_stats_distance(&fd, &s, &t), FID_EINVAL); // dimensions differ
+    assert_string_equal(fid_strerror(FID_ELAPACK), "eigendecomposition did not converge");
+    fid_stats_free(&s);
+    fid_stats_free(&t);
+}
+
+// ---------------------------------------------------------------------------------------------
+// classifier
+
+// Cross-entropy of the current parameters on (x, y) with the dropout mask drawn from `seed`,
+// accumulated in double from the float logits.
+static double loss_at(Classifier *c, const float *x, const int32_t *y, int B, uint64_t seed,
+                      int train) {
+    c->dropout_seed = seed;
+    assert_int_equal(classifier_forward(c, x, B, train), 0);
+    double total = 0;
+    for (int b = 0; b < B; b++) {
+        const float *l = c->logits + b * CLASSIFIER_CLASSES;
+        double mx = l[0], s = 0;
+        for (int k = 1; k < CLASSIFIER_CLASSES; k++) mx = fmax(mx, l[k]);
+        for (int k = 0; k < CLASSIFIER_CLASSES; k++) s += exp(l[k] - mx);
+        total += log(s) + mx - l[y[b]];
+    }
+    return total / B;
+}
+
+// Sign pattern of every pre-activation of the last forward (conv outputs and fc1), so a finite
+// difference whose two sides straddle a LReLU kink can be recognised: there the difference
+// quotient averages two slopes and is no check of the gradient. Returns the count written.
+static long preact_signs(const Classifier *c, int B, uint8_t *out) {
+    long n = 0;
+    for (int k = 0; k < CLASSIFIER_CONVS; k++) {
+        long m = (long)B * c->chan[k + 1] * c->side[k] * c->side[k];
+        for (long i = 0; i < m; i++) out[n++] = c->conv[k][i] > 0.0f;
+    }
+    for (long i = 0; i < (long)B * CLASSIFIER_FEATURES; i++) out[n++] = c->fc1[i] > 0.0f;
+    return n;
+}
+
+// The backward pass against central differences of the loss, with dropout on (a fixed mask), on
+// every parameter tensor: its largest-gradient entry and a few random ones. The forward is float,
+// so the step is large (1e-2 of the weights' init scale) and the tolerance loose. An entry that
+// fails while its step moved some pre-activation across a LReLU kink (where the quotient averages
+// two slopes) is retried 16x smaller and, if it still fails across a kink, skipped (at most a
+// quarter may be). A missing or mis-scaled term (the dropout mask, a
+// LReLU slope, a transposed weight) is off by far more than the tolerance.
+static void test_classifier_backward_fd(void **state) {
+    (void)state;
+    enum { B = 3, PICKS = 6 };
+    Classifier c;
+    assert_int_equal(classifier_init(&c, B, 5), 0);
+    int32_t y[B];
+    float *x = ALLOC(float, B * 1024);
+    for (int b = 0; b < B; b++) {
+        memcpy(x + b * 1024, test_set.images + (long)(b * 7) * 1024, sizeof(float) * 1024);
+        y[b] = test_set.labels[b * 7];
+    }
+    const uint64_t seed = 99;
+    c.dropout_seed = seed;
+    assert_int_equal(classifier_forward(&c, x, B, 1), 0);
+    float dlogits[B * CLASSIFIER_CLASSES];
+    softmax_xent_forward_backward(dlogits, NULL, c.logits, y, B, CLASSIFIER_CLASSES);
+    paramset_zero_grad(&c.ps);
+    assert_int_equal(classifier_backward(&c, dlogits, B), 0);
+
+    long nsign = 0;
+    for (int k = 0; k < CLASSIFIER_CONVS; k++)
+        nsign += (long)B * c.chan[k + 1] * c.side[k] * c.side[k];
+    nsign += (long)B * CLASSIFIER_FEATURES;
+    uint8_t *sp = ALLOC(uint8_t, nsign), *sm = ALLOC(uint8_t, nsign);
+    Rng rng;
+    rng_seed(&rng, 3);
+    int bad = 0, checked = 0, skipped = 0;
+    double worst = 0;
+    for (int i = 0; i < c.ps.n; i++) {
+        const Param *p = &c.ps.p[i];
+        float *w = c.ps.params + p->offset, *g = c.ps.grads + p->offset;
+        long idx[PICKS];
+        idx[0] = 0;
+        for (long k = 1; k < p->numel; k++)
+            if (fabsf(g[k]) > fabsf(g[idx[0]])) idx[0] = k;
+        for (int j = 1; j < PICKS; j++) idx[j] = rng_below(&rng, (uint32_t)p->numel);
+        for (int j = 0; j < PICKS; j++) {
+            float w0 = w[idx[j]], h = (float)(1e-2 / sqrt((double)p->fan_in));
+            double an = g[idx[j]], fd = 0, excess = 0;
+            int kink = 0;
+            for (int tries = 0; tries < 2; tries++, h /= 16) {
+                w[idx[j]] = w0 + h;
+                double lp = loss_at(&c, x, y, B, seed, 1);
+                preact_signs(&c, B, sp);
+                w[idx[j]] = w0 - h;
+                double lm = loss_at(&c, x, y, B, seed, 1);
+                preact_signs(&c, B, sm);
+                w[idx[j]] = w0;
+                kink = memcmp(sp, sm, nsign) != 0;
+                fd = (lp - lm) / ((double)(w0 + h) - (double)(w0 - h));
+                excess = fabs(fd - an) / (1e-4 + 2e-2 * fabs(an));
+                if (excess <= 1 || !kink) break; // a pass, or a failure no kink explains
+            }
+            if (excess > 1 && kink) {
+                skipped++;
+                continue;
+            }
+            worst = fmax(worst, excess);
+            checked++;
+            if (excess > 1) {
+                bad++;
+                fprintf(stderr, "  %s[%ld]: analytic %.6g, finite difference %.6g\n", p->name,
+                        idx[j], an, fd);
+            }
+        }
+    }
+    fprintf(stderr, "# backward vs finite differences: %d checked, %d skipped at kinks, worst "
+                    "%.2f of the tolerance\n", checked, skipped, worst);
+    if (bad) fail_msg("%d of %d gradient entries disagree with finite differences", bad, checked);
+    if (skipped * 4 > checked + skipped) fail_msg("%d of %d entries at kinks", skipped, checked + skipped);
+    classifier_free(&c);
+    free(x);
+    free(sp);
+    free(sm);
+}
+
+// Twenty training steps on one fixed batch of real images cut its (evaluation-mode) loss by more
+// than half; the step's reported loss and correct count are those of the forward it ran.
+static void test_classifier_training_reduces_loss(void **state) {
+    (void)state;
+    enum { B = 32 };
+    Classifier c;
+    assert_int_equal(classifier_init(&c, B, 1), 0);
+    const float *x = test_set.images + 5000L * 1024;
+    const int32_t *y = test_set.labels + 5000;
+    double before = loss_at(&c, x, y, B, 0, 0);
+    float loss = 0;
+    int right = -1;
+    for (int s = 0; s < 20; s++) {
+        assert_int_equal(classifier_train_step(&c, x, y, B, 1e-3f, &loss, &right), 0);
+        assert_true(right >= 0 && right <= B);
+    }
+    double after = loss_at(&c, x, y, B, 0, 0);
+    if (!(after < 0.5 * before)) fail_msg("loss %.4f -> %.4f after 20 steps", before, after);
+    // A label out of range is refused before anything changes.
+    int32_t bad[B];
+    memcpy(bad, y, sizeof bad);
+    bad[3] = CLASSIFIER_CLASSES;
+    long t = c.ps.adam_t;
+    assert_int_not_equal(classifier_train_step(&c, x, bad, B, 1e-3f, &loss, NULL), 0);
+    assert_int_equal(c.ps.adam_t, t);
+    classifier_free(&c);
+}
+
+// Save, load, same outputs bit for bit (at another batch size); a file of another format and a
+// file with a wrong shape are refused with the file and the fault named.
+static void test_classifier_file(void **state) {
+    (void)state;
+    char path[512], bad_path[512], err[1024];
+    snprintf(path, sizeof path, "%s/clf.safetensors", tmpdir);
+    snprintf(bad_path, sizeof bad_path, "%s/bad.safetensors", tmpdir);
+    Classifier a, b;
+    assert_int_equal(classifier_init(&a, 16, 42), 0);
+    const char *meta[] = {"test_accuracy", "0.5", NULL};
+    assert_int_equal(classifier_save(&a, path, meta, err, sizeof err), 0);
+    double acc = 0;
+    if (classifier_load(&b, path, 7, &acc, err, sizeof err)) fail_msg("%s", err);
+    assert_true(acc == 0.5);
+    enum { N = 20 };
+    float fa[N * CLASSIFIER_FEATURES], fb[N * CLASSIFIER_FEATURES], ca[N], cb[N];
+    int32_t pa[N], pb[N];
+    assert_int_equal(classifier_apply(&a, test_set.images, N, fa, pa, ca), 0);
+    assert_int_equal(classifier_apply(&b, test_set.images, N, fb, pb, cb), 0);
+    assert_memory_equal(pa, pb, sizeof pa);
+    for (int i = 0; i < N * CLASSIFIER_FEATURES; i++)
+        if (fabsf(fa[i] - fb[i]) > 1e-5f * (1 + fabsf(fa[i])))
+            fail_msg("feature %d: %g before saving, %g after loading", i, fa[i], fb[i]);
+    for (int i = 0; i < N; i++) assert_true(cb[i] >= 0.1f - 1e-6f && cb[i] <= 1.0f);
+    classifier_free(&b);
+
+    // Another format: a steer checkpoint is not an evaluator.
+    StTensor t = {.name = "x", .dtype = ST_F32, .ndim = 1, .shape = {2}, .data = fa, .nbytes = 8};
+    const char *other[] = {"format", "steer.sagan.v1", NULL};
+    assert_int_equal(safetensors_write(bad_path, &t, 1, other, err, sizeof err), 0);
+    assert_int_not_equal(classifier_load(&b, bad_path, 4, NULL, err, sizeof err), 0);
+    assert_msg_has(err, bad_path);
+    assert_msg_has(err, "steer.sagan.v1");
+    classifier_free(&b);
+
+    // The right format with fc2.weight of the wrong shape.
+    StTensor ts[PARAMS_MAX];
+    for (int i = 0; i < a.ps.n; i++) {
+        const Param *p = &a.ps.p[i];
+        ts[i] = (StTensor){.dtype = ST_F32, .ndim = p->ndim, .data = a.ps.params + p->offset,
+                           .nbytes = p->numel * sizeof(float)};
+        snprintf(ts[i].name, sizeof ts[i].name, "%s", p->name);
+        for (int d = 0; d < p->ndim; d++) ts[i].shape[d] = p->shape[d];
+        if (!strcmp(p->name, "fc2.weight")) ts[i].shape[0] = 5, ts[i].nbytes /= 2;
+    }
+    const char *fmt[] = {"format", CLASSIFIER_FORMAT, NULL};
+    assert_int_equal(safetensors_write(bad_path, ts, a.ps.n, fmt, err, sizeof err), 0);
+    assert_int_not_equal(classifier_load(&b, bad_path, 4, NULL, err, sizeof err), 0);
+    assert_msg_has(err, bad_path);
+    assert_msg_has(err, "fc2.weight");
+    classifier_free(&b);
+
+    // A missing file.
+    assert_int_not_equal(classifier_load(&b, "/nonexistent/eval.safetensors", 4, NULL, err,
+                                         sizeof err), 0);
+    assert_msg_has(err, "/nonexistent/eval.safetensors");
+    classifier_free(&b);
+    classifier_free(&b); // safe twice
+    classifier_free(&a);
+}
+
+// The evaluator that ships in the repo loads and labels the first 1000 test images well.
+static void test_shipped_model(void **state) {
+    (void)state;
+    char err[1024];
+    Classifier c;
+    double meta_acc;
+    if (classifier_load(&c, SHIPPED_MODEL, 100, &meta_acc, err, sizeof err))
+        fail_msg("%s (the evaluator must ship in the repo; make it with steer train-eval)", err);
+    enum { N = 1000 };
+    int32_t *pred = ALLOC(int32_t, N);
+    assert_int_equal(classifier_apply(&c, test_set.images, N, NULL, pred, NULL), 0);
+    int right = 0;
+    for (int i = 0; i < N; i++) right += pred[i] == test_set.labels[i];
+    fprintf(stderr, "# shipped evaluator: %d / %d right (metadata test_accuracy %.4f)\n", right, N,
+            meta_acc);
+    if (right < SHIPPED_MIN_ACC * N)
+        fail_msg("accuracy %.3f on the first %d test images, need %.2f", (double)right / N, N,
+                 SHIPPED_MIN_ACC);
+    free(pred);
+    classifier_free(&c);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_fd_rotated_closed_form),
+        cmocka_unit_test(test_fd_noncommuting_2x2),
+        cmocka_unit_test(test_fd_sample_stats),
+        cmocka_unit_test(test_fd_refusals),
+        cmocka_unit_test(test_classifier_backward_fd),
+        cmocka_unit_test(test_classifier_training_reduces_loss),
+        cmocka_unit_test(test_classifier_file),
+        cmocka_unit_test(test_shipped_model),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

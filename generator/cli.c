@@ -287,10 +287,11 @@ int cli_train(int argc, char **argv) {
 
 static void sample_usage(FILE *f) {
     fprintf(f, "usage: steer sample --ckpt FILE --n N --out FILE.npy|FILE.png [--seed S] "
-               "[--class K] [--cols C]\n"
+               "[--class K | --by-class] [--cols C]\n"
                "Samples N images from a checkpoint, deterministically for a seed.\n"
                "  .npy: float32, shape (N, C, H, W), values in [-1, 1]; .png: a grid\n"
                "  --class K  a conditional model samples class K only (default: uniform)\n"
+               "  --by-class a conditional model fills row r of the grid with class r %% classes\n"
                "  --cols C   grid columns (default 10)\n");
 }
 
@@ -302,9 +303,11 @@ static int ends_with(const char *s, const char *suffix) {
 int cli_sample(int argc, char **argv) {
     const char *ckpt = NULL, *out = NULL;
     long n = 0, seed = 0, cls = -1, cols = 10;
+    int by_class = 0;
     static const struct option opts[] = {{"ckpt", 1, 0, 'c'}, {"n", 1, 0, 'n'},
                                          {"out", 1, 0, 'o'},  {"seed", 1, 0, 's'},
                                          {"class", 1, 0, 'k'}, {"cols", 1, 0, 'w'},
+                                         {"by-class", 0, 0, 'B'},
                                          {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     optind = 1;
     int o;
@@ -316,6 +319,7 @@ int cli_sample(int argc, char **argv) {
         case 's': if (parse_long(optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
         case 'k': if (parse_long(optarg, 0, 999, "--class", &cls)) return 2; break;
         case 'w': if (parse_long(optarg, 1, 1000, "--cols", &cols)) return 2; break;
+        case 'B': by_class = 1; break;
         case 'h': sample_usage(stdout); return 0;
         default: sample_usage(stderr); return 2;
         }
@@ -353,6 +357,8 @@ int cli_sample(int argc, char **argv) {
         goto done;
     }
     gan_sample_latents(c, (uint64_t)seed, n, (int)cls, z, y);
+    if (by_class && c->n_classes)
+        for (long i = 0; i < n; i++) y[i] = (int32_t)((i / cols) % c->n_classes);
     for (long i = 0; i < n; i += BATCH) {
         int b = n - i < BATCH ? (int)(n - i) : BATCH;
         int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);

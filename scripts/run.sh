@@ -8,5 +8,5 @@ if [ ! -f "$model" ]; then
     exit 1
 fi
 mkdir -p "$(dirname "$out")"
-./build/steer sample --ckpt "$model" --n 100 --out "$out" --seed "${STEER_SEED:-1}"
-echo "run: wrote a 10x10 grid of samples of $model to $out"
+./build/steer sample --ckpt "$model" --n 100 --out "$out" --seed "${STEER_SEED:-1}" --by-class
+echo "run: wrote a 10x10 grid of samples of $model to $out (one class per row)"

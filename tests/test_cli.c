@@ -1,0 +1,146 @@
+// test_cli.c — the `steer` binary as a user runs it: train, sample, and their errors.
+//
+// Runs build/steer (STEER_BIN overrides) in a shell and checks exit codes, messages and files:
+// a tiny training run writes a checkpoint and a grid; sampling is deterministic for a seed and
+// writes the documented npy shape; each misuse exits non-zero with a message that says why.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "env/imageio.h"
+
+static char dir[] = "/tmp/steer_test_cli_XXXXXX";
+static const char *bin = "build/steer";
+static char out[8192];
+
+// Runs `steer ARGS` with stdout and stderr captured into `out`; returns the exit status.
+static int run(const char *fmt, ...) {
+    char args[1024], cmd[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, sizeof out - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+static int setup(void **state) {
+    (void)state;
+    if (getenv("STEER_BIN")) bin = getenv("STEER_BIN");
+    if (!mkdtemp(dir)) return -1;
+    // One tiny conditional run that every test samples from.
+    int rc = run("train --config tinyc --iters 4 --batch 8 --seed 3 --ckpt-dir %s/run "
+                 "--sample-every 2 --save-every 2 --log-every 2 --out %s/tiny.safetensors",
+                 dir, dir);
+    if (rc) fprintf(stderr, "train failed (%d):\n%s\n", rc, out);
+    return rc ? -1 : 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    return system(cmd);
+}
+
+static long file_size(const char *path) {
+    struct stat st;
+    return stat(path, &st) ? -1 : (long)st.st_size;
+}
+
+static void test_train_outputs(void **state) {
+    (void)state;
+    char p[256];
+    snprintf(p, sizeof p, "%s/run/latest.safetensors", dir);
+    assert_true(file_size(p) > 0);
+    snprintf(p, sizeof p, "%s/run/samples_0000004.png", dir);
+    assert_true(file_size(p) > 0);
+    // Resume past the end: nothing to do, exits 0 and says where it is.
+    assert_int_equal(run("train --resume %s/tiny.safetensors --iters 5 --ckpt-dir %s/run2 "
+                         "--sample-every 0 --log-every 1", dir, dir), 0);
+    assert_non_null(strstr(out, "resumed"));
+    assert_non_null(strstr(out, "step 5/5"));
+}
+
+static void test_sample_deterministic(void **state) {
+    (void)state;
+    char a[256], b[256];
+    snprintf(a, sizeof a, "%s/a.npy", dir);
+    snprintf(b, sizeof b, "%s/b.npy", dir);
+    assert_int_equal(run("sample --ckpt %s/tiny.safetensors --n 70 --out %s --seed 9", dir, a), 0);
+    assert_int_equal(run("sample --ckpt %s/tiny.safetensors --n 70 --out %s --seed 9", dir, b), 0);
+    float *x = NULL, *y = NULL;
+    int nd;
+    int64_t shape[NPY_MAX_DIMS];
+    char err[512];
+    assert_int_equal(npy_read_f32(a, &x, &nd, shape, err, sizeof err), 0);
+    assert_int_equal(nd, 4);
+    assert_true(shape[0] == 70 && shape[1] == 1 && shape[2] == 32 && shape[3] == 32);
+    assert_int_equal(npy_read_f32(b, &y, &nd, shape, err, sizeof err), 0);
+    assert_memory_equal(x, y, sizeof(float) * 70 * 1024);
+    for (long i = 0; i < 70 * 1024; i++) assert_true(x[i] >= -1.0f && x[i] <= 1.0f);
+    free(y);
+    // Another seed gives other samples.
+    assert_int_equal(run("sample --ckpt %s/tiny.safetensors --n 70 --out %s --seed 10", dir, b), 0);
+    assert_int_equal(npy_read_f32(b, &y, &nd, shape, err, sizeof err), 0);
+    assert_true(memcmp(x, y, sizeof(float) * 70 * 1024) != 0);
+    free(x);
+    free(y);
+    snprintf(a, sizeof a, "%s/grid.png", dir);
+    assert_int_equal(run("sample --ckpt %s/tiny.safetensors --n 20 --out %s --class 3", dir, a), 0);
+    assert_true(file_size(a) > 0);
+    assert_int_equal(run("sample --ckpt %s/tiny.safetensors --n 20 --out %s --by-class", dir, a), 0);
+}
+
+// Each misuse: non-zero exit and a message containing `needle`.
+static void expect_error(const char *needle, const char *fmt, const char *arg) {
+    char args[1024];
+    snprintf(args, sizeof args, fmt, arg, arg);
+    int rc = run("%s", args);
+    if (rc == 0 || !strstr(out, needle))
+        fprintf(stderr, "steer %s: exit %d, output:\n%s\n(expected '%s')\n", args, rc, out, needle);
+    assert_true(rc != 0);
+    assert_non_null(strstr(out, needle));
+}
+
+static void test_errors(void **state) {
+    (void)state;
+    expect_error("unknown command", "frobnicate%.0s%.0s", "");
+    expect_error("No such file", "sample --ckpt %s/missing.safetensors --n 2 --out %s/x.npy", dir);
+    expect_error("must end in .npy or .png", "sample --ckpt %s/tiny.safetensors --n 2 --out %s/x.jpg",
+                 dir);
+    expect_error("--n", "sample --ckpt %s/tiny.safetensors --n -3 --out %s/x.npy", dir);
+    expect_error("--class", "sample --ckpt %s/tiny.safetensors --n 2 --class 12 --out %s/x.npy",
+                 dir);
+    expect_error("usage", "sample --n 2%.0s%.0s", "");
+    expect_error("unknown config", "train --config nope --ckpt-dir %s/r%.0s", dir);
+    expect_error("--iters", "train --iters many --ckpt-dir %s/r%.0s", dir);
+    expect_error("not a regular file", "train --resume /dev/null --ckpt-dir %s/r%.0s", dir);
+    expect_error("dataset-fashion-mnist", "train --data %s/nodata --ckpt-dir %s/r", dir);
+    // A folder that does not exist: the output cannot be written.
+    expect_error("steer sample", "sample --ckpt %s/tiny.safetensors --n 2 --out %s/no/dir/x.npy",
+                 dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_train_outputs),
+        cmocka_unit_test(test_sample_deterministic),
+        cmocka_unit_test(test_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

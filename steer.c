@@ -4,6 +4,7 @@
 
 #include "generator/bench.h"
 #include "generator/cli.h"
+#include "generator/cli_eval.h"
 
 typedef struct {
     const char *name;
@@ -14,6 +15,8 @@ typedef struct {
 static const Command COMMANDS[] = {
     {"train", cli_train, "train the SN-GAN on Fashion-MNIST (steer train --help)"},
     {"sample", cli_sample, "sample a checkpoint into a .npy or a PNG grid"},
+    {"eval", cli_eval, "Frechet distance and class histogram of a model's samples"},
+    {"train-eval", cli_train_eval, "train the evaluator classifier steer eval uses"},
     {"bench", cli_bench, "speed of training and generation, as name value lines"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])

@@ -36,8 +36,9 @@ typedef struct {
     // Activations, carved from one buffer; the gradient twins from `dacts` at the same offsets.
     float *acts, *dacts;
     long acts_total;
+    // act[3] (B, 128, 4, 4) is also the flattened (B, 2048) input of fc1.
     float *conv[CLASSIFIER_CONVS]; // (B, chan[k+1], side[k], side[k]) conv output
-    float *act[CLASSIFIER_CONVS];  // (B, chan[k+1], side[k], side[k]) after LReLU; act[3] is (B, 2048)
+    float *act[CLASSIFIER_CONVS];  // (B, chan[k+1], side[k], side[k]) after LReLU
     float *fc1;                    // (B, 256) linear output
     float *feat;                   // (B, 256) after LReLU: the features
     float *drop;                   // (B, 256) after dropout (training forward only)
@@ -48,7 +49,8 @@ typedef struct {
     int train;                     // whether the last forward used dropout
 } Classifier;
 
-// Builds the net for batches up to max_B with PyTorch's default init drawn from seed.
+// Builds the net for batches up to max_B, initialized from seed: He-uniform weights for the
+// layers LReLU follows (kaiming_uniform_, a = 0.1), PyTorch's defaults for fc2 and the biases.
 // Returns 0, or -1 out of memory (the struct is then safe to classifier_free).
 int classifier_init(Classifier *c, int max_B, uint64_t seed);
 // Releases what c owns; safe on a zeroed, half-built or already freed struct.
@@ -63,8 +65,8 @@ int classifier_backward(Classifier *c, const float *dlogits, int B);
 
 // One Adam step (beta 0.9/0.999, eps 1e-8, no weight decay) on the softmax cross-entropy of a
 // training forward of x (B, 1, 32, 32) with labels y (B) in [0, 10). *loss gets the batch's mean
-// loss before the step, *correct (if not NULL) how many of the B it classified right. Returns 0 or a
-// KERNELS_E* code (KERNELS_EINVAL for a label out of range).
+// loss before the step, *correct (if not NULL) how many of the B it classified right. Returns 0 or
+// a KERNELS_E* code (KERNELS_EINVAL for a label out of range).
 int classifier_train_step(Classifier *c, const float *x, const int32_t *y, int B, float lr,
                           float *loss, int *correct);
 
@@ -75,10 +77,10 @@ int classifier_apply(Classifier *c, const float *images, long n, float *feat, in
                      float *conf);
 
 // Writes the parameters to path (durably, see safetensors_write) with metadata "format" =
-// CLASSIFIER_FORMAT plus extra_meta (NULL or a NULL-terminated key, value, ... list). Returns 0 or a
-// negative SAFETENSORS_E* code with err naming the file and the problem.
-int classifier_save(const Classifier *c, const char *path, const char *const *extra_meta,
-                    char *err, size_t errlen);
+// CLASSIFIER_FORMAT plus extra_meta (NULL or a NULL-terminated key, value, ... list). Returns 0 or
+// a negative SAFETENSORS_E* code with err naming the file and the problem.
+int classifier_save(const Classifier *c, const char *path, const char *const *extra_meta, char *err,
+                    size_t errlen);
 // Builds c for batches up to max_B from a file classifier_save wrote: the format, every tensor's
 // presence, dtype and shape, the tensor count and finiteness of every value are checked. Returns 0
 // or a negative code with err naming the file and the problem (c is then safe to classifier_free).

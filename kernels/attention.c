@@ -1,14 +1,16 @@
-// attention.c — the SAGAN self-attention block (Zhang et al. 2019), forward and backward, on
-// per-batch-item GEMMs.
+// attention.c — the SAGAN self-attention block (Zhang et al. 2019), forward and backward, as
+// small per-batch-item products.
 //
-// Every product of the block, the 1x1 projections included, is a small matrix product per batch
-// item (at the fmnist32 shapes, C = 32 and N = 256, the largest is 256 x 256 x 16). Such products
-// are far too small to thread well inside one GEMM, so the batch is spread over OpenMP threads and
-// each item runs its whole chain (projections, scores, softmax, mixing) while its tensors are hot
-// in cache; dnnl_sgemm runs single-threaded inside the parallel region. With one item (serving
-// B = 1) there is no parallel region, so the GEMMs thread themselves. The weight gradients are
-// summed per item into scratch and reduced over the batch in a fixed order afterwards: no atomics,
-// and a result that does not depend on the thread count.
+// At the fmnist32 shapes (C = 32, N = 16x16 = 256) every product of the block is small (the
+// largest is 16 x 256 x 256), far too small to thread well inside one GEMM. So the batch is spread
+// over OpenMP threads and each item runs its whole chain (projections, scores, softmax, mixing)
+// while its tensors are hot in cache; dnnl_sgemm runs single-threaded inside the parallel region
+// (nested OpenMP regions get one thread). With one item (serving, B = 1) there is no parallel region and
+// the GEMMs thread themselves. The products with a small inner dimension (the 1x1 projections of
+// the forward, and the scores, whose rows go straight into the softmax) are our own loops, which
+// measured faster than dnnl_sgemm there; the rest are GEMMs. The weight gradients are summed per
+// item into scratch and reduced over the batch in a fixed order afterwards: no atomics, and a
+// result that does not depend on the thread count.
 //
 // Not here: masking, multiple heads, a CUDA path, the spectral normalization of the weights
 // (specnorm.c does that before they reach us).
@@ -44,12 +46,13 @@ static int attention_shape_ok(int B, int C, int N) {
 // e^x for x <= 0, in a form GCC vectorizes (glibc's expf is not, without -ffast-math; floorf
 // is not either, with trapping math). Range reduction x = n ln2 + r, |r| <= ln2/2, with n rounded
 // by adding 1.5 * 2^23, which leaves n in the low mantissa bits of t; then Cephes' degree-6
-// polynomial for e^r, scaled by 2^n made in the exponent bits. Measured relative error below 1e-7
-// on [-87, 0]; below -87 (e^-87 ~ 1.6e-38, the edge of normal floats) the result is 0.
+// polynomial for e^r, scaled by 2^n made in the exponent bits. Measured relative error below 1e-7.
+// Below -40 the result is 0: e^-40 ~ 4e-18 is far below a float's precision next to the row's
+// largest term (1), and values down at 1e-38 would make the products that follow denormal.
 static inline float exp_nonpositive(float x) {
     const float log2e = 1.44269504088896341f, ln2_hi = 0.693359375f, ln2_lo = -2.12194440e-4f;
     const float round = 12582912.0f; // 1.5 * 2^23, whose bit pattern is 0x4B400000
-    float xc = x > -87.0f ? x : -87.0f;
+    float xc = x > -40.0f ? x : -40.0f;
     float t = xc * log2e + round;
     float n = t - round;
     float r = xc - n * ln2_hi - n * ln2_lo;
@@ -66,45 +69,102 @@ static inline float exp_nonpositive(float x) {
     bits = (tbits - 0x4B400000 + 127) * (1 << 23);
     memcpy(&scale, &bits, sizeof(scale));
     float e = p * scale;
-    return x > -87.0f ? e : 0.0f;
+    return x > -40.0f ? e : 0.0f;
 }
 
-// Each row (N) of a (rows, N) matrix becomes its softmax, max-subtracted for stability.
-static void softmax_rows(float *a, int rows, int N) {
-    for (int j = 0; j < rows; j++) {
-        float *r = a + (long)j * N;
-        float mx = r[0];
-#pragma omp simd reduction(max : mx)
-        for (int i = 0; i < N; i++)
-            mx = r[i] > mx ? r[i] : mx;
-        float sum = 0;
-#pragma omp simd reduction(+ : sum)
-        for (int i = 0; i < N; i++) {
-            r[i] = exp_nonpositive(r[i] - mx);
-            sum += r[i];
+// 16 floats as one value (GCC/Clang vector extension): one AVX-512 register here, split into
+// narrower registers by the compiler on machines without it. Loaded and stored with memcpy, so
+// the floats need no particular alignment.
+typedef float Vec16 __attribute__((vector_size(64)));
+
+static inline Vec16 vec16_load(const float *p) {
+    Vec16 v;
+    memcpy(&v, p, sizeof(v));
+    return v;
+}
+
+static inline void vec16_store(float *p, Vec16 v) {
+    memcpy(p, &v, sizeof(v));
+}
+
+// out (R, N) = w (R, K) x (K, N) for small K, where w's element (r, k) is w[r * w_row +
+// k * w_col]: the 1x1 projections (K = C) and a row of scores (K = C/8). dnnl_sgemm spends more
+// time packing than multiplying at these sizes (the projections measured 2.8x faster here), and
+// for the scores it would write the N x N matrix that the softmax then reads again. Each sum
+// stays in a register; four independent ones per 64 outputs hide the latency of the adds. (They
+// are not fused into FMAs: -std=c11 turns that contraction off. On Zen 4 a multiply and an add
+// issue together, so it costs little there.)
+static void small_k_product(float *restrict out, const float *restrict w, long w_row, long w_col,
+                            const float *restrict x, int R, int K, int N) {
+    for (int r = 0; r < R; r++) {
+        const float *wr = w + r * w_row;
+        float *o = out + (long)r * N;
+        int n = 0;
+        for (; n + 64 <= N; n += 64) {
+            Vec16 a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0};
+            for (int k = 0; k < K; k++) {
+                float wk = wr[k * w_col];
+                const float *xk = x + (long)k * N + n;
+                a0 += wk * vec16_load(xk);
+                a1 += wk * vec16_load(xk + 16);
+                a2 += wk * vec16_load(xk + 32);
+                a3 += wk * vec16_load(xk + 48);
+            }
+            vec16_store(o + n, a0);
+            vec16_store(o + n + 16, a1);
+            vec16_store(o + n + 32, a2);
+            vec16_store(o + n + 48, a3);
         }
-        float inv = 1.0f / sum;
-#pragma omp simd
-        for (int i = 0; i < N; i++)
-            r[i] *= inv;
+        for (; n + 16 <= N; n += 16) {
+            Vec16 a0 = {0};
+            for (int k = 0; k < K; k++)
+                a0 += wr[k * w_col] * vec16_load(x + (long)k * N + n);
+            vec16_store(o + n, a0);
+        }
+        for (; n < N; n++) {
+            float sum = 0;
+            for (int k = 0; k < K; k++)
+                sum += wr[k * w_col] * x[(long)k * N + n];
+            o[n] = sum;
+        }
     }
+}
+
+// row (N) becomes its softmax, max-subtracted for stability.
+static void softmax_row(float *row, int N) {
+    float mx = row[0];
+#pragma omp simd reduction(max : mx)
+    for (int i = 0; i < N; i++)
+        mx = row[i] > mx ? row[i] : mx;
+    float sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int i = 0; i < N; i++) {
+        row[i] = exp_nonpositive(row[i] - mx);
+        sum += row[i];
+    }
+    float inv = 1.0f / sum;
+#pragma omp simd
+    for (int i = 0; i < N; i++)
+        row[i] *= inv;
 }
 
 // The forward of one item: x, f, g, h, o, y (channels, N), attn (N, N); out (C, N).
 static int attention_item_forward(float *out, float *f, float *g, float *h, float *attn, float *o,
                                   float *y, const float *x, const float *wf, const float *wg,
                                   const float *wh, const float *wo, float gamma, int C, int N) {
-    int C8 = C / 8, C2 = C / 2, rc = 0;
-    rc = rc ? rc : gemm(0, 0, C8, N, C, 1.0f, wf, C, x, N, 0.0f, f, N);
-    rc = rc ? rc : gemm(0, 0, C8, N, C, 1.0f, wg, C, x, N, 0.0f, g, N);
-    rc = rc ? rc : gemm(0, 0, C2, N, C, 1.0f, wh, C, x, N, 0.0f, h, N);
-    // s[j][i] = g_j . f_i: attn = g^T f
-    rc = rc ? rc : gemm(1, 0, N, N, C8, 1.0f, g, N, f, N, 0.0f, attn, N);
-    if (rc)
-        return rc;
-    softmax_rows(attn, N, N);
-    // o[c][j] = sum_i h[c][i] attn[j][i]: o = h attn^T
-    rc = rc ? rc : gemm(0, 1, C2, N, N, 1.0f, h, N, attn, N, 0.0f, o, N);
+    int C8 = C / 8, C2 = C / 2;
+    small_k_product(f, wf, C, 1, x, C8, C, N);
+    small_k_product(g, wg, C, 1, x, C8, C, N);
+    small_k_product(h, wh, C, 1, x, C2, C, N);
+    // Row j of the scores, s[j][i] = g_j . f_i, is made and turned into its softmax while it is
+    // in L1.
+    for (int j = 0; j < N; j++) {
+        float *row = attn + (long)j * N;
+        small_k_product(row, g + j, 0, N, f, 1, C8, N);
+        softmax_row(row, N);
+    }
+    // o[c][j] = sum_i h[c][i] attn[j][i]: o = h attn^T, then y = wo o (K = N and C/2: GEMMs).
+    int rc = gemm(0, 1, C2, N, N, 1.0f, h, N, attn, N, 0.0f, o, N);
     rc = rc ? rc : gemm(0, 0, C, N, C2, 1.0f, wo, C2, o, N, 0.0f, y, N);
     if (rc)
         return rc;

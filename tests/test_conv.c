@@ -342,6 +342,18 @@ static void test_conv_model_shapes(void **state) {
     conv_case(2, 64, 8, 8, 128, 4, 2, 1, WITH_BIAS);
 }
 
+// At training batch sizes the 3x3 stride-1 layers with channels in multiples of 16 run
+// Winograd (all but the smallest forward): the same checks, at batch 8.
+static void test_conv_winograd(void **state) {
+    (void)state;
+    conv_case(8, 32, 8, 8, 16, 3, 1, 1, WITH_BIAS);   // 8x8: direct forward, Winograd backward
+    conv_case(8, 32, 16, 16, 16, 3, 1, 1, WITH_BIAS); // Winograd throughout
+    conv_case(8, 16, 32, 32, 16, 3, 1, 1, WITH_BIAS);
+    conv_case(8, 16, 16, 16, 16, 3, 1, 1, 0);
+    conv_case(8, 16, 16, 16, 32, 3, 1, 1, WITH_BIAS | NO_DINP);
+    conv_case(8, 16, 16, 16, 32, 3, 1, 1, WITH_BIAS | NO_DW);
+}
+
 // A cached shape called again with other buffers must use them (the pointers are rebound per
 // call), and conv2d_cache_clear must leave the kernel working.
 static void test_conv_rebind_and_clear(void **state) {
@@ -512,6 +524,7 @@ int main(void) {
         cmocka_unit_test(test_conv_1x1),
         cmocka_unit_test(test_conv_null_grads),
         cmocka_unit_test(test_conv_model_shapes),
+        cmocka_unit_test(test_conv_winograd),
         cmocka_unit_test(test_conv_rebind_and_clear),
         cmocka_unit_test(test_conv_threads),
         cmocka_unit_test(test_conv_errors),

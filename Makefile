@@ -20,6 +20,7 @@ LIB_SRC  := $(filter-out $(REF_SRC),$(foreach p,$(PARTS),$(wildcard $(p)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 REF_OBJ  := $(REF_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
+CHECK_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/check.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 .PHONY: all deps run test test-only bench asan clean
@@ -35,7 +36,7 @@ $(BUILD)/libsteer.a: $(LIB_OBJ)
 $(BUILD)/steer: $(BUILD)/steer.o $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-$(BUILD)/tests/%: $(BUILD)/tests/%.o $(REF_OBJ) $(BUILD)/libsteer.a
+$(BUILD)/tests/%: $(BUILD)/tests/%.o $(CHECK_OBJ) $(REF_OBJ) $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
 
 deps:
@@ -65,4 +66,5 @@ asan:
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(TEST_BIN:=.d)
+-include $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d)
+.SECONDARY:

@@ -30,13 +30,7 @@ static const int PAD[CLASSIFIER_CONVS] = {1, 1, 1, 1};
 // ---------------------------------------------------------------------------------------------
 // building
 
-static float *alloc_floats(long n) {
-    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
-    float *x = aligned_alloc(64, bytes);
-    if (x)
-        memset(x, 0, bytes);
-    return x;
-}
+static float *alloc_floats(long n) { return params_zalloc(sizeof(float) * (size_t)n); }
 
 // Points the activation fields into base (NULL while counting); returns the floats used.
 static long classifier_carve(Classifier *c, float *base) {

@@ -23,12 +23,6 @@ void gan_hparams_default(GanHparams *hp) {
                        .weight_decay = 0.0f, .batch = 64};
 }
 
-static void *alloc_bytes(size_t n) {
-    void *p = aligned_alloc(64, (n + 63) & ~(size_t)63);
-    if (p) memset(p, 0, n);
-    return p;
-}
-
 int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64_t seed) {
     memset(t, 0, sizeof *t);
     t->cfg = *cfg;
@@ -39,11 +33,11 @@ int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64
     if (generator_init(&t->G, cfg, B, seed * 3 + 1)) return -1;
     if (discriminator_init(&t->D, cfg, 2 * B, seed * 3 + 2)) return -1;
     rng_seed(&t->rng, seed * 3 + 3);
-    t->z = alloc_bytes(sizeof(float) * B * cfg->z_dim);
-    t->y = alloc_bytes(sizeof(int32_t) * 2 * B);
-    t->x = alloc_bytes(sizeof(float) * 2 * B * img);
-    t->dlogits = alloc_bytes(sizeof(float) * 2 * B);
-    t->dimg = alloc_bytes(sizeof(float) * B * img);
+    t->z = params_zalloc(sizeof(float) * B * cfg->z_dim);
+    t->y = params_zalloc(sizeof(int32_t) * 2 * B);
+    t->x = params_zalloc(sizeof(float) * 2 * B * img);
+    t->dlogits = params_zalloc(sizeof(float) * 2 * B);
+    t->dimg = params_zalloc(sizeof(float) * B * img);
     if (!t->z || !t->y || !t->x || !t->dlogits || !t->dimg) return -1;
     return 0;
 }

@@ -45,12 +45,14 @@ int paramset_add(ParamSet *ps, const char *name, int ndim, const int *shape, int
     return ps->n++;
 }
 
-static float *alloc_floats(long n) {
-    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
-    float *x = aligned_alloc(64, bytes);
+void *params_zalloc(size_t bytes) {
+    bytes = ((bytes ? bytes : 1) + 63) & ~(size_t)63;
+    void *x = aligned_alloc(64, bytes);
     if (x) memset(x, 0, bytes);
     return x;
 }
+
+static float *alloc_floats(long n) { return params_zalloc(sizeof(float) * (size_t)(n > 0 ? n : 0)); }
 
 int paramset_alloc(ParamSet *ps) {
     ps->params = alloc_floats(ps->total);

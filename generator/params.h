@@ -8,6 +8,7 @@
 #ifndef GENERATOR_PARAMS_H
 #define GENERATOR_PARAMS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "kernels/rng.h"
@@ -47,6 +48,10 @@ typedef struct {
     float *sn_v;       // (v_total) right vectors of the last power iteration
     long adam_t;       // Adam steps taken
 } ParamSet;
+
+// 64-byte aligned, zeroed memory for parameter and activation buffers (at least 1 byte);
+// NULL when out of memory; freed with free().
+void *params_zalloc(size_t bytes);
 
 // Declares a parameter before paramset_alloc; returns its index. shape has ndim (1..4) dims.
 // Dies with a message on a programming error (too many, bad shape): declarations are static.

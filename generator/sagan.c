@@ -85,12 +85,7 @@ static float *carve(Carver *cv, long n) {
     return p;
 }
 
-static float *alloc_floats(long n) {
-    size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
-    float *x = aligned_alloc(64, bytes);
-    if (x) memset(x, 0, bytes);
-    return x;
-}
+static float *alloc_floats(long n) { return params_zalloc(sizeof(float) * (size_t)n); }
 
 // The gradient twin of activation pointer p, at the same offset in dacts.
 #define GRAD(net, p) ((net)->dacts + ((p) - (net)->acts))

@@ -10,7 +10,7 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
-CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -fopenmp -I. $(EXTRA_CFLAGS)
+CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -ffp-contract=fast -fopenmp -I. $(EXTRA_CFLAGS)
 LDLIBS  += -ldnnl -llapacke -lopenblas -ljansson -lpng -lz -lm -lpthread
 LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
 

@@ -11,12 +11,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
+
+#include "env/imageio.h"
 
 #define IDX_MAGIC_IMAGES 0x00000803u
 #define IDX_MAGIC_LABELS 0x00000801u
@@ -44,17 +45,6 @@ const char *fmnist_strerror(int code) {
     }
 }
 
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int code,
-                                                      const char *fmt, ...) {
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
 void dataset_free(Dataset *d) {
     if (!d)
         return;
@@ -69,16 +59,18 @@ static int idx_open(gzFile *out, const char *path, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT)
-            return fail(err, errlen, FMNIST_ENOENT,
-                        "%s: not found (Fashion-MNIST comes from Debian's dataset-fashion-mnist: "
-                        "`apt-get install dataset-fashion-mnist`, or `make deps`)",
-                        path);
-        return fail(err, errlen, FMNIST_EIO, "%s: cannot open: %s", path, strerror(errno));
+            return imageio_fail(
+                err, errlen, FMNIST_ENOENT,
+                "%s: not found (Fashion-MNIST comes from Debian's dataset-fashion-mnist: "
+                "`apt-get install dataset-fashion-mnist`, or `make deps`)",
+                path);
+        return imageio_fail(err, errlen, FMNIST_EIO, "%s: cannot open: %s", path, strerror(errno));
     }
     gzFile gz = gzdopen(fd, "rb");
     if (!gz) {
         close(fd);
-        return fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory opening gzip stream", path);
+        return imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory opening gzip stream",
+                            path);
     }
     gzbuffer(gz, 1 << 17);
     *out = gz;
@@ -96,9 +88,9 @@ static int idx_read(gzFile gz, const char *path, void *buf, size_t n, const char
         if (k < 0) {
             int zerr;
             const char *msg = gzerror(gz, &zerr);
-            return fail(err, errlen, zerr == Z_ERRNO ? FMNIST_EIO : FMNIST_EFORMAT,
-                        "%s: damaged or truncated gzip stream while reading %s: %s", path, what,
-                        zerr == Z_ERRNO ? strerror(errno) : msg);
+            return imageio_fail(err, errlen, zerr == Z_ERRNO ? FMNIST_EIO : FMNIST_EFORMAT,
+                                "%s: damaged or truncated gzip stream while reading %s: %s", path,
+                                what, zerr == Z_ERRNO ? strerror(errno) : msg);
         }
         if (k == 0)
             break;
@@ -108,10 +100,10 @@ static int idx_read(gzFile gz, const char *path, void *buf, size_t n, const char
         // gzread reports a truncated gzip member as a short read with an error set.
         int zerr;
         const char *msg = gzerror(gz, &zerr);
-        return fail(err, errlen, FMNIST_EFORMAT,
-                    "%s: truncated: reading %s needs %zu bytes, the file gives %zu%s%s%s", path,
-                    what, n, got, zerr != Z_OK ? " (" : "", zerr != Z_OK ? msg : "",
-                    zerr != Z_OK ? ")" : "");
+        return imageio_fail(err, errlen, FMNIST_EFORMAT,
+                            "%s: truncated: reading %s needs %zu bytes, the file gives %zu%s%s%s",
+                            path, what, n, got, zerr != Z_OK ? " (" : "", zerr != Z_OK ? msg : "",
+                            zerr != Z_OK ? ")" : "");
     }
     return 0;
 }
@@ -120,12 +112,12 @@ static int idx_expect_end(gzFile gz, const char *path, char *err, size_t errlen)
     uint8_t extra;
     int k = gzread(gz, &extra, 1);
     if (k > 0)
-        return fail(err, errlen, FMNIST_EFORMAT, "%s: trailing bytes after the data", path);
+        return imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: trailing bytes after the data", path);
     if (k < 0) {
         int zerr;
         const char *msg = gzerror(gz, &zerr);
-        return fail(err, errlen, FMNIST_EFORMAT, "%s: damaged gzip stream at the end: %s", path,
-                    msg);
+        return imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: damaged gzip stream at the end: %s",
+                            path, msg);
     }
     return 0;
 }
@@ -143,9 +135,9 @@ static int idx_header(gzFile gz, const char *path, uint32_t magic, int ndim, uin
         return rc;
     uint32_t m = be32(head);
     if (m != magic)
-        return fail(err, errlen, FMNIST_EFORMAT,
-                    "%s: bad IDX magic 0x%08x, expected 0x%08x (u8, %d dimensions)", path, m, magic,
-                    ndim);
+        return imageio_fail(err, errlen, FMNIST_EFORMAT,
+                            "%s: bad IDX magic 0x%08x, expected 0x%08x (u8, %d dimensions)", path,
+                            m, magic, ndim);
     for (int i = 0; i < ndim; i++)
         dims[i] = be32(head + 4 + 4 * i);
     return 0;
@@ -154,14 +146,14 @@ static int idx_header(gzFile gz, const char *path, uint32_t magic, int ndim, uin
 int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen) {
     memset(d, 0, sizeof(*d));
     if (!dir)
-        return fail(err, errlen, FMNIST_EINVAL, "fmnist: NULL directory");
+        return imageio_fail(err, errlen, FMNIST_EINVAL, "fmnist: NULL directory");
     const char *split = train ? "train" : "t10k";
     char images_path[4096], labels_path[4096];
     if (snprintf(images_path, sizeof(images_path), "%s/%s-images-idx3-ubyte.gz", dir, split) >=
             (int)sizeof(images_path) ||
         snprintf(labels_path, sizeof(labels_path), "%s/%s-labels-idx1-ubyte.gz", dir, split) >=
             (int)sizeof(labels_path))
-        return fail(err, errlen, FMNIST_EINVAL, "fmnist: directory name too long: %s", dir);
+        return imageio_fail(err, errlen, FMNIST_EINVAL, "fmnist: directory name too long: %s", dir);
 
     int rc;
     gzFile gz = NULL;
@@ -175,13 +167,14 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
         goto fail;
     uint32_t n = dims[0];
     if (n == 0 || n > MAX_IMAGES) {
-        rc = fail(err, errlen, FMNIST_EFORMAT, "%s: implausible label count %u", labels_path, n);
+        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: implausible label count %u",
+                          labels_path, n);
         goto fail;
     }
     raw = malloc(n);
     d->labels = malloc(sizeof(int32_t) * n);
     if (!raw || !d->labels) {
-        rc = fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory", labels_path);
+        rc = imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory", labels_path);
         goto fail;
     }
     if ((rc = idx_read(gz, labels_path, raw, n, "the labels", err, errlen)) != 0)
@@ -190,8 +183,9 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
         goto fail;
     for (uint32_t i = 0; i < n; i++) {
         if (raw[i] >= FMNIST_CLASSES) {
-            rc = fail(err, errlen, FMNIST_EFORMAT, "%s: label %u of image %u is not in 0..%d",
-                      labels_path, raw[i], i, FMNIST_CLASSES - 1);
+            rc = imageio_fail(err, errlen, FMNIST_EFORMAT,
+                              "%s: label %u of image %u is not in 0..%d", labels_path, raw[i], i,
+                              FMNIST_CLASSES - 1);
             goto fail;
         }
         d->labels[i] = raw[i];
@@ -206,20 +200,21 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
     if ((rc = idx_header(gz, images_path, IDX_MAGIC_IMAGES, 3, dims, err, errlen)) != 0)
         goto fail;
     if (dims[0] != n) {
-        rc = fail(err, errlen, FMNIST_EFORMAT, "%s: holds %u images but %s holds %u labels",
-                  images_path, dims[0], labels_path, n);
+        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: holds %u images but %s holds %u labels",
+                          images_path, dims[0], labels_path, n);
         goto fail;
     }
     if (dims[1] != FMNIST_RAW_SIZE || dims[2] != FMNIST_RAW_SIZE) {
-        rc = fail(err, errlen, FMNIST_EFORMAT, "%s: images are %ux%u, expected %dx%d", images_path,
-                  dims[1], dims[2], FMNIST_RAW_SIZE, FMNIST_RAW_SIZE);
+        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: images are %ux%u, expected %dx%d",
+                          images_path, dims[1], dims[2], FMNIST_RAW_SIZE, FMNIST_RAW_SIZE);
         goto fail;
     }
     const size_t raw_px = FMNIST_RAW_SIZE * FMNIST_RAW_SIZE, px = FMNIST_SIZE * FMNIST_SIZE;
     raw = malloc((size_t)n * raw_px);
     d->images = malloc(sizeof(float) * (size_t)n * px);
     if (!raw || !d->images) {
-        rc = fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory for %u images", images_path, n);
+        rc = imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory for %u images",
+                          images_path, n);
         goto fail;
     }
     if ((rc = idx_read(gz, images_path, raw, (size_t)n * raw_px, "the images", err, errlen)) != 0)

@@ -69,6 +69,23 @@ static int parse_float(const char *cmd, const char *s, double lo, double hi, con
     return 0;
 }
 
+// The last case of both commands' option switch: 'h' (--help) prints the usage on stdout and
+// exits 0; anything else is an option getopt has already complained of, so the usage goes to
+// stderr and the exit status is 2.
+static int usage_exit(void (*usage)(FILE *), int opt) {
+    usage(opt == 'h' ? stdout : stderr);
+    return opt == 'h' ? 0 : 2;
+}
+
+// After the options: prints why and returns -1 if a non-option argument is left, else 0.
+static int extra_argument(const char *cmd, int argc, char **argv) {
+    if (optind < argc) {
+        fprintf(stderr, "steer %s: unexpected argument '%s' (see --help)\n", cmd, argv[optind]);
+        return -1;
+    }
+    return 0;
+}
+
 static void format_duration(char *out, size_t len, double s) {
     if (s < 0 || s > 1e8)
         s = 0;
@@ -173,17 +190,12 @@ int cli_train_eval(int argc, char **argv) {
             data_dir = optarg;
             break;
         case 'h':
-            train_usage(stdout);
-            return 0;
         default:
-            train_usage(stderr);
-            return 2;
+            return usage_exit(train_usage, o);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "steer train-eval: unexpected argument '%s' (see --help)\n", argv[optind]);
+    if (extra_argument(cmd, argc, argv))
         return 2;
-    }
     if (check_writable(out))
         return 1;
 
@@ -511,17 +523,12 @@ int cli_eval(int argc, char **argv) {
             data_dir = optarg;
             break;
         case 'h':
-            eval_usage(stdout);
-            return 0;
         default:
-            eval_usage(stderr);
-            return 2;
+            return usage_exit(eval_usage, o);
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "steer eval: unexpected argument '%s' (see --help)\n", argv[optind]);
+    if (extra_argument(cmd, argc, argv))
         return 2;
-    }
     if ((ckpt != NULL) + (samples != NULL) + halves != 1) {
         fprintf(stderr, "steer eval: give exactly one of --ckpt, --samples, --test-halves\n");
         eval_usage(stderr);

@@ -12,12 +12,13 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "env/imageio.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host (the format's raw data is little-endian)"
@@ -59,19 +60,6 @@ static int dtype_parse(const char *s, StDtype *out) {
         }
     }
     return -1;
-}
-
-// Formats a message into the caller's buffer (either may be NULL/0) and returns code, so error
-// paths read `return fail(err, errlen, CODE, "...")`.
-__attribute__((format(printf, 4, 5))) static int fail(char *err, size_t errlen, int code,
-                                                      const char *fmt, ...) {
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 // "[3, 4]" into out (truncated if it does not fit, never overflowing).
@@ -144,52 +132,55 @@ static int dir_fsync(const char *path) {
 static int write_args_check(const char *path, const StTensor *tensors, int n,
                             const char *const *meta_kv, char *err, size_t errlen) {
     if (!path || !*path)
-        return fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: empty path");
+        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: empty path");
     if (n < 0 || (n > 0 && !tensors))
-        return fail(err, errlen, SAFETENSORS_EINVAL, "%s: bad tensor list (n = %d)", path, n);
+        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "%s: bad tensor list (n = %d)", path,
+                            n);
     for (int i = 0; i < n; i++) {
         const StTensor *t = &tensors[i];
         size_t len = strnlen(t->name, SAFETENSORS_NAME_MAX);
         if (len == 0 || len == SAFETENSORS_NAME_MAX)
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: tensor %d has an empty or unterminated name", path, i);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: tensor %d has an empty or unterminated name", path, i);
         if (strcmp(t->name, "__metadata__") == 0)
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: '__metadata__' is reserved and cannot name a tensor", path);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: '__metadata__' is reserved and cannot name a tensor", path);
         size_t elem = safetensors_dtype_size(t->dtype);
         if (elem == 0)
-            return fail(err, errlen, SAFETENSORS_EINVAL, "%s: tensor '%s' has invalid dtype %d",
-                        path, t->name, (int)t->dtype);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: tensor '%s' has invalid dtype %d", path, t->name,
+                                (int)t->dtype);
         if (t->ndim < 0 || t->ndim > SAFETENSORS_MAX_DIMS)
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: tensor '%s' has %d dimensions (0..%d allowed)", path, t->name, t->ndim,
-                        SAFETENSORS_MAX_DIMS);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: tensor '%s' has %d dimensions (0..%d allowed)", path, t->name,
+                                t->ndim, SAFETENSORS_MAX_DIMS);
         uint64_t want;
         if (shape_nbytes(t->ndim, t->shape, elem, &want) != 0)
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: tensor '%s' has a negative or overflowing shape", path, t->name);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: tensor '%s' has a negative or overflowing shape", path,
+                                t->name);
         if (want != t->nbytes)
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: tensor '%s' has nbytes %zu but its shape and dtype make %llu", path,
-                        t->name, t->nbytes, (unsigned long long)want);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: tensor '%s' has nbytes %zu but its shape and dtype make %llu",
+                                path, t->name, t->nbytes, (unsigned long long)want);
         if (t->nbytes > 0 && !t->data)
-            return fail(err, errlen, SAFETENSORS_EINVAL, "%s: tensor '%s' has no data", path,
-                        t->name);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "%s: tensor '%s' has no data",
+                                path, t->name);
         for (int j = 0; j < i; j++) {
             if (strcmp(tensors[j].name, t->name) == 0)
-                return fail(err, errlen, SAFETENSORS_EINVAL, "%s: tensor name '%s' appears twice",
-                            path, t->name);
+                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                    "%s: tensor name '%s' appears twice", path, t->name);
         }
     }
     for (int i = 0; meta_kv && meta_kv[i]; i += 2) {
         if (!meta_kv[i + 1])
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: metadata key '%s' has no value (meta_kv must hold pairs)", path,
-                        meta_kv[i]);
+            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                "%s: metadata key '%s' has no value (meta_kv must hold pairs)",
+                                path, meta_kv[i]);
         for (int j = 0; j < i; j += 2) {
             if (strcmp(meta_kv[j], meta_kv[i]) == 0)
-                return fail(err, errlen, SAFETENSORS_EINVAL, "%s: metadata key '%s' appears twice",
-                            path, meta_kv[i]);
+                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                    "%s: metadata key '%s' appears twice", path, meta_kv[i]);
         }
     }
     return 0;
@@ -211,9 +202,9 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
             json_t *v = json_string(meta_kv[i + 1]);
             if (!v || json_object_set_new(meta, meta_kv[i], v) != 0) {
                 json_decref(root);
-                return fail(err, errlen, SAFETENSORS_EINVAL,
-                            "%s: metadata '%s' is not valid UTF-8 (or out of memory)", path,
-                            meta_kv[i]);
+                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                                    "%s: metadata '%s' is not valid UTF-8 (or out of memory)", path,
+                                    meta_kv[i]);
             }
         }
     }
@@ -241,10 +232,11 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
             if (bad)
                 json_decref(entry);
             json_decref(root);
-            return fail(err, errlen, SAFETENSORS_EINVAL,
-                        "%s: could not add tensor '%s' to the header (name not UTF-8, or out of "
-                        "memory)",
-                        path, t->name);
+            return imageio_fail(
+                err, errlen, SAFETENSORS_EINVAL,
+                "%s: could not add tensor '%s' to the header (name not UTF-8, or out of "
+                "memory)",
+                path, t->name);
         }
         offset += t->nbytes;
     }
@@ -252,7 +244,8 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
     return 0;
 nomem:
     json_decref(root);
-    return fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory building the header", path);
+    return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory building the header",
+                        path);
 }
 
 int safetensors_write(const char *path, const StTensor *tensors, int n, const char *const *meta_kv,
@@ -269,7 +262,7 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
     json_t *root = NULL;
     int fd = -1, created = 0;
     if (!order || !tmp) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto done;
     }
     sprintf(tmp, "%s.tmp", path);
@@ -286,7 +279,8 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
         goto done;
     header = json_dumps(root, JSON_COMPACT);
     if (!header) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory encoding the header", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory encoding the header",
+                          path);
         goto done;
     }
     size_t hlen = strlen(header);
@@ -298,7 +292,8 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
 
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: cannot create: %s", tmp, strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot create: %s", tmp,
+                          strerror(errno));
         goto done;
     }
     created = 1;
@@ -310,25 +305,27 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
             bad = write_all(fd, t->data, t->nbytes);
     }
     if (bad || fsync(fd) != 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: write failed: %s", tmp, strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: write failed: %s", tmp,
+                          strerror(errno));
         goto done;
     }
     int closed = close(fd);
     fd = -1;
     if (closed != 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: close failed: %s", tmp, strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: close failed: %s", tmp,
+                          strerror(errno));
         goto done;
     }
     if (rename(tmp, path) != 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: cannot rename %s over it: %s", path, tmp,
-                  strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot rename %s over it: %s", path,
+                          tmp, strerror(errno));
         goto done;
     }
     if (dir_fsync(path) != 0) {
         // The file is in place; only its durability across a crash is in doubt. Report it anyway:
         // a checkpoint must not be published on a maybe.
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: fsync of its directory failed: %s", path,
-                  strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: fsync of its directory failed: %s",
+                          path, strerror(errno));
         goto done;
     }
     rc = 0;
@@ -395,31 +392,32 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
                        size_t errlen) {
     const int E = SAFETENSORS_EFORMAT;
     if (!json_is_object(v))
-        return fail(err, errlen, E, "%s: entry '%s' is not an object", path, name);
+        return imageio_fail(err, errlen, E, "%s: entry '%s' is not an object", path, name);
 
     json_t *dt = json_object_get(v, "dtype");
     if (!json_is_string(dt))
-        return fail(err, errlen, E, "%s: tensor '%s' has no \"dtype\" string", path, name);
+        return imageio_fail(err, errlen, E, "%s: tensor '%s' has no \"dtype\" string", path, name);
     if (dtype_parse(json_string_value(dt), &t->dtype) != 0)
-        return fail(err, errlen, E,
-                    "%s: tensor '%s' has unsupported dtype '%.32s' (F32, F64, I32, I64, U64, U8 "
-                    "are understood)",
-                    path, name, json_string_value(dt));
+        return imageio_fail(
+            err, errlen, E,
+            "%s: tensor '%s' has unsupported dtype '%.32s' (F32, F64, I32, I64, U64, U8 "
+            "are understood)",
+            path, name, json_string_value(dt));
 
     json_t *shape = json_object_get(v, "shape");
     if (!json_is_array(shape))
-        return fail(err, errlen, E, "%s: tensor '%s' has no \"shape\" array", path, name);
+        return imageio_fail(err, errlen, E, "%s: tensor '%s' has no \"shape\" array", path, name);
     size_t nd = json_array_size(shape);
     if (nd > SAFETENSORS_MAX_DIMS)
-        return fail(err, errlen, E, "%s: tensor '%s' has %zu dimensions (at most %d)", path, name,
-                    nd, SAFETENSORS_MAX_DIMS);
+        return imageio_fail(err, errlen, E, "%s: tensor '%s' has %zu dimensions (at most %d)", path,
+                            name, nd, SAFETENSORS_MAX_DIMS);
     t->ndim = (int)nd;
     for (size_t d = 0; d < nd; d++) {
         long long s;
         if (json_int_get(json_array_get(shape, d), &s) != 0 || s < 0)
-            return fail(err, errlen, E,
-                        "%s: tensor '%s' shape entry %zu is not a non-negative integer", path, name,
-                        d);
+            return imageio_fail(err, errlen, E,
+                                "%s: tensor '%s' shape entry %zu is not a non-negative integer",
+                                path, name, d);
         t->shape[d] = s;
     }
 
@@ -428,26 +426,29 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_int_get(json_array_get(offs, 0), &b) != 0 ||
         json_int_get(json_array_get(offs, 1), &e) != 0)
-        return fail(err, errlen, E, "%s: tensor '%s' has no \"data_offsets\" array of two integers",
-                    path, name);
+        return imageio_fail(err, errlen, E,
+                            "%s: tensor '%s' has no \"data_offsets\" array of two integers", path,
+                            name);
     if (b < 0 || e < b)
-        return fail(err, errlen, E, "%s: tensor '%s' has bad data_offsets [%lld, %lld)", path, name,
-                    b, e);
+        return imageio_fail(err, errlen, E, "%s: tensor '%s' has bad data_offsets [%lld, %lld)",
+                            path, name, b, e);
     if ((uint64_t)e > data_size)
-        return fail(err, errlen, E,
-                    "%s: tensor '%s' data [%lld, %lld) runs past the end of the data section "
-                    "(%llu bytes)",
-                    path, name, b, e, (unsigned long long)data_size);
+        return imageio_fail(
+            err, errlen, E,
+            "%s: tensor '%s' data [%lld, %lld) runs past the end of the data section "
+            "(%llu bytes)",
+            path, name, b, e, (unsigned long long)data_size);
 
     uint64_t want;
     if (shape_nbytes(t->ndim, t->shape, dtype_sizes[t->dtype], &want) != 0)
-        return fail(err, errlen, E, "%s: tensor '%s' shape overflows 64 bits", path, name);
+        return imageio_fail(err, errlen, E, "%s: tensor '%s' shape overflows 64 bits", path, name);
     if (want != (uint64_t)(e - b)) {
         char s[160];
         shape_format(s, sizeof(s), t->ndim, t->shape);
-        return fail(err, errlen, E,
-                    "%s: tensor '%s' data [%lld, %lld) holds %lld bytes but %s %s needs %llu", path,
-                    name, b, e, e - b, dtype_names[t->dtype], s, (unsigned long long)want);
+        return imageio_fail(
+            err, errlen, E,
+            "%s: tensor '%s' data [%lld, %lld) holds %lld bytes but %s %s needs %llu", path, name,
+            b, e, e - b, dtype_names[t->dtype], s, (unsigned long long)want);
     }
     t->nbytes = (size_t)want;
     *begin_out = (uint64_t)b;
@@ -458,18 +459,18 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
 // Parses "__metadata__" (an object of strings) into f->meta_kv.
 static int meta_parse(StFile *f, json_t *meta, char *err, size_t errlen) {
     if (!json_is_object(meta))
-        return fail(err, errlen, SAFETENSORS_EFORMAT, "%s: \"__metadata__\" is not an object",
-                    f->path);
+        return imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                            "%s: \"__metadata__\" is not an object", f->path);
     size_t count = json_object_size(meta);
     f->meta_kv = calloc(2 * count + 1, sizeof(char *));
     if (!f->meta_kv)
-        return fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
+        return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
     const char *key;
     json_t *v;
     json_object_foreach(meta, key, v) {
         if (!json_is_string(v))
-            return fail(err, errlen, SAFETENSORS_EFORMAT, "%s: metadata '%.64s' is not a string",
-                        f->path, key);
+            return imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                                "%s: metadata '%.64s' is not a string", f->path, key);
         char *k = strdup(key), *s = strdup(json_string_value(v));
         f->meta_kv[2 * f->n_meta] = k;
         f->meta_kv[2 * f->n_meta + 1] = s;
@@ -477,7 +478,7 @@ static int meta_parse(StFile *f, json_t *meta, char *err, size_t errlen) {
             free(k);
             free(s);
             f->meta_kv[2 * f->n_meta] = f->meta_kv[2 * f->n_meta + 1] = NULL;
-            return fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
+            return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
         }
         f->n_meta++;
     }
@@ -501,57 +502,58 @@ static int span_cmp(const void *a, const void *b) {
 int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     memset(f, 0, sizeof(*f));
     if (!path)
-        return fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: NULL path");
+        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: NULL path");
     int rc = 0;
     int fd = -1;
     json_t *root = NULL;
     Span *spans = NULL;
     f->path = strdup(path);
     if (!f->path) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto fail;
     }
 
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: cannot open: %s", path, strerror(errno));
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot open: %s", path,
+                          strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: not a regular file", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: not a regular file", path);
         goto fail;
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size < 8) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                  "%s: file is %llu bytes, too short for the 8-byte header length", path,
-                  (unsigned long long)size);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                          "%s: file is %llu bytes, too short for the 8-byte header length", path,
+                          (unsigned long long)size);
         goto fail;
     }
     uint8_t prefix[8];
     if (read_all(fd, prefix, 8) != 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
-                  errno ? strerror(errno) : "file shrank while reading");
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
+                          errno ? strerror(errno) : "file shrank while reading");
         goto fail;
     }
     uint64_t hlen = 0;
     for (int b = 0; b < 8; b++)
         hlen |= (uint64_t)prefix[b] << (8 * b);
     if (hlen > size - 8) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                  "%s: header length %llu runs past the end of the file (%llu bytes)", path,
-                  (unsigned long long)hlen, (unsigned long long)size);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                          "%s: header length %llu runs past the end of the file (%llu bytes)", path,
+                          (unsigned long long)hlen, (unsigned long long)size);
         goto fail;
     }
     if (hlen > SAFETENSORS_HEADER_MAX) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                  "%s: header length %llu is larger than the %u bytes allowed", path,
-                  (unsigned long long)hlen, SAFETENSORS_HEADER_MAX);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                          "%s: header length %llu is larger than the %u bytes allowed", path,
+                          (unsigned long long)hlen, SAFETENSORS_HEADER_MAX);
         goto fail;
     }
     if (size > SIZE_MAX - 2 * DATA_ALIGN) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: too large to load", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: too large to load", path);
         goto fail;
     }
 
@@ -560,8 +562,8 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     size_t lead = (DATA_ALIGN - (size_t)((8 + hlen) % DATA_ALIGN)) % DATA_ALIGN;
     void *mem = NULL;
     if (posix_memalign(&mem, DATA_ALIGN, lead + (size_t)size) != 0) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory for %llu bytes", path,
-                  (unsigned long long)size);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory for %llu bytes", path,
+                          (unsigned long long)size);
         goto fail;
     }
     f->buf = mem;
@@ -569,8 +571,8 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     uint8_t *file = f->buf + lead;
     memcpy(file, prefix, 8);
     if (read_all(fd, file + 8, (size_t)size - 8) != 0) {
-        rc = fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
-                  errno ? strerror(errno) : "file shrank while reading");
+        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
+                          errno ? strerror(errno) : "file shrank while reading");
         goto fail;
     }
     close(fd);
@@ -581,13 +583,14 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     json_error_t jerr;
     root = json_loadb((const char *)file + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                  "%s: header is not valid JSON: %s (line %d, column %d)", path, jerr.text,
-                  jerr.line, jerr.column);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                          "%s: header is not valid JSON: %s (line %d, column %d)", path, jerr.text,
+                          jerr.line, jerr.column);
         goto fail;
     }
     if (!json_is_object(root)) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT, "%s: header is JSON but not an object", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT, "%s: header is JSON but not an object",
+                          path);
         goto fail;
     }
 
@@ -595,7 +598,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     json_t *meta = json_object_get(root, "__metadata__");
     size_t count = entries - (meta ? 1 : 0);
     if (count > (size_t)INT32_MAX) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT, "%s: too many tensors", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT, "%s: too many tensors", path);
         goto fail;
     }
     if (meta && (rc = meta_parse(f, meta, err, errlen)) != 0)
@@ -604,7 +607,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     f->tensors = calloc(count ? count : 1, sizeof(StTensor));
     spans = calloc(count ? count : 1, sizeof(Span));
     if (!f->tensors || !spans) {
-        rc = fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto fail;
     }
     const char *key;
@@ -614,9 +617,9 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
             continue;
         size_t klen = strlen(key);
         if (klen == 0 || klen >= SAFETENSORS_NAME_MAX) {
-            rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                      "%s: tensor name '%.40s...' is empty or longer than %d bytes", path, key,
-                      SAFETENSORS_NAME_MAX - 1);
+            rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+                              "%s: tensor name '%.40s...' is empty or longer than %d bytes", path,
+                              key, SAFETENSORS_NAME_MAX - 1);
             goto fail;
         }
         StTensor *t = &f->tensors[f->n];
@@ -638,27 +641,30 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
         const Span *s = &spans[i];
         const char *name = f->tensors[s->index].name;
         if (s->begin < cursor) {
-            rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                      "%s: tensor '%s' data [%llu, %llu) overlaps tensor '%s' (which ends at %llu)",
-                      path, name, (unsigned long long)s->begin, (unsigned long long)s->end,
-                      f->tensors[spans[i - 1].index].name, (unsigned long long)cursor);
+            rc = imageio_fail(
+                err, errlen, SAFETENSORS_EFORMAT,
+                "%s: tensor '%s' data [%llu, %llu) overlaps tensor '%s' (which ends at %llu)", path,
+                name, (unsigned long long)s->begin, (unsigned long long)s->end,
+                f->tensors[spans[i - 1].index].name, (unsigned long long)cursor);
             goto fail;
         }
         if (s->begin > cursor) {
-            rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                      "%s: tensor '%s' starts at %llu but the data before it ends at %llu (a "
-                      "gap of unused bytes)",
-                      path, name, (unsigned long long)s->begin, (unsigned long long)cursor);
+            rc = imageio_fail(
+                err, errlen, SAFETENSORS_EFORMAT,
+                "%s: tensor '%s' starts at %llu but the data before it ends at %llu (a "
+                "gap of unused bytes)",
+                path, name, (unsigned long long)s->begin, (unsigned long long)cursor);
             goto fail;
         }
         cursor = s->end;
     }
     if (cursor != data_size) {
-        rc = fail(err, errlen, SAFETENSORS_EFORMAT,
-                  "%s: oversized: the data section is %llu bytes but the tensors cover only %llu "
-                  "(%llu trailing bytes)",
-                  path, (unsigned long long)data_size, (unsigned long long)cursor,
-                  (unsigned long long)(data_size - cursor));
+        rc = imageio_fail(
+            err, errlen, SAFETENSORS_EFORMAT,
+            "%s: oversized: the data section is %llu bytes but the tensors cover only %llu "
+            "(%llu trailing bytes)",
+            path, (unsigned long long)data_size, (unsigned long long)cursor,
+            (unsigned long long)(data_size - cursor));
         goto fail;
     }
 
@@ -702,11 +708,12 @@ int safetensors_expect(const StFile *f, const char *name, StDtype dtype, int ndi
         *out = NULL;
     const StTensor *t = safetensors_find(f, name);
     if (!t)
-        return fail(err, errlen, SAFETENSORS_ENOTFOUND, "%s: missing tensor '%s'", path,
-                    name ? name : "(null)");
+        return imageio_fail(err, errlen, SAFETENSORS_ENOTFOUND, "%s: missing tensor '%s'", path,
+                            name ? name : "(null)");
     if (t->dtype != dtype)
-        return fail(err, errlen, SAFETENSORS_EMISMATCH, "%s: tensor '%s' has dtype %s, expected %s",
-                    path, name, dtype_names[t->dtype], safetensors_dtype_name(dtype));
+        return imageio_fail(err, errlen, SAFETENSORS_EMISMATCH,
+                            "%s: tensor '%s' has dtype %s, expected %s", path, name,
+                            dtype_names[t->dtype], safetensors_dtype_name(dtype));
     int same = t->ndim == ndim;
     for (int d = 0; same && d < ndim; d++)
         same = t->shape[d] == shape[d];
@@ -716,8 +723,8 @@ int safetensors_expect(const StFile *f, const char *name, StDtype dtype, int ndi
         shape_format(want, sizeof(want),
                      ndim < 0 ? 0 : (ndim > SAFETENSORS_MAX_DIMS ? SAFETENSORS_MAX_DIMS : ndim),
                      shape);
-        return fail(err, errlen, SAFETENSORS_EMISMATCH, "%s: tensor '%s' has shape %s, expected %s",
-                    path, name, have, want);
+        return imageio_fail(err, errlen, SAFETENSORS_EMISMATCH,
+                            "%s: tensor '%s' has shape %s, expected %s", path, name, have, want);
     }
     if (out)
         *out = t;

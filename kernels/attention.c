@@ -5,12 +5,12 @@
 // largest is 16 x 256 x 256), far too small to thread well inside one GEMM. So the batch is spread
 // over OpenMP threads and each item runs its whole chain (projections, scores, softmax, mixing)
 // while its tensors are hot in cache; dnnl_sgemm runs single-threaded inside the parallel region
-// (nested OpenMP regions get one thread). With one item (serving, B = 1) there is no parallel region and
-// the GEMMs thread themselves. The products with a small inner dimension (the 1x1 projections of
-// the forward, and the scores, whose rows go straight into the softmax) are our own loops, which
-// measured faster than dnnl_sgemm there; the rest are GEMMs. The weight gradients are summed per
-// item into scratch and reduced over the batch in a fixed order afterwards: no atomics, and a
-// result that does not depend on the thread count.
+// (nested OpenMP regions get one thread). With one item (serving, B = 1) there is no parallel
+// region and the GEMMs thread themselves. The products with a small inner dimension (the 1x1
+// projections of the forward, and the scores, whose rows go straight into the softmax) are our
+// own loops, which measured faster than dnnl_sgemm there; the rest are GEMMs. The weight
+// gradients are summed per item into scratch and reduced over the batch in a fixed order
+// afterwards: no atomics, and a result that does not depend on the thread count.
 //
 // Not here: masking, multiple heads, a CUDA path, the spectral normalization of the weights
 // (specnorm.c does that before they reach us).

@@ -27,6 +27,7 @@
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
 #include "kernels/rng.h"
+#include "tests/check.h"
 
 #define ATOL 1e-4
 #define RTOL 1e-3
@@ -34,82 +35,15 @@
 #define FD_RTOL 1e-5
 #define FD_H 1e-5
 
-static void *xmalloc(size_t bytes) {
-    void *p = calloc(1, bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
-        exit(1);
-    }
-    return p;
-}
-#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
-
-#define WORST 5
-
-// got (n) is read from gotf (float) or, when gotf is NULL, gotd (double). Returns the number of
-// elements out of tolerance, after printing the worst of them.
-static long compare(const char *what, const float *gotf, const double *gotd, const double *want,
-                    long n, double atol, double rtol) {
-    long worst_i[WORST];
-    double worst_excess[WORST];
-    int nworst = 0;
-    long bad = 0;
-    for (long i = 0; i < n; i++) {
-        double got = gotf ? (double)gotf[i] : gotd[i];
-        double err = fabs(got - want[i]);
-        double tol = atol + rtol * fabs(want[i]);
-        if (err <= tol) // NaN compares false and lands below as a failure
-            continue;
-        bad++;
-        double excess = isnan(err) ? INFINITY : err / tol;
-        int pos;
-        if (nworst < WORST)
-            pos = nworst++;
-        else if (excess > worst_excess[WORST - 1])
-            pos = WORST - 1;
-        else
-            continue;
-        for (; pos > 0 && worst_excess[pos - 1] < excess; pos--) {
-            worst_excess[pos] = worst_excess[pos - 1];
-            worst_i[pos] = worst_i[pos - 1];
-        }
-        worst_excess[pos] = excess;
-        worst_i[pos] = i;
-    }
-    if (bad) {
-        fprintf(stderr, "%s: %ld of %ld out of tolerance (atol %g, rtol %g); worst:\n", what, bad,
-                n, atol, rtol);
-        for (int k = 0; k < nworst; k++) {
-            long i = worst_i[k];
-            fprintf(stderr, "    [%ld] got %.9g want %.9g\n", i, gotf ? gotf[i] : gotd[i],
-                    want[i]);
-        }
-    }
-    return bad;
-}
-
 #define ASSERT_CLOSE(what, gotf, want, n)                                                          \
-    assert_int_equal(compare(what, gotf, NULL, want, n, ATOL, RTOL), 0)
+    assert_int_equal(check_compare_f(what, gotf, want, n, ATOL, RTOL), 0)
 
 static Rng test_rng;
 
 // x (n) uniform in [-scale, scale), in both precisions (either may be NULL); the float values
 // are the doubles rounded, so the reference sees exactly the kernel's inputs.
 static void fill(float *xf, double *xd, long n, double scale) {
-    for (long i = 0; i < n; i++) {
-        float v = (float)((2.0 * rng_uniform(&test_rng) - 1.0) * scale);
-        if (xf)
-            xf[i] = v;
-        if (xd)
-            xd[i] = v;
-    }
-}
-
-static double *to_double(const float *x, long n) {
-    double *d = ALLOC(double, n);
-    for (long i = 0; i < n; i++)
-        d[i] = x[i];
-    return d;
+    check_fill_uniform(&test_rng, xf, xd, n, -scale, scale);
 }
 
 static int setup(void **state) {
@@ -123,70 +57,67 @@ static int setup(void **state) {
 typedef struct {
     double *x, *wf, *wg, *wh, *wo, gamma;
     int B, C, N;
+    double *out;        // (B, C, N) scratch
+    const double *dout; // (B, C, N)
 } AttnCtx;
 
-// L = <attention_forward_ref(ctx), dout>.
-static double attn_loss(AttnCtx *c, double *out, const double *dout) {
-    attention_forward_ref(out, c->x, c->wf, c->wg, c->wh, c->wo, c->gamma, c->B, c->C, c->N);
+// L = <attention_forward_ref(ctx), dout>, a CheckLossFn that reads the perturbed input through ctx.
+static double attn_loss(const double *p, long n, void *ctx) {
+    (void)p, (void)n;
+    AttnCtx *c = ctx;
+    attention_forward_ref(c->out, c->x, c->wf, c->wg, c->wh, c->wo, c->gamma, c->B, c->C, c->N);
     double l = 0;
     for (long k = 0; k < (long)c->B * c->C * c->N; k++)
-        l += out[k] * dout[k];
+        l += c->out[k] * c->dout[k];
     return l;
 }
 
 // Checks the added part of grad (grad - init, n) against central differences in p (n).
 static void fd_check(const char *what, AttnCtx *c, double *p, const double *grad,
-                     const double *init, long n, double *out, const double *dout) {
-    double *numeric = ALLOC(double, n), *analytic = ALLOC(double, n);
-    for (long i = 0; i < n; i++) {
-        double keep = p[i];
-        p[i] = keep + FD_H;
-        double lp = attn_loss(c, out, dout);
-        p[i] = keep - FD_H;
-        double lm = attn_loss(c, out, dout);
-        p[i] = keep;
-        numeric[i] = (lp - lm) / (2 * FD_H);
+                     const double *init, long n) {
+    double *analytic = CHECK_ALLOC(double, n);
+    for (long i = 0; i < n; i++)
         analytic[i] = grad[i] - init[i];
-    }
-    assert_int_equal(compare(what, NULL, analytic, numeric, n, FD_ATOL, FD_RTOL), 0);
-    free(numeric);
+    int bad = check_compare_fd(what, analytic, p, n, FD_H, attn_loss, c, FD_ATOL, FD_RTOL);
     free(analytic);
+    assert_int_equal(bad, 0);
 }
 
 static void test_attention_ref_fd(void **state) {
     (void)state;
     int B = 2, C = 8, N = 5, C8 = C / 8, C2 = C / 2;
     long nx = (long)B * C * N, nf = (long)C8 * C, nh = (long)C2 * C;
-    AttnCtx c = {ALLOC(double, nx), ALLOC(double, nf), ALLOC(double, nf), ALLOC(double, nh),
-                 ALLOC(double, nh), 0.7, B, C, N};
+    AttnCtx c = {.gamma = 0.7, .B = B, .C = C, .N = N};
+    c.x = CHECK_ALLOC(double, nx), c.wf = CHECK_ALLOC(double, nf), c.wg = CHECK_ALLOC(double, nf);
+    c.wh = CHECK_ALLOC(double, nh), c.wo = CHECK_ALLOC(double, nh);
     fill(NULL, c.x, nx, 1.0);
     fill(NULL, c.wf, nf, 1.0);
     fill(NULL, c.wg, nf, 1.0);
     fill(NULL, c.wh, nh, 1.0);
     fill(NULL, c.wo, nh, 1.0);
-    double *dout = ALLOC(double, nx), *out = ALLOC(double, nx);
+    double *dout = CHECK_ALLOC(double, nx), *out = CHECK_ALLOC(double, nx);
     fill(NULL, dout, nx, 1.0);
+    c.out = out, c.dout = dout;
     // Gradient buffers start from random values; init keeps them to take the added part out.
-    double *init = ALLOC(double, nx + 2 * nf + 2 * nh + 1);
+    double *init = CHECK_ALLOC(double, nx + 2 * nf + 2 * nh + 1);
     fill(NULL, init, nx + 2 * nf + 2 * nh + 1, 1.0);
-    double *g = ALLOC(double, nx + 2 * nf + 2 * nh + 1);
+    double *g = CHECK_ALLOC(double, nx + 2 * nf + 2 * nh + 1);
     memcpy(g, init, sizeof(double) * (nx + 2 * nf + 2 * nh + 1));
     double *dx = g, *dwf = dx + nx, *dwg = dwf + nf, *dwh = dwg + nf, *dwo = dwh + nh,
            *dgamma = dwo + nh;
     attention_backward_ref(dx, dwf, dwg, dwh, dwo, dgamma, dout, c.x, c.wf, c.wg, c.wh, c.wo,
                            c.gamma, B, C, N);
-    fd_check("attention_ref dx", &c, c.x, dx, init, nx, out, dout);
-    fd_check("attention_ref dwf", &c, c.wf, dwf, init + nx, nf, out, dout);
-    fd_check("attention_ref dwg", &c, c.wg, dwg, init + nx + nf, nf, out, dout);
-    fd_check("attention_ref dwh", &c, c.wh, dwh, init + nx + 2 * nf, nh, out, dout);
-    fd_check("attention_ref dwo", &c, c.wo, dwo, init + nx + 2 * nf + nh, nh, out, dout);
-    fd_check("attention_ref dgamma", &c, &c.gamma, dgamma, init + nx + 2 * nf + 2 * nh, 1, out,
-             dout);
+    fd_check("attention_ref dx", &c, c.x, dx, init, nx);
+    fd_check("attention_ref dwf", &c, c.wf, dwf, init + nx, nf);
+    fd_check("attention_ref dwg", &c, c.wg, dwg, init + nx + nf, nf);
+    fd_check("attention_ref dwh", &c, c.wh, dwh, init + nx + 2 * nf, nh);
+    fd_check("attention_ref dwo", &c, c.wo, dwo, init + nx + 2 * nf + nh, nh);
+    fd_check("attention_ref dgamma", &c, &c.gamma, dgamma, init + nx + 2 * nf + 2 * nh, 1);
     free(c.x), free(c.wf), free(c.wg), free(c.wh), free(c.wo), free(dout), free(out), free(init);
     free(g);
 }
 
-// --- the fast kernel against the reference --------------------------------------------------------
+// --- the fast kernel against the reference -------------------------------------------------------
 
 // One shape: forward, then backward twice into pre-filled gradients (each must end as
 // init + 2 * reference). weights = 0 leaves the weight and gamma gradients out. wscale scales
@@ -197,12 +128,14 @@ static void attention_case(int B, int C, int N, float gamma, int weights, double
     char what[120], part[160];
     snprintf(what, sizeof(what), "attention B%d C%d N%d gamma %g%s", B, C, N, gamma,
              weights ? "" : " (no weight grads)");
-    float *x = ALLOC(float, nx), *wf = ALLOC(float, nf), *wg = ALLOC(float, nf);
-    float *wh = ALLOC(float, nh), *wo = ALLOC(float, nh), *out = ALLOC(float, nx);
-    float *dout = ALLOC(float, nx);
-    double *x_d = ALLOC(double, nx), *wf_d = ALLOC(double, nf), *wg_d = ALLOC(double, nf);
-    double *wh_d = ALLOC(double, nh), *wo_d = ALLOC(double, nh), *dout_d = ALLOC(double, nx);
-    double *out_ref = ALLOC(double, nx);
+    float *x = CHECK_ALLOC(float, nx), *wf = CHECK_ALLOC(float, nf), *wg = CHECK_ALLOC(float, nf);
+    float *wh = CHECK_ALLOC(float, nh), *wo = CHECK_ALLOC(float, nh), *out = CHECK_ALLOC(float, nx);
+    float *dout = CHECK_ALLOC(float, nx);
+    double *x_d = CHECK_ALLOC(double, nx), *wf_d = CHECK_ALLOC(double, nf),
+           *wg_d = CHECK_ALLOC(double, nf);
+    double *wh_d = CHECK_ALLOC(double, nh), *wo_d = CHECK_ALLOC(double, nh),
+           *dout_d = CHECK_ALLOC(double, nx);
+    double *out_ref = CHECK_ALLOC(double, nx);
     double ws = 1.0 / sqrt(C); // projections of O(1) size, as spectral normalization gives
     fill(x, x_d, nx, 1.0);
     fill(wf, wf_d, nf, ws * wscale);
@@ -213,7 +146,7 @@ static void attention_case(int B, int C, int N, float gamma, int weights, double
     fill(out, NULL, nx, 1.0);
 
     AttentionSaved s;
-    float *saved = ALLOC(float, attention_saved_floats(B, C, N));
+    float *saved = CHECK_ALLOC(float, attention_saved_floats(B, C, N));
     attention_saved_carve(&s, saved, B, C, N);
     assert_int_equal(attention_forward(out, &s, x, wf, wg, wh, wo, gamma, B, C, N), 0);
     attention_forward_ref(out_ref, x_d, wf_d, wg_d, wh_d, wo_d, gamma, B, C, N);
@@ -221,14 +154,14 @@ static void attention_case(int B, int C, int N, float gamma, int weights, double
     ASSERT_CLOSE(part, out, out_ref, nx);
 
     long ng = nx + 2 * nf + 2 * nh + 1;
-    float *g = ALLOC(float, ng);
+    float *g = CHECK_ALLOC(float, ng);
     fill(g, NULL, ng, 1.0);
-    double *g_ref = to_double(g, ng);
+    double *g_ref = check_to_double(g, ng);
     float *dx = g, *dwf = dx + nx, *dwg = dwf + nf, *dwh = dwg + nf, *dwo = dwh + nh;
     float *dgamma = dwo + nh;
     double *rdx = g_ref, *rdwf = rdx + nx, *rdwg = rdwf + nf, *rdwh = rdwg + nf,
            *rdwo = rdwh + nh, *rdgamma = rdwo + nh;
-    float *scratch = ALLOC(float, attention_scratch_floats(B, C, N));
+    float *scratch = CHECK_ALLOC(float, attention_scratch_floats(B, C, N));
     for (int rep = 0; rep < 2; rep++) {
         if (weights)
             assert_int_equal(attention_backward(dx, dwf, dwg, dwh, dwo, dgamma, dout, &s, x, wf,
@@ -289,7 +222,8 @@ static void test_attention_large_scores(void **state) {
     // Probe the score range the case below will see, with the same draws.
     Rng keep = test_rng;
     long nx = (long)C * N, nf = (long)C / 8 * C;
-    double *x = ALLOC(double, nx), *wf = ALLOC(double, nf), *wg = ALLOC(double, nf);
+    double *x = CHECK_ALLOC(double, nx), *wf = CHECK_ALLOC(double, nf),
+           *wg = CHECK_ALLOC(double, nf);
     fill(NULL, x, nx, 1.0);
     fill(NULL, wf, nf, wscale / sqrt(C));
     fill(NULL, wg, nf, wscale / sqrt(C));
@@ -318,7 +252,7 @@ static void test_attention_layout_and_errors(void **state) {
     (void)state;
     int B = 3, C = 16, N = 10;
     long total = attention_saved_floats(B, C, N);
-    float *buf = ALLOC(float, total);
+    float *buf = CHECK_ALLOC(float, total);
     AttentionSaved s;
     attention_saved_carve(&s, buf, B, C, N);
     // Carved in the documented order, back to back, ending exactly at the end of the buffer.
@@ -343,7 +277,7 @@ static void test_compare_can_fail(void **state) {
     float got[3] = {1.0f, 2.5f, NAN};
     double want[3] = {1.0, 2.0, 3.0};
     fprintf(stderr, "(two planted errors follow)\n");
-    assert_int_equal(compare("planted", got, NULL, want, 3, ATOL, RTOL), 2);
+    assert_int_equal(check_compare_f("planted", got, want, 3, ATOL, RTOL), 2);
 }
 
 int main(void) {

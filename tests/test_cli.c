@@ -17,8 +17,9 @@
 #include <sys/wait.h>
 
 #include "env/imageio.h"
+#include "tests/check.h"
 
-static char dir[] = "/tmp/steer_test_cli_XXXXXX";
+static char dir[64];
 static const char *bin = "build/steer";
 static char out[8192];
 
@@ -41,7 +42,7 @@ static int run(const char *fmt, ...) {
 static int setup(void **state) {
     (void)state;
     if (getenv("STEER_BIN")) bin = getenv("STEER_BIN");
-    if (!mkdtemp(dir)) return -1;
+    if (check_tmpdir_make(dir, sizeof dir, "steer_test_cli")) return -1;
     // One tiny conditional run that every test samples from.
     int rc = run("train --config tinyc --iters 4 --batch 8 --seed 3 --ckpt-dir %s/run "
                  "--sample-every 2 --save-every 2 --log-every 2 --out %s/tiny.safetensors",
@@ -52,9 +53,7 @@ static int setup(void **state) {
 
 static int teardown(void **state) {
     (void)state;
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
+    return check_tmpdir_remove(dir);
 }
 
 static long file_size(const char *path) {

@@ -29,6 +29,7 @@
 #include "kernels/kernels.h"
 #include "kernels/reference.h"
 #include "kernels/rng.h"
+#include "tests/check.h"
 
 // Float kernel vs double reference, and finite differences vs analytic gradients.
 #define ATOL 1e-4
@@ -37,64 +38,8 @@
 #define FD_RTOL 1e-5
 #define FD_H 1e-5
 
-static void *xmalloc(size_t bytes) {
-    void *p = calloc(1, bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
-        exit(1);
-    }
-    return p;
-}
-#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
-
-// --- comparison: count |got - want| > atol + rtol |want|, print the worst few -----------------
-
-#define WORST 5
-
-// got (n) is read from gotf (float) or, when gotf is NULL, gotd (double). Returns the number of
-// elements out of tolerance, after printing the worst of them.
-static long compare(const char *what, const float *gotf, const double *gotd, const double *want,
-                    long n, double atol, double rtol) {
-    long worst_i[WORST];
-    double worst_excess[WORST];
-    int nworst = 0;
-    long bad = 0;
-    for (long i = 0; i < n; i++) {
-        double got = gotf ? (double)gotf[i] : gotd[i];
-        double err = fabs(got - want[i]);
-        double tol = atol + rtol * fabs(want[i]);
-        if (err <= tol) // NaN compares false and lands below as a failure
-            continue;
-        bad++;
-        double excess = isnan(err) ? INFINITY : err / tol;
-        int pos;
-        if (nworst < WORST)
-            pos = nworst++;
-        else if (excess > worst_excess[WORST - 1])
-            pos = WORST - 1;
-        else
-            continue;
-        for (; pos > 0 && worst_excess[pos - 1] < excess; pos--) {
-            worst_excess[pos] = worst_excess[pos - 1];
-            worst_i[pos] = worst_i[pos - 1];
-        }
-        worst_excess[pos] = excess;
-        worst_i[pos] = i;
-    }
-    if (bad) {
-        fprintf(stderr, "%s: %ld of %ld out of tolerance (atol %g, rtol %g); worst:\n", what, bad,
-                n, atol, rtol);
-        for (int k = 0; k < nworst; k++) {
-            long i = worst_i[k];
-            fprintf(stderr, "    [%ld] got %.9g want %.9g\n", i, gotf ? gotf[i] : gotd[i],
-                    want[i]);
-        }
-    }
-    return bad;
-}
-
 #define ASSERT_CLOSE(what, gotf, want, n)                                                          \
-    assert_int_equal(compare(what, gotf, NULL, want, n, ATOL, RTOL), 0)
+    assert_int_equal(check_compare_f(what, gotf, want, n, ATOL, RTOL), 0)
 
 // --- data -------------------------------------------------------------------------------------
 
@@ -103,24 +48,11 @@ static Rng test_rng;
 // x (n) uniform in [-scale, scale), in both precisions (either may be NULL); the float values
 // are the doubles rounded, so references see exactly the kernels' inputs.
 static void fill(float *xf, double *xd, long n, double scale) {
-    for (long i = 0; i < n; i++) {
-        float v = (float)((2.0 * rng_uniform(&test_rng) - 1.0) * scale);
-        if (xf)
-            xf[i] = v;
-        if (xd)
-            xd[i] = v;
-    }
-}
-
-static double *to_double(const float *x, long n) {
-    double *d = ALLOC(double, n);
-    for (long i = 0; i < n; i++)
-        d[i] = x[i];
-    return d;
+    check_fill_uniform(&test_rng, xf, xd, n, -scale, scale);
 }
 
 static double *dup_double(const double *x, long n) {
-    double *d = ALLOC(double, n);
+    double *d = CHECK_ALLOC(double, n);
     memcpy(d, x, sizeof(double) * n);
     return d;
 }
@@ -136,27 +68,33 @@ static int setup(void **state) {
 // A forward pass of the op under test with every input but one held fixed: fills out.
 typedef void (*FdForward)(double *out, void *ctx);
 
+// L = <forward(ctx), dout> as a CheckLossFn: forward reads the perturbed input through ctx.
+typedef struct {
+    FdForward fwd;
+    void *ctx;
+    double *out;        // (nout) scratch
+    const double *dout; // (nout)
+    long nout;
+} FdLoss;
+
+static double fd_loss(const double *x, long n, void *p) {
+    (void)x, (void)n;
+    FdLoss *l = p;
+    l->fwd(l->out, l->ctx);
+    double sum = 0;
+    for (long k = 0; k < l->nout; k++)
+        sum += l->out[k] * l->dout[k];
+    return sum;
+}
+
 // Checks analytic (n) against central differences of L = <forward(ctx), dout> in x (n), which
 // forward reads through ctx. analytic holds the gradient alone (accumulation removed).
 static void fd_check(const char *what, double *x, long n, const double *analytic, FdForward fwd,
                      void *ctx, const double *dout, long nout) {
-    double *numeric = ALLOC(double, n), *out = ALLOC(double, nout);
-    for (long i = 0; i < n; i++) {
-        double keep = x[i], lp = 0, lm = 0;
-        x[i] = keep + FD_H;
-        fwd(out, ctx);
-        for (long k = 0; k < nout; k++)
-            lp += out[k] * dout[k];
-        x[i] = keep - FD_H;
-        fwd(out, ctx);
-        for (long k = 0; k < nout; k++)
-            lm += out[k] * dout[k];
-        x[i] = keep;
-        numeric[i] = (lp - lm) / (2 * FD_H);
-    }
-    assert_int_equal(compare(what, NULL, analytic, numeric, n, FD_ATOL, FD_RTOL), 0);
-    free(numeric);
-    free(out);
+    FdLoss loss = {fwd, ctx, CHECK_ALLOC(double, nout), dout, nout};
+    int bad = check_compare_fd(what, analytic, x, n, FD_H, fd_loss, &loss, FD_ATOL, FD_RTOL);
+    free(loss.out);
+    assert_int_equal(bad, 0);
 }
 
 // Backward references are called on gradient buffers holding `init`; this gives back the part
@@ -180,9 +118,11 @@ static void conv_fd_forward(double *out, void *ctx) {
 static void conv_fd_case(int B, int C, int H, int W, int OC, int K, int S, int P) {
     int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
     long ni = (long)B * C * H * W, nw = (long)OC * C * K * K, no = (long)B * OC * OH * OW;
-    ConvCtx c = {ALLOC(double, ni), ALLOC(double, nw), ALLOC(double, OC), B, C, H, W, OC, K, S, P};
-    double *dout = ALLOC(double, no), *init_i = ALLOC(double, ni), *init_w = ALLOC(double, nw),
-           *init_b = ALLOC(double, OC);
+    ConvCtx c = {.B = B, .C = C, .H = H, .W = W, .OC = OC, .K = K, .S = S, .P = P};
+    c.inp = CHECK_ALLOC(double, ni), c.w = CHECK_ALLOC(double, nw);
+    c.bias = CHECK_ALLOC(double, OC);
+    double *dout = CHECK_ALLOC(double, no), *init_i = CHECK_ALLOC(double, ni),
+           *init_w = CHECK_ALLOC(double, nw), *init_b = CHECK_ALLOC(double, OC);
     fill(NULL, c.inp, ni, 1.0);
     fill(NULL, c.w, nw, 1.0);
     fill(NULL, c.bias, OC, 1.0);
@@ -223,9 +163,11 @@ static void test_linear_ref_fd(void **state) {
     (void)state;
     int B = 3, IN = 5, OUT = 4;
     long ni = (long)B * IN, nw = (long)OUT * IN, no = (long)B * OUT;
-    LinearCtx c = {ALLOC(double, ni), ALLOC(double, nw), ALLOC(double, OUT), B, IN, OUT};
-    double *dout = ALLOC(double, no), *init_i = ALLOC(double, ni), *init_w = ALLOC(double, nw),
-           *init_b = ALLOC(double, OUT);
+    LinearCtx c = {.B = B, .IN = IN, .OUT = OUT};
+    c.inp = CHECK_ALLOC(double, ni), c.w = CHECK_ALLOC(double, nw);
+    c.bias = CHECK_ALLOC(double, OUT);
+    double *dout = CHECK_ALLOC(double, no), *init_i = CHECK_ALLOC(double, ni),
+           *init_w = CHECK_ALLOC(double, nw), *init_b = CHECK_ALLOC(double, OUT);
     fill(NULL, c.inp, ni, 1.0);
     fill(NULL, c.w, nw, 1.0);
     fill(NULL, c.bias, OUT, 1.0);
@@ -233,7 +175,8 @@ static void test_linear_ref_fd(void **state) {
     fill(NULL, init_i, ni, 1.0);
     fill(NULL, init_w, nw, 1.0);
     fill(NULL, init_b, OUT, 1.0);
-    double *di = dup_double(init_i, ni), *dw = dup_double(init_w, nw), *db = dup_double(init_b, OUT);
+    double *di = dup_double(init_i, ni), *dw = dup_double(init_w, nw);
+    double *db = dup_double(init_b, OUT);
     linear_backward_ref(di, dw, db, dout, c.inp, c.w, B, IN, OUT);
     subtract(di, init_i, ni);
     subtract(dw, init_w, nw);
@@ -256,10 +199,11 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
     int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
     long ni = (long)B * C * H * W, nw = (long)OC * C * K * K, no = (long)B * OC * OH * OW;
     int bias = flags & WITH_BIAS;
-    float *inp = ALLOC(float, ni), *w = ALLOC(float, nw), *b = ALLOC(float, OC);
-    float *out = ALLOC(float, no), *dout = ALLOC(float, no);
-    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *b_d = ALLOC(double, OC);
-    double *dout_d = ALLOC(double, no), *out_ref = ALLOC(double, no);
+    float *inp = CHECK_ALLOC(float, ni), *w = CHECK_ALLOC(float, nw), *b = CHECK_ALLOC(float, OC);
+    float *out = CHECK_ALLOC(float, no), *dout = CHECK_ALLOC(float, no);
+    double *inp_d = CHECK_ALLOC(double, ni), *w_d = CHECK_ALLOC(double, nw),
+           *b_d = CHECK_ALLOC(double, OC);
+    double *dout_d = CHECK_ALLOC(double, no), *out_ref = CHECK_ALLOC(double, no);
     double wscale = 1.0 / sqrt((double)C * K * K); // keeps outputs O(1), as a trained net's are
     fill(inp, inp_d, ni, 1.0);
     fill(w, w_d, nw, wscale);
@@ -275,11 +219,12 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
     snprintf(part, sizeof(part), "%s forward", what);
     ASSERT_CLOSE(part, out, out_ref, no);
 
-    float *di = ALLOC(float, ni), *dw = ALLOC(float, nw), *db = ALLOC(float, OC);
+    float *di = CHECK_ALLOC(float, ni), *dw = CHECK_ALLOC(float, nw), *db = CHECK_ALLOC(float, OC);
     fill(di, NULL, ni, 1.0);
     fill(dw, NULL, nw, 1.0);
     fill(db, NULL, OC, 1.0);
-    double *di_ref = to_double(di, ni), *dw_ref = to_double(dw, nw), *db_ref = to_double(db, OC);
+    double *di_ref = check_to_double(di, ni), *dw_ref = check_to_double(dw, nw),
+           *db_ref = check_to_double(db, OC);
     float *pdi = flags & NO_DINP ? NULL : di, *pdw = flags & NO_DW ? NULL : dw;
     float *pdb = flags & NO_DBIAS ? NULL : db;
     for (int rep = 0; rep < 2; rep++) {
@@ -388,9 +333,11 @@ static void test_conv_threads(void **state) {
     long ni = (long)TB * TC * TH * TH, nw = (long)TOC * TC * 9, no = (long)TB * TOC * TH * TH;
     ThreadJob jobs[NT];
     pthread_t tid[NT];
-    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *ref = ALLOC(double, no);
+    double *inp_d = CHECK_ALLOC(double, ni), *w_d = CHECK_ALLOC(double, nw),
+           *ref = CHECK_ALLOC(double, no);
     for (int t = 0; t < NT; t++) {
-        jobs[t] = (ThreadJob){ALLOC(float, no), ALLOC(float, ni), ALLOC(float, nw), 0};
+        jobs[t] =
+            (ThreadJob){CHECK_ALLOC(float, no), CHECK_ALLOC(float, ni), CHECK_ALLOC(float, nw), 0};
         fill(jobs[t].inp, NULL, ni, 1.0);
         fill(jobs[t].w, NULL, nw, 0.1);
     }
@@ -426,16 +373,16 @@ static void test_conv_errors(void **state) {
     assert_non_null(kernels_strerror(-1000));
 }
 
-// --- gemm and linear ------------------------------------------------------------------------------
+// --- gemm and linear -----------------------------------------------------------------------------
 
 static void gemm_case(int ta, int tb, int M, int N, int K, float alpha, float beta) {
     int lda = (ta ? M : K) + 3, ldb = (tb ? K : N) + 1, ldc = N + 2; // strides wider than rows
     long na = (long)(ta ? K : M) * lda, nb = (long)(tb ? N : K) * ldb, nc = (long)M * ldc;
-    float *A = ALLOC(float, na), *Bm = ALLOC(float, nb), *Cm = ALLOC(float, nc);
+    float *A = CHECK_ALLOC(float, na), *Bm = CHECK_ALLOC(float, nb), *Cm = CHECK_ALLOC(float, nc);
     fill(A, NULL, na, 1.0);
     fill(Bm, NULL, nb, 1.0);
     fill(Cm, NULL, nc, 1.0);
-    double *ref = to_double(Cm, nc);
+    double *ref = check_to_double(Cm, nc);
     for (int i = 0; i < M; i++)
         for (int j = 0; j < N; j++) {
             double s = 0;
@@ -463,10 +410,11 @@ static void test_gemm(void **state) {
 
 static void linear_case(int B, int IN, int OUT, int bias, int skip_dinp) {
     long ni = (long)B * IN, nw = (long)OUT * IN, no = (long)B * OUT;
-    float *inp = ALLOC(float, ni), *w = ALLOC(float, nw), *b = ALLOC(float, OUT);
-    float *out = ALLOC(float, no), *dout = ALLOC(float, no);
-    double *inp_d = ALLOC(double, ni), *w_d = ALLOC(double, nw), *b_d = ALLOC(double, OUT);
-    double *dout_d = ALLOC(double, no), *ref = ALLOC(double, no);
+    float *inp = CHECK_ALLOC(float, ni), *w = CHECK_ALLOC(float, nw), *b = CHECK_ALLOC(float, OUT);
+    float *out = CHECK_ALLOC(float, no), *dout = CHECK_ALLOC(float, no);
+    double *inp_d = CHECK_ALLOC(double, ni), *w_d = CHECK_ALLOC(double, nw),
+           *b_d = CHECK_ALLOC(double, OUT);
+    double *dout_d = CHECK_ALLOC(double, no), *ref = CHECK_ALLOC(double, no);
     fill(inp, inp_d, ni, 1.0);
     fill(w, w_d, nw, 1.0 / sqrt(IN));
     fill(b, b_d, OUT, 1.0);
@@ -476,11 +424,12 @@ static void linear_case(int B, int IN, int OUT, int bias, int skip_dinp) {
     linear_forward_ref(ref, inp_d, w_d, bias ? b_d : NULL, B, IN, OUT);
     ASSERT_CLOSE("linear forward", out, ref, no);
 
-    float *di = ALLOC(float, ni), *dw = ALLOC(float, nw), *db = ALLOC(float, OUT);
+    float *di = CHECK_ALLOC(float, ni), *dw = CHECK_ALLOC(float, nw), *db = CHECK_ALLOC(float, OUT);
     fill(di, NULL, ni, 1.0);
     fill(dw, NULL, nw, 1.0);
     fill(db, NULL, OUT, 1.0);
-    double *di_ref = to_double(di, ni), *dw_ref = to_double(dw, nw), *db_ref = to_double(db, OUT);
+    double *di_ref = check_to_double(di, ni), *dw_ref = check_to_double(dw, nw),
+           *db_ref = check_to_double(db, OUT);
     for (int rep = 0; rep < 2; rep++) {
         assert_int_equal(linear_backward(skip_dinp ? NULL : di, dw, bias ? db : NULL, dout, inp, w,
                                          B, IN, OUT),
@@ -503,15 +452,15 @@ static void test_linear(void **state) {
     linear_case(64, 2048, 1, 0, 0);
 }
 
-// --- the comparison itself ------------------------------------------------------------------------
+// --- the comparison itself -----------------------------------------------------------------------
 
 static void test_compare_can_fail(void **state) {
     (void)state;
     float got[4] = {1.0f, 2.0f, 3.0f, NAN};
     double want[4] = {1.0, 2.0, 3.01, 4.0};
     fprintf(stderr, "(two planted errors follow)\n");
-    assert_int_equal(compare("planted", got, NULL, want, 4, ATOL, RTOL), 2);
-    assert_int_equal(compare("planted", got, NULL, want, 3, ATOL, 0.01), 0);
+    assert_int_equal(check_compare_f("planted", got, want, 4, ATOL, RTOL), 2);
+    assert_int_equal(check_compare_f("planted", got, want, 3, ATOL, 0.01), 0);
 }
 
 int main(void) {

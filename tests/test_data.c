@@ -12,7 +12,6 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <math.h>
 #include <png.h>
 #include <stdio.h>
@@ -24,23 +23,16 @@
 
 #include "env/fmnist.h"
 #include "env/imageio.h"
+#include "tests/check.h"
 
 static char tmpdir[256];
 static Dataset train_set, test_set; // loaded once for the group; each ~250 / 40 MB
 static char load_err[2][512];
 static int load_rc[2];
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/steer_test_data_XXXXXX");
-    if (!mkdtemp(tmpdir))
+    if (check_tmpdir_make(tmpdir, sizeof(tmpdir), "steer_test_data"))
         return -1;
     // A failed load is reported by the tests that need the data, with the loader's message.
     load_rc[0] = fmnist_load(&train_set, FMNIST_DIR, 1, load_err[0], sizeof(load_err[0]));
@@ -52,40 +44,11 @@ static int group_teardown(void **state) {
     (void)state;
     dataset_free(&train_set);
     dataset_free(&test_set);
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return check_tmpdir_remove(tmpdir);
 }
 
 static void tmp_path(char *out, size_t n, const char *name) {
     snprintf(out, n, "%s/%s", tmpdir, name);
-}
-
-#define assert_msg_has(err, sub)                                                                   \
-    do {                                                                                           \
-        if (!strstr((err), (sub)))                                                                 \
-            fail_msg("message \"%s\" lacks \"%s\"", (err), (sub));                                 \
-    } while (0)
-
-static void file_write(const char *path, const void *buf, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    if (n)
-        assert_int_equal(fwrite(buf, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
-
-static uint8_t *file_slurp(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp)
-        fail_msg("cannot open %s", path);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)size + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)size, fp), (size_t)size);
-    fclose(fp);
-    *n = (size_t)size;
-    return buf;
 }
 
 // The raw decompressed bytes of a gzip file, read with zlib directly (the reference for fmnist).
@@ -213,10 +176,10 @@ static void test_fmnist_missing(void **state) {
     Dataset d;
     memset(&d, 0xff, sizeof(d));
     assert_int_equal(fmnist_load(&d, dir, 1, err, sizeof(err)), FMNIST_ENOENT);
-    assert_msg_has(err, "train-labels-idx1-ubyte.gz: not found");
-    assert_msg_has(err, dir);
-    assert_msg_has(err, "apt-get install dataset-fashion-mnist");
-    assert_msg_has(err, "make deps");
+    CHECK_ASSERT_HAS(err, "train-labels-idx1-ubyte.gz: not found");
+    CHECK_ASSERT_HAS(err, dir);
+    CHECK_ASSERT_HAS(err, "apt-get install dataset-fashion-mnist");
+    CHECK_ASSERT_HAS(err, "make deps");
     assert_null(d.images);
     assert_null(d.labels);
     assert_int_equal(d.n, 0);
@@ -236,12 +199,12 @@ static void split_write(const char *dir, const uint8_t *labels, size_t nl, int l
     char path[600];
     snprintf(path, sizeof(path), "%s/t10k-labels-idx1-ubyte.gz", dir);
     if (labels_raw)
-        file_write(path, labels, nl);
+        check_write_file(path, labels, nl);
     else
         gz_write(path, labels, nl);
     snprintf(path, sizeof(path), "%s/t10k-images-idx3-ubyte.gz", dir);
     if (images_raw)
-        file_write(path, images, ni);
+        check_write_file(path, images, ni);
     else
         gz_write(path, images, ni);
 }
@@ -344,11 +307,11 @@ static void test_fmnist_corrupt(void **state) {
     char path[600];
     snprintf(path, sizeof(path), "%s/t10k-images-idx3-ubyte.gz", FMNIST_DIR);
     size_t len;
-    uint8_t *gz = file_slurp(path, &len);
+    uint8_t *gz = check_read_file(path, &len);
     char lpath[600];
     snprintf(lpath, sizeof(lpath), "%s/t10k-labels-idx1-ubyte.gz", FMNIST_DIR);
     size_t llen;
-    uint8_t *lgz = file_slurp(lpath, &llen);
+    uint8_t *lgz = check_read_file(lpath, &llen);
     split_write(dir, lgz, llen, 1, gz, len / 2, 1);
     expect_refused(dir, "real gzip cut in half", "t10k-images-idx3-ubyte.gz");
     for (size_t k = len / 3; k < len / 3 + 64; k++)
@@ -425,13 +388,13 @@ static void test_png_grid_gray(void **state) {
     assert_int_equal(
         image_grid_write_png(path, test_set.images, 10, 2, 32, 32, 4, err, sizeof(err)),
         IMAGEIO_EINVAL);
-    assert_msg_has(err, "2 channels");
+    CHECK_ASSERT_HAS(err, "2 channels");
     assert_int_equal(image_grid_write_png(path, test_set.images, 0, 1, 32, 32, 4, err, sizeof(err)),
                      IMAGEIO_EINVAL);
     assert_int_equal(image_grid_write_png("/nonexistent/dir/g.png", test_set.images, 1, 1, 32, 32,
                                           1, err, sizeof(err)),
                      IMAGEIO_EIO);
-    assert_msg_has(err, "/nonexistent/dir/g.png: cannot create");
+    CHECK_ASSERT_HAS(err, "/nonexistent/dir/g.png: cannot create");
 }
 
 static void test_png_grid_rgb_clamped(void **state) {
@@ -509,7 +472,7 @@ static void test_png_encode_memory(void **state) {
     rc = image_encode_png(buf, need, &len, img, 1, 32, 32, err, sizeof(err));
     assert_int_equal(rc, 0); // exactly enough is enough
     assert_int_equal(len, need);
-    assert_msg_has(err, "too small");
+    CHECK_ASSERT_HAS(err, "too small");
 
     // Worst case for the bound: noise that does not compress, RGB 64x64.
     enum { S = 64 };
@@ -567,7 +530,7 @@ static void test_npy_roundtrip(void **state) {
             fail_msg("%s", err);
         // The file as numpy writes it: v1.0, the dict text, data 64-byte aligned after a '\n'.
         size_t size;
-        uint8_t *raw = file_slurp(path, &size);
+        uint8_t *raw = check_read_file(path, &size);
         assert_memory_equal(raw, "\x93NUMPY\x01\x00", 8);
         size_t hlen = raw[8] | (size_t)raw[9] << 8;
         assert_int_equal((10 + hlen) % 64, 0);
@@ -601,7 +564,7 @@ static void npy_raw_write(const char *path, int major, const char *text, size_t 
     buf[8] = (uint8_t)hlen;
     buf[9] = (uint8_t)(hlen >> 8);
     memcpy(buf + pre, text, hlen);
-    file_write(path, buf, pre + hlen + ndata);
+    check_write_file(path, buf, pre + hlen + ndata);
     free(buf);
 }
 
@@ -683,7 +646,7 @@ static void test_npy_damaged(void **state) {
         if (rc != IMAGEIO_EFORMAT || !strstr(err, cases[c].expect))
             fail_msg("case '%s': rc %d, message \"%s\" (wanted \"%s\")", cases[c].what, rc, err,
                      cases[c].expect);
-        assert_msg_has(err, path);
+        CHECK_ASSERT_HAS(err, path);
         assert_null(data);
     }
 
@@ -691,20 +654,20 @@ static void test_npy_damaged(void **state) {
     float *data;
     int ndim;
     int64_t shape[NPY_MAX_DIMS];
-    file_write(path, "", 0);
+    check_write_file(path, "", 0);
     assert_int_equal(npy_read_f32(path, &data, &ndim, shape, err, sizeof(err)), IMAGEIO_EFORMAT);
-    assert_msg_has(err, "bad magic");
-    file_write(path, "\x93NUMPZ\x01\x00\x00\x00", 10);
+    CHECK_ASSERT_HAS(err, "bad magic");
+    check_write_file(path, "\x93NUMPZ\x01\x00\x00\x00", 10);
     assert_int_equal(npy_read_f32(path, &data, &ndim, shape, err, sizeof(err)), IMAGEIO_EFORMAT);
-    assert_msg_has(err, "bad magic");
-    file_write(path, "\x93NUMPY\x01\x00\xff\x00{}", 12);
+    CHECK_ASSERT_HAS(err, "bad magic");
+    check_write_file(path, "\x93NUMPY\x01\x00\xff\x00{}", 12);
     assert_int_equal(npy_read_f32(path, &data, &ndim, shape, err, sizeof(err)), IMAGEIO_EFORMAT);
-    assert_msg_has(err, "runs past the end");
-    file_write(path, "\x93NUMPY\x02\x00\x01", 9);
+    CHECK_ASSERT_HAS(err, "runs past the end");
+    check_write_file(path, "\x93NUMPY\x02\x00\x01", 9);
     assert_int_equal(npy_read_f32(path, &data, &ndim, shape, err, sizeof(err)), IMAGEIO_EFORMAT);
     assert_int_equal(npy_read_f32("/nonexistent.npy", &data, &ndim, shape, err, sizeof(err)),
                      IMAGEIO_EIO);
-    assert_msg_has(err, "/nonexistent.npy: cannot open");
+    CHECK_ASSERT_HAS(err, "/nonexistent.npy: cannot open");
     assert_null(data);
 
     // Every truncation of a valid file is refused, never read past.
@@ -712,9 +675,9 @@ static void test_npy_damaged(void **state) {
     float src[15] = {0};
     assert_int_equal(npy_write_f32(path, src, 2, dims, err, sizeof(err)), 0);
     size_t size;
-    uint8_t *whole = file_slurp(path, &size);
+    uint8_t *whole = check_read_file(path, &size);
     for (size_t cut = 0; cut < size; cut++) {
-        file_write(path, whole, cut);
+        check_write_file(path, whole, cut);
         int rc = npy_read_f32(path, &data, &ndim, shape, err, sizeof(err));
         if (rc != IMAGEIO_EFORMAT)
             fail_msg("cut at %zu: rc %d (%s)", cut, rc, err);

@@ -17,7 +17,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "env/fmnist.h"
 #include "generator/classifier.h"
@@ -26,22 +25,13 @@
 #include "kernels/ops.h"
 #include "kernels/reference.h"
 #include "kernels/rng.h"
+#include "tests/check.h"
 
 #define SHIPPED_MODEL "models/fmnist-eval.safetensors"
 #define SHIPPED_MIN_ACC 0.88 // on the first 1000 test images
 
 static Dataset test_set; // the Fashion-MNIST test set, loaded once
 static char tmpdir[256];
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
-        exit(1);
-    }
-    return p;
-}
-#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
 
 static int group_setup(void **state) {
     (void)state;
@@ -50,33 +40,21 @@ static int group_setup(void **state) {
         fprintf(stderr, "test_eval: %s\n", err);
         return -1;
     }
-    snprintf(tmpdir, sizeof tmpdir, "/tmp/steer_test_eval_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return check_tmpdir_make(tmpdir, sizeof tmpdir, "steer_test_eval");
 }
 
 static int group_teardown(void **state) {
     (void)state;
     dataset_free(&test_set);
-    char path[512];
-    snprintf(path, sizeof path, "%s/clf.safetensors", tmpdir);
-    unlink(path);
-    snprintf(path, sizeof path, "%s/bad.safetensors", tmpdir);
-    unlink(path);
-    return rmdir(tmpdir);
+    return check_tmpdir_remove(tmpdir);
 }
-
-#define assert_msg_has(err, sub)                                                                   \
-    do {                                                                                           \
-        if (!strstr((err), (sub)))                                                                 \
-            fail_msg("message \"%s\" lacks \"%s\"", (err), (sub));                                 \
-    } while (0)
 
 // ---------------------------------------------------------------------------------------------
 // Fréchet distance
 
 // A random orthogonal (d, d) matrix: Gram-Schmidt on normal draws.
 static void random_rotation(double *q, int d, Rng *rng) {
-    float *g = ALLOC(float, d *d);
+    float *g = CHECK_ALLOC(float, d *d);
     rng_normal(rng, g, d * d);
     for (int i = 0; i < d; i++) {
         double *r = q + i * d;
@@ -162,7 +140,8 @@ static void test_fd_sample_stats(void **state) {
     enum { N = 3000, D = 24 };
     Rng rng;
     rng_seed(&rng, 11);
-    float *z = ALLOC(float, N *D), *x = ALLOC(float, N *D), *xs = ALLOC(float, N *D);
+    float *z = CHECK_ALLOC(float, N *D), *x = CHECK_ALLOC(float, N *D),
+          *xs = CHECK_ALLOC(float, N *D);
     float a[D * D], m[D], shift[D];
     rng_normal(&rng, z, N * D);
     rng_normal(&rng, a, D * D);
@@ -266,37 +245,30 @@ typedef struct {
 #define RDW(r, i) ((r)->dw + (r)->c->ps.p[i].offset)
 static const int REF_K[CLASSIFIER_CONVS] = {3, 4, 4, 4}, REF_S[CLASSIFIER_CONVS] = {1, 2, 2, 2};
 
-static double *dalloc(long n) {
-    double *p = calloc((size_t)n, sizeof(double));
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory\n", __FILE__, __LINE__);
-        exit(1);
-    }
-    return p;
-}
-
 static void ref_build(RefNet *r, const Classifier *c, const float *x, int B) {
     memset(r, 0, sizeof *r);
     r->c = c;
     r->B = B;
-    r->w = dalloc(c->ps.total);
-    r->dw = dalloc(c->ps.total);
+    r->w = CHECK_ALLOC(double, c->ps.total);
+    r->dw = CHECK_ALLOC(double, c->ps.total);
     for (long i = 0; i < c->ps.total; i++)
         r->w[i] = c->ps.params[i];
-    r->x = dalloc(B * 1024L);
+    r->x = CHECK_ALLOC(double, B * 1024L);
     for (long i = 0; i < B * 1024L; i++)
         r->x[i] = x[i];
     for (int k = 0; k < CLASSIFIER_CONVS; k++) {
         long n = (long)B * c->chan[k + 1] * c->side[k] * c->side[k];
-        r->conv[k] = dalloc(n);
-        r->act[k] = dalloc(n);
-        r->dconv[k] = dalloc(n);
-        r->dact[k] = dalloc(n);
+        r->conv[k] = CHECK_ALLOC(double, n);
+        r->act[k] = CHECK_ALLOC(double, n);
+        r->dconv[k] = CHECK_ALLOC(double, n);
+        r->dact[k] = CHECK_ALLOC(double, n);
     }
     long nf = (long)B * CLASSIFIER_FEATURES, nl = (long)B * CLASSIFIER_CLASSES;
-    r->fc1 = dalloc(nf), r->feat = dalloc(nf), r->drop = dalloc(nf), r->mask = dalloc(nf);
-    r->dfc1 = dalloc(nf), r->dfeat = dalloc(nf), r->ddrop = dalloc(nf);
-    r->logits = dalloc(nl), r->dlogits = dalloc(nl);
+    r->fc1 = CHECK_ALLOC(double, nf), r->feat = CHECK_ALLOC(double, nf);
+    r->drop = CHECK_ALLOC(double, nf), r->mask = CHECK_ALLOC(double, nf);
+    r->dfc1 = CHECK_ALLOC(double, nf), r->dfeat = CHECK_ALLOC(double, nf);
+    r->ddrop = CHECK_ALLOC(double, nf);
+    r->logits = CHECK_ALLOC(double, nl), r->dlogits = CHECK_ALLOC(double, nl);
     for (long i = 0; i < nf; i++)
         r->mask[i] = c->mask[i];
 }
@@ -365,6 +337,18 @@ static void ref_backward(RefNet *r) {
     }
 }
 
+// The loss of ref_forward as a CheckLossFn; the parameters it reads are r->w.
+typedef struct {
+    RefNet *r;
+    const int32_t *y;
+} RefLoss;
+
+static double ref_loss(const double *w, long n, void *ctx) {
+    (void)w, (void)n;
+    RefLoss *l = ctx;
+    return ref_forward(l->r, l->y);
+}
+
 // Random inputs (no flat background, so no ties among pre-activations) and labels.
 static void fd_batch(float *x, int32_t *y, int B) {
     Rng rng;
@@ -373,25 +357,6 @@ static void fd_batch(float *x, int32_t *y, int B) {
         x[i] = 2.0f * rng_uniform(&rng) - 1.0f;
     for (int b = 0; b < B; b++)
         y[b] = (int32_t)rng_below(&rng, CLASSIFIER_CLASSES);
-}
-
-// Counts |got - want| > atol + rtol |want| over n values and prints the worst few.
-static int compare_grads(const char *what, const float *got, const double *want, long n,
-                         double atol, double rtol) {
-    int bad = 0;
-    double worst = 0;
-    long worst_i = 0;
-    for (long i = 0; i < n; i++) {
-        double excess = fabs(got[i] - want[i]) / (atol + rtol * fabs(want[i]));
-        if (excess > 1)
-            bad++;
-        if (excess > worst)
-            worst = excess, worst_i = i;
-    }
-    if (bad || worst > 0.5)
-        fprintf(stderr, "  %s: %d of %ld off, worst [%ld] fast %.8g reference %.8g\n", what, bad, n,
-                worst_i, got[worst_i], want[worst_i]);
-    return bad;
 }
 
 // The fast float forward and backward (dropout on) against the double reference composition:
@@ -413,7 +378,7 @@ static void test_classifier_backward_vs_reference(void **state) {
     ref_build(&r, &c, x, B);
     ref_forward(&r, y);
     ref_backward(&r);
-    int bad = compare_grads("logits", c.logits, r.logits, B * CLASSIFIER_CLASSES, 1e-5, 1e-4);
+    int bad = check_compare_f("logits", c.logits, r.logits, B * CLASSIFIER_CLASSES, 1e-5, 1e-4);
     for (int i = 0; i < c.ps.n; i++) {
         const Param *p = &c.ps.p[i];
         double scale = 0;
@@ -421,8 +386,8 @@ static void test_classifier_backward_vs_reference(void **state) {
             scale = fmax(scale, fabs(r.dw[p->offset + k]));
         // Float sums of up to 2048 * B terms: 1e-4 relative, and 1e-4 of the tensor's largest
         // gradient for entries that are sums of cancelling terms.
-        bad += compare_grads(p->name, c.ps.grads + p->offset, r.dw + p->offset, p->numel,
-                             1e-4 * scale, 1e-3);
+        bad += check_compare_f(p->name, c.ps.grads + p->offset, r.dw + p->offset, p->numel,
+                               1e-4 * scale, 1e-3);
     }
     if (bad)
         fail_msg("%d values differ from the double reference", bad);
@@ -446,6 +411,7 @@ static void test_classifier_reference_fd(void **state) {
     ref_build(&r, &c, x, B);
     ref_forward(&r, y);
     ref_backward(&r);
+    RefLoss loss = {&r, y};
     Rng rng;
     rng_seed(&rng, 17);
     int bad = 0;
@@ -459,13 +425,8 @@ static void test_classifier_reference_fd(void **state) {
         for (int j = 1; j < PICKS; j++)
             idx[j] = rng_below(&rng, (uint32_t)p->numel);
         for (int j = 0; j < PICKS; j++) {
-            const double h = 1e-6, w0 = w[idx[j]];
-            w[idx[j]] = w0 + h;
-            double lp = ref_forward(&r, y);
-            w[idx[j]] = w0 - h;
-            double lm = ref_forward(&r, y);
-            w[idx[j]] = w0;
-            double fd = (lp - lm) / (2 * h);
+            double fd;
+            check_central_diff(&fd, w + idx[j], 1, 1e-6, ref_loss, &loss);
             if (fabs(fd - g[idx[j]]) > 1e-8 + 1e-5 * fabs(g[idx[j]])) {
                 bad++;
                 fprintf(stderr, "  %s[%ld]: analytic %.10g, finite difference %.10g\n", p->name,
@@ -557,8 +518,8 @@ static void test_classifier_file(void **state) {
     const char *other[] = {"format", "steer.sagan.v1", NULL};
     assert_int_equal(safetensors_write(bad_path, &t, 1, other, err, sizeof err), 0);
     assert_int_not_equal(classifier_load(&b, bad_path, 4, NULL, err, sizeof err), 0);
-    assert_msg_has(err, bad_path);
-    assert_msg_has(err, "steer.sagan.v1");
+    CHECK_ASSERT_HAS(err, bad_path);
+    CHECK_ASSERT_HAS(err, "steer.sagan.v1");
     classifier_free(&b);
 
     // The right format with fc2.weight of the wrong shape.
@@ -578,14 +539,14 @@ static void test_classifier_file(void **state) {
     const char *fmt[] = {"format", CLASSIFIER_FORMAT, NULL};
     assert_int_equal(safetensors_write(bad_path, ts, a.ps.n, fmt, err, sizeof err), 0);
     assert_int_not_equal(classifier_load(&b, bad_path, 4, NULL, err, sizeof err), 0);
-    assert_msg_has(err, bad_path);
-    assert_msg_has(err, "fc2.weight");
+    CHECK_ASSERT_HAS(err, bad_path);
+    CHECK_ASSERT_HAS(err, "fc2.weight");
     classifier_free(&b);
 
     // A missing file.
     assert_int_not_equal(
         classifier_load(&b, "/nonexistent/eval.safetensors", 4, NULL, err, sizeof err), 0);
-    assert_msg_has(err, "/nonexistent/eval.safetensors");
+    CHECK_ASSERT_HAS(err, "/nonexistent/eval.safetensors");
     classifier_free(&b);
     classifier_free(&b); // safe twice
     classifier_free(&a);
@@ -600,7 +561,7 @@ static void test_shipped_model(void **state) {
     if (classifier_load(&c, SHIPPED_MODEL, 100, &meta_acc, err, sizeof err))
         fail_msg("%s (the evaluator must ship in the repo; make it with steer train-eval)", err);
     enum { N = 1000 };
-    int32_t *pred = ALLOC(int32_t, N);
+    int32_t *pred = CHECK_ALLOC(int32_t, N);
     assert_int_equal(classifier_apply(&c, test_set.images, N, NULL, pred, NULL), 0);
     int right = 0;
     for (int i = 0; i < N; i++)

@@ -15,14 +15,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "env/fmnist.h"
 #include "generator/gan.h"
 #include "generator/safetensors.h"
+#include "tests/check.h"
 
 static Dataset data;
-static char dir[] = "/tmp/steer_test_gan_XXXXXX";
+static char dir[64];
 
 static int setup(void **state) {
     (void)state;
@@ -31,15 +31,13 @@ static int setup(void **state) {
         fprintf(stderr, "%s\n", err);
         return -1;
     }
-    return mkdtemp(dir) ? 0 : -1;
+    return check_tmpdir_make(dir, sizeof dir, "steer_test_gan");
 }
 
 static int teardown(void **state) {
     (void)state;
     dataset_free(&data);
-    char cmd[128];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
-    return system(cmd);
+    return check_tmpdir_remove(dir);
 }
 
 static GanHparams tiny_hp(void) {
@@ -138,18 +136,10 @@ static void test_round_trip_and_resume(void **state) {
 
 // Writes a copy of src with bytes [at, at+len) replaced (or the file cut at `at` if bytes NULL).
 static void damage(const char *src, const char *dst, long at, const char *bytes, long len) {
-    FILE *f = fopen(src, "rb");
-    assert_non_null(f);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc(n);
-    assert_int_equal(fread(buf, 1, n, f), n);
-    fclose(f);
+    size_t n;
+    uint8_t *buf = check_read_file(src, &n);
     if (bytes) memcpy(buf + at, bytes, len);
-    f = fopen(dst, "wb");
-    fwrite(buf, 1, bytes ? n : at, f);
-    fclose(f);
+    check_write_file(dst, buf, bytes ? n : (size_t)at);
     free(buf);
 }
 

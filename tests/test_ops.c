@@ -7,8 +7,8 @@
 // for determinism and for its moments. Not covered here: spectral norm (test_specnorm.c) and the
 // matrix layers, conv, linear and attention, which have tests of their own.
 //
-// Every comparison prints its worst pairs and fails the test; test_compare_can_fail shows that
-// the comparison itself rejects a planted error.
+// Every comparison (check.c) prints its worst pairs and fails the test; test_compare_can_fail
+// shows that the comparison itself rejects a planted error.
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -25,6 +25,7 @@
 #include "kernels/ops.h"
 #include "kernels/reference.h"
 #include "kernels/rng.h"
+#include "tests/check.h"
 
 // Sizes: SMALL stays under ops.c's OpenMP threshold (32k elements), LARGE is a full activation
 // of the fmnist32 D at batch 64 (64 x 32 x 32 x 32), well over it. SMALL is odd: vector tails run.
@@ -38,84 +39,7 @@
 #define FD_RTOL 1e-5
 #define FD_H 1e-5
 
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
-        exit(1);
-    }
-    return p;
-}
-#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
-
-// --- comparison: count |got - want| > atol + rtol |want|, print the worst few -----------------
-
-#define WORST 5
-
-// got[i] is read as a double from either a float or a double array.
-static int compare_any(const char *what, const float *gotf, const double *gotd, const double *want,
-                       long n, double atol, double rtol) {
-    long worst_i[WORST];
-    double worst_excess[WORST];
-    int nworst = 0;
-    long bad = 0;
-    for (long i = 0; i < n; i++) {
-        double got = gotf ? (double)gotf[i] : gotd[i];
-        double err = fabs(got - want[i]);
-        double tol = atol + rtol * fabs(want[i]);
-        if (err <= tol) // NaN compares false, so it lands below as a failure
-            continue;
-        bad++;
-        double excess = isnan(err) ? INFINITY : err / tol;
-        // Keep the WORST largest excesses, sorted descending.
-        int pos;
-        if (nworst < WORST)
-            pos = nworst++;
-        else if (excess > worst_excess[WORST - 1])
-            pos = WORST - 1;
-        else
-            continue;
-        for (; pos > 0 && worst_excess[pos - 1] < excess; pos--) {
-            worst_excess[pos] = worst_excess[pos - 1];
-            worst_i[pos] = worst_i[pos - 1];
-        }
-        worst_excess[pos] = excess;
-        worst_i[pos] = i;
-    }
-    if (bad) {
-        printf("# %s: %ld of %ld outside %.1e + %.1e|ref|; worst:\n", what, bad, n, atol, rtol);
-        for (int k = 0; k < nworst; k++) {
-            long i = worst_i[k];
-            double got = gotf ? (double)gotf[i] : gotd[i];
-            printf("#   [%ld] got %.9g want %.9g (|diff| %.3g)\n", i, got, want[i],
-                   fabs(got - want[i]));
-        }
-    }
-    return bad > 0x7fffffff ? 0x7fffffff : (int)bad;
-}
-
-static int compare_f(const char *what, const float *got, const double *want, long n, double atol,
-                     double rtol) {
-    return compare_any(what, got, NULL, want, n, atol, rtol);
-}
-
-static int compare_d(const char *what, const double *got, const double *want, long n, double atol,
-                     double rtol) {
-    return compare_any(what, NULL, got, want, n, atol, rtol);
-}
-
 // --- data -----------------------------------------------------------------------------------
-
-// Uniform in [lo, hi) into a float array and, when not NULL, the same values into a double one.
-static void fill_uniform(Rng *r, float *f, double *d, long n, float lo, float hi) {
-    for (long i = 0; i < n; i++) {
-        float x = lo + (hi - lo) * rng_uniform(r);
-        if (f)
-            f[i] = x;
-        if (d)
-            d[i] = x;
-    }
-}
 
 // Uniform magnitude in [0.1, 1) with random sign: keeps inputs away from kinks at 0.
 static void fill_away_from_zero(Rng *r, double *d, long n) {
@@ -127,23 +51,8 @@ static void fill_away_from_zero(Rng *r, double *d, long n) {
 
 // --- finite differences on the references -----------------------------------------------------
 
-// A scalar function of x (n doubles) with its context; the gradient checks below are all of
-// this shape: L(x) = loss or L(x) = <R, op(x)> with a fixed random R.
-typedef double (*ScalarFn)(const double *x, long n, void *ctx);
-
-// Central differences, (L(x + h e_i) - L(x - h e_i)) / 2h: error O(h^2 L''') ~ 1e-10 at h = 1e-5,
-// rounding O(eps L / h) ~ 1e-11, both far under FD_ATOL.
-static void fd_gradient(double *grad, ScalarFn fn, double *x, long n, void *ctx) {
-    for (long i = 0; i < n; i++) {
-        double saved = x[i];
-        x[i] = saved + FD_H;
-        double up = fn(x, n, ctx);
-        x[i] = saved - FD_H;
-        double down = fn(x, n, ctx);
-        x[i] = saved;
-        grad[i] = (up - down) / (2.0 * FD_H);
-    }
-}
+// Every loss below is a CheckLossFn (check.h): L(x) = loss or L(x) = <R, op(x)> with a fixed
+// random R.
 
 // Shapes and the fixed cotangent R of an elementwise or layer op L(x) = <R, op(x)>.
 typedef struct {
@@ -212,15 +121,10 @@ static double xent_loss(const double *x, long n, void *p) {
     return softmax_xent_ref(NULL, x, c->labels, c->B, c->K);
 }
 
-// Runs the FD check of an op given its analytic gradient; returns the mismatch count.
-static int fd_check(const char *what, const double *analytic, ScalarFn fn, double *x, long n,
+// The FD check of an op given its analytic gradient; returns the mismatch count.
+static int fd_check(const char *what, const double *analytic, CheckLossFn fn, double *x, long n,
                     void *ctx) {
-    double *numeric = ALLOC(double, n);
-    fd_gradient(numeric, fn, x, n, ctx);
-    // The analytic side is the one under test, the numeric one the reference.
-    int bad = compare_d(what, analytic, numeric, n, FD_ATOL, FD_RTOL);
-    free(numeric);
-    return bad;
+    return check_compare_fd(what, analytic, x, n, FD_H, fn, ctx, FD_ATOL, FD_RTOL);
 }
 
 static void test_fd_leaky_relu_tanh(void **state) {
@@ -230,7 +134,7 @@ static void test_fd_leaky_relu_tanh(void **state) {
     long n = 24;
     double x[24], R[24], out[24], dx[24];
     fill_away_from_zero(&r, x, n);
-    fill_uniform(&r, NULL, R, n, -1, 1);
+    check_fill_uniform(&r, NULL, R, n, -1, 1);
     OpCtx c = {.weights = R, .out_n = n, .scratch = out, .alpha = 0.2};
 
     memset(dx, 0, sizeof dx);
@@ -250,10 +154,10 @@ static void test_fd_pixelnorm(void **state) {
     rng_seed(&r, 2);
     int B = 2, C = 3, N = 5;
     long n = (long)B * C * N;
-    double *x = ALLOC(double, n), *R = ALLOC(double, n), *dx = ALLOC(double, n);
-    double *scratch = ALLOC(double, n + (long)B * N);
-    fill_uniform(&r, NULL, x, n, -2, 2);
-    fill_uniform(&r, NULL, R, n, -1, 1);
+    double *x = CHECK_ALLOC(double, n), *R = CHECK_ALLOC(double, n), *dx = CHECK_ALLOC(double, n);
+    double *scratch = CHECK_ALLOC(double, n + (long)B * N);
+    check_fill_uniform(&r, NULL, x, n, -2, 2);
+    check_fill_uniform(&r, NULL, R, n, -1, 1);
     OpCtx c = {.weights = R, .out_n = n, .scratch = scratch, .B = B, .C = C, .N = N};
 
     pixelnorm_forward_ref(scratch, scratch + n, x, B, C, N);
@@ -270,10 +174,11 @@ static void test_fd_upsample(void **state) {
     rng_seed(&r, 3);
     int B = 2, C = 2, H = 2, W = 3;
     long n = (long)B * C * H * W, out_n = 4 * n;
-    double *x = ALLOC(double, n), *R = ALLOC(double, out_n), *dx = ALLOC(double, n);
-    double *scratch = ALLOC(double, out_n);
-    fill_uniform(&r, NULL, x, n, -1, 1);
-    fill_uniform(&r, NULL, R, out_n, -1, 1);
+    double *x = CHECK_ALLOC(double, n), *R = CHECK_ALLOC(double, out_n),
+           *dx = CHECK_ALLOC(double, n);
+    double *scratch = CHECK_ALLOC(double, out_n);
+    check_fill_uniform(&r, NULL, x, n, -1, 1);
+    check_fill_uniform(&r, NULL, R, out_n, -1, 1);
     OpCtx c = {.weights = R, .out_n = out_n, .scratch = scratch, .B = B, .C = C, .H = H, .W = W};
 
     memset(dx, 0, sizeof(double) * n);
@@ -310,7 +215,7 @@ static void test_fd_losses(void **state) {
     int Bx = 4;
     double xl[20], dxl[20];
     int32_t labels[4] = {0, 4, 2, 2};
-    fill_uniform(&r, NULL, xl, Bx * K, -3, 3);
+    check_fill_uniform(&r, NULL, xl, Bx * K, -3, 3);
     OpCtx c = {.B = Bx, .K = K, .labels = labels};
     softmax_xent_ref(dxl, xl, labels, Bx, K);
     bad += fd_check("softmax_xent_ref", dxl, xent_loss, xl, Bx * K, &c);
@@ -324,8 +229,8 @@ static void test_fd_embedding(void **state) {
     int K = 4, D = 3, B = 5;
     int32_t labels[5] = {1, 3, 1, 0, 1}; // repeats: their gradients must add up; row 2 gets none
     double table[12], dtable[12], R[15], out[15];
-    fill_uniform(&r, NULL, table, K * D, -1, 1);
-    fill_uniform(&r, NULL, R, B * D, -1, 1);
+    check_fill_uniform(&r, NULL, table, K * D, -1, 1);
+    check_fill_uniform(&r, NULL, R, B * D, -1, 1);
     OpCtx c = {.weights = R, .out_n = B * D, .scratch = out, .B = B, .D = D, .labels = labels};
     memset(dtable, 0, sizeof dtable);
     embedding_backward_ref(dtable, R, labels, B, D);
@@ -339,11 +244,11 @@ static void test_compare_can_fail(void **state) {
     (void)state;
     double want[8] = {1, 2, 3, 4, 5, 6, 7, 8};
     float got[8] = {1, 2, 3, 4, 5, 6, 7, 8};
-    assert_int_equal(compare_f("identical", got, want, 8, ATOL, RTOL), 0);
+    assert_int_equal(check_compare_f("identical", got, want, 8, ATOL, RTOL), 0);
     got[5] += 1e-3f;
     got[2] = NAN;
     printf("# (two planted mismatches expected below)\n");
-    assert_int_equal(compare_f("planted", got, want, 8, ATOL, RTOL), 2);
+    assert_int_equal(check_compare_f("planted", got, want, 8, ATOL, RTOL), 2);
 }
 
 // --- fast float ops against the references ----------------------------------------------------
@@ -359,12 +264,13 @@ static void elementwise_init(Elementwise *e, long n, uint64_t seed) {
     Rng r;
     rng_seed(&r, seed);
     e->n = n;
-    e->x = ALLOC(float, n), e->out = ALLOC(float, n), e->dout = ALLOC(float, n);
-    e->dx = ALLOC(float, n);
-    e->xd = ALLOC(double, n), e->outd = ALLOC(double, n), e->doutd = ALLOC(double, n);
-    e->dxd = ALLOC(double, n);
-    fill_uniform(&r, e->x, e->xd, n, -3, 3);
-    fill_uniform(&r, e->dout, e->doutd, n, -1, 1);
+    e->x = CHECK_ALLOC(float, n), e->out = CHECK_ALLOC(float, n), e->dout = CHECK_ALLOC(float, n);
+    e->dx = CHECK_ALLOC(float, n);
+    e->xd = CHECK_ALLOC(double, n), e->outd = CHECK_ALLOC(double, n),
+    e->doutd = CHECK_ALLOC(double, n);
+    e->dxd = CHECK_ALLOC(double, n);
+    check_fill_uniform(&r, e->x, e->xd, n, -3, 3);
+    check_fill_uniform(&r, e->dout, e->doutd, n, -1, 1);
 }
 
 static void elementwise_free(Elementwise *e) {
@@ -385,17 +291,17 @@ static int check_leaky_relu(long n) {
     float alpha = 0.2f;
     leaky_relu_forward(e.out, e.x, alpha, n);
     leaky_relu_forward_ref(e.outd, e.xd, alpha, n);
-    int bad = compare_f("leaky_relu_forward", e.out, e.outd, n, ATOL, RTOL);
+    int bad = check_compare_f("leaky_relu_forward", e.out, e.outd, n, ATOL, RTOL);
     memset(e.dx, 0, sizeof(float) * n), memset(e.dxd, 0, sizeof(double) * n);
     leaky_relu_backward(e.dx, e.dout, e.x, alpha, n);
     leaky_relu_backward(e.dx, e.dout, e.x, alpha, n);
     leaky_relu_backward_ref(e.dxd, e.doutd, e.xd, alpha, n);
     scale_d(e.dxd, 2.0, n);
-    bad += compare_f("leaky_relu_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
+    bad += check_compare_f("leaky_relu_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
     // In place, as G and D call it: out aliases inp.
     memcpy(e.out, e.x, sizeof(float) * n);
     leaky_relu_forward(e.out, e.out, alpha, n);
-    bad += compare_f("leaky_relu_forward in place", e.out, e.outd, n, ATOL, RTOL);
+    bad += check_compare_f("leaky_relu_forward in place", e.out, e.outd, n, ATOL, RTOL);
     elementwise_free(&e);
     return bad;
 }
@@ -405,16 +311,16 @@ static int check_tanh(long n) {
     elementwise_init(&e, n, 20 + n);
     tanh_forward(e.out, e.x, n);
     tanh_forward_ref(e.outd, e.xd, n);
-    int bad = compare_f("tanh_forward", e.out, e.outd, n, ATOL, RTOL);
+    int bad = check_compare_f("tanh_forward", e.out, e.outd, n, ATOL, RTOL);
     memset(e.dx, 0, sizeof(float) * n), memset(e.dxd, 0, sizeof(double) * n);
     tanh_backward(e.dx, e.dout, e.out, n);
     tanh_backward(e.dx, e.dout, e.out, n);
     tanh_backward_ref(e.dxd, e.doutd, e.outd, n);
     scale_d(e.dxd, 2.0, n);
-    bad += compare_f("tanh_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
+    bad += check_compare_f("tanh_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
     memcpy(e.out, e.x, sizeof(float) * n);
     tanh_forward(e.out, e.out, n);
-    bad += compare_f("tanh_forward in place", e.out, e.outd, n, ATOL, RTOL);
+    bad += check_compare_f("tanh_forward in place", e.out, e.outd, n, ATOL, RTOL);
     elementwise_free(&e);
     return bad;
 }
@@ -428,14 +334,14 @@ static int check_dropout_backward_add(long n) {
     add_inplace(e.out, e.x, n);
     for (long i = 0; i < n; i++)
         e.outd[i] = e.doutd[i] + 2.0 * e.xd[i];
-    int bad = compare_f("add_inplace x2", e.out, e.outd, n, ATOL, RTOL);
+    int bad = check_compare_f("add_inplace x2", e.out, e.outd, n, ATOL, RTOL);
     // dropout_backward with x standing in for a mask: dx += dout * mask.
     memset(e.dx, 0, sizeof(float) * n);
     dropout_backward(e.dx, e.dout, e.x, n);
     dropout_backward(e.dx, e.dout, e.x, n);
     for (long i = 0; i < n; i++)
         e.dxd[i] = 2.0 * e.doutd[i] * e.xd[i];
-    bad += compare_f("dropout_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
+    bad += check_compare_f("dropout_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
     elementwise_free(&e);
     return bad;
 }
@@ -456,18 +362,18 @@ static int check_pixelnorm(int B, int C, int N) {
     long n = (long)B * C * N, pix = (long)B * N;
     Elementwise e;
     elementwise_init(&e, n, 40 + n);
-    float *rn = ALLOC(float, pix);
-    double *rnd = ALLOC(double, pix);
+    float *rn = CHECK_ALLOC(float, pix);
+    double *rnd = CHECK_ALLOC(double, pix);
     pixelnorm_forward(e.out, rn, e.x, B, C, N);
     pixelnorm_forward_ref(e.outd, rnd, e.xd, B, C, N);
-    int bad = compare_f("pixelnorm_forward out", e.out, e.outd, n, ATOL, RTOL);
-    bad += compare_f("pixelnorm_forward rnorm", rn, rnd, pix, ATOL, RTOL);
+    int bad = check_compare_f("pixelnorm_forward out", e.out, e.outd, n, ATOL, RTOL);
+    bad += check_compare_f("pixelnorm_forward rnorm", rn, rnd, pix, ATOL, RTOL);
     memset(e.dx, 0, sizeof(float) * n), memset(e.dxd, 0, sizeof(double) * n);
     pixelnorm_backward(e.dx, e.dout, e.out, rn, B, C, N);
     pixelnorm_backward(e.dx, e.dout, e.out, rn, B, C, N);
     pixelnorm_backward_ref(e.dxd, e.doutd, e.outd, rnd, B, C, N);
     scale_d(e.dxd, 2.0, n);
-    bad += compare_f("pixelnorm_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
+    bad += check_compare_f("pixelnorm_backward x2", e.dx, e.dxd, n, ATOL, RTOL);
     if (bad)
         printf("# pixelnorm B=%d C=%d N=%d\n", B, C, N);
     free(rn), free(rnd);
@@ -488,21 +394,23 @@ static int check_upsample(int B, int C, int H, int W) {
     long n = (long)B * C * H * W, out_n = 4 * n;
     Rng r;
     rng_seed(&r, 50 + n);
-    float *x = ALLOC(float, n), *out = ALLOC(float, out_n), *dout = ALLOC(float, out_n);
-    float *dx = ALLOC(float, n);
-    double *xd = ALLOC(double, n), *outd = ALLOC(double, out_n), *doutd = ALLOC(double, out_n);
-    double *dxd = ALLOC(double, n);
-    fill_uniform(&r, x, xd, n, -1, 1);
-    fill_uniform(&r, dout, doutd, out_n, -1, 1);
+    float *x = CHECK_ALLOC(float, n), *out = CHECK_ALLOC(float, out_n),
+          *dout = CHECK_ALLOC(float, out_n);
+    float *dx = CHECK_ALLOC(float, n);
+    double *xd = CHECK_ALLOC(double, n), *outd = CHECK_ALLOC(double, out_n),
+           *doutd = CHECK_ALLOC(double, out_n);
+    double *dxd = CHECK_ALLOC(double, n);
+    check_fill_uniform(&r, x, xd, n, -1, 1);
+    check_fill_uniform(&r, dout, doutd, out_n, -1, 1);
     upsample2x_forward(out, x, B, C, H, W);
     upsample2x_forward_ref(outd, xd, B, C, H, W);
-    int bad = compare_f("upsample2x_forward", out, outd, out_n, ATOL, RTOL);
+    int bad = check_compare_f("upsample2x_forward", out, outd, out_n, ATOL, RTOL);
     memset(dx, 0, sizeof(float) * n), memset(dxd, 0, sizeof(double) * n);
     upsample2x_backward(dx, dout, B, C, H, W);
     upsample2x_backward(dx, dout, B, C, H, W);
     upsample2x_backward_ref(dxd, doutd, B, C, H, W);
     scale_d(dxd, 2.0, n);
-    bad += compare_f("upsample2x_backward x2", dx, dxd, n, ATOL, RTOL);
+    bad += check_compare_f("upsample2x_backward x2", dx, dxd, n, ATOL, RTOL);
     if (bad)
         printf("# upsample2x B=%d C=%d H=%d W=%d\n", B, C, H, W);
     free(x), free(out), free(dout), free(dx), free(xd), free(outd), free(doutd), free(dxd);
@@ -525,8 +433,8 @@ static void test_losses(void **state) {
     float logits[64], dl[64], xl[640], dxl[640], probs[640];
     double logitsd[64], dld[64], xld[640], dxld[640], want_probs[640];
     int32_t labels[64];
-    fill_uniform(&r, logits, logitsd, B, -3, 3);
-    fill_uniform(&r, xl, xld, B * K, -8, 8);
+    check_fill_uniform(&r, logits, logitsd, B, -3, 3);
+    check_fill_uniform(&r, xl, xld, B * K, -8, 8);
     for (int b = 0; b < B; b++)
         labels[b] = (int32_t)rng_below(&r, (uint32_t)K);
 
@@ -542,22 +450,22 @@ static void test_losses(void **state) {
     for (int h = 0; h < 3; h++) {
         loss = hinges[h].fast(dl, logits, B);
         want = hinges[h].ref(dld, logitsd, B);
-        bad += compare_f(hinges[h].name, dl, dld, B, ATOL, RTOL);
-        bad += compare_d(hinges[h].name, &loss, &want, 1, ATOL, RTOL);
+        bad += check_compare_f(hinges[h].name, dl, dld, B, ATOL, RTOL);
+        bad += check_compare_d(hinges[h].name, &loss, &want, 1, ATOL, RTOL);
         loss = hinges[h].fast(NULL, logits, B); // the loss alone, no gradient buffer
-        bad += compare_d(hinges[h].name, &loss, &want, 1, ATOL, RTOL);
+        bad += check_compare_d(hinges[h].name, &loss, &want, 1, ATOL, RTOL);
     }
 
     loss = softmax_xent_forward_backward(dxl, probs, xl, labels, B, K);
     want = softmax_xent_ref(dxld, xld, labels, B, K);
-    bad += compare_d("softmax_xent loss", &loss, &want, 1, ATOL, RTOL);
-    bad += compare_f("softmax_xent dlogits", dxl, dxld, B * K, ATOL, RTOL);
+    bad += check_compare_d("softmax_xent loss", &loss, &want, 1, ATOL, RTOL);
+    bad += check_compare_f("softmax_xent dlogits", dxl, dxld, B * K, ATOL, RTOL);
     for (int b = 0; b < B; b++) // softmax = B * dlogits + onehot, from the reference's gradient
         for (int k = 0; k < K; k++)
             want_probs[b * K + k] = B * dxld[b * K + k] + (k == labels[b]);
-    bad += compare_f("softmax_xent probs", probs, want_probs, B * K, ATOL, RTOL);
+    bad += check_compare_f("softmax_xent probs", probs, want_probs, B * K, ATOL, RTOL);
     loss = softmax_xent_forward_backward(NULL, NULL, xl, labels, B, K);
-    bad += compare_d("softmax_xent loss only", &loss, &want, 1, ATOL, RTOL);
+    bad += check_compare_d("softmax_xent loss only", &loss, &want, 1, ATOL, RTOL);
     assert_int_equal(bad, 0);
 }
 
@@ -566,24 +474,25 @@ static void test_embedding(void **state) {
     Rng r;
     rng_seed(&r, 70);
     int K = 10, D = 128, B = 64;
-    float *table = ALLOC(float, K *D), *out = ALLOC(float, B *D), *dout = ALLOC(float, B *D);
-    float *dtable = ALLOC(float, K *D);
-    double *tabled = ALLOC(double, K *D), *outd = ALLOC(double, B *D);
-    double *doutd = ALLOC(double, B *D), *dtabled = ALLOC(double, K *D);
+    float *table = CHECK_ALLOC(float, K *D), *out = CHECK_ALLOC(float, B *D),
+          *dout = CHECK_ALLOC(float, B *D);
+    float *dtable = CHECK_ALLOC(float, K *D);
+    double *tabled = CHECK_ALLOC(double, K *D), *outd = CHECK_ALLOC(double, B *D);
+    double *doutd = CHECK_ALLOC(double, B *D), *dtabled = CHECK_ALLOC(double, K *D);
     int32_t labels[64];
     for (int b = 0; b < B; b++)
         labels[b] = (int32_t)rng_below(&r, (uint32_t)K);
-    fill_uniform(&r, table, tabled, K * D, -1, 1);
-    fill_uniform(&r, dout, doutd, B * D, -1, 1);
+    check_fill_uniform(&r, table, tabled, K * D, -1, 1);
+    check_fill_uniform(&r, dout, doutd, B * D, -1, 1);
     embedding_forward(out, table, labels, B, D);
     embedding_forward_ref(outd, tabled, labels, B, D);
-    int bad = compare_f("embedding_forward", out, outd, B * D, ATOL, RTOL);
+    int bad = check_compare_f("embedding_forward", out, outd, B * D, ATOL, RTOL);
     memset(dtable, 0, sizeof(float) * K * D), memset(dtabled, 0, sizeof(double) * K * D);
     embedding_backward(dtable, dout, labels, B, D);
     embedding_backward(dtable, dout, labels, B, D);
     embedding_backward_ref(dtabled, doutd, labels, B, D);
     scale_d(dtabled, 2.0, K * D);
-    bad += compare_f("embedding_backward x2", dtable, dtabled, K * D, ATOL, RTOL);
+    bad += check_compare_f("embedding_backward x2", dtable, dtabled, K * D, ATOL, RTOL);
     free(table), free(out), free(dout), free(dtable), free(tabled), free(outd), free(doutd);
     free(dtabled);
     assert_int_equal(bad, 0);
@@ -592,21 +501,22 @@ static void test_embedding(void **state) {
 static int check_adamw(long n, float beta1, float weight_decay) {
     Rng r;
     rng_seed(&r, 80 + n);
-    float *p = ALLOC(float, n), *g = ALLOC(float, n), *m = ALLOC(float, n), *v = ALLOC(float, n);
-    double *pd = ALLOC(double, n), *gd = ALLOC(double, n), *md = ALLOC(double, n);
-    double *vd = ALLOC(double, n);
-    fill_uniform(&r, p, pd, n, -1, 1);
+    float *p = CHECK_ALLOC(float, n), *g = CHECK_ALLOC(float, n), *m = CHECK_ALLOC(float, n),
+          *v = CHECK_ALLOC(float, n);
+    double *pd = CHECK_ALLOC(double, n), *gd = CHECK_ALLOC(double, n), *md = CHECK_ALLOC(double, n);
+    double *vd = CHECK_ALLOC(double, n);
+    check_fill_uniform(&r, p, pd, n, -1, 1);
     memset(m, 0, sizeof(float) * n), memset(v, 0, sizeof(float) * n);
     memset(md, 0, sizeof(double) * n), memset(vd, 0, sizeof(double) * n);
     int bad = 0;
     for (long t = 1; t <= 5; t++) {
-        fill_uniform(&r, g, gd, n, -1, 1);
+        check_fill_uniform(&r, g, gd, n, -1, 1);
         adamw_update(p, g, m, v, n, 1e-2f, beta1, 0.9f, 1e-8f, weight_decay, t);
         adamw_update_ref(pd, gd, md, vd, n, 1e-2, beta1, 0.9, 1e-8, weight_decay, t);
     }
-    bad += compare_f("adamw params", p, pd, n, ATOL, RTOL);
-    bad += compare_f("adamw m", m, md, n, ATOL, RTOL);
-    bad += compare_f("adamw v", v, vd, n, ATOL, RTOL);
+    bad += check_compare_f("adamw params", p, pd, n, ATOL, RTOL);
+    bad += check_compare_f("adamw m", m, md, n, ATOL, RTOL);
+    bad += check_compare_f("adamw v", v, vd, n, ATOL, RTOL);
     if (bad)
         printf("# adamw n=%ld beta1=%g wd=%g\n", n, beta1, weight_decay);
     free(p), free(g), free(m), free(v), free(pd), free(gd), free(md), free(vd);
@@ -628,7 +538,7 @@ static void test_adamw_weight_decay_alone(void **state) {
     float p[4] = {1.0f, -2.0f, 0.5f, 0.0f}, g[4] = {0}, m[4] = {0}, v[4] = {0};
     double want[4] = {1.0 * 0.999, -2.0 * 0.999, 0.5 * 0.999, 0.0};
     adamw_update(p, g, m, v, 4, 0.01f, 0.9f, 0.999f, 1e-8f, 0.1f, 1);
-    assert_int_equal(compare_f("adamw decay only", p, want, 4, 1e-7, 1e-6), 0);
+    assert_int_equal(check_compare_f("adamw decay only", p, want, 4, 1e-7, 1e-6), 0);
 }
 
 // --- dropout ------------------------------------------------------------------------------
@@ -637,11 +547,11 @@ static void test_dropout(void **state) {
     (void)state;
     long n = 100000; // over the threshold: chunks are filled in parallel
     float p = 0.3f;
-    float *x = ALLOC(float, n), *out = ALLOC(float, n), *mask = ALLOC(float, n);
-    float *out1 = ALLOC(float, n), *mask1 = ALLOC(float, n);
+    float *x = CHECK_ALLOC(float, n), *out = CHECK_ALLOC(float, n), *mask = CHECK_ALLOC(float, n);
+    float *out1 = CHECK_ALLOC(float, n), *mask1 = CHECK_ALLOC(float, n);
     Rng r;
     rng_seed(&r, 90);
-    fill_uniform(&r, x, NULL, n, -1, 1);
+    check_fill_uniform(&r, x, NULL, n, -1, 1);
 
     uint64_t seed = 1234;
     dropout_forward(out, mask, x, p, &seed, n);
@@ -781,7 +691,7 @@ static void test_rng_normal_moments(void **state) {
     Rng r;
     rng_seed(&r, 12);
     long n = 100000;
-    float *z = ALLOC(float, n);
+    float *z = CHECK_ALLOC(float, n);
     rng_normal(&r, z, n);
     double sum = 0.0, sumsq = 0.0, sum4 = 0.0;
     for (long i = 0; i < n; i++) {

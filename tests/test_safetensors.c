@@ -11,66 +11,29 @@
 
 #include <cmocka.h>
 
-#include <ftw.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "generator/safetensors.h"
+#include "tests/check.h"
 
 static char tmpdir[256];
 
-static int rm_entry(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
-    (void)st;
-    (void)flag;
-    (void)ftw;
-    return remove(path);
-}
-
 static int group_setup(void **state) {
     (void)state;
-    snprintf(tmpdir, sizeof(tmpdir), "/tmp/steer_test_st_XXXXXX");
-    return mkdtemp(tmpdir) ? 0 : -1;
+    return check_tmpdir_make(tmpdir, sizeof(tmpdir), "steer_test_st");
 }
 
 static int group_teardown(void **state) {
     (void)state;
-    return nftw(tmpdir, rm_entry, 16, FTW_DEPTH | FTW_PHYS);
+    return check_tmpdir_remove(tmpdir);
 }
 
 static void tmp_path(char *out, size_t n, const char *name) {
     snprintf(out, n, "%s/%s", tmpdir, name);
-}
-
-#define assert_msg_has(err, sub)                                                                   \
-    do {                                                                                           \
-        if (!strstr((err), (sub)))                                                                 \
-            fail_msg("message \"%s\" lacks \"%s\"", (err), (sub));                                 \
-    } while (0)
-
-static void file_write(const char *path, const void *buf, size_t n) {
-    FILE *fp = fopen(path, "wb");
-    assert_non_null(fp);
-    if (n)
-        assert_int_equal(fwrite(buf, 1, n, fp), n);
-    assert_int_equal(fclose(fp), 0);
-}
-
-static uint8_t *file_slurp(const char *path, size_t *n) {
-    FILE *fp = fopen(path, "rb");
-    assert_non_null(fp);
-    fseek(fp, 0, SEEK_END);
-    long size = ftell(fp);
-    fseek(fp, 0, SEEK_SET);
-    uint8_t *buf = malloc((size_t)size + 1);
-    assert_non_null(buf);
-    assert_int_equal(fread(buf, 1, (size_t)size, fp), (size_t)size);
-    fclose(fp);
-    *n = (size_t)size;
-    return buf;
 }
 
 // A raw file: u64 header length, header text, then ndata bytes of data (0x5a...).
@@ -82,7 +45,7 @@ static void raw_write(const char *path, const char *header, size_t ndata) {
     memcpy(buf + 8, header, hlen);
     for (size_t i = 0; i < ndata; i++)
         buf[8 + hlen + i] = (uint8_t)(0x5a + i);
-    file_write(path, buf, 8 + hlen + ndata);
+    check_write_file(path, buf, 8 + hlen + ndata);
     free(buf);
 }
 
@@ -168,7 +131,7 @@ static void test_roundtrip(void **state) {
 
     // The on-disk layout: header padded with spaces to an 8-byte aligned data start.
     size_t size;
-    uint8_t *raw = file_slurp(path, &size);
+    uint8_t *raw = check_read_file(path, &size);
     uint64_t hlen = 0;
     for (int b = 0; b < 8; b++)
         hlen |= (uint64_t)raw[b] << (8 * b);
@@ -222,17 +185,17 @@ static void test_write_rejects(void **state) {
     memcpy(bad, ts, sizeof(ts));
     memcpy(bad[1].name, bad[0].name, sizeof(bad[1].name));
     assert_int_equal(safetensors_write(path, bad, n, NULL, err, sizeof(err)), SAFETENSORS_EINVAL);
-    assert_msg_has(err, "appears twice");
+    CHECK_ASSERT_HAS(err, "appears twice");
 
     memcpy(bad, ts, sizeof(ts));
     bad[2].nbytes -= 8;
     assert_int_equal(safetensors_write(path, bad, n, NULL, err, sizeof(err)), SAFETENSORS_EINVAL);
-    assert_msg_has(err, "'f64' has nbytes");
+    CHECK_ASSERT_HAS(err, "'f64' has nbytes");
 
     memcpy(bad, ts, sizeof(ts));
     bad[3].dtype = (StDtype)42;
     assert_int_equal(safetensors_write(path, bad, n, NULL, err, sizeof(err)), SAFETENSORS_EINVAL);
-    assert_msg_has(err, "invalid dtype");
+    CHECK_ASSERT_HAS(err, "invalid dtype");
 
     memcpy(bad, ts, sizeof(ts));
     snprintf(bad[0].name, sizeof(bad[0].name), "__metadata__");
@@ -240,14 +203,14 @@ static void test_write_rejects(void **state) {
 
     const char *odd[] = {"key", NULL};
     assert_int_equal(safetensors_write(path, ts, n, odd, err, sizeof(err)), SAFETENSORS_EINVAL);
-    assert_msg_has(err, "'key' has no value");
+    CHECK_ASSERT_HAS(err, "'key' has no value");
 
     assert_int_not_equal(access(path, F_OK), 0); // nothing was written
 
     char nodir[512];
     tmp_path(nodir, sizeof(nodir), "no/such/dir/x.safetensors");
     assert_int_equal(safetensors_write(nodir, ts, n, NULL, err, sizeof(err)), SAFETENSORS_EIO);
-    assert_msg_has(err, "cannot create");
+    CHECK_ASSERT_HAS(err, "cannot create");
 }
 
 typedef struct {
@@ -348,7 +311,7 @@ static void test_damaged(void **state) {
         if (c->header)
             raw_write(path, c->header, c->ndata);
         else
-            file_write(path, c->raw, c->raw_len);
+            check_write_file(path, c->raw, c->raw_len);
         StFile f;
         memset(&f, 0xff, sizeof(f)); // read must not rely on a zeroed struct
         err[0] = '\0';
@@ -360,7 +323,7 @@ static void test_damaged(void **state) {
             print_message("# %-28s %s\n", c->what, err);
         if (!strstr(err, c->expect))
             fail_msg("case '%s': message \"%s\" lacks \"%s\"", c->what, err, c->expect);
-        assert_msg_has(err, path);
+        CHECK_ASSERT_HAS(err, path);
         assert_null(f.buf);
         assert_null(f.tensors);
         assert_int_equal(f.n, 0);
@@ -372,17 +335,17 @@ static void test_damaged(void **state) {
     uint8_t prefix[8];
     for (int b = 0; b < 8; b++)
         prefix[b] = (uint8_t)(insane >> (8 * b));
-    file_write(path, prefix, 8);
+    check_write_file(path, prefix, 8);
     assert_int_equal(truncate(path, (off_t)(8 + insane + 16)), 0);
     StFile f;
     assert_int_equal(safetensors_read(&f, path, err, sizeof(err)), SAFETENSORS_EFORMAT);
-    assert_msg_has(err, "is larger than the 104857600 bytes allowed");
+    CHECK_ASSERT_HAS(err, "is larger than the 104857600 bytes allowed");
 
     assert_int_equal(safetensors_read(&f, "/nonexistent/x.safetensors", err, sizeof(err)),
                      SAFETENSORS_EIO);
-    assert_msg_has(err, "/nonexistent/x.safetensors: cannot open");
+    CHECK_ASSERT_HAS(err, "/nonexistent/x.safetensors: cannot open");
     assert_int_equal(safetensors_read(&f, tmpdir, err, sizeof(err)), SAFETENSORS_EIO);
-    assert_msg_has(err, "not a regular file");
+    CHECK_ASSERT_HAS(err, "not a regular file");
 }
 
 static void test_expect(void **state) {
@@ -406,23 +369,23 @@ static void test_expect(void **state) {
         safetensors_expect(&f, "g.conv1.w", ST_F32, 2, (int64_t[]){2, 4}, &t, err, sizeof(err)),
         SAFETENSORS_EMISMATCH);
     assert_null(t);
-    assert_msg_has(err, "tensor 'g.conv1.w' has shape [2, 3], expected [2, 4]");
-    assert_msg_has(err, path);
+    CHECK_ASSERT_HAS(err, "tensor 'g.conv1.w' has shape [2, 3], expected [2, 4]");
+    CHECK_ASSERT_HAS(err, path);
     assert_int_equal(
         safetensors_expect(&f, "g.conv1.w", ST_F32, 3, (int64_t[]){2, 3, 1}, &t, err, sizeof(err)),
         SAFETENSORS_EMISMATCH);
-    assert_msg_has(err, "has shape [2, 3], expected [2, 3, 1]");
+    CHECK_ASSERT_HAS(err, "has shape [2, 3], expected [2, 3, 1]");
     assert_int_equal(
         safetensors_expect(&f, "step", ST_I64, 1, (int64_t[]){1}, &t, err, sizeof(err)),
         SAFETENSORS_EMISMATCH);
-    assert_msg_has(err, "has shape [], expected [1]");
+    CHECK_ASSERT_HAS(err, "has shape [], expected [1]");
     assert_int_equal(safetensors_expect(&f, "f64", ST_F32, 1, (int64_t[]){4}, &t, err, sizeof(err)),
                      SAFETENSORS_EMISMATCH);
-    assert_msg_has(err, "tensor 'f64' has dtype F64, expected F32");
+    CHECK_ASSERT_HAS(err, "tensor 'f64' has dtype F64, expected F32");
     assert_int_equal(
         safetensors_expect(&f, "d.conv9.w", ST_F32, 1, (int64_t[]){4}, &t, err, sizeof(err)),
         SAFETENSORS_ENOTFOUND);
-    assert_msg_has(err, "missing tensor 'd.conv9.w'");
+    CHECK_ASSERT_HAS(err, "missing tensor 'd.conv9.w'");
     safetensors_free(&f);
 }
 
@@ -444,7 +407,7 @@ static void test_fuzz(void **state) {
     tmp_path(fuzz, sizeof(fuzz), "fuzz.safetensors");
     assert_int_equal(safetensors_write(path, ts, n, meta, err, sizeof(err)), 0);
     size_t size;
-    uint8_t *orig = file_slurp(path, &size);
+    uint8_t *orig = check_read_file(path, &size);
     uint8_t *buf = malloc(size + 64);
     uint64_t hlen = 0;
     for (int b = 0; b < 8; b++)
@@ -480,7 +443,7 @@ static void test_fuzz(void **state) {
             if (fuzz_next(&seed) % 2)
                 len += fuzz_next(&seed) % 64;
         }
-        file_write(fuzz, buf, len);
+        check_write_file(fuzz, buf, len);
         StFile f;
         int rc = safetensors_read(&f, fuzz, err, sizeof(err));
         if (rc == 0) {

@@ -32,65 +32,13 @@
 #include "kernels/reference.h"
 #include "kernels/rng.h"
 #include "kernels/specnorm.h"
+#include "tests/check.h"
 
 #define ATOL 1e-5
 #define RTOL 1e-4
 #define FD_ATOL 1e-6
 #define FD_RTOL 1e-5
 #define FD_H 1e-5
-
-static void *xmalloc(size_t bytes) {
-    void *p = malloc(bytes ? bytes : 1);
-    if (!p) {
-        fprintf(stderr, "%s:%d: out of memory (%zu bytes)\n", __FILE__, __LINE__, bytes);
-        exit(1);
-    }
-    return p;
-}
-#define ALLOC(type, n) ((type *)xmalloc(sizeof(type) * (size_t)(n)))
-
-// Counts |got - want| > atol + rtol |want| (NaN counts) and prints the worst pair and the count.
-static int compare_any(const char *what, const float *gotf, const double *gotd, const double *want,
-                       long n, double atol, double rtol) {
-    long bad = 0, worst = -1;
-    double worst_excess = 0.0;
-    for (long i = 0; i < n; i++) {
-        double got = gotf ? (double)gotf[i] : gotd[i];
-        double err = fabs(got - want[i]), tol = atol + rtol * fabs(want[i]);
-        if (err <= tol)
-            continue;
-        bad++;
-        double excess = isnan(err) ? INFINITY : err / tol;
-        if (worst < 0 || excess > worst_excess)
-            worst = i, worst_excess = excess;
-    }
-    if (bad) {
-        double got = gotf ? (double)gotf[worst] : gotd[worst];
-        printf("# %s: %ld of %ld outside %.1e + %.1e|ref|; worst [%ld] got %.9g want %.9g\n", what,
-               bad, n, atol, rtol, worst, got, want[worst]);
-    }
-    return (int)(bad > 1000000 ? 1000000 : bad);
-}
-
-static int compare_f(const char *what, const float *got, const double *want, long n, double atol,
-                     double rtol) {
-    return compare_any(what, got, NULL, want, n, atol, rtol);
-}
-
-static int compare_d(const char *what, const double *got, const double *want, long n, double atol,
-                     double rtol) {
-    return compare_any(what, NULL, got, want, n, atol, rtol);
-}
-
-static void fill_uniform(Rng *r, float *f, double *d, long n, float lo, float hi) {
-    for (long i = 0; i < n; i++) {
-        float x = lo + (hi - lo) * rng_uniform(r);
-        if (f)
-            f[i] = x;
-        if (d)
-            d[i] = x;
-    }
-}
 
 static void normalize_d(double *x, int n) {
     double s = 0.0;
@@ -111,7 +59,9 @@ typedef struct {
 } SnCtx;
 
 // L(W) = <R, w_sn(W)>, with u reset to u0 before each forward.
-static double sn_loss(const double *w, SnCtx *c) {
+static double sn_loss(const double *w, long n, void *ctx) {
+    (void)n;
+    SnCtx *c = ctx;
     memcpy(c->u, c->u0, sizeof(double) * c->OUT);
     specnorm_forward_ref(c->w_sn, c->v, c->u, w, c->OUT, c->IN, c->update);
     double s = 0.0;
@@ -125,8 +75,9 @@ static double sn_loss(const double *w, SnCtx *c) {
 static int sn_fd_check(const char *what, double *w, const double *u0, const double *R, int OUT,
                        int IN, int update) {
     long n = (long)OUT * IN;
-    double *u = ALLOC(double, OUT), *v = ALLOC(double, IN), *w_sn = ALLOC(double, n);
-    double *analytic = ALLOC(double, n), *numeric = ALLOC(double, n);
+    double *u = CHECK_ALLOC(double, OUT), *v = CHECK_ALLOC(double, IN),
+           *w_sn = CHECK_ALLOC(double, n);
+    double *analytic = CHECK_ALLOC(double, n);
     SnCtx c = {OUT, IN, update, u0, u, v, w_sn, R};
 
     memcpy(u, u0, sizeof(double) * OUT);
@@ -134,17 +85,8 @@ static int sn_fd_check(const char *what, double *w, const double *u0, const doub
     memset(analytic, 0, sizeof(double) * n);
     specnorm_backward_ref(analytic, R, w_sn, u, v, sigma, OUT, IN);
 
-    for (long k = 0; k < n; k++) {
-        double saved = w[k];
-        w[k] = saved + FD_H;
-        double up = sn_loss(w, &c);
-        w[k] = saved - FD_H;
-        double down = sn_loss(w, &c);
-        w[k] = saved;
-        numeric[k] = (up - down) / (2.0 * FD_H);
-    }
-    int bad = compare_d(what, analytic, numeric, n, FD_ATOL, FD_RTOL);
-    free(u), free(v), free(w_sn), free(analytic), free(numeric);
+    int bad = check_compare_fd(what, analytic, w, n, FD_H, sn_loss, &c, FD_ATOL, FD_RTOL);
+    free(u), free(v), free(w_sn), free(analytic);
     return bad;
 }
 
@@ -157,10 +99,11 @@ static void test_fd_update0(void **state) {
     for (int s = 0; s < 3; s++) {
         int OUT = shapes[s][0], IN = shapes[s][1];
         long n = (long)OUT * IN;
-        double *w = ALLOC(double, n), *R = ALLOC(double, n), *u0 = ALLOC(double, OUT);
-        fill_uniform(&r, NULL, w, n, -1, 1);
-        fill_uniform(&r, NULL, R, n, -1, 1);
-        fill_uniform(&r, NULL, u0, OUT, -1, 1); // any u, not converged, not even unit
+        double *w = CHECK_ALLOC(double, n), *R = CHECK_ALLOC(double, n),
+               *u0 = CHECK_ALLOC(double, OUT);
+        check_fill_uniform(&r, NULL, w, n, -1, 1);
+        check_fill_uniform(&r, NULL, R, n, -1, 1);
+        check_fill_uniform(&r, NULL, u0, OUT, -1, 1); // any u, not converged, not even unit
         bad += sn_fd_check("specnorm_backward_ref, update=0", w, u0, R, OUT, IN, 0);
         free(w), free(R), free(u0);
     }
@@ -173,11 +116,11 @@ static void test_fd_update1_converged(void **state) {
     rng_seed(&r, 2);
     int OUT = 4, IN = 6;
     long n = (long)OUT * IN;
-    double *w = ALLOC(double, n), *R = ALLOC(double, n), *u0 = ALLOC(double, OUT);
-    double *w_sn = ALLOC(double, n), *v = ALLOC(double, IN);
-    fill_uniform(&r, NULL, w, n, -1, 1);
-    fill_uniform(&r, NULL, R, n, -1, 1);
-    fill_uniform(&r, NULL, u0, OUT, -1, 1);
+    double *w = CHECK_ALLOC(double, n), *R = CHECK_ALLOC(double, n), *u0 = CHECK_ALLOC(double, OUT);
+    double *w_sn = CHECK_ALLOC(double, n), *v = CHECK_ALLOC(double, IN);
+    check_fill_uniform(&r, NULL, w, n, -1, 1);
+    check_fill_uniform(&r, NULL, R, n, -1, 1);
+    check_fill_uniform(&r, NULL, u0, OUT, -1, 1);
     // Converge u: each iteration shrinks the error by (s2/s1)^2, so 2000 iterations reach double
     // precision for any ratio below ~0.99 (a random 4x6 matrix is far from that).
     for (int it = 0; it < 2000; it++)
@@ -193,13 +136,15 @@ static int check_fast(int OUT, int IN, uint64_t seed) {
     Rng r;
     rng_seed(&r, seed);
     long n = (long)OUT * IN;
-    float *w = ALLOC(float, n), *w_sn = ALLOC(float, n), *dw_sn = ALLOC(float, n);
-    float *dw = ALLOC(float, n), *u = ALLOC(float, OUT), *v = ALLOC(float, IN);
-    double *wd = ALLOC(double, n), *w_snd = ALLOC(double, n), *dw_snd = ALLOC(double, n);
-    double *dwd = ALLOC(double, n), *ud = ALLOC(double, OUT), *vd = ALLOC(double, IN);
-    double *u0 = ALLOC(double, OUT);
-    fill_uniform(&r, w, wd, n, -0.1f, 0.1f);
-    fill_uniform(&r, dw_sn, dw_snd, n, -1, 1);
+    float *w = CHECK_ALLOC(float, n), *w_sn = CHECK_ALLOC(float, n), *dw_sn = CHECK_ALLOC(float, n);
+    float *dw = CHECK_ALLOC(float, n), *u = CHECK_ALLOC(float, OUT), *v = CHECK_ALLOC(float, IN);
+    double *wd = CHECK_ALLOC(double, n), *w_snd = CHECK_ALLOC(double, n),
+           *dw_snd = CHECK_ALLOC(double, n);
+    double *dwd = CHECK_ALLOC(double, n), *ud = CHECK_ALLOC(double, OUT),
+           *vd = CHECK_ALLOC(double, IN);
+    double *u0 = CHECK_ALLOC(double, OUT);
+    check_fill_uniform(&r, w, wd, n, -0.1f, 0.1f);
+    check_fill_uniform(&r, dw_sn, dw_snd, n, -1, 1);
     for (int i = 0; i < OUT; i++)
         u0[i] = rng_uniform(&r) - 0.5;
     normalize_d(u0, OUT);
@@ -211,10 +156,10 @@ static int check_fast(int OUT, int IN, uint64_t seed) {
         double sigma_f = specnorm_forward(w_sn, v, u, w, OUT, IN, update);
         double sigma_d = specnorm_forward_ref(w_snd, vd, ud, wd, OUT, IN, update);
         const char *mode = update ? "update=1" : "update=0";
-        int b = compare_d("sigma", &sigma_f, &sigma_d, 1, ATOL, RTOL);
-        b += compare_f("w_sn", w_sn, w_snd, n, ATOL, RTOL);
-        b += compare_f("v", v, vd, IN, ATOL, RTOL);
-        b += compare_f("u", u, ud, OUT, ATOL, RTOL);
+        int b = check_compare_d("sigma", &sigma_f, &sigma_d, 1, ATOL, RTOL);
+        b += check_compare_f("w_sn", w_sn, w_snd, n, ATOL, RTOL);
+        b += check_compare_f("v", v, vd, IN, ATOL, RTOL);
+        b += check_compare_f("u", u, ud, OUT, ATOL, RTOL);
         if (!update) // update = 0 must leave u exactly as it was
             for (int i = 0; i < OUT; i++)
                 b += u[i] != (float)u0[i];
@@ -224,7 +169,7 @@ static int check_fast(int OUT, int IN, uint64_t seed) {
         for (int i = 0; i < OUT; i++)
             for (int j = 0; j < IN; j++)
                 utwv += (double)u[i] * w[(long)i * IN + j] * v[j];
-        b += compare_d("sigma = u^T W v", &sigma_f, &utwv, 1, ATOL, RTOL);
+        b += check_compare_d("sigma = u^T W v", &sigma_f, &utwv, 1, ATOL, RTOL);
 
         memset(dw, 0, sizeof(float) * n), memset(dwd, 0, sizeof(double) * n);
         specnorm_backward(dw, dw_sn, w_sn, u, v, (float)sigma_f, OUT, IN);
@@ -232,7 +177,7 @@ static int check_fast(int OUT, int IN, uint64_t seed) {
         specnorm_backward_ref(dwd, dw_snd, w_snd, ud, vd, sigma_d, OUT, IN);
         for (long k = 0; k < n; k++)
             dwd[k] *= 2.0;
-        b += compare_f("dw x2", dw, dwd, n, ATOL, RTOL);
+        b += check_compare_f("dw x2", dw, dwd, n, ATOL, RTOL);
         if (b)
             printf("# specnorm OUT=%d IN=%d %s\n", OUT, IN, mode);
         bad += b;
@@ -256,8 +201,8 @@ static void test_fast_vs_reference(void **state) {
 
 // Q (n, n) row-major orthogonal: the Q factor of a random matrix (dgeqrf, then dorgqr).
 static void random_orthogonal(double *q, int n, Rng *r) {
-    double *tau = ALLOC(double, n);
-    fill_uniform(r, NULL, q, (long)n * n, -1, 1);
+    double *tau = CHECK_ALLOC(double, n);
+    check_fill_uniform(r, NULL, q, (long)n * n, -1, 1);
     assert_int_equal(LAPACKE_dgeqrf(LAPACK_ROW_MAJOR, n, n, q, n, tau), 0);
     assert_int_equal(LAPACKE_dorgqr(LAPACK_ROW_MAJOR, n, n, n, q, n, tau), 0);
     free(tau);
@@ -267,8 +212,8 @@ static void random_orthogonal(double *q, int n, Rng *r) {
 static double top_singular_value(const float *a, int m, int n) {
     int k = m < n ? m : n;
     long mn = (long)m * n;
-    double *ad = ALLOC(double, mn), *s = ALLOC(double, k);
-    double *superb = ALLOC(double, k);
+    double *ad = CHECK_ALLOC(double, mn), *s = CHECK_ALLOC(double, k);
+    double *superb = CHECK_ALLOC(double, k);
     for (long i = 0; i < mn; i++)
         ad[i] = a[i];
     assert_int_equal(
@@ -282,8 +227,8 @@ static int check_power_iteration(int OUT, int IN, uint64_t seed) {
     Rng r;
     rng_seed(&r, seed);
     int k = OUT < IN ? OUT : IN;
-    double *q1 = ALLOC(double, (long)OUT *OUT), *q2 = ALLOC(double, (long)IN *IN);
-    double *s = ALLOC(double, k);
+    double *q1 = CHECK_ALLOC(double, (long)OUT *OUT), *q2 = CHECK_ALLOC(double, (long)IN *IN);
+    double *s = CHECK_ALLOC(double, k);
     random_orthogonal(q1, OUT, &r);
     random_orthogonal(q2, IN, &r);
     // s = 2.5, 2.0, then down to 0.1: a gap of 0.8, so 50 iterations shrink the error in u by
@@ -293,8 +238,8 @@ static int check_power_iteration(int OUT, int IN, uint64_t seed) {
 
     // W = Q1[:, :k] diag(s) Q2[:, :k]^T.
     long n = (long)OUT * IN;
-    float *w = ALLOC(float, n), *w_sn = ALLOC(float, n), *u = ALLOC(float, OUT);
-    float *v = ALLOC(float, IN);
+    float *w = CHECK_ALLOC(float, n), *w_sn = CHECK_ALLOC(float, n), *u = CHECK_ALLOC(float, OUT);
+    float *v = CHECK_ALLOC(float, IN);
     for (int i = 0; i < OUT; i++)
         for (int j = 0; j < IN; j++) {
             double acc = 0.0;
@@ -313,8 +258,8 @@ static int check_power_iteration(int OUT, int IN, uint64_t seed) {
     double top_w = top_singular_value(w, OUT, IN); // the float W itself, rounding included
     printf("# OUT=%d IN=%d: sigma %.7f (svd of W %.7f), top singular value of w_sn %.7f\n", OUT, IN,
            sigma_d, top_w, top_sn);
-    int bad = compare_d("sigma vs max(s)", &sigma_d, &want, 1, 0.0, 1e-4);
-    bad += compare_d("top singular value of w_sn", &top_sn, &one, 1, 0.0, 1e-4);
+    int bad = check_compare_d("sigma vs max(s)", &sigma_d, &want, 1, 0.0, 1e-4);
+    bad += check_compare_d("top singular value of w_sn", &top_sn, &one, 1, 0.0, 1e-4);
     free(q1), free(q2), free(s), free(w), free(w_sn), free(u), free(v);
     return bad;
 }
@@ -335,9 +280,9 @@ static void test_one_iteration_underestimates(void **state) {
     rng_seed(&r, 30);
     int OUT = 48, IN = 72;
     long n = (long)OUT * IN;
-    float *w = ALLOC(float, n), *w_sn = ALLOC(float, n), *u = ALLOC(float, OUT);
-    float *v = ALLOC(float, IN);
-    fill_uniform(&r, w, NULL, n, -1, 1);
+    float *w = CHECK_ALLOC(float, n), *w_sn = CHECK_ALLOC(float, n), *u = CHECK_ALLOC(float, OUT);
+    float *v = CHECK_ALLOC(float, IN);
+    check_fill_uniform(&r, w, NULL, n, -1, 1);
     for (int i = 0; i < OUT; i++)
         u[i] = rng_uniform(&r) - 0.5f;
     float first = specnorm_forward(w_sn, v, u, w, OUT, IN, 1);

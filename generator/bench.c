@@ -4,6 +4,8 @@
 // (the tests do that). Each figure runs for a fixed wall time after a warm-up.
 #include "generator/bench.h"
 
+#include "generator/cli.h"
+
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,12 +17,6 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 // SGEMM peak: square products of a size where oneDNN runs near its best.
 static double sgemm_gflops(double seconds) {
     enum { N = 1536 };
@@ -30,11 +26,11 @@ static double sgemm_gflops(double seconds) {
     for (long i = 0; i < (long)N * N; i++) a[i] = b[i] = (float)(i % 7) * 0.1f, c[i] = 0;
     gemm(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
     long reps = 0;
-    double t0 = now_s(), t;
+    double t0 = cli_now_s(), t;
     do {
         gemm(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
         reps++;
-    } while ((t = now_s() - t0) < seconds);
+    } while ((t = cli_now_s() - t0) < seconds);
     free(a);
     free(b);
     free(c);
@@ -48,11 +44,11 @@ static double gen_images_per_s(Generator *g, int B, double seconds) {
     gan_sample_latents(c, 1, B, -1, z, y);
     for (int i = 0; i < 3; i++) generator_forward(g, z, c->n_classes ? y : NULL, B);
     long reps = 0;
-    double t0 = now_s(), t;
+    double t0 = cli_now_s(), t;
     do {
         if (generator_forward(g, z, c->n_classes ? y : NULL, B)) return 0;
         reps++;
-    } while ((t = now_s() - t0) < seconds);
+    } while ((t = cli_now_s() - t0) < seconds);
     free(z);
     free(y);
     return (double)reps * B / t;
@@ -112,11 +108,11 @@ int cli_bench(int argc, char **argv) {
     for (int i = 0; i < 3; i++)
         if (gan_step(&t, &data)) goto step_failed;
     long reps = 0;
-    double t0 = now_s(), el;
+    double t0 = cli_now_s(), el;
     do {
         if (gan_step(&t, &data)) goto step_failed;
         reps++;
-    } while ((el = now_s() - t0) < seconds);
+    } while ((el = cli_now_s() - t0) < seconds);
     double train_ips = (double)reps * hp.batch / el;
     printf("train_images_per_s %.1f\n", train_ips);
     printf("train_gflops %.1f\n", train_ips * train_flops / 1e9);

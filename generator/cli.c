@@ -16,31 +16,32 @@
 #include "generator/gan.h"
 #include "kernels/kernels.h"
 
-static double now_s(void) {
+double cli_now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-// Parses a whole decimal integer in [lo, hi] for option `opt`; prints why and returns -1 if not.
-static int parse_long(const char *s, long lo, long hi, const char *opt, long *out) {
+int cli_parse_long(const char *cmd, const char *s, long lo, long hi, const char *opt, long *out) {
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "steer: %s '%s': expected an integer in [%ld, %ld]\n", opt, s, lo, hi);
+        fprintf(stderr, "steer %s: %s '%s': expected an integer in [%ld, %ld]\n", cmd, opt, s, lo,
+                hi);
         return -1;
     }
     *out = v;
     return 0;
 }
 
-static int parse_float(const char *s, double lo, double hi, const char *opt, float *out) {
+int cli_parse_float(const char *cmd, const char *s, double lo, double hi, const char *opt,
+                    float *out) {
     char *end;
     errno = 0;
     double v = strtod(s, &end);
     if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "steer: %s '%s': expected a number in [%g, %g]\n", opt, s, lo, hi);
+        fprintf(stderr, "steer %s: %s '%s': expected a number in [%g, %g]\n", cmd, opt, s, lo, hi);
         return -1;
     }
     *out = (float)v;
@@ -151,24 +152,24 @@ int cli_train(int argc, char **argv) {
         switch (o) {
         case 'c': config = optarg; break;
         case 'd': data_dir = optarg; break;
-        case 'i': if (parse_long(optarg, 0, 100000000, "--iters", &iters)) return 2; break;
+        case 'i': if (cli_parse_long("train", optarg, 0, 100000000, "--iters", &iters)) return 2; break;
         case 'b':
-            if (parse_long(optarg, 1, 4096, "--batch", &v)) return 2;
+            if (cli_parse_long("train", optarg, 1, 4096, "--batch", &v)) return 2;
             hp.batch = (int)v, hp_given = 1;
             break;
-        case 's': if (parse_long(optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
-        case 'G': if (parse_float(optarg, 0, 1, "--lr-g", &hp.lr_g)) return 2; hp_given = 1; break;
-        case 'D': if (parse_float(optarg, 0, 1, "--lr-d", &hp.lr_d)) return 2; hp_given = 1; break;
-        case '1': if (parse_float(optarg, 0, 0.9999, "--beta1", &hp.beta1)) return 2; hp_given = 1; break;
-        case '2': if (parse_float(optarg, 0, 0.9999, "--beta2", &hp.beta2)) return 2; hp_given = 1; break;
+        case 's': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
+        case 'G': if (cli_parse_float("train", optarg, 0, 1, "--lr-g", &hp.lr_g)) return 2; hp_given = 1; break;
+        case 'D': if (cli_parse_float("train", optarg, 0, 1, "--lr-d", &hp.lr_d)) return 2; hp_given = 1; break;
+        case '1': if (cli_parse_float("train", optarg, 0, 0.9999, "--beta1", &hp.beta1)) return 2; hp_given = 1; break;
+        case '2': if (cli_parse_float("train", optarg, 0, 0.9999, "--beta2", &hp.beta2)) return 2; hp_given = 1; break;
         case 'o': snprintf(ckpt_dir, sizeof ckpt_dir, "%s", optarg); break;
         case 'r': resume = optarg; break;
-        case 'S': if (parse_long(optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
-        case 'l': if (parse_long(optarg, 1, LONG_MAX, "--log-every", &log_every)) return 2; break;
-        case 'p': if (parse_long(optarg, 0, LONG_MAX, "--sample-every", &sample_every)) return 2; break;
+        case 'S': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
+        case 'l': if (cli_parse_long("train", optarg, 1, LONG_MAX, "--log-every", &log_every)) return 2; break;
+        case 'p': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--sample-every", &sample_every)) return 2; break;
         case 'O': out = optarg; break;
-        case 'w': if (parse_long(optarg, 8, 1024, "--ch", &ch)) return 2; break;
-        case 'z': if (parse_long(optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
+        case 'w': if (cli_parse_long("train", optarg, 8, 1024, "--ch", &ch)) return 2; break;
+        case 'z': if (cli_parse_long("train", optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
         case 'h': train_usage(stdout); return 0;
         default: train_usage(stderr); return 2;
         }
@@ -231,7 +232,7 @@ int cli_train(int argc, char **argv) {
             t.cfg.name, t.cfg.ch, t.cfg.z_dim, t.cfg.n_classes ? "conditional" : "unconditional",
             iters, t.hp.batch, ckpt_dir);
     char path[PATH_MAX + 64], eta[32];
-    double t0 = now_s(), t_log = t0;
+    double t0 = cli_now_s(), t_log = t0;
     long start = t.step, log_start = t.step;
     int status = 0;
     while (t.step < iters && !stop_requested) {
@@ -247,7 +248,7 @@ int cli_train(int argc, char **argv) {
             break;
         }
         if (t.step % log_every == 0 || t.step == iters) {
-            double now = now_s();
+            double now = cli_now_s();
             double ips = (t.step - log_start) * t.hp.batch / (now - t_log);
             double done_rate = (t.step - start) / (now - t0);
             format_duration(eta, sizeof eta, (iters - t.step) / done_rate);
@@ -277,7 +278,7 @@ int cli_train(int argc, char **argv) {
         status = 1;
     } else {
         fprintf(stderr, "%s at step %ld after %.1f s; checkpoint %s%s%s\n",
-                stop_requested ? "stopped" : "done", t.step, now_s() - t0, path,
+                stop_requested ? "stopped" : "done", t.step, cli_now_s() - t0, path,
                 out ? " and " : "", out ? out : "");
     }
     dataset_free(&data);
@@ -314,11 +315,11 @@ int cli_sample(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': ckpt = optarg; break;
-        case 'n': if (parse_long(optarg, 1, 1000000, "--n", &n)) return 2; break;
+        case 'n': if (cli_parse_long("sample", optarg, 1, 1000000, "--n", &n)) return 2; break;
         case 'o': out = optarg; break;
-        case 's': if (parse_long(optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
-        case 'k': if (parse_long(optarg, 0, 999, "--class", &cls)) return 2; break;
-        case 'w': if (parse_long(optarg, 1, 1000, "--cols", &cols)) return 2; break;
+        case 's': if (cli_parse_long("sample", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
+        case 'k': if (cli_parse_long("sample", optarg, 0, 999, "--class", &cls)) return 2; break;
+        case 'w': if (cli_parse_long("sample", optarg, 1, 1000, "--cols", &cols)) return 2; break;
         case 'B': by_class = 1; break;
         case 'h': sample_usage(stdout); return 0;
         default: sample_usage(stderr); return 2;

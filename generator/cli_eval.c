@@ -6,6 +6,8 @@
 // Definitions and the exact commands are in docs/eval.md.
 #include "generator/cli_eval.h"
 
+#include "generator/cli.h"
+
 #include <errno.h>
 #include <getopt.h>
 #include <libgen.h>
@@ -34,40 +36,6 @@
 #define EVAL_RANGE_SLACK 1e-3f // samples may overshoot [-1, 1] by this much (rounding)
 
 static const long IMG = (long)CLASSIFIER_IMG * CLASSIFIER_IMG; // floats per image (1x32x32)
-
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-// Parses a whole decimal integer in [lo, hi] for option `opt`; prints why and returns -1 if not.
-static int parse_long(const char *cmd, const char *s, long lo, long hi, const char *opt,
-                      long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "steer %s: %s '%s': expected an integer in [%ld, %ld]\n", cmd, opt, s, lo,
-                hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *cmd, const char *s, double lo, double hi, const char *opt,
-                       float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "steer %s: %s '%s': expected a number in [%g, %g]\n", cmd, opt, s, lo, hi);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
 
 // The last case of both commands' option switch: 'h' (--help) prints the usage on stdout and
 // exits 0; anything else is an option getopt has already complained of, so the usage goes to
@@ -164,23 +132,23 @@ int cli_train_eval(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'e':
-            if (parse_long(cmd, optarg, 1, 1000, "--epochs", &epochs))
+            if (cli_parse_long(cmd, optarg, 1, 1000, "--epochs", &epochs))
                 return 2;
             break;
         case 'i':
-            if (parse_long(cmd, optarg, 1, 100000000, "--iters", &iters))
+            if (cli_parse_long(cmd, optarg, 1, 100000000, "--iters", &iters))
                 return 2;
             break;
         case 's':
-            if (parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
+            if (cli_parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
                 return 2;
             break;
         case 'l':
-            if (parse_float(cmd, optarg, 1e-7, 1, "--lr", &lr))
+            if (cli_parse_float(cmd, optarg, 1e-7, 1, "--lr", &lr))
                 return 2;
             break;
         case 'b':
-            if (parse_long(cmd, optarg, 1, 4096, "--batch", &batch))
+            if (cli_parse_long(cmd, optarg, 1, 4096, "--batch", &batch))
                 return 2;
             break;
         case 'o':
@@ -237,7 +205,7 @@ int cli_train_eval(int argc, char **argv) {
             "seed %ld\n",
             train.n, B, total, (double)total / steps_per_epoch, lr, seed);
 
-    double t0 = now_s(), loss_sum = 0;
+    double t0 = cli_now_s(), loss_sum = 0;
     long seen_sum = 0, right_sum = 0, window = 0;
     const long log_every = 50;
     for (long step = 0; step < total; step++) {
@@ -273,7 +241,7 @@ int cli_train_eval(int argc, char **argv) {
         seen_sum += B;
         window++;
         if ((step + 1) % log_every == 0 || step + 1 == total) {
-            double el = now_s() - t0, ips = (double)(step + 1) * B / el;
+            double el = cli_now_s() - t0, ips = (double)(step + 1) * B / el;
             char eta[32];
             format_duration(eta, sizeof eta, (double)(total - step - 1) * B / ips);
             fprintf(stderr,
@@ -285,7 +253,7 @@ int cli_train_eval(int argc, char **argv) {
             right_sum = seen_sum = window = 0;
         }
     }
-    double train_s = now_s() - t0, acc;
+    double train_s = cli_now_s() - t0, acc;
     if ((rc = test_accuracy(&c, &test, &acc))) {
         fprintf(stderr, "steer train-eval: evaluating: %s\n", kernels_strerror(rc));
         goto done;
@@ -388,7 +356,7 @@ static int sample_checkpoint(const char *path, long n, uint64_t seed, float *ima
         goto done;
     }
     gan_sample_latents(c, seed, n, -1, z, y);
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (long i = 0; i < n; i += EVAL_G_BATCH) {
         int b = (int)(n - i < EVAL_G_BATCH ? n - i : EVAL_G_BATCH);
         if ((rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b))) {
@@ -398,7 +366,7 @@ static int sample_checkpoint(const char *path, long n, uint64_t seed, float *ima
         memcpy(images + i * IMG, g.img, sizeof(float) * b * IMG);
     }
     fprintf(stderr, "eval: %ld samples from %s (config %s, seed %llu) in %.1f s\n", n, path,
-            c->name, (unsigned long long)seed, now_s() - t0);
+            c->name, (unsigned long long)seed, cli_now_s() - t0);
     status = 0;
 done:
     generator_free(&g);
@@ -509,11 +477,11 @@ int cli_eval(int argc, char **argv) {
             halves = 1;
             break;
         case 'n':
-            if (parse_long(cmd, optarg, 2, EVAL_N_MAX, "--n", &n))
+            if (cli_parse_long(cmd, optarg, 2, EVAL_N_MAX, "--n", &n))
                 return 2;
             break;
         case 's':
-            if (parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
+            if (cli_parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
                 return 2;
             break;
         case 'm':

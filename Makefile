@@ -11,7 +11,7 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -ffp-contract=fast -fopenmp -I. $(EXTRA_CFLAGS)
-LDLIBS  += -ldnnl -llapacke -lopenblas -ljansson -lpng -lz -lm -lpthread
+LDLIBS  += -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lpng -lz -lm -lpthread
 LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
 
 PARTS    := kernels generator env policy server
@@ -23,8 +23,11 @@ TEST_SRC := $(wildcard tests/test_*.c)
 CHECK_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/check.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
+CLIENT_SRC := $(wildcard clients/c/*.c)
+CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
+
 .PHONY: all deps run test test-only bench asan clean
-all: $(BUILD)/steer
+all: $(BUILD)/steer $(BUILD)/steer-client
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
@@ -35,6 +38,10 @@ $(BUILD)/libsteer.a: $(LIB_OBJ)
 
 $(BUILD)/steer: $(BUILD)/steer.o $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
+
+# steer-client: the C client and load generator (libwebsockets + msgpack-c only; no model code).
+$(BUILD)/steer-client: $(CLIENT_OBJ)
+	$(CC) $(LDFLAGS) $^ -o $@ -lwebsockets -lmsgpackc -lm
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(CHECK_OBJ) $(REF_OBJ) $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
@@ -61,10 +68,10 @@ bench: deps
 asan:
 	@$(MAKE) --no-print-directory BUILD=build-asan OPT=-O1 \
 	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
-	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer
+	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer build-asan/steer-client
 
 clean:
 	rm -rf build build-asan
 
--include $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d)
+-include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d)
 .SECONDARY:

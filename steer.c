@@ -5,6 +5,7 @@
 #include "generator/bench.h"
 #include "generator/cli.h"
 #include "generator/cli_eval.h"
+#include "server/serve.h"
 
 typedef struct {
     const char *name;
@@ -17,6 +18,7 @@ static const Command COMMANDS[] = {
     {"sample", cli_sample, "sample a checkpoint into a .npy or a PNG grid"},
     {"eval", cli_eval, "Frechet distance and class histogram of a model's samples"},
     {"train-eval", cli_train_eval, "train the evaluator classifier steer eval uses"},
+    {"serve", cli_serve, "serve generated frames over WebSockets (steer serve --help)"},
     {"bench", cli_bench, "speed of training and generation, as name value lines"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])

@@ -1,0 +1,128 @@
+// metrics.c — Prometheus text rendering of the server's figures (see metrics.h).
+#include "server/metrics.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+void histogram_observe(Histogram *h, double v) {
+    int i = 0;
+    while (i < h->n_bounds && v > h->bounds[i]) i++;
+    h->counts[i]++;
+    h->total++;
+    h->sum += v;
+}
+
+double histogram_quantile(const Histogram *h, double q) {
+    if (!h->total) return 0.0;
+    double target = q * (double)h->total;
+    uint64_t acc = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        acc += h->counts[i];
+        if ((double)acc >= target) return h->bounds[i];
+    }
+    return INFINITY;
+}
+
+int metrics_init(Metrics *m) {
+    memset(m, 0, sizeof *m);
+    static const double batch_bounds[] = {1, 2, 4, 8, 16, 32, 64, 128, 256};
+    static const double gen_bounds[] = {0.0005, 0.001, 0.002, 0.005, 0.01, 0.02,
+                                        0.05,   0.1,   0.2,   0.5,   1.0};
+    m->batch_size.n_bounds = (int)(sizeof batch_bounds / sizeof *batch_bounds);
+    memcpy(m->batch_size.bounds, batch_bounds, sizeof batch_bounds);
+    m->generation_s.n_bounds = (int)(sizeof gen_bounds / sizeof *gen_bounds);
+    memcpy(m->generation_s.bounds, gen_bounds, sizeof gen_bounds);
+    return pthread_mutex_init(&m->lock, NULL) ? -1 : 0;
+}
+
+void metrics_free(Metrics *m) { pthread_mutex_destroy(&m->lock); }
+
+typedef struct {
+    char *p;
+    size_t cap, len;
+    int overflow;
+} Out;
+
+static void out_printf(Out *o, const char *fmt, ...) {
+    if (o->overflow) return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(o->p + o->len, o->cap - o->len, fmt, ap);
+    va_end(ap);
+    if (n < 0 || (size_t)n >= o->cap - o->len) {
+        o->overflow = 1;
+        return;
+    }
+    o->len += (size_t)n;
+}
+
+static void metric(Out *o, const char *name, const char *type, const char *help, double v) {
+    out_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+}
+
+static void histogram(Out *o, const char *name, const char *help, const Histogram *h) {
+    out_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t acc = 0;
+    for (int i = 0; i < h->n_bounds; i++) {
+        acc += h->counts[i];
+        out_printf(o, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)acc);
+    }
+    out_printf(o, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.17g\n%s_count %llu\n", name,
+               (unsigned long long)h->total, name, h->sum, name, (unsigned long long)h->total);
+}
+
+long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
+    Out o = {out, cap, 0, 0};
+    metric(&o, "steer_connections", "gauge", "Open WebSocket connections.", (double)m->connections);
+    metric(&o, "steer_connections_total", "counter", "WebSocket connections accepted.",
+           (double)m->connections_total);
+    out_printf(&o, "# HELP steer_connections_refused_total Handshakes refused, by reason.\n"
+                   "# TYPE steer_connections_refused_total counter\n"
+                   "steer_connections_refused_total{reason=\"limit\"} %llu\n"
+                   "steer_connections_refused_total{reason=\"origin\"} %llu\n"
+                   "steer_connections_refused_total{reason=\"protocol\"} %llu\n",
+               (unsigned long long)m->refused_limit, (unsigned long long)m->refused_origin,
+               (unsigned long long)m->refused_protocol);
+    metric(&o, "steer_sessions", "gauge", "Sessions that said hello.", (double)m->sessions);
+    metric(&o, "steer_streams", "gauge", "Open streams.", (double)m->streams);
+    metric(&o, "steer_frames_sent_total", "counter", "Frames written to clients.",
+           (double)m->frames_sent);
+    out_printf(&o, "# HELP steer_frames_dropped_total Frames drawn but not sent, by reason.\n"
+                   "# TYPE steer_frames_dropped_total counter\n"
+                   "steer_frames_dropped_total{reason=\"disconnect\"} %llu\n"
+                   "steer_frames_dropped_total{reason=\"stop\"} %llu\n",
+               (unsigned long long)m->dropped_disconnect, (unsigned long long)m->dropped_stop);
+    metric(&o, "steer_frame_bytes_sent_total", "counter", "Bytes of frame messages written.",
+           (double)m->frame_bytes_sent);
+    metric(&o, "steer_messages_received_total", "counter", "Client messages received.",
+           (double)m->messages_received);
+    metric(&o, "steer_errors_sent_total", "counter", "Error messages sent.", (double)m->errors_sent);
+    out_printf(&o, "# HELP steer_connections_closed_total Connections closed by the server, by "
+                   "close code.\n# TYPE steer_connections_closed_total counter\n"
+                   "steer_connections_closed_total{code=\"1001\"} %llu\n"
+                   "steer_connections_closed_total{code=\"1008\"} %llu\n"
+                   "steer_connections_closed_total{code=\"1009\"} %llu\n",
+               (unsigned long long)m->closed_1001, (unsigned long long)m->closed_1008,
+               (unsigned long long)m->closed_1009);
+    metric(&o, "steer_queue_depth", "gauge", "Frame requests waiting for the generation thread.",
+           (double)x->queue_depth);
+    metric(&o, "steer_frames_queued", "gauge", "Frames drawn and waiting to be written.",
+           (double)m->frames_queued);
+    metric(&o, "steer_frames_in_flight", "gauge", "Frames requested and not yet drawn.",
+           (double)m->frames_in_flight);
+    pthread_mutex_lock(&m->lock);
+    histogram(&o, "steer_batch_size", "Frames per generator batch.", &m->batch_size);
+    histogram(&o, "steer_generation_seconds", "Seconds per batch: generator forward and encoding.",
+              &m->generation_s);
+    pthread_mutex_unlock(&m->lock);
+    metric(&o, "steer_loop_lag_seconds", "gauge", "How late the event loop's 100 ms timer last fired.",
+           m->loop_lag_s);
+    metric(&o, "steer_loop_lag_max_seconds", "gauge", "Largest event-loop lag since start.",
+           m->loop_lag_max_s);
+    metric(&o, "steer_model_version", "gauge", "Version of the served generator.",
+           (double)x->model_version);
+    metric(&o, "steer_uptime_seconds", "gauge", "Seconds since start.", x->uptime_s);
+    return o.overflow ? -1 : (long)o.len;
+}

@@ -1,0 +1,53 @@
+// metrics.h — the server's counters, gauges and histograms, rendered in Prometheus text format
+// (exposition format 0.0.4). Not a metrics library: a fixed set of figures docs/protocol.md lists.
+// Loop-thread figures are plain fields; histograms are also fed from the generation thread, so they
+// sit behind a mutex (taken once per batch, not per frame).
+#ifndef SERVER_METRICS_H
+#define SERVER_METRICS_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#define METRICS_MAX_BUCKETS 16
+
+typedef struct {
+    int n_bounds;
+    double bounds[METRICS_MAX_BUCKETS]; // upper bounds, ascending; +Inf implied
+    uint64_t counts[METRICS_MAX_BUCKETS + 1];
+    uint64_t total;
+    double sum;
+} Histogram;
+
+// Records one observation v.
+void histogram_observe(Histogram *h, double v);
+// Returns the smallest bucket bound at or above the q-quantile (q in [0,1]); +Inf as INFINITY.
+double histogram_quantile(const Histogram *h, double q);
+
+typedef struct {
+    // loop thread only
+    uint64_t connections, connections_total, sessions, streams;
+    uint64_t refused_limit, refused_origin, refused_protocol;
+    uint64_t frames_sent, frame_bytes_sent, dropped_disconnect, dropped_stop;
+    uint64_t messages_received, errors_sent;
+    uint64_t closed_1001, closed_1008, closed_1009;
+    uint64_t frames_queued, frames_in_flight;
+    double loop_lag_s, loop_lag_max_s;
+    // shared with the generation thread, under lock
+    pthread_mutex_t lock;
+    Histogram batch_size, generation_s;
+} Metrics;
+
+// Sets bucket bounds; returns 0 or -1 if the mutex cannot be made.
+int metrics_init(Metrics *m);
+void metrics_free(Metrics *m);
+
+// The figures /metrics reports besides those in Metrics, read by the loop thread at render time.
+typedef struct {
+    uint64_t queue_depth, model_version;
+    double uptime_s;
+} MetricsExtra;
+
+// Writes the Prometheus text into out (cap bytes). Returns the length, or -1 if cap is too small.
+long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap);
+
+#endif

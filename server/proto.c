@@ -1,0 +1,433 @@
+// proto.c — steer.v1 messages: a bounds-checking scan of the raw msgpack bytes, decoding of client
+// messages with msgpack-c into ProtoMsg, and packing of server messages into fixed buffers.
+// It is not a msgpack codec: msgpack-c decodes and encodes; proto_scan only walks the type bytes and
+// declared lengths so that no declared count is believed before the bytes behind it exist
+// (msgpack-c's unpacker reserves zone memory for a declared array/map count up front).
+#include "server/proto.h"
+
+#include <math.h>
+#include <msgpack.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static const char *const proto_code_names[PROTO_NCODES] = {
+    [PROTO_OK] = "ok",
+#define PROTO_NAME_(name, str) [name] = str,
+    PROTO_CODES(PROTO_NAME_)
+#undef PROTO_NAME_
+};
+
+const char *proto_code_name(int code) {
+    return (code >= 0 && code < PROTO_NCODES) ? proto_code_names[code] : "internal";
+}
+
+static const char *const mode_names[] = {"gallery", "walk", "pair"};
+static const char *const format_names[] = {"png", "raw8"};
+const char *proto_mode_name(int mode) { return (mode >= 0 && mode < 3) ? mode_names[mode] : "?"; }
+const char *proto_format_name(int format) {
+    return (format >= 0 && format < 2) ? format_names[format] : "?";
+}
+
+static int fail(int code, char *err, size_t errlen, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(err, errlen, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+// Big-endian unsigned of n bytes at p.
+static uint64_t be_read(const uint8_t *p, int n) {
+    uint64_t v = 0;
+    for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+    return v;
+}
+
+int proto_scan(const uint8_t *buf, size_t len, char *err, size_t errlen) {
+    uint64_t pending[PROTO_MAX_DEPTH + 1]; // objects still to read at each depth
+    int depth = 0;
+    size_t pos = 0;
+    pending[0] = 1;
+    while (depth >= 0) {
+        if (pending[depth] == 0) {
+            depth--;
+            continue;
+        }
+        pending[depth]--;
+        if (pos >= len)
+            return fail(PROTO_EBAD_MESSAGE, err, errlen, "msgpack truncated at byte %zu", pos);
+        size_t at = pos;
+        uint8_t b = buf[pos++];
+        int len_bytes = 0;   // bytes of a length field that follows the type byte
+        uint64_t payload = 0; // bytes of payload after the length field
+        uint64_t children = 0;
+        int kind = 0; // 0 scalar, 1 raw (str/bin/ext: payload from length), 2 array, 3 map
+        if (b <= 0x7f || b >= 0xe0 || b == 0xc0 || b == 0xc2 || b == 0xc3) {
+        } else if (b <= 0x8f) {
+            children = (uint64_t)(b & 0x0f) * 2;
+        } else if (b <= 0x9f) {
+            children = b & 0x0f;
+        } else if (b <= 0xbf) {
+            payload = b & 0x1f;
+        } else {
+            switch (b) {
+            case 0xc4: case 0xd9: len_bytes = 1; kind = 1; break;
+            case 0xc5: case 0xda: len_bytes = 2; kind = 1; break;
+            case 0xc6: case 0xdb: len_bytes = 4; kind = 1; break;
+            case 0xc7: len_bytes = 1; kind = 1; payload = 1; break; // ext: type byte + data
+            case 0xc8: len_bytes = 2; kind = 1; payload = 1; break;
+            case 0xc9: len_bytes = 4; kind = 1; payload = 1; break;
+            case 0xca: payload = 4; break;
+            case 0xcb: payload = 8; break;
+            case 0xcc: case 0xd0: payload = 1; break;
+            case 0xcd: case 0xd1: payload = 2; break;
+            case 0xce: case 0xd2: payload = 4; break;
+            case 0xcf: case 0xd3: payload = 8; break;
+            case 0xd4: payload = 2; break;
+            case 0xd5: payload = 3; break;
+            case 0xd6: payload = 5; break;
+            case 0xd7: payload = 9; break;
+            case 0xd8: payload = 17; break;
+            case 0xdc: len_bytes = 2; kind = 2; break;
+            case 0xdd: len_bytes = 4; kind = 2; break;
+            case 0xde: len_bytes = 2; kind = 3; break;
+            case 0xdf: len_bytes = 4; kind = 3; break;
+            default:
+                return fail(PROTO_EBAD_MESSAGE, err, errlen,
+                            "byte 0x%02x at %zu is not a msgpack type", b, at);
+            }
+        }
+        if ((size_t)len_bytes > len - pos)
+            return fail(PROTO_EBAD_MESSAGE, err, errlen, "msgpack length field truncated at byte %zu",
+                        at);
+        if (len_bytes) {
+            uint64_t n = be_read(buf + pos, len_bytes);
+            pos += (size_t)len_bytes;
+            if (kind == 1) payload += n;
+            else if (kind == 2) children = n;
+            else children = 2 * n;
+        }
+        size_t left = len - pos;
+        if (payload > left)
+            return fail(PROTO_EBAD_MESSAGE, err, errlen,
+                        "object at byte %zu declares %llu bytes but only %zu remain", at,
+                        (unsigned long long)payload, left);
+        pos += (size_t)payload;
+        if (children) {
+            // Every element takes at least one byte, so a count past the bytes left is a lie.
+            if (children > len - pos)
+                return fail(PROTO_EBAD_MESSAGE, err, errlen,
+                            "container at byte %zu declares %llu elements but only %zu bytes remain",
+                            at, (unsigned long long)children, len - pos);
+            if (depth + 1 > PROTO_MAX_DEPTH)
+                return fail(PROTO_EBAD_MESSAGE, err, errlen, "nesting deeper than %d",
+                            PROTO_MAX_DEPTH);
+            pending[++depth] = children;
+        }
+    }
+    if (pos != len)
+        return fail(PROTO_EBAD_MESSAGE, err, errlen, "%zu bytes after the message", len - pos);
+    return 0;
+}
+
+// ---- decoding -------------------------------------------------------------------------------
+
+static const msgpack_object *map_get(const msgpack_object_map *map, const char *key) {
+    size_t klen = strlen(key);
+    for (uint32_t i = 0; i < map->size; i++) {
+        const msgpack_object *k = &map->ptr[i].key;
+        if (k->type == MSGPACK_OBJECT_STR && k->via.str.size == klen &&
+            memcmp(k->via.str.ptr, key, klen) == 0)
+            return &map->ptr[i].val;
+    }
+    return NULL;
+}
+
+// Reads an integer field in [lo, hi]. Returns 0 (value set, or left alone when absent and not
+// required) or PROTO_EBAD_FIELD.
+static int get_int(const msgpack_object_map *map, const char *key, int required, int64_t lo,
+                   int64_t hi, int64_t *out, char *err, size_t errlen) {
+    const msgpack_object *o = map_get(map, key);
+    if (!o) {
+        if (required) return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' is required", key);
+        return 0;
+    }
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        if (o->via.u64 > (uint64_t)hi)
+            return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%lld, %lld]", key,
+                        (long long)lo, (long long)hi);
+        *out = (int64_t)o->via.u64;
+    } else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
+        *out = o->via.i64;
+    } else {
+        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be an integer", key);
+    }
+    if (*out < lo || *out > hi)
+        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%lld, %lld]", key,
+                    (long long)lo, (long long)hi);
+    return 0;
+}
+
+static int get_float(const msgpack_object_map *map, const char *key, double lo, double hi,
+                     double *out, char *err, size_t errlen) {
+    const msgpack_object *o = map_get(map, key);
+    if (!o) return 0;
+    double v;
+    if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) v = (double)o->via.u64;
+    else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) v = (double)o->via.i64;
+    else if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) v = o->via.f64;
+    else return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be a number", key);
+    if (!(v >= lo && v <= hi)) // also refuses NaN
+        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%g, %g]", key, lo, hi);
+    *out = v;
+    return 0;
+}
+
+// Reads a string field into out (cap bytes incl. NUL). Returns 1 if present, 0 if absent, or
+// -PROTO_EBAD_FIELD.
+static int get_str(const msgpack_object_map *map, const char *key, char *out, size_t cap, char *err,
+                   size_t errlen) {
+    const msgpack_object *o = map_get(map, key);
+    if (!o) return 0;
+    if (o->type != MSGPACK_OBJECT_STR)
+        return -fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be a string", key);
+    if (o->via.str.size >= cap)
+        return -fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' is longer than %zu bytes", key,
+                     cap - 1);
+    memcpy(out, o->via.str.ptr, o->via.str.size);
+    out[o->via.str.size] = 0;
+    return 1;
+}
+
+// Matches a string field against names; absent leaves *out alone.
+static int get_enum(const msgpack_object_map *map, const char *key, const char *const *names,
+                    int n, int *out, char *err, size_t errlen) {
+    char s[16];
+    int rc = get_str(map, key, s, sizeof s, err, errlen);
+    if (rc < 0) {
+        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be one of the names listed in "
+                    "docs/protocol.md", key);
+    }
+    if (rc == 0) return 0;
+    for (int i = 0; i < n; i++)
+        if (strcmp(s, names[i]) == 0) {
+            *out = i;
+            return 0;
+        }
+    return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' has an unknown value '%s'", key, s);
+}
+
+static int user_name_ok(const char *s) {
+    if (!*s) return 0;
+    for (; *s; s++) {
+        char c = *s;
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == '@' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLimits *lim,
+                      char *err, size_t errlen, int64_t *ref) {
+    const msgpack_object *t = map_get(map, "t");
+    if (!t || t->type != MSGPACK_OBJECT_STR)
+        return fail(PROTO_EBAD_TYPE, err, errlen, "every message needs a string field 't'");
+    char type[16] = {0};
+    size_t tl = t->via.str.size < sizeof type - 1 ? t->via.str.size : sizeof type - 1;
+    memcpy(type, t->via.str.ptr, tl);
+    int rc;
+    int64_t v;
+    if (t->via.str.size == 5 && strcmp(type, "hello") == 0) {
+        m->type = PROTO_HELLO;
+        if ((rc = get_str(map, "token", m->token, sizeof m->token, err, errlen)) < 0) return -rc;
+        m->has_token = rc;
+        if ((rc = get_str(map, "user", m->user, sizeof m->user, err, errlen)) < 0) return -rc;
+        m->has_user = rc;
+        if (m->has_user && !user_name_ok(m->user))
+            return fail(PROTO_EBAD_FIELD, err, errlen,
+                        "field 'user' must be 1..%d characters of A-Z a-z 0-9 _ . @ -",
+                        PROTO_USER_MAX);
+        return 0;
+    }
+    int is_stream = t->via.str.size == 6 && strcmp(type, "stream") == 0;
+    int is_credit = t->via.str.size == 6 && strcmp(type, "credit") == 0;
+    int is_stop = t->via.str.size == 4 && strcmp(type, "stop") == 0;
+    if (is_stream || is_credit || is_stop) {
+        if ((rc = get_int(map, "id", 1, 0, UINT32_MAX, &v, err, errlen))) return rc;
+        m->id = (uint32_t)v;
+        *ref = v;
+    }
+    if (is_stream) {
+        m->type = PROTO_STREAM;
+        if ((rc = get_enum(map, "mode", mode_names, 3, &m->mode, err, errlen))) return rc;
+        if ((rc = get_enum(map, "format", format_names, 2, &m->format, err, errlen))) return rc;
+        v = 0;
+        if ((rc = get_int(map, "n", 0, 0, lim->max_credit, &v, err, errlen))) return rc;
+        m->n = (uint32_t)v;
+        if ((rc = get_float(map, "fps", 0.0, PROTO_MAX_FPS, &m->fps, err, errlen))) return rc;
+        v = -1;
+        if ((rc = get_int(map, "class", 0, -1, lim->classes - 1, &v, err, errlen))) return rc;
+        m->cls = (int)v;
+        if (map_get(map, "seed")) {
+            if ((rc = get_int(map, "seed", 1, 0, (INT64_C(1) << 53) - 1, &v, err, errlen)))
+                return rc;
+            m->seed = (uint64_t)v;
+            m->has_seed = 1;
+        }
+        if ((rc = get_float(map, "step", 1e-6, 1.0, &m->step, err, errlen))) return rc;
+        return 0;
+    }
+    if (is_credit) {
+        m->type = PROTO_CREDIT;
+        if ((rc = get_int(map, "n", 1, 1, lim->max_credit, &v, err, errlen))) return rc;
+        m->n = (uint32_t)v;
+        return 0;
+    }
+    if (is_stop) {
+        m->type = PROTO_STOP;
+        return 0;
+    }
+    if (t->via.str.size == 8 && strcmp(type, "feedback") == 0) {
+        m->type = PROTO_FEEDBACK;
+        return 0;
+    }
+    if (t->via.str.size == 3 && strcmp(type, "job") == 0) {
+        m->type = PROTO_JOB;
+        return 0;
+    }
+    // Echo only printable characters of the unknown name.
+    for (size_t i = 0; i < tl; i++)
+        if (type[i] < 0x20 || type[i] > 0x7e) type[i] = '?';
+    return fail(PROTO_EUNKNOWN_TYPE, err, errlen, "unknown message type '%s'", type);
+}
+
+int proto_decode(ProtoMsg *m, const uint8_t *buf, size_t len, const ProtoLimits *lim, char *err,
+                 size_t errlen, int64_t *ref) {
+    memset(m, 0, sizeof *m);
+    m->mode = PROTO_MODE_GALLERY;
+    m->format = PROTO_FORMAT_PNG;
+    m->cls = -1;
+    m->step = 0.05;
+    *ref = -1;
+    int rc = proto_scan(buf, len, err, errlen);
+    if (rc) return rc;
+    msgpack_unpacked u;
+    msgpack_unpacked_init(&u);
+    size_t off = 0;
+    msgpack_unpack_return ur = msgpack_unpack_next(&u, (const char *)buf, len, &off);
+    if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
+        rc = fail(PROTO_EBAD_MESSAGE, err, errlen, "not one msgpack object (unpack %d)", (int)ur);
+    } else if (u.data.type != MSGPACK_OBJECT_MAP) {
+        rc = fail(PROTO_EBAD_MESSAGE, err, errlen, "a message must be a msgpack map");
+    } else {
+        rc = decode_map(m, &u.data.via.map, lim, err, errlen, ref);
+    }
+    msgpack_unpacked_destroy(&u);
+    return rc;
+}
+
+// ---- packing --------------------------------------------------------------------------------
+
+static int buf_write(void *data, const char *bytes, size_t len) {
+    ProtoBuf *b = data;
+    if (b->overflow || len > b->cap - b->len) {
+        b->overflow = 1;
+        return -1;
+    }
+    memcpy(b->data + b->len, bytes, len);
+    b->len += len;
+    return 0;
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s) { msgpack_pack_str_with_body(pk, s, strlen(s)); }
+
+static void pack_kv_u64(msgpack_packer *pk, const char *k, uint64_t v) {
+    pack_cstr(pk, k);
+    msgpack_pack_uint64(pk, v);
+}
+
+static void pack_kv_int(msgpack_packer *pk, const char *k, int64_t v) {
+    pack_cstr(pk, k);
+    msgpack_pack_int64(pk, v);
+}
+
+static void pack_kv_str(msgpack_packer *pk, const char *k, const char *v) {
+    pack_cstr(pk, k);
+    pack_cstr(pk, v);
+}
+
+int proto_pack_welcome(ProtoBuf *out, uint64_t session, const char *user, const ProtoModelInfo *model,
+                       const ProtoServerLimits *lim) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 7);
+    pack_kv_str(&pk, "t", "welcome");
+    pack_kv_str(&pk, "protocol", PROTO_NAME);
+    pack_kv_str(&pk, "server", "steer");
+    pack_kv_u64(&pk, "session", session);
+    pack_kv_str(&pk, "user", user);
+    pack_cstr(&pk, "model");
+    msgpack_pack_map(&pk, 7);
+    pack_kv_u64(&pk, "version", model->version);
+    pack_kv_str(&pk, "name", model->name);
+    pack_kv_int(&pk, "width", model->width);
+    pack_kv_int(&pk, "height", model->height);
+    pack_kv_int(&pk, "channels", model->channels);
+    pack_kv_int(&pk, "z_dim", model->z_dim);
+    pack_kv_int(&pk, "classes", model->classes);
+    pack_cstr(&pk, "limits");
+    msgpack_pack_map(&pk, 5);
+    pack_kv_u64(&pk, "max_message", lim->max_message);
+    pack_kv_u64(&pk, "max_streams", lim->max_streams);
+    pack_kv_u64(&pk, "max_credit", lim->max_credit);
+    pack_kv_u64(&pk, "queue_frames", lim->queue_frames);
+    pack_kv_u64(&pk, "history", lim->history);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_error(ProtoBuf *out, int code, const char *msg, int64_t ref) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, ref >= 0 ? 4 : 3);
+    pack_kv_str(&pk, "t", "error");
+    pack_kv_str(&pk, "code", proto_code_name(code));
+    pack_kv_str(&pk, "msg", msg);
+    if (ref >= 0) pack_kv_u64(&pk, "ref", (uint64_t)ref);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_stopped(ProtoBuf *out, uint32_t id, uint64_t sent) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 3);
+    pack_kv_str(&pk, "t", "stopped");
+    pack_kv_u64(&pk, "id", id);
+    pack_kv_u64(&pk, "sent", sent);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_frame(ProtoBuf *out, const ProtoFrame *f, const uint8_t *data, size_t data_len) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, f->side >= 0 ? 14 : 12);
+    pack_kv_str(&pk, "t", "frame");
+    pack_kv_u64(&pk, "stream", f->stream);
+    pack_kv_u64(&pk, "frame", f->frame);
+    pack_kv_u64(&pk, "seq", f->seq);
+    pack_kv_u64(&pk, "model_version", f->model_version);
+    pack_kv_u64(&pk, "policy_version", f->policy_version);
+    pack_kv_int(&pk, "class", f->cls);
+    pack_kv_int(&pk, "w", f->w);
+    pack_kv_int(&pk, "h", f->h);
+    pack_kv_int(&pk, "c", f->c);
+    pack_kv_str(&pk, "format", proto_format_name(f->format));
+    if (f->side >= 0) {
+        pack_kv_u64(&pk, "pair", f->pair);
+        pack_kv_int(&pk, "side", f->side);
+    }
+    pack_cstr(&pk, "data");
+    msgpack_pack_bin_with_body(&pk, data, data_len);
+    return out->overflow ? -1 : 0;
+}

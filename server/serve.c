@@ -1,0 +1,1092 @@
+// serve.c — `steer serve` (see serve.h and docs/protocol.md). The loop thread owns libuv, every
+// libwebsockets object and every Session; it never runs the generator and never blocks. Frame
+// requests go to the generation thread (gen.c) through a locked queue; drawn frames come back
+// through uv_async_send and are written as the sockets take them.
+//
+// Flow control, in one place: a stream's frames are requested only while the client has credit
+// on it and its session has fewer than queue_frames frames requested or waiting to be written. A
+// client that stops reading therefore holds at most queue_frames frames of memory, and costs the
+// generator nothing more. Not here: TLS (run behind a proxy), HTTP/2, feedback and jobs (issues 4-5).
+#include "server/serve.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <libwebsockets.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <uv.h>
+
+#include "generator/cli.h"
+#include "generator/gan.h"
+#include "server/gen.h"
+#include "server/metrics.h"
+#include "server/proto.h"
+#include "server/session.h"
+
+#define SERVE_MAX_ORIGINS 16
+#define SERVE_RX_CHUNK 16384           // bytes libwebsockets hands over per receive callback
+#define SERVE_WRITES_PER_CALLBACK 32   // messages written per writable callback at most
+#define SERVE_SHUTDOWN_DRAIN_S 5.0     // longest wait for frames in flight at shutdown
+#define SERVE_SHUTDOWN_CLOSE_S 2.0     // longest wait for clients to answer the close
+#define SERVE_VENDOR_MSGPACK "node_modules/@msgpack/msgpack/dist.umd/msgpack.min.js"
+
+typedef struct {
+    const char *model_path, *host, *web_dir, *token_file, *origins;
+    int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
+    long max_message;
+    double deadline_ms, max_rate;
+    uint64_t seed;
+} ServeOptions;
+
+typedef struct {
+    ServeOptions opt;
+    uv_loop_t loop;
+    struct lws_context *ctx;
+    uv_signal_t sigint, sigterm;
+    uv_async_t async;
+    uv_timer_t lag_timer, tick_timer, pace_timer, stop_timer;
+    Gen gen;
+    Metrics metrics;
+    Session *sessions; // (max_connections)
+    uint32_t *free_slots;
+    int n_free;
+    ProtoModelInfo model;
+    char model_name[64];
+    ProtoLimits limits;
+    ProtoServerLimits wire_limits;
+    uint64_t next_frame_id, next_session_id;
+    uint32_t next_stream_serial;
+    Rng seeds; // seeds of streams opened without one
+    double t_start, lag_expected, stop_started, close_sent;
+    int stopping, paced_timer_on;
+    char token[PROTO_TOKEN_MAX + 1];
+    int has_token;
+    char origin_buf[1024];
+    char *origin_list[SERVE_MAX_ORIGINS];
+    int n_origins;
+} Server;
+
+// Per-connection user data libwebsockets allocates for each protocol.
+typedef struct {
+    Session *s;
+} WsConn;
+typedef struct {
+    uint8_t *body; // LWS_PRE pad, then the response body
+    size_t len;
+} HttpConn;
+
+static Server *server_of(struct lws *wsi) { return lws_context_user(lws_get_context(wsi)); }
+
+// ---- replies and closing ---------------------------------------------------------------------
+
+static void session_close_with(Session *s, int code, const char *why) {
+    if (s->closing) return;
+    s->closing = 1;
+    s->close_code = code;
+    snprintf(s->close_reason, sizeof s->close_reason, "%s", why);
+    lws_callback_on_writable(s->wsi);
+}
+
+// Queues a reply packed by the caller through the ProtoBuf; pauses reading when replies pile up.
+static ProtoBuf reply_begin(Session *s) {
+    size_t cap = 0;
+    uint8_t *p = session_ctrl_slot(s, &cap);
+    ProtoBuf b = {p, p ? cap : 0, 0, p ? 0 : 1};
+    return b;
+}
+
+static void reply_end(Server *sv, Session *s, ProtoBuf *b) {
+    if (b->overflow) {
+        // All reply slots pending means the client sends faster than it reads, past the pause.
+        session_close_with(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "replies not read");
+        return;
+    }
+    session_ctrl_commit(s, b->len);
+    if (s->ctrl_count >= SESSION_CTRL_PAUSE && !s->rx_paused) {
+        lws_rx_flow_control(s->wsi, 0);
+        s->rx_paused = 1;
+    }
+    (void)sv;
+    lws_callback_on_writable(s->wsi);
+}
+
+static void reply_error(Server *sv, Session *s, int code, const char *msg, int64_t ref) {
+    ProtoBuf b = reply_begin(s);
+    if (!b.overflow) proto_pack_error(&b, code, msg, ref);
+    sv->metrics.errors_sent++;
+    reply_end(sv, s, &b);
+}
+
+// ---- frame requests --------------------------------------------------------------------------
+
+static int stream_due(const Stream *st, double now) { return st->fps <= 0 || now >= st->next_due; }
+
+static int stream_request(Server *sv, Session *s, Stream *st, int side, uint64_t pair, double now) {
+    uint64_t frame_id = sv->next_frame_id++;
+    int classes = sv->model.classes;
+    int k = session_history_put(s, frame_id);
+    float *z = s->hist_z + (size_t)k * s->z_dim;
+    int cls = stream_next_latent(st, z, sv->model.z_dim, classes);
+    s->hist_cls[k] = cls;
+    FrameRequest r = {.slot = s->slot,
+                      .session_serial = s->serial,
+                      .stream_id = st->id,
+                      .stream_serial = st->serial,
+                      .seq = st->seq,
+                      .frame_id = frame_id,
+                      .pair = side == 0 ? frame_id : pair,
+                      .cls = cls,
+                      .format = st->format,
+                      .side = side,
+                      .t_submit = now};
+    if (gen_submit(&sv->gen, &r, z)) return -1;
+    st->credit--;
+    st->seq++;
+    s->inflight++;
+    sv->metrics.frames_in_flight++;
+    if (st->fps > 0) {
+        double period = 1.0 / st->fps;
+        st->next_due = (st->next_due > now - period ? st->next_due : now) + period;
+    }
+    return 0;
+}
+
+// Requests frames for every stream of s that has credit, is due and fits in the session's queue,
+// one stream after another so that streams share the queue.
+static void session_pump(Server *sv, Session *s) {
+    if (!s->active || !s->hello || s->closing || sv->stopping) return;
+    double now = cli_now_s();
+    int progress = 1;
+    while (progress) {
+        progress = 0;
+        for (int k = 0; k < SESSION_MAX_STREAMS; k++) {
+            int room = sv->opt.queue_frames - s->inflight - s->queued;
+            if (room <= 0) return;
+            Stream *st = &s->streams[(s->rr + k) % SESSION_MAX_STREAMS];
+            if (!st->open || !st->credit || !stream_due(st, now)) continue;
+            if (st->mode == PROTO_MODE_PAIR) {
+                if (st->credit < 2 || room < 2) continue;
+                uint64_t a = sv->next_frame_id;
+                if (stream_request(sv, s, st, 0, 0, now) || stream_request(sv, s, st, 1, a, now))
+                    return;
+            } else if (stream_request(sv, s, st, -1, 0, now)) {
+                return;
+            }
+            progress = 1;
+        }
+        s->rr = (s->rr + 1) % SESSION_MAX_STREAMS;
+    }
+}
+
+// Drops every queued frame of stream id (UINT32_MAX: of all streams), counting them as dropped.
+static void session_drop_frames(Server *sv, Session *s, uint32_t id, uint64_t *dropped) {
+    FrameOut **pp = &s->fq_head, *last = NULL;
+    while (*pp) {
+        FrameOut *f = *pp;
+        if (id == UINT32_MAX || f->req.stream_id == id) {
+            *pp = f->next;
+            s->queued--;
+            sv->metrics.frames_queued--;
+            (*dropped)++;
+            gen_release(&sv->gen, f);
+        } else {
+            last = f;
+            pp = &f->next;
+        }
+    }
+    s->fq_tail = last;
+}
+
+static void stream_close(Server *sv, Session *s, Stream *st) {
+    size_t removed = gen_cancel(&sv->gen, s->slot, s->serial, st->id);
+    s->inflight -= (int)removed;
+    sv->metrics.frames_in_flight -= removed;
+    session_drop_frames(sv, s, st->id, &sv->metrics.dropped_stop);
+    st->open = 0;
+    s->n_streams--;
+    sv->metrics.streams--;
+}
+
+// ---- messages --------------------------------------------------------------------------------
+
+static int tokens_equal(const char *a, const char *b) {
+    size_t la = strlen(a), lb = strlen(b);
+    unsigned diff = (unsigned)(la ^ lb);
+    for (size_t i = 0; i < la && i < lb; i++) diff |= (unsigned char)(a[i] ^ b[i]);
+    return diff == 0;
+}
+
+static void pace_start(Server *sv);
+
+static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, int binary) {
+    double now = cli_now_s();
+    sv->metrics.messages_received++;
+    s->last_activity = now;
+    // Token bucket: max_rate per second, bursts of twice that.
+    s->tokens += (now - s->last_refill) * sv->opt.max_rate;
+    if (s->tokens > 2 * sv->opt.max_rate) s->tokens = 2 * sv->opt.max_rate;
+    s->last_refill = now;
+    if ((s->tokens -= 1.0) < 0) {
+        session_close_with(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "message rate limit exceeded");
+        return;
+    }
+    if (!binary) {
+        reply_error(sv, s, PROTO_EBAD_MESSAGE,
+                    "text messages are not part of steer.v1: send msgpack in binary messages", -1);
+        return;
+    }
+    ProtoMsg m;
+    char err[160];
+    int64_t ref;
+    int rc = proto_decode(&m, buf, len, &sv->limits, err, sizeof err, &ref);
+    if (rc) {
+        reply_error(sv, s, rc, err, ref);
+        return;
+    }
+    if (m.type != PROTO_HELLO && !s->hello) {
+        reply_error(sv, s, PROTO_ENO_HELLO, "send hello first", ref);
+        return;
+    }
+    switch (m.type) {
+    case PROTO_HELLO: {
+        if (s->hello) {
+            reply_error(sv, s, PROTO_EALREADY_HELLO, "this session already said hello", -1);
+            return;
+        }
+        if (sv->has_token && (!m.has_token || !tokens_equal(m.token, sv->token))) {
+            reply_error(sv, s, PROTO_EUNAUTHORIZED, "hello needs the server's token", -1);
+            session_close_with(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "unauthorized");
+            return;
+        }
+        s->hello = 1;
+        s->id = ++sv->next_session_id;
+        if (m.has_user) snprintf(s->user, sizeof s->user, "%s", m.user);
+        else snprintf(s->user, sizeof s->user, "anon-%llu", (unsigned long long)s->id);
+        sv->metrics.sessions++;
+        ProtoBuf b = reply_begin(s);
+        if (!b.overflow) proto_pack_welcome(&b, s->id, s->user, &sv->model, &sv->wire_limits);
+        reply_end(sv, s, &b);
+        return;
+    }
+    case PROTO_STREAM: {
+        if (sv->stopping) {
+            reply_error(sv, s, PROTO_ESHUTTING_DOWN, "the server is shutting down", ref);
+            return;
+        }
+        if (session_stream_find(s, m.id)) {
+            reply_error(sv, s, PROTO_ESTREAM_EXISTS, "a stream with this id is open", ref);
+            return;
+        }
+        uint64_t seed = m.has_seed ? m.seed : rng_u64(&sv->seeds);
+        Stream *st = session_stream_open(s, &m, ++sv->next_stream_serial, seed, sv->model.classes,
+                                         now);
+        if (!st) {
+            char msg[64];
+            snprintf(msg, sizeof msg, "at most %d open streams", SESSION_MAX_STREAMS);
+            reply_error(sv, s, PROTO_ETOO_MANY_STREAMS, msg, ref);
+            return;
+        }
+        sv->metrics.streams++;
+        if (st->fps > 0) pace_start(sv);
+        session_pump(sv, s);
+        return;
+    }
+    case PROTO_CREDIT: {
+        Stream *st = session_stream_find(s, m.id);
+        if (!st) {
+            reply_error(sv, s, PROTO_EUNKNOWN_STREAM, "no open stream has this id", ref);
+            return;
+        }
+        if ((uint64_t)st->credit + m.n > sv->limits.max_credit) {
+            char msg[96];
+            snprintf(msg, sizeof msg, "granted credit would pass %u (now %u)", sv->limits.max_credit,
+                     st->credit);
+            reply_error(sv, s, PROTO_ECREDIT_OVERFLOW, msg, ref);
+            return;
+        }
+        st->credit += m.n;
+        if (st->fps > 0) pace_start(sv);
+        session_pump(sv, s);
+        return;
+    }
+    case PROTO_STOP: {
+        Stream *st = session_stream_find(s, m.id);
+        if (!st) {
+            reply_error(sv, s, PROTO_EUNKNOWN_STREAM, "no open stream has this id", ref);
+            return;
+        }
+        uint64_t sent = st->sent;
+        stream_close(sv, s, st);
+        ProtoBuf b = reply_begin(s);
+        if (!b.overflow) proto_pack_stopped(&b, m.id, sent);
+        reply_end(sv, s, &b);
+        session_pump(sv, s);
+        return;
+    }
+    case PROTO_FEEDBACK:
+    case PROTO_JOB:
+        reply_error(sv, s, PROTO_ENOT_IMPLEMENTED, "feedback and job messages are not served yet",
+                    -1);
+        return;
+    }
+}
+
+// ---- sessions --------------------------------------------------------------------------------
+
+static Session *session_open(Server *sv, struct lws *wsi) {
+    if (!sv->n_free) return NULL;
+    uint32_t slot = sv->free_slots[--sv->n_free];
+    Session *s = &sv->sessions[slot];
+    if (session_alloc(s, sv->model.z_dim, sv->opt.history, LWS_PRE)) {
+        sv->free_slots[sv->n_free++] = slot;
+        return NULL;
+    }
+    s->wsi = wsi;
+    s->slot = slot;
+    s->serial++;
+    s->active = 1;
+    s->hello = 0;
+    s->n_streams = 0;
+    s->rr = 0;
+    s->inflight = s->queued = 0;
+    s->fq_head = s->fq_tail = NULL;
+    s->ctrl_head = s->ctrl_count = 0;
+    s->hist_next = s->hist_count = 0;
+    s->rx_len = 0;
+    s->rx_in_message = 0;
+    s->tokens = 2 * sv->opt.max_rate;
+    s->last_refill = s->last_activity = cli_now_s();
+    s->rx_paused = s->closing = 0;
+    s->close_code = 0;
+    for (int i = 0; i < SESSION_MAX_STREAMS; i++) s->streams[i].open = 0;
+    sv->metrics.connections++;
+    sv->metrics.connections_total++;
+    return s;
+}
+
+// Ends a session: cancels its queued requests, drops its drawn frames, frees its slot. Frames of it
+// still being drawn are dropped when they come back (the serial no longer matches).
+static void session_end(Server *sv, Session *s) {
+    if (!s->active) return;
+    size_t removed = gen_cancel(&sv->gen, s->slot, s->serial, UINT32_MAX);
+    sv->metrics.frames_in_flight -= removed;
+    session_drop_frames(sv, s, UINT32_MAX, &sv->metrics.dropped_disconnect);
+    for (int i = 0; i < SESSION_MAX_STREAMS; i++)
+        if (s->streams[i].open) {
+            s->streams[i].open = 0;
+            sv->metrics.streams--;
+        }
+    if (s->hello) sv->metrics.sessions--;
+    sv->metrics.connections--;
+    free(s->rx);
+    s->rx = NULL;
+    s->active = 0;
+    s->serial++;
+    s->wsi = NULL;
+    sv->free_slots[sv->n_free++] = s->slot;
+}
+
+// Writes what s has pending, replies first. Returns -1 when the connection must close.
+static int session_write(Server *sv, Session *s) {
+    for (int k = 0; k < SERVE_WRITES_PER_CALLBACK; k++) {
+        size_t len;
+        const uint8_t *msg = session_ctrl_peek(s, &len);
+        if (msg) {
+            if (lws_write(s->wsi, (unsigned char *)msg, len, LWS_WRITE_BINARY) < (int)len) return -1;
+            session_ctrl_pop(s);
+        } else if (s->fq_head) {
+            FrameOut *f = s->fq_head;
+            s->fq_head = f->next;
+            if (!s->fq_head) s->fq_tail = NULL;
+            s->queued--;
+            sv->metrics.frames_queued--;
+            Stream *st = session_stream_find(s, f->req.stream_id);
+            int rc = lws_write(s->wsi, f->msg, f->len, LWS_WRITE_BINARY);
+            if (rc < (int)f->len) {
+                gen_release(&sv->gen, f);
+                return -1;
+            }
+            if (st) st->sent++;
+            sv->metrics.frames_sent++;
+            sv->metrics.frame_bytes_sent += f->len;
+            s->last_activity = cli_now_s();
+            gen_release(&sv->gen, f);
+            session_pump(sv, s);
+        } else {
+            break;
+        }
+        if (lws_send_pipe_choked(s->wsi)) break;
+    }
+    if (s->rx_paused && s->ctrl_count < SESSION_CTRL_PAUSE / 2) {
+        lws_rx_flow_control(s->wsi, 1);
+        s->rx_paused = 0;
+    }
+    // Abuse closes at once; a shutdown or idle close first sends what is queued.
+    int drained = !s->ctrl_count && (!s->fq_head || s->close_code != LWS_CLOSE_STATUS_GOINGAWAY);
+    if (s->closing && drained) {
+        if (s->close_code == 1001) sv->metrics.closed_1001++;
+        else if (s->close_code == 1008) sv->metrics.closed_1008++;
+        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
+                         strlen(s->close_reason));
+        return -1;
+    }
+    if (s->ctrl_count || s->fq_head) lws_callback_on_writable(s->wsi);
+    return 0;
+}
+
+// Receives one piece of a message; messages larger than max_message close the connection.
+static int session_receive(Server *sv, Session *s, struct lws *wsi, const uint8_t *in, size_t len) {
+    size_t remaining = lws_remaining_packet_payload(wsi);
+    int final = lws_is_final_fragment(wsi) && remaining == 0;
+    if (!s->rx_in_message) {
+        s->rx_in_message = 1;
+        s->rx_len = 0;
+        s->rx_binary = lws_frame_is_binary(wsi);
+    }
+    if (s->rx_len + len + remaining > (size_t)sv->opt.max_message) {
+        char why[80];
+        snprintf(why, sizeof why, "message larger than %ld bytes", sv->opt.max_message);
+        sv->metrics.closed_1009++;
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, strlen(why));
+        return -1;
+    }
+    if (final && s->rx_len == 0) { // the whole message in one piece: no copy
+        s->rx_in_message = 0;
+        on_message(sv, s, in, len, s->rx_binary);
+        return 0;
+    }
+    if (!s->rx && !(s->rx = malloc((size_t)sv->opt.max_message))) {
+        lws_close_reason(wsi, LWS_CLOSE_STATUS_UNEXPECTED_CONDITION, (unsigned char *)"out of memory",
+                         13);
+        return -1;
+    }
+    memcpy(s->rx + s->rx_len, in, len);
+    s->rx_len += len;
+    if (final) {
+        s->rx_in_message = 0;
+        on_message(sv, s, s->rx, s->rx_len, s->rx_binary);
+    }
+    return 0;
+}
+
+static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                       size_t len) {
+    Server *sv = server_of(wsi);
+    WsConn *c = user;
+    switch (reason) {
+    case LWS_CALLBACK_ESTABLISHED:
+        c->s = session_open(sv, wsi);
+        if (!c->s) {
+            lws_close_reason(wsi, (enum lws_close_status)1013, (unsigned char *)"server full", 11);
+            return -1;
+        }
+        return 0;
+    case LWS_CALLBACK_RECEIVE:
+        if (!c->s || c->s->closing) return 0;
+        return session_receive(sv, c->s, wsi, in, len);
+    case LWS_CALLBACK_SERVER_WRITEABLE:
+        if (!c->s) return -1;
+        return session_write(sv, c->s);
+    case LWS_CALLBACK_CLOSED:
+        if (c->s) session_end(sv, c->s);
+        c->s = NULL;
+        return 0;
+    default:
+        return 0;
+    }
+}
+
+// ---- HTTP ------------------------------------------------------------------------------------
+
+static const char *mime_of(const char *path) {
+    const char *dot = strrchr(path, '.');
+    if (!dot) return "application/octet-stream";
+    static const char *const map[][2] = {
+        {".html", "text/html; charset=utf-8"}, {".js", "text/javascript; charset=utf-8"},
+        {".css", "text/css; charset=utf-8"},   {".png", "image/png"},
+        {".svg", "image/svg+xml"},             {".json", "application/json"},
+        {".ico", "image/x-icon"},              {".map", "application/json"},
+        {".txt", "text/plain; charset=utf-8"}};
+    for (size_t i = 0; i < sizeof map / sizeof *map; i++)
+        if (!strcmp(dot, map[i][0])) return map[i][1];
+    return "application/octet-stream";
+}
+
+// Starts a response whose body the next writable callback sends. Returns 0 or -1.
+static int http_respond(struct lws *wsi, HttpConn *h, unsigned status, const char *type,
+                        const char *body, size_t len) {
+    h->body = malloc(LWS_PRE + len + 1);
+    if (!h->body) return -1;
+    memcpy(h->body + LWS_PRE, body, len);
+    h->len = len;
+    uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+    if (lws_add_http_common_headers(wsi, status, type, len, &p, end)) return -1;
+    if (lws_add_http_header_by_token(wsi, WSI_TOKEN_HTTP_CACHE_CONTROL, (unsigned char *)"no-store",
+                                     8, &p, end))
+        return -1;
+    if (lws_finalize_write_http_header(wsi, start, &p, end)) return -1;
+    lws_callback_on_writable(wsi);
+    return 0;
+}
+
+static int http_healthz(Server *sv, struct lws *wsi, HttpConn *h) {
+    char body[512];
+    int n = snprintf(body, sizeof body,
+                     "{\"status\":\"%s\",\"protocol\":\"" PROTO_NAME "\",\"model\":{\"version\":%llu,"
+                     "\"name\":\"%s\"},\"connections\":%llu,\"streams\":%llu,\"queue_depth\":%zu,"
+                     "\"uptime_s\":%.3f}\n",
+                     sv->stopping ? "stopping" : "ok", (unsigned long long)sv->model.version,
+                     sv->model.name, (unsigned long long)sv->metrics.connections,
+                     (unsigned long long)sv->metrics.streams, gen_queue_depth(&sv->gen),
+                     cli_now_s() - sv->t_start);
+    return http_respond(wsi, h, sv->stopping ? 503 : 200, "application/json", body, (size_t)n);
+}
+
+static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
+    static char text[16384];
+    MetricsExtra x = {gen_queue_depth(&sv->gen), sv->model.version, cli_now_s() - sv->t_start};
+    long n = metrics_render(&sv->metrics, &x, text, sizeof text);
+    if (n < 0) return -1;
+    return http_respond(wsi, h, 200, "text/plain; version=0.0.4; charset=utf-8", text, (size_t)n);
+}
+
+// Serves a file of the web client; the path is checked to stay inside web_dir.
+static int http_file(Server *sv, struct lws *wsi, const char *uri) {
+    char path[PATH_MAX];
+    if (!strcmp(uri, "/vendor/msgpack.min.js")) {
+        snprintf(path, sizeof path, "%s", SERVE_VENDOR_MSGPACK);
+    } else {
+        const char *rel = strcmp(uri, "/") ? uri + 1 : "index.html";
+        for (const char *p = rel; *p; p++) {
+            char ch = *p;
+            int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+                     ch == '-' || ch == '_' || ch == '.' || ch == '/';
+            if (!ok) return 1;
+        }
+        if (strstr(rel, "..") || rel[0] == '/' || !rel[0]) return 1;
+        snprintf(path, sizeof path, "%s/%s", sv->opt.web_dir, rel);
+    }
+    struct stat st;
+    if (stat(path, &st) || !S_ISREG(st.st_mode)) return 1;
+    int n = lws_serve_http_file(wsi, path, mime_of(path), NULL, 0);
+    if (n < 0 || (n > 0 && lws_http_transaction_completed(wsi))) return -1;
+    return 0;
+}
+
+// Reads a header into buf; returns its length or -1 when absent.
+static int header(struct lws *wsi, enum lws_token_indexes h, char *buf, int cap) {
+    int n = lws_hdr_total_length(wsi, h);
+    if (n <= 0 || n >= cap) return -1;
+    return lws_hdr_copy(wsi, buf, cap, h);
+}
+
+static int has_subprotocol(const char *list) {
+    const char *p = list;
+    while (*p) {
+        while (*p == ' ' || *p == ',') p++;
+        const char *e = p;
+        while (*e && *e != ',' && *e != ' ') e++;
+        if ((size_t)(e - p) == strlen(PROTO_NAME) && !memcmp(p, PROTO_NAME, (size_t)(e - p))) return 1;
+        p = e;
+    }
+    return 0;
+}
+
+// Refuses an upgrade with a status and a plain reason. Returns what CONFIRM_UPGRADE must return.
+static int refuse(struct lws *wsi, unsigned status, const char *why) {
+    uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
+    size_t len = strlen(why);
+    if (lws_add_http_common_headers(wsi, status, "text/plain", len, &p, end) ||
+        lws_finalize_write_http_header(wsi, start, &p, end))
+        return -1;
+    uint8_t body[LWS_PRE + 256];
+    if (len > sizeof body - LWS_PRE) len = sizeof body - LWS_PRE;
+    memcpy(body + LWS_PRE, why, len);
+    if (lws_write(wsi, body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) < 0) return -1;
+    return 1;
+}
+
+static int confirm_upgrade(Server *sv, struct lws *wsi) {
+    char buf[1024];
+    if (sv->stopping) return refuse(wsi, 503, "steer: shutting down\n");
+    if (header(wsi, WSI_TOKEN_GET_URI, buf, sizeof buf) < 0 || strcmp(buf, "/ws")) {
+        sv->metrics.refused_protocol++;
+        return refuse(wsi, 404, "steer: WebSocket endpoint is /ws\n");
+    }
+    if (header(wsi, WSI_TOKEN_PROTOCOL, buf, sizeof buf) < 0 || !has_subprotocol(buf)) {
+        sv->metrics.refused_protocol++;
+        return refuse(wsi, 400, "steer: WebSocket subprotocol steer.v1 required\n");
+    }
+    if (sv->n_origins) {
+        int ok = 0;
+        if (header(wsi, WSI_TOKEN_ORIGIN, buf, sizeof buf) >= 0)
+            for (int i = 0; i < sv->n_origins; i++) ok |= !strcmp(buf, sv->origin_list[i]);
+        if (!ok) {
+            sv->metrics.refused_origin++;
+            return refuse(wsi, 403, "steer: origin not allowed\n");
+        }
+    }
+    if (sv->metrics.connections >= (uint64_t)sv->opt.max_connections || !sv->n_free) {
+        char why[96];
+        snprintf(why, sizeof why, "steer: too many connections (limit %d)\n",
+                 sv->opt.max_connections);
+        sv->metrics.refused_limit++;
+        return refuse(wsi, 503, why);
+    }
+    return 0;
+}
+
+static int callback_http(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                         size_t len) {
+    Server *sv = server_of(wsi);
+    HttpConn *h = user;
+    switch (reason) {
+    case LWS_CALLBACK_FILTER_NETWORK_CONNECTION:
+        return 0;
+    case LWS_CALLBACK_HTTP_CONFIRM_UPGRADE:
+        return confirm_upgrade(sv, wsi);
+    case LWS_CALLBACK_HTTP: {
+        const char *uri = in;
+        int rc;
+        if (!strcmp(uri, "/healthz")) rc = http_healthz(sv, wsi, h);
+        else if (!strcmp(uri, "/metrics")) rc = http_metrics(sv, wsi, h);
+        else rc = http_file(sv, wsi, uri);
+        if (rc > 0) { // not found
+            const char *msg = "steer: not found\n";
+            rc = http_respond(wsi, h, 404, "text/plain; charset=utf-8", msg, strlen(msg));
+        }
+        return rc < 0 ? -1 : 0;
+    }
+    case LWS_CALLBACK_HTTP_WRITEABLE:
+        if (!h || !h->body) return 0;
+        if (lws_write(wsi, h->body + LWS_PRE, h->len, LWS_WRITE_HTTP_FINAL) < (int)h->len) return -1;
+        free(h->body);
+        h->body = NULL;
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    case LWS_CALLBACK_HTTP_FILE_COMPLETION:
+        return lws_http_transaction_completed(wsi) ? -1 : 0;
+    case LWS_CALLBACK_CLOSED_HTTP:
+    case LWS_CALLBACK_HTTP_DROP_PROTOCOL:
+        if (h) {
+            free(h->body);
+            h->body = NULL;
+        }
+        return 0;
+    default:
+        return lws_callback_http_dummy(wsi, reason, user, in, len);
+    }
+}
+
+static const struct lws_protocols protocols[] = {
+    {"http", callback_http, sizeof(HttpConn), 0, 0, NULL, 0},
+    {PROTO_NAME, callback_ws, sizeof(WsConn), SERVE_RX_CHUNK, 0, NULL, 0},
+    {NULL, NULL, 0, 0, 0, NULL, 0}};
+
+// ---- loop callbacks --------------------------------------------------------------------------
+
+static void on_frames(uv_async_t *a) {
+    Server *sv = a->data;
+    FrameOut *f = gen_take_done(&sv->gen);
+    while (f) {
+        FrameOut *next = f->next;
+        f->next = NULL;
+        sv->metrics.frames_in_flight--;
+        Session *s = &sv->sessions[f->req.slot];
+        if (!s->active || s->serial != f->req.session_serial) {
+            sv->metrics.dropped_disconnect++;
+            gen_release(&sv->gen, f);
+        } else {
+            s->inflight--;
+            Stream *st = session_stream_find(s, f->req.stream_id);
+            if (!st || st->serial != f->req.stream_serial || !f->len) {
+                if (!f->len) reply_error(sv, s, PROTO_EINTERNAL, "frame encoding failed", f->req.stream_id);
+                sv->metrics.dropped_stop++;
+                gen_release(&sv->gen, f);
+                session_pump(sv, s);
+            } else {
+                if (s->fq_tail) s->fq_tail->next = f;
+                else s->fq_head = f;
+                s->fq_tail = f;
+                s->queued++;
+                sv->metrics.frames_queued++;
+                lws_callback_on_writable(s->wsi);
+            }
+        }
+        f = next;
+    }
+}
+
+static void on_lag_timer(uv_timer_t *t) {
+    Server *sv = t->data;
+    double now = (double)uv_now(&sv->loop) / 1000.0;
+    double lag = now - sv->lag_expected;
+    if (lag < 0) lag = 0;
+    sv->metrics.loop_lag_s = lag;
+    if (lag > sv->metrics.loop_lag_max_s) sv->metrics.loop_lag_max_s = lag;
+    sv->lag_expected = now + 0.1;
+}
+
+// Once a second: closes idle connections.
+static void on_tick(uv_timer_t *t) {
+    Server *sv = t->data;
+    double now = cli_now_s();
+    for (int i = 0; i < sv->opt.max_connections; i++) {
+        Session *s = &sv->sessions[i];
+        if (!s->active || s->closing) continue;
+        int busy = s->inflight || s->queued;
+        if (!busy && now - s->last_activity > sv->opt.idle_timeout)
+            session_close_with(s, LWS_CLOSE_STATUS_GOINGAWAY, "idle timeout");
+    }
+}
+
+// Every 5 ms while some stream is paced: requests the frames that have come due.
+static void on_pace(uv_timer_t *t) {
+    Server *sv = t->data;
+    int paced = 0;
+    for (int i = 0; i < sv->opt.max_connections; i++) {
+        Session *s = &sv->sessions[i];
+        if (!s->active) continue;
+        for (int k = 0; k < SESSION_MAX_STREAMS; k++)
+            if (s->streams[k].open && s->streams[k].fps > 0 && s->streams[k].credit) paced = 1;
+        if (s->n_streams) session_pump(sv, s);
+    }
+    if (!paced) {
+        uv_timer_stop(t);
+        sv->paced_timer_on = 0;
+    }
+}
+
+static void pace_start(Server *sv) {
+    if (sv->paced_timer_on || sv->stopping) return;
+    sv->paced_timer_on = 1;
+    uv_timer_start(&sv->pace_timer, on_pace, 5, 5);
+}
+
+static void close_handle(uv_handle_t *h) {
+    if (!uv_is_closing(h)) uv_close(h, NULL);
+}
+
+// Shutdown, step by step every 10 ms: wait for frames in flight and queued frames (at most
+// SERVE_SHUTDOWN_DRAIN_S), then close every WebSocket with 1001, then destroy the context.
+static void on_stop_timer(uv_timer_t *t) {
+    Server *sv = t->data;
+    double now = cli_now_s();
+    if (sv->close_sent == 0) {
+        int busy = gen_queue_depth(&sv->gen) || gen_running(&sv->gen) ||
+                   sv->metrics.frames_in_flight || sv->metrics.frames_queued;
+        if (busy && now - sv->stop_started < SERVE_SHUTDOWN_DRAIN_S) return;
+        for (int i = 0; i < sv->opt.max_connections; i++)
+            if (sv->sessions[i].active)
+                session_close_with(&sv->sessions[i], LWS_CLOSE_STATUS_GOINGAWAY,
+                                   "server shutting down");
+        sv->close_sent = now;
+        return;
+    }
+    if (sv->metrics.connections && now - sv->close_sent < SERVE_SHUTDOWN_CLOSE_S) return;
+    uv_timer_stop(t);
+    gen_stop(&sv->gen);
+    on_frames(&sv->async); // release what the thread finished last
+    lws_context_destroy(sv->ctx);
+    close_handle((uv_handle_t *)&sv->sigint);
+    close_handle((uv_handle_t *)&sv->sigterm);
+    close_handle((uv_handle_t *)&sv->async);
+    close_handle((uv_handle_t *)&sv->lag_timer);
+    close_handle((uv_handle_t *)&sv->tick_timer);
+    close_handle((uv_handle_t *)&sv->pace_timer);
+    close_handle((uv_handle_t *)&sv->stop_timer);
+}
+
+static void on_signal(uv_signal_t *sig, int signum) {
+    Server *sv = sig->data;
+    if (sv->stopping) {
+        fprintf(stderr, "steer: second signal %d, exiting now\n", signum);
+        _exit(1);
+    }
+    sv->stopping = 1;
+    sv->stop_started = cli_now_s();
+    if (!sv->opt.quiet)
+        fprintf(stderr, "steer: signal %d: finishing frames in flight, then closing connections\n",
+                signum);
+    for (int i = 0; i < sv->opt.max_connections; i++) // no new requests from now on
+        for (int k = 0; k < SESSION_MAX_STREAMS; k++) sv->sessions[i].streams[k].credit = 0;
+    uv_timer_start(&sv->stop_timer, on_stop_timer, 0, 10);
+}
+
+// ---- start-up --------------------------------------------------------------------------------
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: steer serve [options]\n"
+            "  --model PATH            generator checkpoint (default models/fmnist32c.safetensors)\n"
+            "  --host ADDR             address to listen on (default 127.0.0.1)\n"
+            "  --port N                port (default 8080; 0 picks a free one)\n"
+            "  --web DIR               browser client served at / (default clients/web)\n"
+            "  --batch N               largest generator batch (default 64)\n"
+            "  --batch-deadline-ms MS  longest wait for a batch to fill (default 2)\n"
+            "  --max-connections N     WebSocket connections at once (default 1024)\n"
+            "  --max-message BYTES     largest message from a client (default 65536)\n"
+            "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
+            "  --history N             recent frames remembered per session (default 64)\n"
+            "  --max-rate N            messages per second per connection, burst 2N (default 2000)\n"
+            "  --idle-timeout S        close connections silent this long (default 120)\n"
+            "  --ping-interval S       ping idle connections; hang up 10 s later (default 20)\n"
+            "  --token-file FILE       clients must send this file's first line as hello's token\n"
+            "  --origin LIST           comma-separated Origin allow-list for WebSocket handshakes\n"
+            "  --seed N                seed of the streams' latents (default: from the clock)\n"
+            "  --quiet                 print only the serving line and errors\n");
+}
+
+static int parse_options(ServeOptions *o, int argc, char **argv) {
+    *o = (ServeOptions){.model_path = "models/fmnist32c.safetensors",
+                        .host = "127.0.0.1",
+                        .web_dir = "clients/web",
+                        .port = 8080,
+                        .batch = 64,
+                        .deadline_ms = 2.0,
+                        .max_connections = 1024,
+                        .max_message = 65536,
+                        .queue_frames = 16,
+                        .history = 64,
+                        .max_rate = 2000,
+                        .idle_timeout = 120,
+                        .ping_interval = 20,
+                        .seed = (uint64_t)time(NULL)};
+    static const struct option opts[] = {
+        {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
+        {"web", 1, 0, 'w'},           {"batch", 1, 0, 'b'},         {"batch-deadline-ms", 1, 0, 'd'},
+        {"max-connections", 1, 0, 'c'}, {"max-message", 1, 0, 'M'}, {"queue-frames", 1, 0, 'q'},
+        {"history", 1, 0, 'y'},       {"max-rate", 1, 0, 'r'},      {"idle-timeout", 1, 0, 'i'},
+        {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
+        {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
+    int ch;
+    long v;
+    float fv;
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'm': o->model_path = optarg; break;
+        case 'H': o->host = optarg; break;
+        case 'w': o->web_dir = optarg; break;
+        case 't': o->token_file = optarg; break;
+        case 'o': o->origins = optarg; break;
+        case 'Q': o->quiet = 1; break;
+        case 'p': if (cli_parse_long("serve", optarg, 0, 65535, "--port", &v)) return 2; o->port = (int)v; break;
+        case 'b': if (cli_parse_long("serve", optarg, 1, 1024, "--batch", &v)) return 2; o->batch = (int)v; break;
+        case 'd': if (cli_parse_float("serve", optarg, 0, 1000, "--batch-deadline-ms", &fv)) return 2; o->deadline_ms = fv; break;
+        case 'c': if (cli_parse_long("serve", optarg, 1, 100000, "--max-connections", &v)) return 2; o->max_connections = (int)v; break;
+        case 'M': if (cli_parse_long("serve", optarg, 64, 64L << 20, "--max-message", &v)) return 2; o->max_message = v; break;
+        case 'q': if (cli_parse_long("serve", optarg, 2, 4096, "--queue-frames", &v)) return 2; o->queue_frames = (int)v; break;
+        case 'y': if (cli_parse_long("serve", optarg, 1, 100000, "--history", &v)) return 2; o->history = (int)v; break;
+        case 'r': if (cli_parse_float("serve", optarg, 1, 1e7, "--max-rate", &fv)) return 2; o->max_rate = fv; break;
+        case 'i': if (cli_parse_long("serve", optarg, 1, 86400, "--idle-timeout", &v)) return 2; o->idle_timeout = (int)v; break;
+        case 'P': if (cli_parse_long("serve", optarg, 1, 3600, "--ping-interval", &v)) return 2; o->ping_interval = (int)v; break;
+        case 's': if (cli_parse_long("serve", optarg, 0, LONG_MAX, "--seed", &v)) return 2; o->seed = (uint64_t)v; break;
+        case 'h': usage(stdout); return 1;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "steer serve: unexpected argument '%s'\n", argv[optind]);
+        return 2;
+    }
+    return 0;
+}
+
+static int read_token(Server *sv, const char *path) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "steer serve: cannot read --token-file %s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char line[PROTO_TOKEN_MAX + 2] = {0};
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = 0;
+    if (!line[0] || strlen(line) > PROTO_TOKEN_MAX) {
+        fprintf(stderr, "steer serve: --token-file %s: the first line must be a token of 1..%d bytes\n",
+                path, PROTO_TOKEN_MAX);
+        return -1;
+    }
+    snprintf(sv->token, sizeof sv->token, "%s", line);
+    sv->has_token = 1;
+    return 0;
+}
+
+static int parse_origins(Server *sv, const char *list) {
+    if (strlen(list) >= sizeof sv->origin_buf) {
+        fprintf(stderr, "steer serve: --origin list too long\n");
+        return -1;
+    }
+    snprintf(sv->origin_buf, sizeof sv->origin_buf, "%s", list);
+    for (char *save = NULL, *tok = strtok_r(sv->origin_buf, ",", &save); tok;
+         tok = strtok_r(NULL, ",", &save)) {
+        while (*tok == ' ') tok++;
+        if (!*tok) continue;
+        if (sv->n_origins == SERVE_MAX_ORIGINS) {
+            fprintf(stderr, "steer serve: at most %d origins\n", SERVE_MAX_ORIGINS);
+            return -1;
+        }
+        sv->origin_list[sv->n_origins++] = tok;
+    }
+    return 0;
+}
+
+static void model_name_from(char *out, size_t cap, const char *path) {
+    const char *base = strrchr(path, '/');
+    base = base ? base + 1 : path;
+    snprintf(out, cap, "%s", base);
+    char *dot = strstr(out, ".safetensors");
+    if (dot) *dot = 0;
+}
+
+static void server_free(Server *sv) {
+    gen_stop(&sv->gen);
+    gen_free(&sv->gen);
+    if (sv->sessions)
+        for (int i = 0; i < sv->opt.max_connections; i++) session_free(&sv->sessions[i]);
+    free(sv->sessions);
+    free(sv->free_slots);
+    metrics_free(&sv->metrics);
+}
+
+int cli_serve(int argc, char **argv) {
+    static Server server; // one per process; lws reaches it through the context's user pointer
+    Server *sv = &server;
+    int rc = parse_options(&sv->opt, argc, argv);
+    if (rc) return rc == 1 ? 0 : rc;
+    if (sv->opt.token_file && read_token(sv, sv->opt.token_file)) return 2;
+    if (sv->opt.origins && parse_origins(sv, sv->opt.origins)) return 2;
+    signal(SIGPIPE, SIG_IGN);
+    // Each connection is a descriptor: raise the soft limit to the hard one.
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (metrics_init(&sv->metrics)) return 1;
+    char err[512];
+    Generator *g = calloc(1, sizeof *g);
+    if (!g || generator_load(g, sv->opt.model_path, sv->opt.batch, err, sizeof err)) {
+        fprintf(stderr, "steer serve: cannot load the model: %s\n", g ? err : "out of memory");
+        free(g);
+        metrics_free(&sv->metrics);
+        return 1;
+    }
+    model_name_from(sv->model_name, sizeof sv->model_name, sv->opt.model_path);
+    sv->model = (ProtoModelInfo){.version = 1,
+                                 .name = sv->model_name,
+                                 .width = g->cfg.img,
+                                 .height = g->cfg.img,
+                                 .channels = g->cfg.channels,
+                                 .z_dim = g->cfg.z_dim,
+                                 .classes = g->cfg.n_classes};
+    sv->limits = (ProtoLimits){.max_credit = 1024, .classes = g->cfg.n_classes};
+    sv->wire_limits = (ProtoServerLimits){.max_message = (uint32_t)sv->opt.max_message,
+                                          .max_streams = SESSION_MAX_STREAMS,
+                                          .max_credit = sv->limits.max_credit,
+                                          .queue_frames = (uint32_t)sv->opt.queue_frames,
+                                          .history = (uint32_t)sv->opt.history};
+    rng_seed(&sv->seeds, sv->opt.seed);
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    sv->next_frame_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+    sv->t_start = cli_now_s();
+
+    int n = sv->opt.max_connections;
+    sv->sessions = calloc((size_t)n, sizeof *sv->sessions);
+    sv->free_slots = calloc((size_t)n, sizeof *sv->free_slots);
+    if (!sv->sessions || !sv->free_slots) {
+        fprintf(stderr, "steer serve: out of memory for %d connections\n", n);
+        generator_free(g);
+        free(g);
+        server_free(sv);
+        return 1;
+    }
+    for (int i = 0; i < n; i++) sv->free_slots[i] = (uint32_t)(n - 1 - i);
+    sv->n_free = n;
+
+    uv_loop_init(&sv->loop);
+    uv_async_init(&sv->loop, &sv->async, on_frames);
+    sv->async.data = sv;
+    // Frames alive at once: every connection's queue, plus batches whose sessions went away.
+    GenOptions go = {.batch_max = sv->opt.batch,
+                     .deadline_s = sv->opt.deadline_ms / 1000.0,
+                     .capacity = (size_t)n * sv->opt.queue_frames + 2 * (size_t)sv->opt.batch,
+                     .pad = LWS_PRE,
+                     .model_version = sv->model.version};
+    if (gen_init(&sv->gen, g, &go, &sv->metrics, &sv->async, err, sizeof err) || gen_start(&sv->gen)) {
+        fprintf(stderr, "steer serve: %s\n", err);
+        if (!sv->gen.g) {
+            generator_free(g);
+            free(g);
+        }
+        server_free(sv);
+        return 1;
+    }
+
+    lws_set_log_level(LLL_ERR | (sv->opt.quiet ? 0 : LLL_WARN), NULL);
+    static lws_retry_bo_t retry;
+    retry.secs_since_valid_ping = (uint16_t)sv->opt.ping_interval;
+    retry.secs_since_valid_hangup = (uint16_t)(sv->opt.ping_interval + 10);
+    void *foreign[1] = {&sv->loop};
+    struct lws_context_creation_info info;
+    memset(&info, 0, sizeof info);
+    info.options = LWS_SERVER_OPTION_LIBUV | LWS_SERVER_OPTION_DISABLE_IPV6;
+    info.foreign_loops = foreign;
+    info.pcontext = &sv->ctx;
+    info.port = sv->opt.port;
+    info.iface = sv->opt.host;
+    info.protocols = protocols;
+    info.user = sv;
+    info.fd_limit_per_thread = (unsigned)n + 64;
+    info.count_threads = 1;
+    info.retry_and_idle_policy = &retry;
+    info.timeout_secs = 10;
+    info.pt_serv_buf_size = SERVE_RX_CHUNK;
+    info.vhost_name = "steer";
+    info.server_string = "steer";
+    sv->ctx = lws_create_context(&info);
+    if (!sv->ctx) {
+        fprintf(stderr, "steer serve: cannot listen on %s:%d (in use, or a bad address?)\n",
+                sv->opt.host, sv->opt.port);
+        uv_close((uv_handle_t *)&sv->async, NULL);
+        uv_run(&sv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&sv->loop);
+        server_free(sv);
+        return 1;
+    }
+    int port = lws_get_vhost_listen_port(lws_get_vhost_by_name(sv->ctx, "steer"));
+
+    uv_signal_init(&sv->loop, &sv->sigint);
+    uv_signal_init(&sv->loop, &sv->sigterm);
+    sv->sigint.data = sv->sigterm.data = sv;
+    uv_signal_start(&sv->sigint, on_signal, SIGINT);
+    uv_signal_start(&sv->sigterm, on_signal, SIGTERM);
+    uv_timer_init(&sv->loop, &sv->lag_timer);
+    uv_timer_init(&sv->loop, &sv->tick_timer);
+    uv_timer_init(&sv->loop, &sv->pace_timer);
+    uv_timer_init(&sv->loop, &sv->stop_timer);
+    sv->lag_timer.data = sv->tick_timer.data = sv->pace_timer.data = sv->stop_timer.data = sv;
+    sv->lag_expected = (double)uv_now(&sv->loop) / 1000.0 + 0.1;
+    uv_timer_start(&sv->lag_timer, on_lag_timer, 100, 100);
+    uv_timer_start(&sv->tick_timer, on_tick, 1000, 1000);
+
+    printf("steer: serving %s (version %llu, %dx%dx%d, %d classes) at http://%s:%d/\n",
+           sv->model.name, (unsigned long long)sv->model.version, sv->model.width,
+           sv->model.height, sv->model.channels, sv->model.classes, sv->opt.host, port);
+    fflush(stdout);
+
+    uv_run(&sv->loop, UV_RUN_DEFAULT);
+    rc = uv_loop_close(&sv->loop) ? 1 : 0;
+    if (rc) fprintf(stderr, "steer serve: the event loop still had open handles at exit\n");
+    server_free(sv);
+    if (!sv->opt.quiet) fprintf(stderr, "steer: stopped cleanly\n");
+    return rc;
+}

@@ -4,7 +4,8 @@
 #   make run        deps + build + the main job (see README)
 #   make test       deps + build + every test; prints "N passed, N failed", non-zero on failure
 #   make bench      deps + build + speed figures beside PyTorch's (steer bench)
-#   make asan       build with AddressSanitizer/UBSan into build-asan/
+#   make asan       build with AddressSanitizer/UBSan into build-asan/ (make test runs the
+#                   server's protocol tests against it too)
 #   make CUDA=1     reserved for the CUDA backend (issue 6)
 
 CC      ?= cc
@@ -55,6 +56,7 @@ run: deps
 
 test: deps
 	@$(MAKE) --no-print-directory all $(TEST_BIN)
+	@$(MAKE) --no-print-directory asan
 	@bash tests/run.sh $(BUILD)
 
 # The suite without the deps step (what a developer re-runs).

@@ -181,7 +181,6 @@ static void *gen_main(void *arg) {
         uv_async_send(gen->async);
     }
     pthread_mutex_unlock(&gen->lock);
-    uv_async_send(gen->async);
     return NULL;
 }
 

@@ -91,7 +91,8 @@ void gen_release(Gen *gen, FrameOut *f);
 // Requests waiting, and frames being drawn now.
 size_t gen_queue_depth(Gen *gen);
 int gen_running(Gen *gen);
-// Lets the thread finish what is queued, then joins it. Safe on a half-built or never-started Gen.
+// Lets the thread finish what is queued, then joins it; frames it finished last wait in the done
+// list for gen_take_done (no further async signal). Safe on a half-built or never-started Gen.
 void gen_stop(Gen *gen);
 // Frees everything, the generator too. Call after gen_stop.
 void gen_free(Gen *gen);

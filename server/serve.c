@@ -914,7 +914,7 @@ static int read_token(Server *sv, const char *path) {
                 path, PROTO_TOKEN_MAX);
         return -1;
     }
-    snprintf(sv->token, sizeof sv->token, "%s", line);
+    memcpy(sv->token, line, strlen(line) + 1);
     sv->has_token = 1;
     return 0;
 }

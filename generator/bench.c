@@ -54,21 +54,42 @@ static double gen_images_per_s(Generator *g, int B, double seconds) {
     return (double)reps * B / t;
 }
 
+// Bare generator forward of a checkpoint at batch B: what the server's throughput is measured against.
+static int bench_ckpt(const char *path, int B, double seconds) {
+    Generator g;
+    char err[512];
+    if (generator_load(&g, path, B, err, sizeof err)) {
+        fprintf(stderr, "steer bench: %s\n", err);
+        return 1;
+    }
+    gen_images_per_s(&g, B, 0.2); // warm-up: primitives built, caches filled
+    printf("ckpt_gen_batch %d\nckpt_gen_images_per_s %.1f\n", B, gen_images_per_s(&g, B, seconds));
+    generator_free(&g);
+    return 0;
+}
+
 int cli_bench(int argc, char **argv) {
-    const char *config = "fmnist32";
+    const char *config = "fmnist32", *ckpt = NULL;
     double seconds = 5;
-    static const struct option opts[] = {
-        {"config", 1, 0, 'c'}, {"seconds", 1, 0, 's'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    long batch = 64;
+    static const struct option opts[] = {{"config", 1, 0, 'c'}, {"seconds", 1, 0, 's'},
+                                         {"ckpt", 1, 0, 'k'},   {"batch", 1, 0, 'b'},
+                                         {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
     optind = 1;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'c': config = optarg; break;
         case 's': seconds = atof(optarg); break;
+        case 'k': ckpt = optarg; break;
+        case 'b': if (cli_parse_long("bench", optarg, 1, 4096, "--batch", &batch)) return 2; break;
         case 'h':
             printf("usage: steer bench [--config fmnist32] [--seconds 5]\n"
+                   "       steer bench --ckpt PATH [--batch 64] [--seconds 5]\n"
                    "Prints `name value` lines: training and generation images/s, their effective\n"
-                   "GFLOP/s and the SGEMM peak of this machine through oneDNN.\n");
+                   "GFLOP/s and the SGEMM peak of this machine through oneDNN. With --ckpt, only\n"
+                   "the bare generator forward of that checkpoint at one batch size\n"
+                   "(ckpt_gen_images_per_s), the figure the server benchmark compares against.\n");
             return 0;
         default: return 2;
         }
@@ -77,6 +98,7 @@ int cli_bench(int argc, char **argv) {
         fprintf(stderr, "steer bench: --seconds must be in (0, 3600)\n");
         return 2;
     }
+    if (ckpt) return bench_ckpt(ckpt, (int)batch, seconds);
     SaganConfig cfg;
     if (sagan_config_lookup(&cfg, config)) {
         fprintf(stderr, "steer bench: unknown config '%s'\n", config);

@@ -1,0 +1,320 @@
+"""steer_client — a small asyncio client for `steer serve` (protocol steer.v1, docs/protocol.md).
+
+It speaks the protocol and nothing more: no retries, no reconnects, no pacing of its own. One task
+reads the WebSocket and queues every server message in arrival order; `recv`, `messages` and
+`next_frame` take them from that queue. Needs Debian's python3-websockets (10.x) and python3-msgpack.
+
+    async with connect("ws://127.0.0.1:8080/ws", user="ada") as c:
+        await c.stream(1, mode="walk", n=8)
+        for _ in range(8):
+            f = await c.next_frame(timeout=10)
+            open(f"{f.seq}.png", "wb").write(f.data)
+        print(await c.stop(1), "frames sent")
+"""
+import asyncio
+import struct
+import zlib
+
+import msgpack
+import websockets
+
+PROTOCOL = "steer.v1"
+
+
+class ServerError(Exception):
+    """An `error` message from the server: .code (e.g. "bad_field"), .msg, .ref (stream id or None)."""
+
+    def __init__(self, code, msg, ref=None):
+        super().__init__(f"{code}: {msg}" + (f" (stream {ref})" if ref is not None else ""))
+        self.code, self.msg, self.ref = code, msg, ref
+
+
+class Frame:
+    """One `frame` message. Fields as in the protocol; `cls` is its `class`; `data` is bytes."""
+
+    __slots__ = ("stream", "frame", "seq", "model_version", "policy_version", "cls", "w", "h", "c",
+                 "format", "data", "pair", "side", "fields")
+
+    def __init__(self, m):
+        self.fields = m  # the whole decoded map, unknown keys included
+        self.stream, self.frame, self.seq = m.get("stream"), m.get("frame"), m.get("seq")
+        self.model_version, self.policy_version = m.get("model_version"), m.get("policy_version")
+        self.cls, self.w, self.h, self.c = m.get("class"), m.get("w"), m.get("h"), m.get("c")
+        self.format, self.data = m.get("format"), m.get("data")
+        self.pair, self.side = m.get("pair"), m.get("side")
+
+    def image(self):
+        """Pixels as bytes, h*w*c, row-major HWC, 0..255 (decodes PNG; raw8 is returned as is)."""
+        if self.format == "raw8":
+            return bytes(self.data)
+        w, h, c, pixels = png_decode(self.data)
+        if (w, h, c) != (self.w, self.h, self.c):
+            raise ValueError(f"PNG is {w}x{h}x{c}, frame says {self.w}x{self.h}x{self.c}")
+        return pixels
+
+    def __repr__(self):
+        extra = f" pair={self.pair} side={self.side}" if self.side is not None else ""
+        return (f"Frame(stream={self.stream} seq={self.seq} frame={self.frame} class={self.cls} "
+                f"{self.w}x{self.h}x{self.c} {self.format} {len(self.data or b'')}B{extra})")
+
+
+def png_decode(png):
+    """Decodes an 8-bit, non-interlaced gray/gray+alpha/RGB/RGBA PNG. Returns (w, h, c, bytes HWC)."""
+    if png[:8] != b"\x89PNG\r\n\x1a\n":
+        raise ValueError("not a PNG")
+    pos, idat, w = 8, [], None
+    while pos + 8 <= len(png):
+        n, kind = struct.unpack(">I4s", png[pos:pos + 8])
+        body = png[pos + 8:pos + 8 + n]
+        pos += 12 + n
+        if kind == b"IHDR":
+            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
+            if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
+                raise ValueError(f"unsupported PNG: depth {depth} colour {ctype} interlace {interlace}")
+            c = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
+        elif kind == b"IDAT":
+            idat.append(body)
+        elif kind == b"IEND":
+            break
+    if w is None:
+        raise ValueError("PNG without IHDR")
+    raw = zlib.decompress(b"".join(idat))
+    stride = w * c
+    if len(raw) != h * (stride + 1):
+        raise ValueError("PNG data has the wrong size")
+    out, prev = bytearray(), bytearray(stride)
+    for y in range(h):
+        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):  # unfilter (PNG spec, section 9)
+            a = line[i - c] if i >= c else 0
+            b = prev[i]
+            d = prev[i - c] if i >= c else 0
+            if ftype == 1:
+                line[i] = (line[i] + a) & 255
+            elif ftype == 2:
+                line[i] = (line[i] + b) & 255
+            elif ftype == 3:
+                line[i] = (line[i] + ((a + b) >> 1)) & 255
+            elif ftype == 4:
+                p = a + b - d
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - d)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else d)) & 255
+            elif ftype != 0:
+                raise ValueError(f"bad PNG filter {ftype}")
+        out += line
+        prev = line
+    return w, h, c, bytes(out)
+
+
+def png_encode(w, h, c, pixels):
+    """Encodes h*w*c bytes (c 1 or 3) as an 8-bit PNG, no filtering. Returns the file's bytes."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    stride = w * c
+    raw = b"".join(b"\0" + pixels[y * stride:(y + 1) * stride] for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) +
+            chunk(b"IEND", b""))
+
+
+def ws_url(url):
+    """Accepts ws://HOST:PORT[/ws] or the http://HOST:PORT/ the server prints; returns the ws URL."""
+    if url.startswith("http://"):
+        url = "ws://" + url[len("http://"):]
+    elif url.startswith("https://"):
+        url = "wss://" + url[len("https://"):]
+    scheme, rest = url.split("://", 1)
+    host, _, path = rest.partition("/")
+    return f"{scheme}://{host}/{path or 'ws'}"
+
+
+def pack(msg):
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+def unpack(data):
+    return msgpack.unpackb(data, raw=False, strict_map_key=False)
+
+
+class Client:
+    """A connected session. Make it with `connect`; it owns the WebSocket and its reader task."""
+
+    def __init__(self, ws):
+        self.ws = ws
+        self.welcome = None
+        self._queue = asyncio.Queue()
+        self._stops = {}  # stream id -> future of `sent`
+        self._reader = None
+        self._closed_exc = None
+
+    def _start(self):
+        self._reader = asyncio.ensure_future(self._read())
+
+    async def _read(self):
+        try:
+            while True:
+                raw = await self.ws.recv()
+                if isinstance(raw, str):
+                    msg = {"t": "_text", "text": raw}
+                else:
+                    try:
+                        msg = unpack(raw)
+                    except Exception as e:  # the server sent something that is not msgpack
+                        msg = {"t": "_undecodable", "error": str(e), "bytes": raw}
+                if isinstance(msg, dict) and msg.get("t") == "frame":
+                    msg = Frame(msg)
+                elif isinstance(msg, dict) and msg.get("t") == "stopped":
+                    fut = self._stops.pop(msg.get("id"), None)
+                    if fut and not fut.done():
+                        fut.set_result(msg.get("sent"))
+                elif isinstance(msg, dict) and msg.get("t") == "error" and msg.get("ref") in self._stops:
+                    fut = self._stops.pop(msg.get("ref"))
+                    if not fut.done():
+                        fut.set_exception(ServerError(msg.get("code"), msg.get("msg"), msg.get("ref")))
+                self._queue.put_nowait(msg)
+        except websockets.ConnectionClosed as e:
+            self._closed_exc = e
+        finally:
+            if self._closed_exc is None:  # cancelled, or the reader failed
+                self._closed_exc = websockets.ConnectionClosedError(None, None)
+            for fut in self._stops.values():
+                if not fut.done():
+                    fut.set_exception(self._closed_exc)
+            self._stops.clear()
+            self._queue.put_nowait(None)  # end-of-stream marker
+
+    @property
+    def close_code(self):
+        """The close code once closed (1006 when no close frame came), None while open."""
+        return self.ws.close_code
+
+    async def wait_closed(self, timeout=None):
+        """Waits until the server closes the connection; returns the close code."""
+        await asyncio.wait_for(self.ws.wait_closed(), timeout)
+        return self.ws.close_code
+
+    async def send(self, msg):
+        """Sends one message (a dict) as msgpack."""
+        await self.ws.send(pack(msg))
+
+    async def send_raw(self, data):
+        """Sends bytes (a binary message) or str (a text message) exactly as given. For tests."""
+        await self.ws.send(data)
+
+    async def hello(self, user=None, token=None, timeout=30):
+        """Sends hello and returns the welcome map; raises ServerError if the server refuses."""
+        msg = {"t": "hello"}
+        if user is not None:
+            msg["user"] = user
+        if token is not None:
+            msg["token"] = token
+        await self.send(msg)
+        reply = await self.recv(timeout)
+        if isinstance(reply, dict) and reply.get("t") == "error":
+            raise ServerError(reply.get("code"), reply.get("msg"), reply.get("ref"))
+        if not (isinstance(reply, dict) and reply.get("t") == "welcome"):
+            raise ServerError("protocol", f"expected welcome, got {reply!r}")
+        self.welcome = reply
+        return reply
+
+    async def stream(self, id, mode=None, format=None, n=None, fps=None, cls=None, seed=None,
+                     step=None, **extra):
+        """Opens stream `id`; fields left None take the server's defaults. Errors come as messages."""
+        msg = {"t": "stream", "id": id}
+        for key, value in (("mode", mode), ("format", format), ("n", n), ("fps", fps),
+                           ("class", cls), ("seed", seed), ("step", step)):
+            if value is not None:
+                msg[key] = value
+        msg.update(extra)
+        await self.send(msg)
+
+    async def credit(self, id, n):
+        """Grants n more frames on stream id."""
+        await self.send({"t": "credit", "id": id, "n": n})
+
+    async def stop(self, id, timeout=30):
+        """Stops stream id; returns `sent` from its `stopped` (which is also queued in order)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._stops[id] = fut
+        await self.send({"t": "stop", "id": id})
+        return await asyncio.wait_for(fut, timeout)
+
+    async def recv(self, timeout=None):
+        """The next server message: a Frame or a dict. Raises ConnectionClosed at the end and
+        asyncio.TimeoutError after timeout seconds (None: wait for ever)."""
+        msg = await asyncio.wait_for(self._queue.get(), timeout)
+        if msg is None:
+            self._queue.put_nowait(None)  # keep the marker for later calls
+            raise self._closed_exc
+        return msg
+
+    def pending(self):
+        """Messages already received and not yet taken, without waiting."""
+        out = []
+        while not self._queue.empty():
+            msg = self._queue.get_nowait()
+            if msg is None:
+                self._queue.put_nowait(None)
+                break
+            out.append(msg)
+        return out
+
+    async def messages(self):
+        """Every server message in order (Frames and dicts) until the connection closes."""
+        while True:
+            try:
+                yield await self.recv()
+            except websockets.ConnectionClosed:
+                return
+
+    async def next_frame(self, timeout=None):
+        """The next frame; other messages are skipped, except `error`, raised as ServerError."""
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            left = None if end is None else max(0.0, end - loop.time())
+            msg = await self.recv(left)
+            if isinstance(msg, Frame):
+                return msg
+            if isinstance(msg, dict) and msg.get("t") == "error":
+                raise ServerError(msg.get("code"), msg.get("msg"), msg.get("ref"))
+
+    async def close(self, code=1000):
+        await self.ws.close(code)
+        if self._reader:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class connect:
+    """`async with connect(url, user=None, token=None) as c:` opens the WebSocket (subprotocol
+    steer.v1), says hello (unless hello=False) and yields a Client with c.welcome set.
+    Keyword arguments other than these go to websockets.connect (e.g. origin, extra_headers)."""
+
+    def __init__(self, url, user=None, token=None, hello=True, timeout=30, **ws_options):
+        self.url, self.user, self.token, self.do_hello, self.timeout = ws_url(url), user, token, hello, timeout
+        self.options = dict(subprotocols=[PROTOCOL], compression=None, open_timeout=timeout,
+                            max_size=2**24)
+        self.options.update(ws_options)
+        self.client = None
+
+    async def open(self):
+        ws = await websockets.connect(self.url, **self.options)
+        self.client = Client(ws)
+        self.client._start()
+        if self.do_hello:
+            try:
+                await self.client.hello(self.user, self.token, self.timeout)
+            except BaseException:
+                await self.client.close()
+                raise
+        return self.client
+
+    def __await__(self):
+        return self.open().__await__()
+
+    async def __aenter__(self):
+        return await self.open()
+
+    async def __aexit__(self, *exc):
+        if self.client:
+            await self.client.close()

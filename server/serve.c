@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <uv.h>
@@ -34,11 +35,16 @@
 #define SERVE_WRITES_PER_CALLBACK 32   // messages written per writable callback at most
 #define SERVE_SHUTDOWN_DRAIN_S 5.0     // longest wait for frames in flight at shutdown
 #define SERVE_SHUTDOWN_CLOSE_S 2.0     // longest wait for clients to answer the close
+#define SERVE_WRITE_CLOSE 4
+#define SERVE_CLOSE_WAIT_S 10          // longest wait for a client to answer our close frame
+#define SERVE_PING_EVERY 8             // frames between read-confirmation pings
+#define SERVE_PING_MAGIC "steerRd1"    // first 8 bytes of our ping payloads (then a u64 count)
 #define SERVE_VENDOR_MSGPACK "node_modules/@msgpack/msgpack/dist.umd/msgpack.min.js"
 
 typedef struct {
     const char *model_path, *host, *web_dir, *token_file, *origins;
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
+    int sndbuf, max_unread;
     long max_message;
     double deadline_ms, max_rate;
     uint64_t seed;
@@ -91,6 +97,34 @@ static void session_close_with(Session *s, int code, const char *why) {
     s->close_code = code;
     snprintf(s->close_reason, sizeof s->close_reason, "%s", why);
     lws_callback_on_writable(s->wsi);
+}
+
+// Ends a connection the WebSocket way without losing the close frame: writes it (2-byte code and
+// the reason) and keeps reading (and discarding) until the client answers with its own close, when
+// libwebsockets closes the socket, or SERVE_CLOSE_WAIT_S pass. Closing at once would leave the
+// client's unread messages in our socket, the kernel would answer with a reset, and the client
+// would lose the close frame and see 1006. (Half-closing after the frame loses it too: some clients
+// read the FIN before the frame.) Write type 4 is the close opcode (libwebsockets keeps LWS_WRITE_CLOSE out of its
+// public header; its own lws_close_reason() path loses the frame when called from a writable
+// callback).
+static void session_send_close(Server *sv, Session *s, struct lws *wsi, int code, const char *why) {
+    uint8_t frame[LWS_PRE + 2 + 123], *payload = frame + LWS_PRE;
+    size_t n = strlen(why);
+    if (n > 123) n = 123;
+    payload[0] = (uint8_t)(code >> 8);
+    payload[1] = (uint8_t)(code & 0xff);
+    memcpy(payload + 2, why, n);
+    lws_write(wsi, payload, 2 + n, (enum lws_write_protocol)SERVE_WRITE_CLOSE);
+    s->closing = 1;
+    s->close_sent = 1;
+    if (code == 1001) sv->metrics.closed_1001++;
+    else if (code == 1008) sv->metrics.closed_1008++;
+    else if (code == 1009) sv->metrics.closed_1009++;
+    if (s->rx_paused) {
+        lws_rx_flow_control(wsi, 1);
+        s->rx_paused = 0;
+    }
+    lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, SERVE_CLOSE_WAIT_S);
 }
 
 // Queues a reply packed by the caller through the ProtoBuf; pauses reading when replies pile up.
@@ -161,12 +195,22 @@ static int stream_request(Server *sv, Session *s, Stream *st, int side, uint64_t
 // one stream after another so that streams share the queue.
 static void session_pump(Server *sv, Session *s) {
     if (!s->active || !s->hello || s->closing || sv->stopping) return;
+    // The kernel's send buffer is full (libwebsockets holds the rest of a message): draw nothing
+    // more until the client reads. A stalled reader so costs at most its socket buffers.
+    if (lws_partial_buffered(s->wsi)) {
+        lws_callback_on_writable(s->wsi);
+        return;
+    }
     double now = cli_now_s();
     int progress = 1;
     while (progress) {
         progress = 0;
         for (int k = 0; k < SESSION_MAX_STREAMS; k++) {
             int room = sv->opt.queue_frames - s->inflight - s->queued;
+            // Frames written but not yet confirmed read (see session_ping) count against the
+            // client too: one that stops reading stops costing after max_unread frames.
+            int64_t unread = (int64_t)(s->written - s->confirmed) + s->inflight + s->queued;
+            if (sv->opt.max_unread - unread < room) room = (int)(sv->opt.max_unread - unread);
             if (room <= 0) return;
             Stream *st = &s->streams[(s->rr + k) % SESSION_MAX_STREAMS];
             if (!st->open || !st->credit || !stream_due(st, now)) continue;
@@ -228,14 +272,6 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
     double now = cli_now_s();
     sv->metrics.messages_received++;
     s->last_activity = now;
-    // Token bucket: max_rate per second, bursts of twice that.
-    s->tokens += (now - s->last_refill) * sv->opt.max_rate;
-    if (s->tokens > 2 * sv->opt.max_rate) s->tokens = 2 * sv->opt.max_rate;
-    s->last_refill = now;
-    if ((s->tokens -= 1.0) < 0) {
-        session_close_with(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "message rate limit exceeded");
-        return;
-    }
     if (!binary) {
         reply_error(sv, s, PROTO_EBAD_MESSAGE,
                     "text messages are not part of steer.v1: send msgpack in binary messages", -1);
@@ -362,7 +398,8 @@ static Session *session_open(Server *sv, struct lws *wsi) {
     s->rx_in_message = 0;
     s->tokens = 2 * sv->opt.max_rate;
     s->last_refill = s->last_activity = cli_now_s();
-    s->rx_paused = s->closing = 0;
+    s->rx_paused = s->closing = s->close_sent = 0;
+    s->written = s->pinged = s->confirmed = 0;
     s->close_code = 0;
     for (int i = 0; i < SESSION_MAX_STREAMS; i++) s->streams[i].open = 0;
     sv->metrics.connections++;
@@ -392,6 +429,30 @@ static void session_end(Server *sv, Session *s) {
     sv->free_slots[sv->n_free++] = s->slot;
 }
 
+// Read confirmation. TCP tells the server only that bytes reached the client's socket buffers,
+// which on loopback hold hundreds of frames; a client that stops reading would go on costing
+// generation until they fill. So every SERVE_PING_EVERY frames the server sends a WebSocket ping
+// carrying the count of frames written so far; a client's WebSocket stack answers it with a pong
+// only once it has read everything before it. The echoed count is what the client has read.
+static int session_ping(Session *s) {
+    uint8_t buf[LWS_PRE + 16], *p = buf + LWS_PRE;
+    memcpy(p, SERVE_PING_MAGIC, 8);
+    for (int i = 0; i < 8; i++) p[8 + i] = (uint8_t)(s->written >> (56 - 8 * i));
+    if (lws_write(s->wsi, p, 16, LWS_WRITE_PING) < 16) return -1;
+    s->pinged = s->written;
+    return 0;
+}
+
+static void session_pong(Server *sv, Session *s, const uint8_t *in, size_t len) {
+    if (len != 16 || memcmp(in, SERVE_PING_MAGIC, 8)) return; // libwebsockets' own keep-alive
+    uint64_t n = 0;
+    for (int i = 0; i < 8; i++) n = (n << 8) | in[8 + i];
+    if (n > s->confirmed && n <= s->written) {
+        s->confirmed = n;
+        session_pump(sv, s);
+    }
+}
+
 // Writes what s has pending, replies first. Returns -1 when the connection must close.
 static int session_write(Server *sv, Session *s) {
     for (int k = 0; k < SERVE_WRITES_PER_CALLBACK; k++) {
@@ -413,6 +474,7 @@ static int session_write(Server *sv, Session *s) {
                 return -1;
             }
             if (st) st->sent++;
+            s->written++;
             sv->metrics.frames_sent++;
             sv->metrics.frame_bytes_sent += f->len;
             s->last_activity = cli_now_s();
@@ -421,8 +483,12 @@ static int session_write(Server *sv, Session *s) {
         } else {
             break;
         }
-        if (lws_send_pipe_choked(s->wsi)) break;
+        if (lws_partial_buffered(s->wsi)) break;
     }
+    if (s->written - s->pinged >= SERVE_PING_EVERY && !lws_partial_buffered(s->wsi)) {
+        if (session_ping(s)) return -1;
+    }
+    session_pump(sv, s);
     if (s->rx_paused && s->ctrl_count < SESSION_CTRL_PAUSE / 2) {
         lws_rx_flow_control(s->wsi, 1);
         s->rx_paused = 0;
@@ -430,14 +496,24 @@ static int session_write(Server *sv, Session *s) {
     // Abuse closes at once; a shutdown or idle close first sends what is queued.
     int drained = !s->ctrl_count && (!s->fq_head || s->close_code != LWS_CLOSE_STATUS_GOINGAWAY);
     if (s->closing && drained) {
-        if (s->close_code == 1001) sv->metrics.closed_1001++;
-        else if (s->close_code == 1008) sv->metrics.closed_1008++;
-        lws_close_reason(s->wsi, (enum lws_close_status)s->close_code, (unsigned char *)s->close_reason,
-                         strlen(s->close_reason));
-        return -1;
+        session_send_close(sv, s, s->wsi, s->close_code, s->close_reason);
+        return 0;
     }
-    if (s->ctrl_count || s->fq_head) lws_callback_on_writable(s->wsi);
+    if (s->ctrl_count || s->fq_head || s->written - s->pinged >= SERVE_PING_EVERY)
+        lws_callback_on_writable(s->wsi);
     return 0;
+}
+
+// Token bucket of max_rate messages per second, bursts of twice that. Returns 0, or -1 with the
+// close reason set on wsi when the client floods.
+static int session_rate_check(Server *sv, Session *s, struct lws *wsi) {
+    double now = cli_now_s();
+    s->tokens += (now - s->last_refill) * sv->opt.max_rate;
+    if (s->tokens > 2 * sv->opt.max_rate) s->tokens = 2 * sv->opt.max_rate;
+    s->last_refill = now;
+    if ((s->tokens -= 1.0) >= 0) return 0;
+    session_send_close(sv, s, wsi, LWS_CLOSE_STATUS_POLICY_VIOLATION, "message rate limit exceeded");
+    return -1;
 }
 
 // Receives one piece of a message; messages larger than max_message close the connection.
@@ -452,12 +528,12 @@ static int session_receive(Server *sv, Session *s, struct lws *wsi, const uint8_
     if (s->rx_len + len + remaining > (size_t)sv->opt.max_message) {
         char why[80];
         snprintf(why, sizeof why, "message larger than %ld bytes", sv->opt.max_message);
-        sv->metrics.closed_1009++;
-        lws_close_reason(wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, (unsigned char *)why, strlen(why));
-        return -1;
+        session_send_close(sv, s, wsi, LWS_CLOSE_STATUS_MESSAGE_TOO_LARGE, why);
+        return 0;
     }
     if (final && s->rx_len == 0) { // the whole message in one piece: no copy
         s->rx_in_message = 0;
+        if (session_rate_check(sv, s, wsi)) return 0;
         on_message(sv, s, in, len, s->rx_binary);
         return 0;
     }
@@ -470,6 +546,7 @@ static int session_receive(Server *sv, Session *s, struct lws *wsi, const uint8_
     s->rx_len += len;
     if (final) {
         s->rx_in_message = 0;
+        if (session_rate_check(sv, s, wsi)) return 0;
         on_message(sv, s, s->rx, s->rx_len, s->rx_binary);
     }
     return 0;
@@ -480,18 +557,27 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     Server *sv = server_of(wsi);
     WsConn *c = user;
     switch (reason) {
-    case LWS_CALLBACK_ESTABLISHED:
+    case LWS_CALLBACK_ESTABLISHED: {
+        // A small, fixed send buffer (no autotuning up to megabytes) bounds what a client that
+        // stops reading holds, and the latency of the frames queued for one that reads slowly.
+        int fd = (int)lws_get_socket_fd(wsi), sndbuf = sv->opt.sndbuf;
+        if (fd >= 0 && sndbuf > 0) setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, sizeof sndbuf);
         c->s = session_open(sv, wsi);
         if (!c->s) {
             lws_close_reason(wsi, (enum lws_close_status)1013, (unsigned char *)"server full", 11);
             return -1;
         }
         return 0;
+    }
     case LWS_CALLBACK_RECEIVE:
         if (!c->s || c->s->closing) return 0;
         return session_receive(sv, c->s, wsi, in, len);
+    case LWS_CALLBACK_RECEIVE_PONG:
+        if (c->s) session_pong(sv, c->s, in, len);
+        return 0;
     case LWS_CALLBACK_SERVER_WRITEABLE:
         if (!c->s) return -1;
+        if (c->s->close_sent) return 0; // waiting for the client's close
         return session_write(sv, c->s);
     case LWS_CALLBACK_CLOSED:
         if (c->s) session_end(sv, c->s);
@@ -598,17 +684,23 @@ static int has_subprotocol(const char *list) {
     return 0;
 }
 
-// Refuses an upgrade with a status and a plain reason. Returns what CONFIRM_UPGRADE must return.
+// Refuses an upgrade with a status and a plain reason. The response is written whole here:
+// libwebsockets' header helpers answer HTTP/1.0 at this point of the handshake (the request's
+// version is not recorded yet), which WebSocket clients refuse to read. Returns what
+// CONFIRM_UPGRADE must return.
 static int refuse(struct lws *wsi, unsigned status, const char *why) {
-    uint8_t hdr[LWS_PRE + 512], *start = hdr + LWS_PRE, *p = start, *end = hdr + sizeof hdr - 1;
-    size_t len = strlen(why);
-    if (lws_add_http_common_headers(wsi, status, "text/plain", len, &p, end) ||
-        lws_finalize_write_http_header(wsi, start, &p, end))
-        return -1;
-    uint8_t body[LWS_PRE + 256];
-    if (len > sizeof body - LWS_PRE) len = sizeof body - LWS_PRE;
-    memcpy(body + LWS_PRE, why, len);
-    if (lws_write(wsi, body + LWS_PRE, len, LWS_WRITE_HTTP_FINAL) < 0) return -1;
+    const char *text = status == 503 ? "Service Unavailable"
+                       : status == 403 ? "Forbidden"
+                       : status == 404 ? "Not Found"
+                                       : "Bad Request";
+    uint8_t buf[LWS_PRE + 512];
+    char *p = (char *)buf + LWS_PRE;
+    int n = snprintf(p, sizeof buf - LWS_PRE,
+                     "HTTP/1.1 %u %s\r\nServer: steer\r\nContent-Type: text/plain; charset=utf-8\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n\r\n%s",
+                     status, text, strlen(why), why);
+    if (n < 0 || (size_t)n >= sizeof buf - LWS_PRE) return -1;
+    if (lws_write(wsi, (unsigned char *)p, (size_t)n, LWS_WRITE_HTTP_HEADERS) < n) return -1;
     return 1;
 }
 
@@ -839,6 +931,8 @@ static void usage(FILE *f) {
             "  --token-file FILE       clients must send this file's first line as hello's token\n"
             "  --origin LIST           comma-separated Origin allow-list for WebSocket handshakes\n"
             "  --seed N                seed of the streams' latents (default: from the clock)\n"
+            "  --max-unread N          frames sent ahead of what the client confirmed reading (32)\n"
+            "  --sndbuf BYTES          socket send buffer per connection (default 32768; 0: kernel autotuning)\n"
             "  --quiet                 print only the serving line and errors\n");
 }
 
@@ -856,6 +950,8 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
                         .max_rate = 2000,
                         .idle_timeout = 120,
                         .ping_interval = 20,
+                        .sndbuf = 32768,
+                        .max_unread = 32,
                         .seed = (uint64_t)time(NULL)};
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
@@ -864,6 +960,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"history", 1, 0, 'y'},       {"max-rate", 1, 0, 'r'},      {"idle-timeout", 1, 0, 'i'},
         {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
         {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
+        {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},
         {0, 0, 0, 0}};
     int ch;
     long v;
@@ -888,6 +985,8 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 'i': if (cli_parse_long("serve", optarg, 1, 86400, "--idle-timeout", &v)) return 2; o->idle_timeout = (int)v; break;
         case 'P': if (cli_parse_long("serve", optarg, 1, 3600, "--ping-interval", &v)) return 2; o->ping_interval = (int)v; break;
         case 's': if (cli_parse_long("serve", optarg, 0, LONG_MAX, "--seed", &v)) return 2; o->seed = (uint64_t)v; break;
+        case 'B': if (cli_parse_long("serve", optarg, 0, 64L << 20, "--sndbuf", &v)) return 2; o->sndbuf = (int)v; break;
+        case 'U': if (cli_parse_long("serve", optarg, SERVE_PING_EVERY + 1, 1 << 20, "--max-unread", &v)) return 2; o->max_unread = (int)v; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }

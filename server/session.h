@@ -59,7 +59,10 @@ typedef struct {
     int rx_in_message, rx_binary;
     // abuse and liveness
     double tokens, last_refill, last_activity;
-    int rx_paused, closing;
+    int rx_paused, closing, close_sent;
+    // read confirmation: frames written, frames written when the last ping went out, and the
+    // largest such count a pong has echoed (the client had read everything up to it)
+    uint64_t written, pinged, confirmed;
     int close_code;
     char close_reason[96];
 } Session;

@@ -2,11 +2,11 @@
 //
 // One program, two uses. Without --connections it is a command-line client: it connects, says
 // hello, opens one stream, keeps a window of credit outstanding until N frames arrived (saving them
-// under --out), stops the stream, closes cleanly and prints frames/s, latency percentiles and bytes.
-// With --connections N it is a load generator: N WebSocket connections in this one process, each
-// with one stream, either closed-loop (a window of credit, one frame re-granted per frame received)
-// or open-loop (one credit every 1/F s per connection, the window capping what is outstanding),
-// some of them optionally stalled readers that grant a large credit and stop reading.
+// under --out), stops the stream, closes cleanly and prints frames/s, latency percentiles and
+// bytes. With --connections N it is a load generator: N WebSocket connections in this one process,
+// each with one stream, either closed-loop (a window of credit, one frame re-granted per frame
+// received) or open-loop (one credit every 1/F s per connection, the window capping what is
+// outstanding), some of them optionally stalled readers that grant a large credit and stop reading.
 // Both are one engine: a single-stream run is a run of one connection that ends after N frames
 // instead of after a duration.
 //
@@ -38,14 +38,16 @@
 #include <msgpack.h>
 
 #define CLIENT_PROTOCOL "steer.v1"
-#define CLIENT_STREAM_ID 1            // each connection opens one stream, always this id
-#define CLIENT_TICK_US 10000          // the run's clock: deadlines, ramp and end checks
-#define CLIENT_RAMP_PENDING 64        // handshakes in flight at once while ramping up
-#define CLIENT_RAMP_PER_TICK 32       // connections started per tick at most (3200/s)
-#define CLIENT_RX_MAX (64u << 20)     // largest server message we reassemble
-#define CLIENT_TX_MAX 512             // largest message we send (hello with a 256-byte token)
-#define CLIENT_STALL_CREDIT 1024      // credit a stalled reader grants (capped by max_credit)
-#define CLIENT_PRINT_MAX 10           // load mode: problems printed before we only count them
+#define CLIENT_STREAM_ID 1         // each connection opens one stream, always this id
+#define CLIENT_TICK_US 10000       // the run's clock: deadlines, ramp and end checks
+#define CLIENT_CREDIT_TICK_US 2000 // open loop: how often due credits are granted
+#define CLIENT_CREDIT_GAP_S 0.001  // at most one credit message per ms per connection
+#define CLIENT_RAMP_PENDING 64     // handshakes in flight at once while ramping up
+#define CLIENT_RAMP_PER_TICK 32    // connections started per tick at most (3200/s)
+#define CLIENT_RX_MAX (64u << 20)  // largest server message we reassemble
+#define CLIENT_TX_MAX 512          // largest message we send (hello with a 256-byte token)
+#define CLIENT_STALL_CREDIT 1024   // credit a stalled reader grants (capped by max_credit)
+#define CLIENT_PRINT_MAX 10        // load mode: problems printed before we only count them
 #define CLIENT_MAX_CONNECTIONS 100000
 
 // ---------------------------------------------------------------------------------------------
@@ -77,7 +79,14 @@ typedef struct {
 // ---------------------------------------------------------------------------------------------
 // Connections and the run
 
-typedef enum { CONN_IDLE, CONN_CONNECTING, CONN_OPEN, CONN_CLOSING, CONN_CLOSED, CONN_FAILED } ConnState;
+typedef enum {
+    CONN_IDLE,
+    CONN_CONNECTING,
+    CONN_OPEN,
+    CONN_CLOSING,
+    CONN_CLOSED,
+    CONN_FAILED
+} ConnState;
 
 struct Run;
 
@@ -91,25 +100,25 @@ typedef struct {
     // what the next writeable callback sends, in this order of priority
     int want_close, want_hello, want_stream, want_stop;
     uint32_t credit_pending; // frames to grant in the next credit message
+    double credit_sent_last; // when the last credit message went out (s)
     // the stream
     int welcomed, stream_open, stopping, stopped;
-    uint32_t window;      // effective window (clamped to the server's max_credit)
-    uint64_t target;      // single-stream mode: frames to grant and receive in all
-    uint64_t granted;     // frames granted so far (stream n + every credit n)
-    uint64_t received;    // frames received
-    uint64_t next_seq;    // the seq the next frame must carry
-    uint64_t measured;    // frames counted in the measurement window
-    uint64_t pre_end;     // frames received before the end of the run (stalled readers)
-    int pair_side;        // pair mode: the side the next frame must have
-    double *credit_sent;  // [ring_cap] send times (s) of granted-but-unpaid credit, FIFO
+    uint32_t window;     // effective window (clamped to the server's max_credit)
+    uint64_t target;     // single-stream mode: frames to grant and receive in all
+    uint64_t granted;    // frames granted so far (stream n + every credit n)
+    uint64_t received;   // frames received
+    uint64_t next_seq;   // the seq the next frame must carry
+    uint64_t measured;   // frames counted in the measurement window
+    int pair_side;       // pair mode: the side the next frame must have
+    double *credit_sent; // [ring_cap] send times (s) of granted-but-unpaid credit, FIFO
     uint32_t ring_cap, ring_head, ring_count;
     // open-loop pacing
-    lws_sorted_usec_list_t pace;
-    int pace_armed;
+    int paced;
     double pace_next; // when the next credit is due (s)
     // reassembly of one server message; grows to the largest message seen
     unsigned char *rx;
     size_t rx_len, rx_cap;
+    int rx_text; // the message being received is a text message (reported, not parsed)
 } Conn;
 
 typedef enum { PHASE_RAMP, PHASE_RUN, PHASE_DRAIN, PHASE_DONE } Phase;
@@ -129,6 +138,8 @@ typedef struct Run {
     char path[512];
     struct lws_context *context;
     lws_sorted_usec_list_t tick;
+    lws_sorted_usec_list_t credit_tick;
+    int credit_tick_armed;
     msgpack_unpacked unpacked; // reused for every message; its zone is freed per message
     Conn *conns;               // [total]
     int total, launched, connecting, connected, failed, finished;
@@ -146,15 +157,15 @@ typedef struct Run {
     uint64_t max_credit;
     // results
     Latencies lat;
-    uint64_t frames, bytes;          // measured, non-stalled
-    uint64_t stalled_frames;         // received by stalled readers before the end
-    uint64_t errors;                 // everything that should not have happened, in all
-    uint64_t violations;             // of which: the server broke the protocol
-    uint64_t server_errors;          // of which: `error` messages
-    uint64_t dropped;                // of which: open connections the server closed
-    uint64_t stalled_dropped;        // stalled readers the server closed (not an error)
-    uint64_t credit_skipped;         // open loop: ticks skipped because the window was full
-    int printed;                     // problems printed so far (load mode caps it)
+    uint64_t frames, bytes;   // measured, non-stalled
+    uint64_t stalled_frames;  // received by stalled readers before the end
+    uint64_t errors;          // everything that should not have happened, in all
+    uint64_t violations;      // of which: the server broke the protocol
+    uint64_t server_errors;   // of which: `error` messages
+    uint64_t dropped;         // of which: open connections the server closed
+    uint64_t stalled_dropped; // stalled readers the server closed (not an error)
+    uint64_t credit_skipped;  // open loop: ticks skipped because the window was full
+    int printed;              // problems printed so far (load mode caps it)
     int timed_out;
 } Run;
 
@@ -173,9 +184,9 @@ static double client_now_s(void) {
 
 // Prints one problem, in load mode only the first CLIENT_PRINT_MAX of them (the rest are counted).
 static void run_report(Run *run, const Conn *conn, const char *fmt, ...) {
-    if (!run->single && run->printed >= CLIENT_PRINT_MAX) return;
-    if (!run->single && ++run->printed == CLIENT_PRINT_MAX)
-        fprintf(stderr, "steer-client: (further problems are counted, not printed)\n");
+    if (!run->single && run->printed >= CLIENT_PRINT_MAX)
+        return;
+    run->printed++;
     char msg[512];
     va_list ap;
     va_start(ap, fmt);
@@ -185,6 +196,8 @@ static void run_report(Run *run, const Conn *conn, const char *fmt, ...) {
         fprintf(stderr, "steer-client: %s\n", msg);
     else
         fprintf(stderr, "steer-client: connection %d: %s\n", conn->index, msg);
+    if (!run->single && run->printed == CLIENT_PRINT_MAX)
+        fprintf(stderr, "steer-client: (further problems are counted, not printed)\n");
 }
 
 // The server broke the protocol: counted as an error, the connection goes on.
@@ -201,7 +214,8 @@ static void conn_violation(Conn *conn, const char *fmt, ...) {
 }
 
 static void conn_want_write(Conn *conn) {
-    if (conn->wsi && (conn->state == CONN_OPEN)) lws_callback_on_writable(conn->wsi);
+    if (conn->wsi && (conn->state == CONN_OPEN))
+        lws_callback_on_writable(conn->wsi);
 }
 
 // The ring of credit send times. Capacity is the window, which outstanding credit never exceeds.
@@ -213,7 +227,8 @@ static void conn_ring_push(Conn *conn, double t, uint32_t n) {
 }
 
 static int conn_ring_pop(Conn *conn, double *t) {
-    if (conn->ring_count == 0) return -1;
+    if (conn->ring_count == 0)
+        return -1;
     *t = conn->credit_sent[conn->ring_head];
     conn->ring_head = (conn->ring_head + 1) % conn->ring_cap;
     conn->ring_count--;
@@ -224,7 +239,8 @@ static int latencies_add(Latencies *lat, double ms) {
     if (lat->count == lat->cap) {
         size_t cap = lat->cap ? 2 * lat->cap : 65536;
         double *ms_new = realloc(lat->ms, cap * sizeof *ms_new);
-        if (!ms_new) return -1;
+        if (!ms_new)
+            return -1;
         lat->ms = ms_new;
         lat->cap = cap;
     }
@@ -239,9 +255,11 @@ static int compare_double(const void *a, const void *b) {
 
 // Nearest-rank percentile p in (0, 1] of sorted values v[n]; NAN when there are none.
 static double percentile(const double *v, size_t n, double p) {
-    if (n == 0) return NAN;
+    if (n == 0)
+        return NAN;
     size_t rank = (size_t)ceil(p * (double)n);
-    if (rank < 1) rank = 1;
+    if (rank < 1)
+        rank = 1;
     return v[rank - 1];
 }
 
@@ -323,31 +341,67 @@ static void pack_id_message(msgpack_packer *pk, const char *type, uint32_t n) {
     }
 }
 
-static void conn_pace_cb(lws_sorted_usec_list_t *sul);
-
 // Starts open-loop pacing: one credit every 1/fps s, each connection with its own phase (a
 // golden-ratio spread, so the connections' credits interleave evenly instead of in bursts).
 static void conn_pace_start(Conn *conn, double now) {
-    Run *run = conn->run;
-    double period = 1.0 / run->opt.fps;
-    double phase = fmod(0.6180339887498949 * (double)conn->index, 1.0) * period;
-    conn->pace_next = now + phase;
-    conn->pace_armed = 1;
-    lws_sul_schedule(run->context, 0, &conn->pace, conn_pace_cb, (lws_usec_t)(phase * 1e6));
+    double period = 1.0 / conn->run->opt.fps;
+    conn->pace_next = now + fmod(0.6180339887498949 * (double)conn->index, 1.0) * period;
+    conn->paced = 1;
 }
 
-static void conn_pace_stop(Conn *conn) {
-    if (conn->pace_armed) {
-        lws_sul_cancel(&conn->pace);
-        conn->pace_armed = 0;
+static void conn_pace_stop(Conn *conn) { conn->paced = 0; }
+
+static void run_credit_tick(lws_sorted_usec_list_t *sul);
+static int conn_write_next(Conn *conn);
+
+// Whether conn may send its pending credit now: it has some, the stream is open and not stopping,
+// no control message is queued before it and the last credit message is CLIENT_CREDIT_GAP_S old.
+static int conn_credit_ready(const Conn *conn, double now) {
+    return conn->state == CONN_OPEN && conn->stream_open && !conn->stopping &&
+           conn->credit_pending > 0 && !conn->want_close && !conn->want_hello &&
+           !conn->want_stream && !conn->want_stop &&
+           now - conn->credit_sent_last >= CLIENT_CREDIT_GAP_S;
+}
+
+static void run_credit_tick_arm(Run *run, lws_usec_t us) {
+    if (run->credit_tick_armed)
+        return;
+    run->credit_tick_armed = 1;
+    lws_sul_schedule(run->context, 0, &run->credit_tick, run_credit_tick, us);
+}
+
+// Sends conn's pending credit. Credit is written straight from where it arose (a frame received,
+// the pace tick) when the socket takes it: waiting for a writeable callback would cost one more
+// poll() over every socket per credit, which at 1000 connections is most of the client's CPU.
+// At most one credit message per CLIENT_CREDIT_GAP_S per connection (the server allows 2000
+// messages/s); credit that accrues in between goes out coalesced from the credit tick.
+static void conn_credit_flush(Conn *conn) {
+    Run *run = conn->run;
+    if (conn->state != CONN_OPEN || !conn->wsi || conn->credit_pending == 0)
+        return;
+    if (conn->want_close || conn->want_hello || conn->want_stream || conn->want_stop) {
+        lws_callback_on_writable(conn->wsi); // the writeable callback sends those first
+        return;
     }
+    if (!conn_credit_ready(conn, client_now_s())) {
+        if (conn->stream_open && !conn->stopping)
+            run_credit_tick_arm(run, 1000);
+        return;
+    }
+    if (lws_send_pipe_choked(conn->wsi)) {
+        lws_callback_on_writable(conn->wsi);
+        return;
+    }
+    if (conn_write_next(conn) < 0) // a failed write: have lws close the connection
+        lws_set_timeout(conn->wsi, PENDING_TIMEOUT_USER_OK, LWS_TO_KILL_ASYNC);
 }
 
 // Writes the most urgent pending message. Returns -1 to have lws close the connection.
 static int conn_write_next(Conn *conn) {
     Run *run = conn->run;
     const Options *opt = &run->opt;
-    if (conn->state != CONN_OPEN) return 0;
+    if (conn->state != CONN_OPEN)
+        return 0;
     if (conn->want_close) {
         conn->want_close = 0;
         conn->state = CONN_CLOSING;
@@ -361,6 +415,7 @@ static int conn_write_next(Conn *conn) {
     msgpack_packer_init(&pk, &tx, txbuf_write);
     uint32_t stamps = 0; // credit this message grants
     int opened = 0;      // this message is the stream message
+    int credit = 0;      // this message is a credit message
     if (conn->want_hello) {
         conn->want_hello = 0;
         pack_hello(&pk, opt);
@@ -384,11 +439,12 @@ static int conn_write_next(Conn *conn) {
     } else if (conn->want_stop) {
         conn->want_stop = 0;
         pack_id_message(&pk, "stop", 0);
-    } else if (conn->credit_pending > 0 && !conn->stopping) {
+    } else if (conn_credit_ready(conn, client_now_s())) {
         stamps = conn->credit_pending;
         conn->credit_pending = 0;
         pack_id_message(&pk, "credit", stamps);
         conn->granted += stamps;
+        credit = 1;
     } else {
         return 0;
     }
@@ -404,41 +460,57 @@ static int conn_write_next(Conn *conn) {
         return -1;
     }
     double now = client_now_s();
-    if (stamps > 0 && !conn->stalled) conn_ring_push(conn, now, stamps);
-    if (conn->stream_open && run->t_stream_sent == 0) run->t_stream_sent = now;
+    if (stamps > 0 && !conn->stalled)
+        conn_ring_push(conn, now, stamps);
+    if (credit)
+        conn->credit_sent_last = now;
+    if (conn->stream_open && run->t_stream_sent == 0)
+        run->t_stream_sent = now;
     if (opened && conn->stalled) {
         // The stalled reader: credit granted, now stop reading until the run ends.
         lws_rx_flow_control(conn->wsi, 0 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
     } else if (opened && opt->fps > 0) {
         conn_pace_start(conn, now);
     }
-    if (conn->want_close || conn->want_hello || conn->want_stream || conn->want_stop ||
-        (conn->credit_pending > 0 && !conn->stopping))
+    if (conn->want_close || conn->want_hello || conn->want_stream || conn->want_stop)
         lws_callback_on_writable(conn->wsi);
+    else
+        conn_credit_flush(conn);
     return 0;
 }
 
-static void conn_pace_cb(lws_sorted_usec_list_t *sul) {
-    Conn *conn = lws_container_of(sul, Conn, pace);
-    Run *run = conn->run;
-    conn->pace_armed = 0;
-    if (conn->state != CONN_OPEN || !conn->stream_open || conn->stopping) return;
-    double period = 1.0 / run->opt.fps;
+// Open loop: grants the credits that fell due since the last tick; both loops: sends credit that
+// waited for CLIENT_CREDIT_GAP_S. One timer for all connections, not one each: every wake-up costs
+// a poll() over all sockets. Due times keep each connection's phase; a credit is late by at most
+// CLIENT_CREDIT_TICK_US, and latency is measured from when it was written.
+static void run_credit_tick(lws_sorted_usec_list_t *sul) {
+    Run *run = lws_container_of(sul, Run, credit_tick);
+    run->credit_tick_armed = 0;
+    if (run->phase == PHASE_DONE)
+        return;
+    double period = run->opt.fps > 0 ? 1.0 / run->opt.fps : 0;
     double now = client_now_s();
-    uint64_t outstanding = conn->granted + conn->credit_pending - conn->received;
-    if (conn->granted + conn->credit_pending < conn->received) outstanding = 0;
-    if (outstanding < conn->window) {
-        conn->credit_pending++;
-        conn_want_write(conn);
-    } else if (now >= run->t_measure_start && now < run->t_end) {
-        run->credit_skipped++;
+    int measuring = now >= run->t_measure_start && now < run->t_end;
+    for (int i = 0; i < run->launched; i++) {
+        Conn *conn = &run->conns[i];
+        if (conn->state != CONN_OPEN || conn->stopping)
+            continue;
+        if (conn->paced) {
+            if (conn->pace_next < now - 4 * period)
+                conn->pace_next = now; // far behind: no burst
+            for (; conn->pace_next <= now; conn->pace_next += period) {
+                uint64_t promised = conn->granted + conn->credit_pending;
+                uint64_t outstanding = promised > conn->received ? promised - conn->received : 0;
+                if (outstanding < conn->window)
+                    conn->credit_pending++;
+                else if (measuring)
+                    run->credit_skipped++;
+            }
+        }
+        conn_credit_flush(conn);
     }
-    conn->pace_next += period;
-    if (conn->pace_next < now - period) conn->pace_next = now; // fell behind: do not burst
-    double delay = conn->pace_next - now;
-    conn->pace_armed = 1;
-    lws_sul_schedule(run->context, 0, &conn->pace, conn_pace_cb,
-                     (lws_usec_t)(delay > 0 ? delay * 1e6 : 0));
+    if (run->opt.fps > 0)
+        run_credit_tick_arm(run, CLIENT_CREDIT_TICK_US);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -458,14 +530,16 @@ static const msgpack_object *map_get(const msgpack_object *map, const char *key)
 // A non-negative integer field; -1 when missing or of another type.
 static int map_get_uint(const msgpack_object *map, const char *key, uint64_t *out) {
     const msgpack_object *v = map_get(map, key);
-    if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER) return -1;
+    if (!v || v->type != MSGPACK_OBJECT_POSITIVE_INTEGER)
+        return -1;
     *out = v->via.u64;
     return 0;
 }
 
 static int map_get_int(const msgpack_object *map, const char *key, int64_t *out) {
     const msgpack_object *v = map_get(map, key);
-    if (!v) return -1;
+    if (!v)
+        return -1;
     if (v->type == MSGPACK_OBJECT_POSITIVE_INTEGER && v->via.u64 <= INT64_MAX)
         *out = (int64_t)v->via.u64;
     else if (v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
@@ -478,7 +552,8 @@ static int map_get_int(const msgpack_object *map, const char *key, int64_t *out)
 // A string field copied into out[cap] (truncated); -1 when missing or not a string.
 static int map_get_str(const msgpack_object *map, const char *key, char *out, size_t cap) {
     const msgpack_object *v = map_get(map, key);
-    if (!v || v->type != MSGPACK_OBJECT_STR) return -1;
+    if (!v || v->type != MSGPACK_OBJECT_STR)
+        return -1;
     size_t len = v->via.str.size < cap - 1 ? v->via.str.size : cap - 1;
     memcpy(out, v->via.str.ptr, len);
     out[len] = '\0';
@@ -507,7 +582,8 @@ static void conn_handle_welcome(Conn *conn, const msgpack_object *msg) {
         limits->type != MSGPACK_OBJECT_MAP || map_get_uint(limits, "max_credit", &max_credit) ||
         max_credit == 0) {
         conn_violation(conn, "welcome without a model map or limits.max_credit");
-        if (max_credit == 0) max_credit = 1;
+        if (max_credit == 0)
+            max_credit = 1;
     }
     if (!run->have_welcome) {
         run->have_welcome = 1;
@@ -516,16 +592,21 @@ static void conn_handle_welcome(Conn *conn, const msgpack_object *msg) {
         if (model && model->type == MSGPACK_OBJECT_MAP) {
             map_get_str(model, "name", run->model_name, sizeof run->model_name);
             map_get_uint(model, "version", &run->model_version);
-            if (!map_get_int(model, "width", &v)) run->width = (long)v;
-            if (!map_get_int(model, "height", &v)) run->height = (long)v;
-            if (!map_get_int(model, "channels", &v)) run->channels = (long)v;
-            if (!map_get_int(model, "classes", &v)) run->classes = (long)v;
+            if (!map_get_int(model, "width", &v))
+                run->width = (long)v;
+            if (!map_get_int(model, "height", &v))
+                run->height = (long)v;
+            if (!map_get_int(model, "channels", &v))
+                run->channels = (long)v;
+            if (!map_get_int(model, "classes", &v))
+                run->classes = (long)v;
         }
         map_get_uint(msg, "session", &run->session);
         map_get_str(msg, "user", run->user, sizeof run->user);
         if ((uint64_t)run->opt.window > max_credit)
-            fprintf(stderr, "steer-client: --window %ld is more than the server's max_credit %llu; "
-                            "using %llu\n",
+            fprintf(stderr,
+                    "steer-client: --window %ld is more than the server's max_credit %llu; "
+                    "using %llu\n",
                     run->opt.window, (unsigned long long)max_credit,
                     (unsigned long long)max_credit);
         if (run->single && !run->opt.quiet && !run->opt.json)
@@ -534,7 +615,8 @@ static void conn_handle_welcome(Conn *conn, const msgpack_object *msg) {
                    (unsigned long long)run->model_version, run->width, run->height, run->channels,
                    run->classes);
     }
-    if (conn->window > max_credit) conn->window = (uint32_t)max_credit;
+    if (conn->window > max_credit)
+        conn->window = (uint32_t)max_credit;
     if (run->phase >= PHASE_DRAIN) {
         conn->want_close = 1; // the run ended before this connection got going
     } else {
@@ -555,8 +637,9 @@ static int frame_save(Run *run, uint64_t seq, int png, int64_t w, int64_t h, int
         return -1;
     }
     int ok = 1;
-    if (!png) ok = fprintf(f, "P%c\n%lld %lld\n255\n", c == 1 ? '5' : '6', (long long)w,
-                           (long long)h) > 0;
+    if (!png)
+        ok =
+            fprintf(f, "P%c\n%lld %lld\n255\n", c == 1 ? '5' : '6', (long long)w, (long long)h) > 0;
     ok = ok && fwrite(data, 1, len, f) == len;
     ok = (fclose(f) == 0) && ok;
     if (!ok) {
@@ -607,8 +690,8 @@ static void conn_handle_frame(Conn *conn, const msgpack_object *msg, size_t msg_
         conn_violation(conn, "frame seq %llu: format is not %s", (unsigned long long)seq,
                        opt->format);
         ok = 0;
-    } else if (png && (data->via.bin.size < 8 ||
-                       memcmp(data->via.bin.ptr, "\x89PNG\r\n\x1a\n", 8) != 0)) {
+    } else if (png &&
+               (data->via.bin.size < 8 || memcmp(data->via.bin.ptr, "\x89PNG\r\n\x1a\n", 8) != 0)) {
         conn_violation(conn, "frame seq %llu: data is not a PNG", (unsigned long long)seq);
         ok = 0;
     } else if (!png && (uint64_t)data->via.bin.size != (uint64_t)(w * h * c)) {
@@ -633,7 +716,8 @@ static void conn_handle_frame(Conn *conn, const msgpack_object *msg, size_t msg_
     int has_latency = !conn->stalled && conn_ring_pop(conn, &sent_at) == 0;
     double ms = has_latency ? 1e3 * (now - sent_at) : NAN;
     if (conn->stalled) {
-        if (run->phase < PHASE_DRAIN) run->stalled_frames++;
+        if (run->phase < PHASE_DRAIN)
+            run->stalled_frames++;
     } else if (run->single || (now >= run->t_measure_start && now <= run->t_end)) {
         conn->measured++;
         run->frames++;
@@ -655,26 +739,27 @@ static void conn_handle_frame(Conn *conn, const msgpack_object *msg, size_t msg_
     }
 
     // Re-grant: closed loop keeps the window full; single-stream mode never grants past target.
-    if (conn->stalled || conn->stopping) return;
+    if (conn->stalled || conn->stopping)
+        return;
     if (run->single) {
         if (conn->received >= conn->target) {
             conn->stopping = 1;
             conn->want_stop = 1;
+            conn_want_write(conn);
         } else if (conn->granted + conn->credit_pending < conn->target) {
             conn->credit_pending++;
+            conn_credit_flush(conn);
         }
-        conn_want_write(conn);
     } else if (opt->fps <= 0) {
         conn->credit_pending++;
-        conn_want_write(conn);
+        conn_credit_flush(conn);
     }
 }
 
 static void conn_handle_message(Conn *conn, const unsigned char *buf, size_t len, double now) {
     Run *run = conn->run;
     size_t off = 0;
-    msgpack_unpack_return ret =
-        msgpack_unpack_next(&run->unpacked, (const char *)buf, len, &off);
+    msgpack_unpack_return ret = msgpack_unpack_next(&run->unpacked, (const char *)buf, len, &off);
     if (ret != MSGPACK_UNPACK_SUCCESS || off != len) {
         conn_violation(conn, "a message that is not exactly one msgpack object (%zu bytes)", len);
         return;
@@ -700,7 +785,8 @@ static void conn_handle_message(Conn *conn, const unsigned char *buf, size_t len
                            (unsigned long long)id);
             return;
         }
-        if (!conn->stopping) conn_violation(conn, "stopped though we sent no stop");
+        if (!conn->stopping)
+            conn_violation(conn, "stopped though we sent no stop");
         if (map_get_uint(msg, "sent", &sent) || sent != conn->received)
             conn_violation(conn, "stopped says %llu frames were sent, we received %llu",
                            (unsigned long long)sent, (unsigned long long)conn->received);
@@ -761,13 +847,15 @@ static void conn_finish(Conn *conn, ConnState state) {
     run_check_done(run);
 }
 
-static int client_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user,
-                           void *in, size_t len) {
+static int client_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
+                           size_t len) {
     (void)user;
     Conn *conn = lws_get_opaque_user_data(wsi);
-    if (!conn) return 0;
+    if (!conn)
+        return 0;
     Run *run = conn->run;
-    if (run->phase == PHASE_DONE && reason == LWS_CALLBACK_CLIENT_RECEIVE) return 0; // results are in
+    if (run->phase == PHASE_DONE && reason == LWS_CALLBACK_CLIENT_RECEIVE)
+        return 0; // results are in
     switch (reason) {
     case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
         if (conn->state == CONN_CONNECTING)
@@ -785,7 +873,9 @@ static int client_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
     case LWS_CALLBACK_CLIENT_RECEIVE: {
         if (lws_is_first_fragment(wsi)) {
             conn->rx_len = 0;
-            if (!lws_frame_is_binary(wsi)) conn_violation(conn, "a text message");
+            conn->rx_text = !lws_frame_is_binary(wsi);
+            if (conn->rx_text)
+                conn_violation(conn, "a text message");
         }
         if (conn->rx_len + len > CLIENT_RX_MAX) {
             conn_violation(conn, "a message larger than %u bytes", CLIENT_RX_MAX);
@@ -793,7 +883,8 @@ static int client_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         }
         if (conn->rx_len + len > conn->rx_cap) {
             size_t cap = conn->rx_cap ? conn->rx_cap : 4096;
-            while (cap < conn->rx_len + len) cap *= 2;
+            while (cap < conn->rx_len + len)
+                cap *= 2;
             unsigned char *rx = realloc(conn->rx, cap);
             if (!rx) {
                 run_report(run, conn, "out of memory for a %zu-byte message", cap);
@@ -806,7 +897,8 @@ static int client_callback(struct lws *wsi, enum lws_callback_reasons reason, vo
         memcpy(conn->rx + conn->rx_len, in, len);
         conn->rx_len += len;
         if (lws_is_final_fragment(wsi)) {
-            conn_handle_message(conn, conn->rx, conn->rx_len, client_now_s());
+            if (!conn->rx_text)
+                conn_handle_message(conn, conn->rx, conn->rx_len, client_now_s());
             conn->rx_len = 0;
         }
         break;
@@ -873,9 +965,11 @@ static void run_begin_drain(Run *run, double now) {
     run->t_drain_deadline = now + run->opt.timeout_s;
     for (int i = 0; i < run->launched; i++) {
         Conn *conn = &run->conns[i];
-        if (conn->state != CONN_OPEN) continue;
+        if (conn->state != CONN_OPEN)
+            continue;
         conn_pace_stop(conn);
-        if (conn->stalled) lws_rx_flow_control(conn->wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
+        if (conn->stalled)
+            lws_rx_flow_control(conn->wsi, 1 | LWS_RXFLOW_REASON_FLAG_PROCESS_NOW);
         if (conn->stream_open && !conn->stopping) {
             conn->stopping = 1;
             conn->want_stop = 1;
@@ -888,7 +982,8 @@ static void run_begin_drain(Run *run, double now) {
 }
 
 static void run_check_done(Run *run) {
-    if (run->phase == PHASE_DONE) return;
+    if (run->phase == PHASE_DONE)
+        return;
     int all_finished = run->finished == run->launched;
     if (run->single && all_finished) {
         run->phase = PHASE_DONE;
@@ -897,7 +992,8 @@ static void run_check_done(Run *run) {
     } else if (!run->single && run->launched == run->total && all_finished) {
         // Every connection ended before the run did (failed or dropped): nothing to wait for.
         double now = client_now_s();
-        if (now < run->t_end) run->t_end = now;
+        if (now < run->t_end)
+            run->t_end = now;
         run->phase = PHASE_DONE;
     }
 }
@@ -905,12 +1001,16 @@ static void run_check_done(Run *run) {
 static void run_tick(lws_sorted_usec_list_t *sul) {
     Run *run = lws_container_of(sul, Run, tick);
     double now = client_now_s();
-    if (run->phase == PHASE_DONE) return;
+    if (run->phase == PHASE_DONE)
+        return;
     if (client_interrupted && !run->interrupted_seen) {
         run->interrupted_seen = 1;
-        if (run->phase == PHASE_RAMP) run->t_ramp_done = now;
-        if (now < run->t_end) run->t_end = now;
-        if (now < run->t_measure_start) run->t_measure_start = now;
+        if (run->phase == PHASE_RAMP)
+            run->t_ramp_done = now;
+        if (now < run->t_end)
+            run->t_end = now;
+        if (now < run->t_measure_start)
+            run->t_measure_start = now;
         run_begin_drain(run, now);
     }
     if (run->phase == PHASE_RAMP) {
@@ -937,7 +1037,8 @@ static void run_tick(lws_sorted_usec_list_t *sul) {
         run->phase = PHASE_DONE;
         return;
     }
-    if (!run->single && run->phase == PHASE_RUN && now >= run->t_end) run_begin_drain(run, now);
+    if (!run->single && run->phase == PHASE_RUN && now >= run->t_end)
+        run_begin_drain(run, now);
     if (!run->single && run->phase == PHASE_DRAIN && now > run->t_drain_deadline) {
         int left = run->launched - run->finished;
         run->errors += (uint64_t)left;
@@ -955,25 +1056,33 @@ static void run_tick(lws_sorted_usec_list_t *sul) {
 // Set-up, results, main
 
 static void usage(FILE *f) {
-    fprintf(f,
-            "usage: steer-client [--url ws://127.0.0.1:8080/ws] [--user NAME] [--token T]\n"
-            "                    [--mode gallery|walk|pair] [--format png|raw8] [--class K]\n"
-            "                    [--seed S] [--frames 16] [--window 4] [--out DIR] [--timeout 30]\n"
-            "                    [--quiet] [--json]\n"
-            "       steer-client --connections N --duration S [--window W] [--fps F] [--stall K]\n"
-            "                    [--warmup 1] [--json] [--url ...] [--mode ...] [--format ...]\n"
-            "\n"
-            "Single-stream mode: opens one stream, keeps --window credits outstanding until\n"
-            "--frames frames arrived (saved as DIR/frame-<seq>.png, .pgm or .ppm with --out),\n"
-            "stops it and prints frames/s, p50/p99 latency and bytes.\n"
-            "Load mode (--connections): N connections, one stream each, for --duration seconds;\n"
-            "closed loop (window W, one credit per frame) or, with --fps F, one credit every 1/F s\n"
-            "(W caps what is outstanding). --stall K makes K connections grant %d credits and stop\n"
-            "reading; they are left out of the statistics. Statistics cover the duration after\n"
-            "--warmup. --url also takes the http:// address `steer serve` prints.\n"
-            "Exit status: 0 success, 1 any error (connection, server error, protocol violation,\n"
-            "timeout), 2 usage error.\n",
-            CLIENT_STALL_CREDIT);
+    fprintf(
+        f,
+        "usage: steer-client [--url ws://127.0.0.1:8080/ws] [--user NAME] [--token T]\n"
+        "                    [--mode gallery|walk|pair] [--format png|raw8] [--class K]\n"
+        "                    [--seed S] [--frames 16] [--window 4] [--out DIR] [--timeout 30]\n"
+        "                    [--quiet] [--json]\n"
+        "       steer-client --connections N --duration S [--window W] [--fps F] [--stall K]\n"
+        "                    [--warmup 1] [--json] [--url ...] [--mode ...] [--format ...]\n"
+        "\n"
+        "Single-stream mode: opens one stream, keeps --window credits outstanding until\n"
+        "--frames frames arrived (saved as DIR/frame-<seq>.png, .pgm or .ppm with --out),\n"
+        "stops it and prints frames/s, p50/p99 latency and bytes (pair mode rounds --frames\n"
+        "up to whole pairs).\n"
+        "Load mode (--connections): N connections, one stream each, for --duration seconds;\n"
+        "closed loop (window W, one credit per frame) or, with --fps F, one credit every 1/F s\n"
+        "(W caps what is outstanding). --stall K makes K connections grant %d credits and stop\n"
+        "reading; they are left out of the statistics. Statistics cover the duration after\n"
+        "--warmup. --url also takes the http:// address `steer serve` prints.\n"
+        "--quiet prints only the summary line; --json prints one JSON line instead\n"
+        "(connections, stalled, duration_s, frames, fps, p50_ms, p99_ms, max_ms, bytes,\n"
+        "errors, connected, failed_connections and details). Latency: from writing the\n"
+        "credit that paid for a frame to receiving it. --timeout S bounds the whole run in\n"
+        "single-stream mode, the ramp-up and the close after --duration in load mode.\n"
+        "--seed S fixes the stream's latents (load mode: S + connection index).\n"
+        "Exit status: 0 success, 1 any error (connection, server error, protocol violation,\n"
+        "timeout), 2 usage error.\n",
+        CLIENT_STALL_CREDIT);
 }
 
 static int parse_long(const char *s, long lo, long hi, const char *opt, long *out) {
@@ -1003,9 +1112,27 @@ static int parse_double(const char *s, double lo, double hi, const char *opt, do
 
 // Parses argv into opt. Returns 0, 1 after --help, or -1 after printing a usage error.
 static int options_parse(Options *opt, int argc, char **argv) {
-    enum { O_URL = 256, O_USER, O_TOKEN, O_MODE, O_FORMAT, O_CLASS, O_SEED, O_FRAMES, O_WINDOW,
-           O_OUT, O_QUIET, O_JSON, O_TIMEOUT, O_CONNECTIONS, O_DURATION, O_WARMUP, O_FPS, O_STALL,
-           O_HELP };
+    enum {
+        O_URL = 256,
+        O_USER,
+        O_TOKEN,
+        O_MODE,
+        O_FORMAT,
+        O_CLASS,
+        O_SEED,
+        O_FRAMES,
+        O_WINDOW,
+        O_OUT,
+        O_QUIET,
+        O_JSON,
+        O_TIMEOUT,
+        O_CONNECTIONS,
+        O_DURATION,
+        O_WARMUP,
+        O_FPS,
+        O_STALL,
+        O_HELP
+    };
     static const struct option longopts[] = {
         {"url", required_argument, NULL, O_URL},
         {"user", required_argument, NULL, O_USER},
@@ -1028,8 +1155,14 @@ static int options_parse(Options *opt, int argc, char **argv) {
         {"help", no_argument, NULL, O_HELP},
         {NULL, 0, NULL, 0},
     };
-    *opt = (Options){.url = "ws://127.0.0.1:8080/ws", .mode = "gallery", .format = "png",
-                     .cls = -1, .frames = 16, .window = 4, .timeout_s = 30, .warmup_s = 1};
+    *opt = (Options){.url = "ws://127.0.0.1:8080/ws",
+                     .mode = "gallery",
+                     .format = "png",
+                     .cls = -1,
+                     .frames = 16,
+                     .window = 4,
+                     .timeout_s = 30,
+                     .warmup_s = 1};
     int has_duration = 0, has_load_opt = 0, has_single_opt = 0;
     int c;
     opterr = 0;
@@ -1037,34 +1170,43 @@ static int options_parse(Options *opt, int argc, char **argv) {
         int bad = 0;
         long v;
         switch (c) {
-        case O_URL: opt->url = optarg; break;
+        case O_URL:
+            opt->url = optarg;
+            break;
         case O_USER:
             opt->user = optarg;
             bad = strlen(optarg) < 1 || strlen(optarg) > 64;
-            if (bad) fprintf(stderr, "steer-client: --user wants 1..64 characters\n");
+            if (bad)
+                fprintf(stderr, "steer-client: --user wants 1..64 characters\n");
             break;
         case O_TOKEN:
             opt->token = optarg;
             bad = strlen(optarg) > 256;
-            if (bad) fprintf(stderr, "steer-client: --token is longer than 256 bytes\n");
+            if (bad)
+                fprintf(stderr, "steer-client: --token is longer than 256 bytes\n");
             break;
         case O_MODE:
             opt->mode = optarg;
             bad = strcmp(optarg, "gallery") && strcmp(optarg, "walk") && strcmp(optarg, "pair");
-            if (bad) fprintf(stderr, "steer-client: --mode is gallery, walk or pair\n");
+            if (bad)
+                fprintf(stderr, "steer-client: --mode is gallery, walk or pair\n");
             break;
         case O_FORMAT:
             opt->format = optarg;
             bad = strcmp(optarg, "png") && strcmp(optarg, "raw8");
-            if (bad) fprintf(stderr, "steer-client: --format is png or raw8\n");
+            if (bad)
+                fprintf(stderr, "steer-client: --format is png or raw8\n");
             break;
-        case O_CLASS: bad = parse_long(optarg, -1, 1000000, "--class", &opt->cls); break;
+        case O_CLASS:
+            bad = parse_long(optarg, -1, 1000000, "--class", &opt->cls);
+            break;
         case O_SEED: {
             char *end;
             errno = 0;
             opt->seed = strtoull(optarg, &end, 10);
             bad = errno || end == optarg || *end || optarg[0] == '-' || opt->seed >= (1ull << 53);
-            if (bad) fprintf(stderr, "steer-client: --seed wants a whole number below 2^53\n");
+            if (bad)
+                fprintf(stderr, "steer-client: --seed wants a whole number below 2^53\n");
             opt->has_seed = 1;
             break;
         }
@@ -1072,14 +1214,22 @@ static int options_parse(Options *opt, int argc, char **argv) {
             bad = parse_long(optarg, 1, 1000000000, "--frames", &opt->frames);
             has_single_opt = 1;
             break;
-        case O_WINDOW: bad = parse_long(optarg, 1, 1 << 20, "--window", &opt->window); break;
+        case O_WINDOW:
+            bad = parse_long(optarg, 1, 65536, "--window", &opt->window);
+            break;
         case O_OUT:
             opt->out = optarg;
             has_single_opt = 1;
             break;
-        case O_QUIET: opt->quiet = 1; break;
-        case O_JSON: opt->json = 1; break;
-        case O_TIMEOUT: bad = parse_double(optarg, 0.001, 1e6, "--timeout", &opt->timeout_s); break;
+        case O_QUIET:
+            opt->quiet = 1;
+            break;
+        case O_JSON:
+            opt->json = 1;
+            break;
+        case O_TIMEOUT:
+            bad = parse_double(optarg, 0.001, 1e6, "--timeout", &opt->timeout_s);
+            break;
         case O_CONNECTIONS:
             bad = parse_long(optarg, 1, CLIENT_MAX_CONNECTIONS, "--connections", &v);
             opt->connections = v;
@@ -1100,20 +1250,24 @@ static int options_parse(Options *opt, int argc, char **argv) {
             bad = parse_long(optarg, 0, CLIENT_MAX_CONNECTIONS, "--stall", &opt->stall);
             has_load_opt = 1;
             break;
-        case O_HELP: usage(stdout); return 1;
+        case O_HELP:
+            usage(stdout);
+            return 1;
         default:
             fprintf(stderr, "steer-client: unknown option or missing value: %s\n",
                     argv[optind - 1]);
             bad = 1;
         }
-        if (bad) return -1;
+        if (bad)
+            return -1;
     }
     if (optind < argc) {
         fprintf(stderr, "steer-client: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
     if (opt->connections == 0 && (has_duration || has_load_opt)) {
-        fprintf(stderr, "steer-client: --duration, --warmup, --fps and --stall need --connections\n");
+        fprintf(stderr,
+                "steer-client: --duration, --warmup, --fps and --stall need --connections\n");
         return -1;
     }
     if (opt->connections > 0) {
@@ -1162,7 +1316,8 @@ static int run_parse_url(Run *run) {
     }
     run->address = address;
     run->port = port;
-    if (path[0] == '/') path++; // lws_parse_uri gives "/" for an empty path, else drops the '/'
+    if (path[0] == '/')
+        path++; // lws_parse_uri gives "/" for an empty path, else drops the '/'
     snprintf(run->path, sizeof run->path, "/%s", http && !path[0] ? "ws" : path);
     return 0;
 }
@@ -1170,9 +1325,12 @@ static int run_parse_url(Run *run) {
 // Makes room for `need` descriptors. Returns 0 or -1 after printing why.
 static int raise_fd_limit(rlim_t need) {
     struct rlimit rl;
-    if (getrlimit(RLIMIT_NOFILE, &rl)) return 0;
-    if (rl.rlim_cur >= need) return 0;
-    if (rl.rlim_max < need) rl.rlim_max = need; // works as root; otherwise fails below
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return 0;
+    if (rl.rlim_cur >= need)
+        return 0;
+    if (rl.rlim_max < need)
+        rl.rlim_max = need; // works as root; otherwise fails below
     rl.rlim_cur = need;
     if (setrlimit(RLIMIT_NOFILE, &rl)) {
         getrlimit(RLIMIT_NOFILE, &rl);
@@ -1195,22 +1353,27 @@ static void json_number(const char *key, double v, int last) {
 
 static void run_print(Run *run) {
     const Options *opt = &run->opt;
-    qsort(run->lat.ms, run->lat.count, sizeof *run->lat.ms, compare_double);
+    if (run->lat.count > 0)
+        qsort(run->lat.ms, run->lat.count, sizeof *run->lat.ms, compare_double);
     double p50 = percentile(run->lat.ms, run->lat.count, 0.50);
     double p99 = percentile(run->lat.ms, run->lat.count, 0.99);
     double max = percentile(run->lat.ms, run->lat.count, 1.0);
     double window;
     uint64_t min_conn_frames = 0;
     if (run->single) {
-        window = run->t_last_frame > run->t_stream_sent ? run->t_last_frame - run->t_stream_sent : 0;
+        window =
+            run->t_last_frame > run->t_stream_sent ? run->t_last_frame - run->t_stream_sent : 0;
     } else {
         window = run->t_end - run->t_measure_start;
-        if (window < 0) window = 0;
+        if (window < 0)
+            window = 0;
         int first = 1;
         for (int i = 0; i < run->total; i++) {
             const Conn *conn = &run->conns[i];
-            if (conn->stalled) continue;
-            if (first || conn->measured < min_conn_frames) min_conn_frames = conn->measured;
+            if (conn->stalled)
+                continue;
+            if (first || conn->measured < min_conn_frames)
+                min_conn_frames = conn->measured;
             first = 0;
         }
     }
@@ -1266,7 +1429,8 @@ static void run_print(Run *run) {
 
 // Frees everything run_init built; safe on a half-built run.
 static void run_free(Run *run) {
-    if (run->context) lws_context_destroy(run->context);
+    if (run->context)
+        lws_context_destroy(run->context);
     run->context = NULL;
     if (run->conns) {
         for (int i = 0; i < run->total; i++) {
@@ -1288,31 +1452,35 @@ static int run_init(Run *run) {
     run->single = opt->connections == 0;
     run->total = run->single ? 1 : (int)opt->connections;
     run->max_credit = 1024;
-    if (run_parse_url(run)) return -1;
+    if (run_parse_url(run))
+        return -1;
     if (opt->out && mkdir(opt->out, 0777) && errno != EEXIST) {
         fprintf(stderr, "steer-client: cannot create %s: %s\n", opt->out, strerror(errno));
         return -1;
     }
     rlim_t need = (rlim_t)run->total + 64;
-    if (raise_fd_limit(need)) return -1;
+    if (raise_fd_limit(need))
+        return -1;
     run->conns = calloc((size_t)run->total, sizeof *run->conns);
-    if (!run->conns) goto fail_oom;
+    if (!run->conns)
+        goto fail_oom;
     uint64_t target = (uint64_t)opt->frames;
-    if (strcmp(opt->mode, "pair") == 0) target += target & 1; // pairs arrive whole
+    if (strcmp(opt->mode, "pair") == 0)
+        target += target & 1; // pairs arrive whole
     for (int i = 0; i < run->total; i++) {
         Conn *conn = &run->conns[i];
         conn->run = run;
         conn->index = i;
         // The stalled readers are spread among the others, not the first K to connect.
-        conn->stalled = opt->stall > 0 &&
-                        (long)(((long long)(i + 1) * opt->stall) / run->total) !=
-                            (long)(((long long)i * opt->stall) / run->total);
+        conn->stalled = opt->stall > 0 && (long)(((long long)(i + 1) * opt->stall) / run->total) !=
+                                              (long)(((long long)i * opt->stall) / run->total);
         conn->window = (uint32_t)opt->window;
         conn->target = target;
         conn->ring_cap = conn->window;
         if (!conn->stalled) {
             conn->credit_sent = malloc(conn->ring_cap * sizeof *conn->credit_sent);
-            if (!conn->credit_sent) goto fail_oom;
+            if (!conn->credit_sent)
+                goto fail_oom;
         }
     }
     lws_set_log_level(LLL_ERR, NULL);
@@ -1338,7 +1506,8 @@ int main(int argc, char **argv) {
     static Run run; // large and one per process
     int rc = options_parse(&run.opt, argc, argv);
     if (rc) {
-        if (rc < 0) fprintf(stderr, "steer-client: see steer-client --help\n");
+        if (rc < 0)
+            fprintf(stderr, "steer-client: see steer-client --help\n");
         return rc < 0 ? 2 : 0;
     }
     signal(SIGPIPE, SIG_IGN);
@@ -1355,6 +1524,8 @@ int main(int argc, char **argv) {
     run.t_measure_start = run.t_end = INFINITY; // set when the ramp is over
     run.phase = PHASE_RAMP;
     run_tick(&run.tick); // launches the first connections and arms the tick
+    if (run.opt.fps > 0)
+        run_credit_tick_arm(&run, CLIENT_CREDIT_TICK_US);
     while (run.phase != PHASE_DONE) {
         if (lws_service(run.context, 0) < 0) {
             fprintf(stderr, "steer-client: the libwebsockets loop failed\n");
@@ -1362,15 +1533,20 @@ int main(int argc, char **argv) {
             break;
         }
     }
-    if (!run.single && isinf(run.t_end)) run.t_end = client_now_s();
-    if (isinf(run.t_measure_start)) run.t_measure_start = run.t_end;
+    if (run.t_ramp_done == 0)
+        run.t_ramp_done = client_now_s(); // everything ended while ramping
+    if (!run.single && isinf(run.t_end))
+        run.t_end = client_now_s();
+    if (isinf(run.t_measure_start))
+        run.t_measure_start = run.t_end;
     int ok = run.errors == 0 && run.failed == 0;
-    if (run.single) ok = ok && run.conns[0].received >= run.conns[0].target && run.conns[0].stopped;
+    if (run.single)
+        ok = ok && run.conns[0].received >= run.conns[0].target && run.conns[0].stopped;
     if (run.single && run.failed == 0 && !ok && run.errors == 0)
         fprintf(stderr, "steer-client: the connection ended after %llu of %llu frames\n",
-                (unsigned long long)run.conns[0].received,
-                (unsigned long long)run.conns[0].target);
-    if (!(run.single && run.failed)) run_print(&run);
+                (unsigned long long)run.conns[0].received, (unsigned long long)run.conns[0].target);
+    if (!run.single || run.opt.json || run.frames > 0)
+        run_print(&run);
     run_free(&run);
     return ok ? 0 : 1;
 }

@@ -161,16 +161,21 @@ class Client:
                         msg = unpack(raw)
                     except Exception as e:  # the server sent something that is not msgpack
                         msg = {"t": "_undecodable", "error": str(e), "bytes": raw}
-                if isinstance(msg, dict) and msg.get("t") == "frame":
+                kind = msg.get("t") if isinstance(msg, dict) else None
+                if kind == "frame":
                     msg = Frame(msg)
-                elif isinstance(msg, dict) and msg.get("t") == "stopped":
-                    fut = self._stops.pop(msg.get("id"), None)
-                    if fut and not fut.done():
+                elif kind == "stopped" and msg.get("id") in self._stops:
+                    # Answers a stop() call: it goes to that caller, not into the queue.
+                    fut = self._stops.pop(msg["id"])
+                    if not fut.done():  # done: that stop() timed out
                         fut.set_result(msg.get("sent"))
-                elif isinstance(msg, dict) and msg.get("t") == "error" and msg.get("ref") in self._stops:
-                    fut = self._stops.pop(msg.get("ref"))
+                    continue
+                elif kind == "error" and msg.get("ref") in self._stops and \
+                        msg.get("code") in ("unknown_stream", "bad_field"):
+                    fut = self._stops.pop(msg["ref"])
                     if not fut.done():
                         fut.set_exception(ServerError(msg.get("code"), msg.get("msg"), msg.get("ref")))
+                    continue
                 self._queue.put_nowait(msg)
         except websockets.ConnectionClosed as e:
             self._closed_exc = e
@@ -233,7 +238,8 @@ class Client:
         await self.send({"t": "credit", "id": id, "n": n})
 
     async def stop(self, id, timeout=30):
-        """Stops stream id; returns `sent` from its `stopped` (which is also queued in order)."""
+        """Stops stream id and returns `sent` from its `stopped`; frames before it stay queued.
+        Raises ServerError (unknown_stream) if id is not open."""
         fut = asyncio.get_running_loop().create_future()
         self._stops[id] = fut
         await self.send({"t": "stop", "id": id})
@@ -291,7 +297,8 @@ class connect:
     Keyword arguments other than these go to websockets.connect (e.g. origin, extra_headers)."""
 
     def __init__(self, url, user=None, token=None, hello=True, timeout=30, **ws_options):
-        self.url, self.user, self.token, self.do_hello, self.timeout = ws_url(url), user, token, hello, timeout
+        self.url, self.user, self.token = ws_url(url), user, token
+        self.do_hello, self.timeout = hello, timeout
         self.options = dict(subprotocols=[PROTOCOL], compression=None, open_timeout=timeout,
                             max_size=2**24)
         self.options.update(ws_options)

@@ -51,7 +51,8 @@ class Server:
         binary = BIN if os.path.isabs(BIN) else os.path.join(ROOT, BIN)
         cmd = [binary, "serve", "--port", "0"] + self.args
         self.proc = subprocess.Popen(cmd, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=self.stderr_file, text=True, bufsize=1)
+                                     stderr=self.stderr_file, text=True, bufsize=1,
+                                     preexec_fn=_die_with_parent)
         _live.append(self)
         lines = queue.Queue()
 
@@ -108,6 +109,11 @@ class Server:
             self.kill()
         return rc
 
+    def stop_ok(self, tap, what="server exits 0 on SIGTERM"):
+        """stop(), reported as a TAP line with the server's stderr when it is not a clean 0."""
+        rc = self.stop()
+        return tap.ok(rc == 0, what, f"exit status {rc}\n{self.stderr_tail()}")
+
     def kill(self):
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
@@ -132,6 +138,15 @@ class Server:
 
     def __exit__(self, *exc):
         self.stop()
+
+
+def _die_with_parent():
+    """In the child before exec: SIGKILL it when the test process dies (Linux prctl)."""
+    try:
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
 
 
 @atexit.register
@@ -312,6 +327,8 @@ def run(tests, timeout=60):
     """Runs each async test(tap) in turn with a timeout; an exception or a timeout is a failure.
     Exits the process with the TAP status."""
     tap = Tap()
+    # A runner's timeout sends SIGTERM: exit through atexit so that the servers are killed too.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     async def main():
         for test in tests:

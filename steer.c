@@ -1,8 +1,6 @@
 // steer.c — the one binary: dispatches to the subcommands of each part. No logic of its own.
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "generator/bench.h"
 #include "generator/cli.h"
@@ -38,15 +36,6 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage(stdout);
         return 0;
-    }
-    // `steer serve` shares the cores between its event loop and the generator's OpenMP team, and a
-    // team that spins while it waits for work takes the loop's time. libgomp reads
-    // OMP_WAIT_POLICY only when it loads, so serve runs itself again once with it set to passive
-    // (unless the user chose a policy).
-    if (!strcmp(argv[1], "serve") && !getenv("OMP_WAIT_POLICY")) {
-        setenv("OMP_WAIT_POLICY", "passive", 1);
-        execv("/proc/self/exe", argv);
-        // execv failed: serve anyway, with the default policy.
     }
     for (int i = 0; i < N_COMMANDS; i++)
         if (!strcmp(argv[1], COMMANDS[i].name)) return COMMANDS[i].run(argc - 1, argv + 1);

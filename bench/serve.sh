@@ -26,8 +26,6 @@ trap cleanup EXIT
 
 "$build"/steer bench --ckpt "$model" --batch "$batch" --seconds "$secs" | tee "$out"
 
-# The server shares both cores with the load generator; its OpenMP team sleeps when idle
-# (OMP_WAIT_POLICY=passive, as `steer serve` documents) instead of spinning against the loop.
 "$build"/steer serve --model "$model" --port 0 --batch "$batch" --quiet >"$log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do grep -q 'serving' "$log" && break; sleep 0.1; done

@@ -120,6 +120,15 @@ static void frame_encode(Gen *gen, int i, uint8_t *scratch) {
 static void *gen_main(void *arg) {
     Gen *gen = arg;
     int Z = gen->z_dim;
+    // Every batch size gets its oneDNN primitives made now (about 10 ms each, 1 s for 1..64 here)
+    // rather than on its first use, where it would show as a latency spike in the middle of
+    // serving. Requests that arrive meanwhile wait in the queue.
+    if (gen->opt.warmup) {
+        memset(gen->zb, 0, sizeof(float) * (size_t)gen->opt.batch_max * Z);
+        memset(gen->yb, 0, sizeof(int32_t) * (size_t)gen->opt.batch_max);
+        for (int b = gen->opt.batch_max; b >= 1 && !gen->stop; b--)
+            generator_forward(gen->g, gen->zb, gen->classes ? gen->yb : NULL, b);
+    }
     pthread_mutex_lock(&gen->lock);
     for (;;) {
         while (!gen->stop && gen->count == 0) pthread_cond_wait(&gen->cond, &gen->lock);

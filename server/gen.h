@@ -40,6 +40,7 @@ typedef struct {
     size_t capacity;       // requests queued + frames alive at once (queued, drawn, being sent)
     size_t pad;            // bytes reserved before each message (LWS_PRE)
     uint64_t model_version;
+    int warmup;            // run every batch size once before serving (builds oneDNN primitives)
 } GenOptions;
 
 typedef struct {

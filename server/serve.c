@@ -1119,7 +1119,8 @@ int cli_serve(int argc, char **argv) {
                      .deadline_s = sv->opt.deadline_ms / 1000.0,
                      .capacity = (size_t)n * sv->opt.queue_frames + 2 * (size_t)sv->opt.batch,
                      .pad = LWS_PRE,
-                     .model_version = sv->model.version};
+                     .model_version = sv->model.version,
+                     .warmup = 1};
     if (gen_init(&sv->gen, g, &go, &sv->metrics, &sv->async, err, sizeof err) || gen_start(&sv->gen)) {
         fprintf(stderr, "steer serve: %s\n", err);
         if (!sv->gen.g) {

@@ -12,8 +12,7 @@ reads the WebSocket and queues every server message in arrival order; `recv`, `m
         print(await c.stop(1), "frames sent")
 """
 import asyncio
-import struct
-import zlib
+import io
 
 import msgpack
 import websockets
@@ -44,77 +43,22 @@ class Frame:
         self.pair, self.side = m.get("pair"), m.get("side")
 
     def image(self):
-        """Pixels as bytes, h*w*c, row-major HWC, 0..255 (decodes PNG; raw8 is returned as is)."""
+        """Pixels as bytes, h*w*c, row-major HWC, 0..255. raw8 is returned as is; PNG is decoded
+        with Pillow (Debian's python3-pil), imported only here so the rest needs no Pillow."""
         if self.format == "raw8":
             return bytes(self.data)
-        w, h, c, pixels = png_decode(self.data)
-        if (w, h, c) != (self.w, self.h, self.c):
-            raise ValueError(f"PNG is {w}x{h}x{c}, frame says {self.w}x{self.h}x{self.c}")
-        return pixels
+        from PIL import Image
+        with Image.open(io.BytesIO(self.data)) as im:
+            c = {"L": 1, "RGB": 3}.get(im.mode)
+            if (im.width, im.height, c) != (self.w, self.h, self.c):
+                raise ValueError(f"PNG is {im.width}x{im.height} {im.mode}, frame says "
+                                 f"{self.w}x{self.h}x{self.c}")
+            return im.tobytes()
 
     def __repr__(self):
         extra = f" pair={self.pair} side={self.side}" if self.side is not None else ""
         return (f"Frame(stream={self.stream} seq={self.seq} frame={self.frame} class={self.cls} "
                 f"{self.w}x{self.h}x{self.c} {self.format} {len(self.data or b'')}B{extra})")
-
-
-def png_decode(png):
-    """Decodes an 8-bit, non-interlaced gray/gray+alpha/RGB/RGBA PNG. Returns (w, h, c, bytes HWC)."""
-    if png[:8] != b"\x89PNG\r\n\x1a\n":
-        raise ValueError("not a PNG")
-    pos, idat, w = 8, [], None
-    while pos + 8 <= len(png):
-        n, kind = struct.unpack(">I4s", png[pos:pos + 8])
-        body = png[pos + 8:pos + 8 + n]
-        pos += 12 + n
-        if kind == b"IHDR":
-            w, h, depth, ctype, _, _, interlace = struct.unpack(">IIBBBBB", body)
-            if depth != 8 or interlace or ctype not in (0, 2, 4, 6):
-                raise ValueError(f"unsupported PNG: depth {depth} colour {ctype} interlace {interlace}")
-            c = {0: 1, 2: 3, 4: 2, 6: 4}[ctype]
-        elif kind == b"IDAT":
-            idat.append(body)
-        elif kind == b"IEND":
-            break
-    if w is None:
-        raise ValueError("PNG without IHDR")
-    raw = zlib.decompress(b"".join(idat))
-    stride = w * c
-    if len(raw) != h * (stride + 1):
-        raise ValueError("PNG data has the wrong size")
-    out, prev = bytearray(), bytearray(stride)
-    for y in range(h):
-        ftype, line = raw[y * (stride + 1)], bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
-        for i in range(stride):  # unfilter (PNG spec, section 9)
-            a = line[i - c] if i >= c else 0
-            b = prev[i]
-            d = prev[i - c] if i >= c else 0
-            if ftype == 1:
-                line[i] = (line[i] + a) & 255
-            elif ftype == 2:
-                line[i] = (line[i] + b) & 255
-            elif ftype == 3:
-                line[i] = (line[i] + ((a + b) >> 1)) & 255
-            elif ftype == 4:
-                p = a + b - d
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - d)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else d)) & 255
-            elif ftype != 0:
-                raise ValueError(f"bad PNG filter {ftype}")
-        out += line
-        prev = line
-    return w, h, c, bytes(out)
-
-
-def png_encode(w, h, c, pixels):
-    """Encodes h*w*c bytes (c 1 or 3) as an 8-bit PNG, no filtering. Returns the file's bytes."""
-    def chunk(kind, body):
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-    stride = w * c
-    raw = b"".join(b"\0" + pixels[y * stride:(y + 1) * stride] for y in range(h))
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, {1: 0, 3: 2}[c], 0, 0, 0)
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw)) +
-            chunk(b"IEND", b""))
 
 
 def ws_url(url):

@@ -3,7 +3,8 @@
 #   make deps       install the Debian packages the build and tests need (apt-get)
 #   make run        deps + build + the main job (see README)
 #   make test       deps + build + every test; prints "N passed, N failed", non-zero on failure
-#   make bench      deps + build + speed figures beside PyTorch's (steer bench)
+#   make bench      deps + build + speed figures beside PyTorch's (steer bench) and the server's
+#                   beside the bare generator's (bench/serve.sh)
 #   make asan       build with AddressSanitizer/UBSan into build-asan/ (make test runs the
 #                   server's protocol tests against it too)
 #   make CUDA=1     reserved for the CUDA backend (issue 6)

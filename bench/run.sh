@@ -15,3 +15,6 @@ awk '
         printf "ratio_gen_b64_vs_torch %.2f   (target >= 2)\n", v["gen_b64_images_per_s"] / v["torch_gen_b64_images_per_s"]
     }' "$out"
 rm -f "$out"
+
+# The server (issue 3): frames/s and latency to 1/100/1000 clients beside the bare generator.
+bash bench/serve.sh "$build"

@@ -62,6 +62,14 @@ static void metric(Out *o, const char *name, const char *type, const char *help,
     out_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
 }
 
+// A counter family with one label: n series name{label="values[i]"} counts[i].
+static void labeled(Out *o, const char *name, const char *help, const char *label,
+                    const char *const *values, const uint64_t *counts, int n) {
+    out_printf(o, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    for (int i = 0; i < n; i++)
+        out_printf(o, "%s{%s=\"%s\"} %llu\n", name, label, values[i], (unsigned long long)counts[i]);
+}
+
 static void histogram(Out *o, const char *name, const char *help, const Histogram *h) {
     out_printf(o, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
     uint64_t acc = 0;
@@ -78,34 +86,25 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
     metric(&o, "steer_connections", "gauge", "Open WebSocket connections.", (double)m->connections);
     metric(&o, "steer_connections_total", "counter", "WebSocket connections accepted.",
            (double)m->connections_total);
-    out_printf(&o, "# HELP steer_connections_refused_total Handshakes refused, by reason.\n"
-                   "# TYPE steer_connections_refused_total counter\n"
-                   "steer_connections_refused_total{reason=\"limit\"} %llu\n"
-                   "steer_connections_refused_total{reason=\"origin\"} %llu\n"
-                   "steer_connections_refused_total{reason=\"protocol\"} %llu\n",
-               (unsigned long long)m->refused_limit, (unsigned long long)m->refused_origin,
-               (unsigned long long)m->refused_protocol);
+    labeled(&o, "steer_connections_refused_total", "Handshakes refused, by reason.", "reason",
+            (const char *const[]){"limit", "origin", "protocol"},
+            (const uint64_t[]){m->refused_limit, m->refused_origin, m->refused_protocol}, 3);
     metric(&o, "steer_sessions", "gauge", "Sessions that said hello.", (double)m->sessions);
     metric(&o, "steer_streams", "gauge", "Open streams.", (double)m->streams);
     metric(&o, "steer_frames_sent_total", "counter", "Frames written to clients.",
            (double)m->frames_sent);
-    out_printf(&o, "# HELP steer_frames_dropped_total Frames drawn but not sent, by reason.\n"
-                   "# TYPE steer_frames_dropped_total counter\n"
-                   "steer_frames_dropped_total{reason=\"disconnect\"} %llu\n"
-                   "steer_frames_dropped_total{reason=\"stop\"} %llu\n",
-               (unsigned long long)m->dropped_disconnect, (unsigned long long)m->dropped_stop);
+    labeled(&o, "steer_frames_dropped_total", "Frames drawn but not sent, by reason.", "reason",
+            (const char *const[]){"disconnect", "stop"},
+            (const uint64_t[]){m->dropped_disconnect, m->dropped_stop}, 2);
     metric(&o, "steer_frame_bytes_sent_total", "counter", "Bytes of frame messages written.",
            (double)m->frame_bytes_sent);
     metric(&o, "steer_messages_received_total", "counter", "Client messages received.",
            (double)m->messages_received);
     metric(&o, "steer_errors_sent_total", "counter", "Error messages sent.", (double)m->errors_sent);
-    out_printf(&o, "# HELP steer_connections_closed_total Connections closed by the server, by "
-                   "close code.\n# TYPE steer_connections_closed_total counter\n"
-                   "steer_connections_closed_total{code=\"1001\"} %llu\n"
-                   "steer_connections_closed_total{code=\"1008\"} %llu\n"
-                   "steer_connections_closed_total{code=\"1009\"} %llu\n",
-               (unsigned long long)m->closed_1001, (unsigned long long)m->closed_1008,
-               (unsigned long long)m->closed_1009);
+    labeled(&o, "steer_connections_closed_total",
+            "Connections closed by the server, by close code.", "code",
+            (const char *const[]){"1001", "1008", "1009"},
+            (const uint64_t[]){m->closed_1001, m->closed_1008, m->closed_1009}, 3);
     metric(&o, "steer_queue_depth", "gauge", "Frame requests waiting for the generation thread.",
            (double)x->queue_depth);
     metric(&o, "steer_frames_queued", "gauge", "Frames drawn and waiting to be written.",

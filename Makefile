@@ -41,9 +41,9 @@ $(BUILD)/libsteer.a: $(LIB_OBJ)
 $(BUILD)/steer: $(BUILD)/steer.o $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
-# steer-client: the C client and load generator (libwebsockets + msgpack-c only; no model code).
+# steer-client: the C client and load generator (libwebsockets on libuv, msgpack-c; no model code).
 $(BUILD)/steer-client: $(CLIENT_OBJ)
-	$(CC) $(LDFLAGS) $^ -o $@ -lwebsockets -lmsgpackc -lm
+	$(CC) $(LDFLAGS) $^ -o $@ -lwebsockets -lmsgpackc -luv -lm
 
 $(BUILD)/tests/%: $(BUILD)/tests/%.o $(CHECK_OBJ) $(REF_OBJ) $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)

@@ -10,7 +10,8 @@
 // Both are one engine: a single-stream run is a run of one connection that ends after N frames
 // instead of after a duration.
 //
-// It speaks steer.v1 (docs/protocol.md) on libwebsockets' own poll loop, with msgpack-c for every
+// It speaks steer.v1 (docs/protocol.md) through libwebsockets on a libuv loop of its own (epoll:
+// a wake-up costs what is ready, not a poll() over all N sockets), with msgpack-c for every
 // message, and checks what the server sends: the stream id is ours, seq grows by one, no frame
 // arrives without credit, `stopped.sent` equals the frames received, a frame's size and format
 // match what it says. Each breach counts as an error and makes the exit status non-zero.
@@ -36,18 +37,19 @@
 
 #include <libwebsockets.h>
 #include <msgpack.h>
+#include <uv.h>
 
 #define CLIENT_PROTOCOL "steer.v1"
-#define CLIENT_STREAM_ID 1         // each connection opens one stream, always this id
-#define CLIENT_TICK_US 10000       // the run's clock: deadlines, ramp and end checks
-#define CLIENT_CREDIT_TICK_US 2000 // open loop: how often due credits are granted
-#define CLIENT_CREDIT_GAP_S 0.001  // at most one credit message per ms per connection
-#define CLIENT_RAMP_PENDING 64     // handshakes in flight at once while ramping up
-#define CLIENT_RAMP_PER_TICK 32    // connections started per tick at most (3200/s)
-#define CLIENT_RX_MAX (64u << 20)  // largest server message we reassemble
-#define CLIENT_TX_MAX 512          // largest message we send (hello with a 256-byte token)
-#define CLIENT_STALL_CREDIT 1024   // credit a stalled reader grants (capped by max_credit)
-#define CLIENT_PRINT_MAX 10        // load mode: problems printed before we only count them
+#define CLIENT_STREAM_ID 1        // each connection opens one stream, always this id
+#define CLIENT_TICK_MS 10         // the run's clock: deadlines, ramp and end checks
+#define CLIENT_CREDIT_TICK_MS 2   // open loop: how often due credits are granted
+#define CLIENT_CREDIT_GAP_S 0.001 // at most one credit message per ms per connection
+#define CLIENT_RAMP_PENDING 64    // handshakes in flight at once while ramping up
+#define CLIENT_RAMP_PER_TICK 32   // connections started per tick at most (3200/s)
+#define CLIENT_RX_MAX (64u << 20) // largest server message we reassemble
+#define CLIENT_TX_MAX 512         // largest message we send (hello with a 256-byte token)
+#define CLIENT_STALL_CREDIT 1024  // credit a stalled reader grants (capped by max_credit)
+#define CLIENT_PRINT_MAX 10       // load mode: problems printed before we only count them
 #define CLIENT_MAX_CONNECTIONS 100000
 
 // ---------------------------------------------------------------------------------------------
@@ -136,10 +138,11 @@ typedef struct Run {
     const char *address;
     int port;
     char path[512];
+    uv_loop_t loop; // owned by the run; lws joins it as a foreign loop
+    int loop_ready; // loop and timers initialised (run_free closes them)
     struct lws_context *context;
-    lws_sorted_usec_list_t tick;
-    lws_sorted_usec_list_t credit_tick;
-    int credit_tick_armed;
+    uv_timer_t tick;           // the run's clock, every CLIENT_TICK_MS
+    uv_timer_t credit_tick;    // one-shot, armed while credit is due or waiting
     msgpack_unpacked unpacked; // reused for every message; its zone is freed per message
     Conn *conns;               // [total]
     int total, launched, connecting, connected, failed, finished;
@@ -351,7 +354,7 @@ static void conn_pace_start(Conn *conn, double now) {
 
 static void conn_pace_stop(Conn *conn) { conn->paced = 0; }
 
-static void run_credit_tick(lws_sorted_usec_list_t *sul);
+static void run_credit_tick(uv_timer_t *timer);
 static int conn_write_next(Conn *conn);
 
 // Whether conn may send its pending credit now: it has some, the stream is open and not stopping,
@@ -363,16 +366,15 @@ static int conn_credit_ready(const Conn *conn, double now) {
            now - conn->credit_sent_last >= CLIENT_CREDIT_GAP_S;
 }
 
-static void run_credit_tick_arm(Run *run, lws_usec_t us) {
-    if (run->credit_tick_armed)
+static void run_credit_tick_arm(Run *run, uint64_t ms) {
+    if (uv_is_active((uv_handle_t *)&run->credit_tick))
         return;
-    run->credit_tick_armed = 1;
-    lws_sul_schedule(run->context, 0, &run->credit_tick, run_credit_tick, us);
+    uv_timer_start(&run->credit_tick, run_credit_tick, ms, 0);
 }
 
 // Sends conn's pending credit. Credit is written straight from where it arose (a frame received,
 // the pace tick) when the socket takes it: waiting for a writeable callback would cost one more
-// poll() over every socket per credit, which at 1000 connections is most of the client's CPU.
+// wake-up and two epoll_ctl calls (POLLOUT on, then off) per credit, that is per frame received.
 // At most one credit message per CLIENT_CREDIT_GAP_S per connection (the server allows 2000
 // messages/s); credit that accrues in between goes out coalesced from the credit tick.
 static void conn_credit_flush(Conn *conn) {
@@ -385,7 +387,7 @@ static void conn_credit_flush(Conn *conn) {
     }
     if (!conn_credit_ready(conn, client_now_s())) {
         if (conn->stream_open && !conn->stopping)
-            run_credit_tick_arm(run, 1000);
+            run_credit_tick_arm(run, 1);
         return;
     }
     if (lws_send_pipe_choked(conn->wsi)) {
@@ -480,12 +482,12 @@ static int conn_write_next(Conn *conn) {
 }
 
 // Open loop: grants the credits that fell due since the last tick; both loops: sends credit that
-// waited for CLIENT_CREDIT_GAP_S. One timer for all connections, not one each: every wake-up costs
-// a poll() over all sockets. Due times keep each connection's phase; a credit is late by at most
-// CLIENT_CREDIT_TICK_US, and latency is measured from when it was written.
-static void run_credit_tick(lws_sorted_usec_list_t *sul) {
-    Run *run = lws_container_of(sul, Run, credit_tick);
-    run->credit_tick_armed = 0;
+// waited for CLIENT_CREDIT_GAP_S. One timer for all connections, not one each: every wake-up is
+// a system call, and 1000 timers a few ms apart would wake the loop for each. Due times keep each
+// connection's phase; a credit is late by at most CLIENT_CREDIT_TICK_MS, and latency is measured
+// from when it was written.
+static void run_credit_tick(uv_timer_t *timer) {
+    Run *run = timer->data;
     if (run->phase == PHASE_DONE)
         return;
     double period = run->opt.fps > 0 ? 1.0 / run->opt.fps : 0;
@@ -510,7 +512,7 @@ static void run_credit_tick(lws_sorted_usec_list_t *sul) {
         conn_credit_flush(conn);
     }
     if (run->opt.fps > 0)
-        run_credit_tick_arm(run, CLIENT_CREDIT_TICK_US);
+        run_credit_tick_arm(run, CLIENT_CREDIT_TICK_MS);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -998,8 +1000,8 @@ static void run_check_done(Run *run) {
     }
 }
 
-static void run_tick(lws_sorted_usec_list_t *sul) {
-    Run *run = lws_container_of(sul, Run, tick);
+static void run_tick(uv_timer_t *timer) {
+    Run *run = timer->data;
     double now = client_now_s();
     if (run->phase == PHASE_DONE)
         return;
@@ -1049,7 +1051,7 @@ static void run_tick(lws_sorted_usec_list_t *sul) {
     }
     run_check_done(run);
     if (run->phase != PHASE_DONE)
-        lws_sul_schedule(run->context, 0, &run->tick, run_tick, CLIENT_TICK_US);
+        uv_timer_start(&run->tick, run_tick, CLIENT_TICK_MS, 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1427,11 +1429,25 @@ static void run_print(Run *run) {
     fflush(stdout);
 }
 
-// Frees everything run_init built; safe on a half-built run.
-static void run_free(Run *run) {
+// Frees everything run_init built; safe on a half-built run. Destroying the context only starts
+// closing lws' handles on our loop; running the loop until nothing is left finishes that (the last
+// connection callbacks still see run->conns) and lets uv_loop_close succeed. Returns 0, or -1
+// after printing why when the loop still had open handles.
+static int run_free(Run *run) {
+    int rc = 0;
     if (run->context)
         lws_context_destroy(run->context);
     run->context = NULL;
+    if (run->loop_ready) {
+        uv_close((uv_handle_t *)&run->tick, NULL);
+        uv_close((uv_handle_t *)&run->credit_tick, NULL);
+        uv_run(&run->loop, UV_RUN_DEFAULT);
+        if (uv_loop_close(&run->loop)) {
+            fprintf(stderr, "steer-client: the event loop still had open handles at exit\n");
+            rc = -1;
+        }
+        run->loop_ready = 0;
+    }
     if (run->conns) {
         for (int i = 0; i < run->total; i++) {
             free(run->conns[i].credit_sent);
@@ -1443,9 +1459,11 @@ static void run_free(Run *run) {
     free(run->lat.ms);
     run->lat.ms = NULL;
     msgpack_unpacked_destroy(&run->unpacked);
+    return rc;
 }
 
-// Builds the connections and the lws context. Returns 0, or -1 after printing why.
+// Builds the connections, the loop with its timers and the lws context on it. Returns 0, or -1
+// after printing why.
 static int run_init(Run *run) {
     const Options *opt = &run->opt;
     msgpack_unpacked_init(&run->unpacked);
@@ -1483,9 +1501,21 @@ static int run_init(Run *run) {
                 goto fail_oom;
         }
     }
+    int err = uv_loop_init(&run->loop);
+    if (err) {
+        fprintf(stderr, "steer-client: cannot create the event loop: %s\n", uv_strerror(err));
+        return -1;
+    }
+    uv_timer_init(&run->loop, &run->tick);
+    uv_timer_init(&run->loop, &run->credit_tick);
+    run->tick.data = run->credit_tick.data = run;
+    run->loop_ready = 1;
     lws_set_log_level(LLL_ERR, NULL);
+    void *foreign[1] = {&run->loop};
     struct lws_context_creation_info info;
     memset(&info, 0, sizeof info);
+    info.options = LWS_SERVER_OPTION_LIBUV;
+    info.foreign_loops = foreign;
     info.port = CONTEXT_PORT_NO_LISTEN;
     info.protocols = client_protocols;
     info.gid = -1;
@@ -1525,10 +1555,13 @@ int main(int argc, char **argv) {
     run.phase = PHASE_RAMP;
     run_tick(&run.tick); // launches the first connections and arms the tick
     if (run.opt.fps > 0)
-        run_credit_tick_arm(&run, CLIENT_CREDIT_TICK_US);
+        run_credit_tick_arm(&run, CLIENT_CREDIT_TICK_MS);
+    // One loop iteration at a time: the run ends when a callback sets PHASE_DONE, whatever lws
+    // still has open; run_free closes that. The tick is always armed until then, so an empty
+    // loop before the end is a fault, not a finished run.
     while (run.phase != PHASE_DONE) {
-        if (lws_service(run.context, 0) < 0) {
-            fprintf(stderr, "steer-client: the libwebsockets loop failed\n");
+        if (uv_run(&run.loop, UV_RUN_ONCE) == 0 && run.phase != PHASE_DONE) {
+            fprintf(stderr, "steer-client: the event loop ran out of work before the run ended\n");
             run.errors++;
             break;
         }
@@ -1547,6 +1580,7 @@ int main(int argc, char **argv) {
                 (unsigned long long)run.conns[0].received, (unsigned long long)run.conns[0].target);
     if (!run.single || run.opt.json || run.frames > 0)
         run_print(&run);
-    run_free(&run);
+    if (run_free(&run))
+        ok = 0;
     return ok ? 0 : 1;
 }

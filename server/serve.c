@@ -572,6 +572,10 @@ static int callback_ws(struct lws *wsi, enum lws_callback_reasons reason, void *
     case LWS_CALLBACK_RECEIVE:
         if (!c->s || c->s->closing) return 0;
         return session_receive(sv, c->s, wsi, in, len);
+    case LWS_CALLBACK_WS_PEER_INITIATED_CLOSE:
+        // The client answers our close frame: libwebsockets did not write that frame (we did), so
+        // returning 0 would make it echo a second one, which browsers treat as a broken connection.
+        return c->s && c->s->close_sent ? -1 : 0;
     case LWS_CALLBACK_RECEIVE_PONG:
         if (c->s) session_pong(sv, c->s, in, len);
         return 0;

@@ -152,11 +152,11 @@
         el.walk.hidden = mode !== 'walk';
     }
 
-    function paint(slot) {
+    function paint(s, slot) {
         const f = slot.msg;
         const bmp = slot.bitmap;
         let target;
-        if (stream && stream.mode === 'walk') {
+        if (s.mode === 'walk') {
             target = { canvas: el.walkCanvas, ctx: el.walkCanvas.getContext('2d') };
             el.walkCaption.textContent = (className(f.class) ? className(f.class) + ' · ' : '') + 'frame ' + f.seq;
         } else {
@@ -174,7 +174,7 @@
         target.ctx.clearRect(0, 0, c.width, c.height);
         target.ctx.drawImage(bmp, 0, 0);
         steer.framesShown++;
-        steer.lastFrame = { stream: f.stream, frame: f.frame, seq: f.seq, class: f.class, mode: stream.mode };
+        steer.lastFrame = { stream: f.stream, frame: f.frame, seq: f.seq, class: f.class, mode: s.mode };
         if (typeof f.model_version === 'number' && f.model_version !== steer.modelVersion) {
             steer.modelVersion = f.model_version;
             el.modelVersion.textContent = String(f.model_version);
@@ -256,7 +256,7 @@
         s.nextPaint = now - s.nextPaint > interval ? now + interval : s.nextPaint + interval;
         const slot = s.pending.shift();
         if (slot.bitmap) {
-            paint(slot);
+            paint(s, slot);
             slot.bitmap.close();
         }
         topUp(s);
@@ -324,7 +324,7 @@
 
     function scheduleReconnect() {
         clearTimeout(reconnectTimer);
-        // Full backoff with jitter, so a restarted server is not hit by every page at once.
+        // Exponential backoff with jitter, so a restarted server is not hit by every page at once.
         const delay = backoffMs / 2 + Math.random() * backoffMs / 2;
         backoffMs = Math.min(BACKOFF_MAX_MS, backoffMs * 2);
         setState('reconnecting', 'in ' + (delay / 1000).toFixed(1) + ' s' +

@@ -7,7 +7,7 @@
 #   - latency at half load: 500 connections, open loop, paced so that together they ask for half of
 #     the frames/s the 1000-connection run delivered;
 #   - 100 stalled readers (they grant credit and stop reading) beside 100 normal connections,
-#     against the same 100 connections alone.
+#     against the same 100 connections alone, in steady state (after a 3 s warm-up).
 # Prints `name value` lines, then the ratios the issue sets targets on.
 set -euo pipefail
 build=${1:-build}
@@ -55,8 +55,10 @@ full=$(awk '$1 == "serve_c1000_fps" { print $2 }' "$out")
 per_conn=$(/usr/bin/python3 -c "print(f'{0.5 * $full / 500:.3f}')")
 echo "serve_half_load_target_fps $(/usr/bin/python3 -c "print(f'{0.5 * $full:.1f}')")" | tee -a "$out"
 load serve_half --connections 500 --fps "$per_conn" --window 8
-load serve_alone100 --connections 100 --window "$window"
-load serve_stalled100 --connections 200 --stall 100 --window "$window"
+# Steady state: a stalled reader first takes up to --max-unread (32) frames before the server stops
+# drawing for it, a bounded one-off cost, so both runs measure after a 3 s warm-up.
+load serve_alone100 --connections 100 --window "$window" --warmup 3 --duration $((secs + 2))
+load serve_stalled100 --connections 200 --stall 100 --window "$window" --warmup 3 --duration $((secs + 2))
 
 awk '
     { v[$1] = $2 }

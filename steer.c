@@ -6,6 +6,7 @@
 #include "generator/cli.h"
 #include "generator/cli_eval.h"
 #include "server/serve.h"
+#include "server/store.h"
 
 typedef struct {
     const char *name;
@@ -19,6 +20,7 @@ static const Command COMMANDS[] = {
     {"eval", cli_eval, "Frechet distance and class histogram of a model's samples"},
     {"train-eval", cli_train_eval, "train the evaluator classifier steer eval uses"},
     {"serve", cli_serve, "serve generated frames over WebSockets (steer serve --help)"},
+    {"export", cli_export, "write the stored feedback as JSONL (trl) or CSV"},
     {"bench", cli_bench, "speed of training and generation, as name value lines"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])

@@ -20,13 +20,14 @@ log=$(mktemp)
 server_pid=
 cleanup() {
     [ -n "$server_pid" ] && kill -TERM "$server_pid" 2>/dev/null && wait "$server_pid" 2>/dev/null
-    rm -f "$out" "$log"
+    rm -rf "$out" "$log" "${data:-}"
 }
 trap cleanup EXIT
 
 "$build"/steer bench --ckpt "$model" --batch "$batch" --seconds "$secs" | tee "$out"
 
-"$build"/steer serve --model "$model" --port 0 --batch "$batch" --quiet >"$log" 2>&1 &
+data=$(mktemp -d)
+"$build"/steer serve --model "$model" --port 0 --batch "$batch" --data "$data" --quiet >"$log" 2>&1 &
 server_pid=$!
 for _ in $(seq 100); do grep -q 'serving' "$log" && break; sleep 0.1; done
 url=$(grep -o 'http://[0-9.:]*/' "$log" | head -1)

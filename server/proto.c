@@ -9,6 +9,7 @@
 #include <msgpack.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const proto_code_names[PROTO_NCODES] = {
@@ -229,6 +230,89 @@ static int user_name_ok(const char *s) {
     return 1;
 }
 
+static const char *const feedback_kinds[] = {"rate", "pair", "choose"};
+
+// A frame id field (uint < 2^53) into *out.
+static int get_frame(const msgpack_object_map *map, const char *key, uint64_t *out, char *err,
+                     size_t errlen) {
+    int64_t v;
+    int rc = get_int(map, key, 1, 0, (INT64_C(1) << 53) - 1, &v, err, errlen);
+    if (!rc) *out = (uint64_t)v;
+    return rc;
+}
+
+static int id_char_ok(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '.' || c == ':' || c == '-';
+}
+
+static int decode_feedback(ProtoMsg *m, const msgpack_object_map *map, char *err, size_t errlen) {
+    const msgpack_object *id = map_get(map, "id");
+    if (id && id->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+        snprintf(m->fb_id, sizeof m->fb_id, "%llu", (unsigned long long)id->via.u64);
+        m->fb_id_is_int = 1;
+    } else if (id && id->type == MSGPACK_OBJECT_STR && id->via.str.size >= 1 &&
+               id->via.str.size <= PROTO_FEEDBACK_ID_MAX) {
+        memcpy(m->fb_id, id->via.str.ptr, id->via.str.size);
+        m->fb_id[id->via.str.size] = 0;
+        for (const char *p = m->fb_id; *p; p++)
+            if (!id_char_ok(*p))
+                return fail(PROTO_EBAD_FIELD, err, errlen,
+                            "field 'id' may hold only A-Z a-z 0-9 _ . : -");
+    } else {
+        return fail(PROTO_EBAD_FIELD, err, errlen,
+                    "field 'id' (the idempotency key) must be a uint or a string of 1..%d bytes",
+                    PROTO_FEEDBACK_ID_MAX);
+    }
+    m->fb_kind = -1;
+    int rc = get_enum(map, "kind", feedback_kinds, 3, &m->fb_kind, err, errlen);
+    if (rc) return rc;
+    if (m->fb_kind < 0) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'kind' is required");
+    if (m->fb_kind == PROTO_FEEDBACK_RATE) {
+        m->fb_n = 1;
+        if ((rc = get_frame(map, "frame", &m->fb_frames[0], err, errlen))) return rc;
+        m->fb_value = NAN;
+        if ((rc = get_float(map, "value", -1.0, 1.0, &m->fb_value, err, errlen))) return rc;
+        if (isnan(m->fb_value)) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'value' is required");
+        return 0;
+    }
+    if (m->fb_kind == PROTO_FEEDBACK_PAIR) {
+        m->fb_n = 2;
+        if ((rc = get_frame(map, "winner", &m->fb_frames[0], err, errlen))) return rc;
+        if ((rc = get_frame(map, "loser", &m->fb_frames[1], err, errlen))) return rc;
+        if (m->fb_frames[0] == m->fb_frames[1])
+            return fail(PROTO_EBAD_FIELD, err, errlen, "winner and loser must differ");
+        const msgpack_object *tie = map_get(map, "tie");
+        if (tie && tie->type != MSGPACK_OBJECT_BOOLEAN)
+            return fail(PROTO_EBAD_FIELD, err, errlen, "field 'tie' must be a boolean");
+        m->fb_tie = tie && tie->via.boolean;
+        return 0;
+    }
+    if ((rc = get_frame(map, "chosen", &m->fb_frames[0], err, errlen))) return rc;
+    const msgpack_object *among = map_get(map, "among");
+    if (!among || among->type != MSGPACK_OBJECT_ARRAY || among->via.array.size < 2 ||
+        among->via.array.size > PROTO_FEEDBACK_MAX_FRAMES)
+        return fail(PROTO_EBAD_FIELD, err, errlen,
+                    "field 'among' must be an array of 2..%d frame ids", PROTO_FEEDBACK_MAX_FRAMES);
+    int found = 0;
+    m->fb_n = 1;
+    for (uint32_t i = 0; i < among->via.array.size; i++) {
+        const msgpack_object *o = &among->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 >= (UINT64_C(1) << 53))
+            return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' must hold frame ids");
+        for (int k = 1; k < m->fb_n; k++)
+            if (m->fb_frames[k] == o->via.u64)
+                return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' names a frame twice");
+        if (o->via.u64 == m->fb_frames[0]) {
+            if (found++) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' names a frame twice");
+            continue;
+        }
+        m->fb_frames[m->fb_n++] = o->via.u64;
+    }
+    if (!found) return fail(PROTO_EBAD_FIELD, err, errlen, "'chosen' must be one of 'among'");
+    return 0;
+}
+
 static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLimits *lim,
                       char *err, size_t errlen, int64_t *ref) {
     const msgpack_object *t = map_get(map, "t");
@@ -291,7 +375,7 @@ static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLim
     }
     if (t->via.str.size == 8 && strcmp(type, "feedback") == 0) {
         m->type = PROTO_FEEDBACK;
-        return 0;
+        return decode_feedback(m, map, err, errlen);
     }
     if (t->via.str.size == 3 && strcmp(type, "job") == 0) {
         m->type = PROTO_JOB;
@@ -405,6 +489,16 @@ int proto_pack_stopped(ProtoBuf *out, uint32_t id, uint64_t sent) {
     pack_kv_str(&pk, "t", "stopped");
     pack_kv_u64(&pk, "id", id);
     pack_kv_u64(&pk, "sent", sent);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_ack(ProtoBuf *out, const char *id, int is_int) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 2);
+    pack_kv_str(&pk, "t", "ack");
+    if (is_int) pack_kv_u64(&pk, "id", strtoull(id, NULL, 10));
+    else pack_kv_str(&pk, "id", id);
     return out->overflow ? -1 : 0;
 }
 

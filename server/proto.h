@@ -11,6 +11,8 @@
 #define PROTO_USER_MAX 64      // bytes of a user name
 #define PROTO_TOKEN_MAX 256    // bytes of a token
 #define PROTO_MAX_FPS 240.0
+#define PROTO_FEEDBACK_MAX_FRAMES 16 // frames one feedback may name (choose: `among`)
+#define PROTO_FEEDBACK_ID_MAX 64     // bytes of a feedback id
 
 // Error codes of `error` messages; proto_code_name gives the wire string. 0 is success.
 #define PROTO_CODES(X)                                                                             \
@@ -27,7 +29,8 @@
     X(PROTO_ECREDIT_OVERFLOW, "credit_overflow")                                                   \
     X(PROTO_ENOT_IMPLEMENTED, "not_implemented")                                                   \
     X(PROTO_ESHUTTING_DOWN, "shutting_down")                                                       \
-    X(PROTO_EINTERNAL, "internal")
+    X(PROTO_EINTERNAL, "internal")                                                                 \
+    X(PROTO_EUNKNOWN_FRAME, "unknown_frame")
 enum {
     PROTO_OK = 0,
 #define PROTO_ENUM_(name, str) name,
@@ -39,6 +42,7 @@ const char *proto_code_name(int code);
 
 typedef enum { PROTO_HELLO, PROTO_STREAM, PROTO_CREDIT, PROTO_STOP, PROTO_FEEDBACK, PROTO_JOB } ProtoType;
 typedef enum { PROTO_MODE_GALLERY, PROTO_MODE_WALK, PROTO_MODE_PAIR } ProtoMode;
+typedef enum { PROTO_FEEDBACK_RATE, PROTO_FEEDBACK_PAIR, PROTO_FEEDBACK_CHOOSE } ProtoFeedbackKind;
 typedef enum { PROTO_FORMAT_PNG, PROTO_FORMAT_RAW8 } ProtoFormat;
 const char *proto_mode_name(int mode);
 const char *proto_format_name(int format);
@@ -63,6 +67,13 @@ typedef struct {
     double fps;      // 0: unpaced
     double step;     // walk step
     uint64_t seed;
+    // feedback: the client's idempotency key (a string, or an integer kept as its decimal text),
+    // the kind, and the frames it names: rate [rated]; pair [winner, loser]; choose [chosen, the
+    // others among]
+    char fb_id[PROTO_FEEDBACK_ID_MAX + 1];
+    int fb_id_is_int, fb_kind, fb_tie, fb_n;
+    double fb_value;
+    uint64_t fb_frames[PROTO_FEEDBACK_MAX_FRAMES];
 } ProtoMsg;
 
 // Checks that buf (len) holds exactly one well-formed msgpack object whose every declared length and
@@ -98,6 +109,8 @@ int proto_pack_welcome(ProtoBuf *out, uint64_t session, const char *user, const 
                        const ProtoServerLimits *lim);
 int proto_pack_error(ProtoBuf *out, int code, const char *msg, int64_t ref);
 int proto_pack_stopped(ProtoBuf *out, uint32_t id, uint64_t sent);
+// ack {id}: id as the client sent it (an integer when is_int, else the string).
+int proto_pack_ack(ProtoBuf *out, const char *id, int is_int);
 
 // The fields of a frame message; data follows as bin of data_len bytes.
 typedef struct {

@@ -29,6 +29,7 @@
 #include "server/metrics.h"
 #include "server/proto.h"
 #include "server/session.h"
+#include "server/store.h"
 
 #define SERVE_MAX_ORIGINS 16
 #define SERVE_RX_CHUNK 16384           // bytes libwebsockets hands over per receive callback
@@ -42,7 +43,7 @@
 #define SERVE_VENDOR_MSGPACK "node_modules/@msgpack/msgpack/dist.umd/msgpack.min.js"
 
 typedef struct {
-    const char *model_path, *host, *web_dir, *token_file, *origins;
+    const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir;
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
     int sndbuf, max_unread;
     long max_message;
@@ -55,7 +56,9 @@ typedef struct {
     uv_loop_t loop;
     struct lws_context *ctx;
     uv_signal_t sigint, sigterm;
-    uv_async_t async;
+    uv_async_t async, store_async;
+    Store store;
+    uint64_t store_pending, feedback_acked, feedback_duplicates, feedback_refused;
     uv_timer_t lag_timer, tick_timer, pace_timer, stop_timer;
     Gen gen;
     Metrics metrics;
@@ -127,6 +130,19 @@ static void session_send_close(Server *sv, Session *s, struct lws *wsi, int code
     lws_set_timeout(wsi, PENDING_TIMEOUT_CLOSE_ACK, SERVE_CLOSE_WAIT_S);
 }
 
+// Reading from a client pauses while its replies pile up: those queued plus the feedback at the
+// store, whose acks will come back in a burst after one COMMIT. It resumes at half that.
+static void session_rx_update(Session *s) {
+    int owed = s->ctrl_count + s->fb_pending;
+    if (!s->rx_paused && owed >= SESSION_CTRL_PAUSE && !s->close_sent) {
+        lws_rx_flow_control(s->wsi, 0);
+        s->rx_paused = 1;
+    } else if (s->rx_paused && owed < SESSION_CTRL_PAUSE / 2 && !s->close_sent) {
+        lws_rx_flow_control(s->wsi, 1);
+        s->rx_paused = 0;
+    }
+}
+
 // Queues a reply packed by the caller through the ProtoBuf; pauses reading when replies pile up.
 static ProtoBuf reply_begin(Session *s) {
     size_t cap = 0;
@@ -142,10 +158,7 @@ static void reply_end(Server *sv, Session *s, ProtoBuf *b) {
         return;
     }
     session_ctrl_commit(s, b->len);
-    if (s->ctrl_count >= SESSION_CTRL_PAUSE && !s->rx_paused) {
-        lws_rx_flow_control(s->wsi, 0);
-        s->rx_paused = 1;
-    }
+    session_rx_update(s);
     (void)sv;
     lws_callback_on_writable(s->wsi);
 }
@@ -268,6 +281,46 @@ static int tokens_equal(const char *a, const char *b) {
 
 static void pace_start(Server *sv);
 
+// A feedback goes to the store thread with the latent and class of every frame it names, as the
+// session remembers them; `ack` (or an error) comes back after COMMIT. A frame the session does
+// not remember is passed as unknown: the store acknowledges a retry of an already stored id and
+// refuses anything else with unknown_frame, storing nothing.
+static void session_feedback(Server *sv, Session *s, const ProtoMsg *m) {
+    static const int roles[3][2] = {{STORE_ROLE_RATED, STORE_ROLE_RATED},
+                                    {STORE_ROLE_WINNER, STORE_ROLE_LOSER},
+                                    {STORE_ROLE_CHOSEN, STORE_ROLE_AMONG}};
+    int Z = sv->model.z_dim;
+    StoreItem *it = store_item_new(m->fb_n, Z);
+    if (!it) {
+        reply_error(sv, s, PROTO_EINTERNAL, "out of memory", -1);
+        return;
+    }
+    it->slot = s->slot;
+    it->session_serial = s->serial;
+    memcpy(it->client_id, m->fb_id, sizeof it->client_id);
+    it->id_is_int = m->fb_id_is_int;
+    memcpy(it->user, s->user, sizeof it->user);
+    it->kind = m->fb_kind;
+    it->value = m->fb_value;
+    it->tie = m->fb_tie;
+    for (int i = 0; i < m->fb_n; i++) {
+        StoreFrame *f = &it->frames[i];
+        f->frame = m->fb_frames[i];
+        f->role = roles[m->fb_kind][i ? 1 : 0];
+        int cls;
+        const float *z = session_history_find(s, f->frame, &cls);
+        f->known = z != NULL;
+        f->cls = z ? cls : -1;
+        f->model_version = sv->model.version;
+        f->policy_version = 0;
+        if (z) memcpy(it->latents + (size_t)i * Z, z, sizeof(float) * (size_t)Z);
+    }
+    sv->store_pending++;
+    s->fb_pending++;
+    session_rx_update(s);
+    store_submit(&sv->store, it);
+}
+
 static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, int binary) {
     double now = cli_now_s();
     sv->metrics.messages_received++;
@@ -366,9 +419,10 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
         return;
     }
     case PROTO_FEEDBACK:
+        session_feedback(sv, s, &m);
+        return;
     case PROTO_JOB:
-        reply_error(sv, s, PROTO_ENOT_IMPLEMENTED, "feedback and job messages are not served yet",
-                    -1);
+        reply_error(sv, s, PROTO_ENOT_IMPLEMENTED, "job messages are not served yet", -1);
         return;
     }
 }
@@ -399,6 +453,7 @@ static Session *session_open(Server *sv, struct lws *wsi) {
     s->tokens = 2 * sv->opt.max_rate;
     s->last_refill = s->last_activity = cli_now_s();
     s->rx_paused = s->closing = s->close_sent = 0;
+    s->fb_pending = 0;
     s->written = s->pinged = s->confirmed = 0;
     s->close_code = 0;
     for (int i = 0; i < SESSION_MAX_STREAMS; i++) s->streams[i].open = 0;
@@ -489,10 +544,7 @@ static int session_write(Server *sv, Session *s) {
         if (session_ping(s)) return -1;
     }
     session_pump(sv, s);
-    if (s->rx_paused && s->ctrl_count < SESSION_CTRL_PAUSE / 2) {
-        lws_rx_flow_control(s->wsi, 1);
-        s->rx_paused = 0;
-    }
+    session_rx_update(s);
     // Abuse closes at once; a shutdown or idle close first sends what is queued.
     int drained = !s->ctrl_count && (!s->fq_head || s->close_code != LWS_CLOSE_STATUS_GOINGAWAY);
     if (s->closing && drained) {
@@ -818,6 +870,30 @@ static void on_frames(uv_async_t *a) {
     }
 }
 
+// Answers from the store thread: ack what was committed, error what was refused.
+static void on_stored(uv_async_t *a) {
+    Server *sv = a->data;
+    for (StoreItem *it = store_take_done(&sv->store), *next; it; it = next) {
+        next = it->next;
+        sv->store_pending--;
+        if (it->status) sv->feedback_refused++;
+        else if (it->duplicate) sv->feedback_duplicates++;
+        else sv->feedback_acked++;
+        Session *s = &sv->sessions[it->slot];
+        if (s->active && s->serial == it->session_serial) s->fb_pending--;
+        if (s->active && s->serial == it->session_serial && !s->closing) {
+            if (it->status) {
+                reply_error(sv, s, it->status, it->msg, -1);
+            } else {
+                ProtoBuf b = reply_begin(s);
+                if (!b.overflow) proto_pack_ack(&b, it->client_id, it->id_is_int);
+                reply_end(sv, s, &b);
+            }
+        }
+        free(it);
+    }
+}
+
 static void on_lag_timer(uv_timer_t *t) {
     Server *sv = t->data;
     double now = (double)uv_now(&sv->loop) / 1000.0;
@@ -875,7 +951,7 @@ static void on_stop_timer(uv_timer_t *t) {
     double now = cli_now_s();
     if (sv->close_sent == 0) {
         int busy = gen_queue_depth(&sv->gen) || gen_running(&sv->gen) ||
-                   sv->metrics.frames_in_flight || sv->metrics.frames_queued;
+                   sv->metrics.frames_in_flight || sv->metrics.frames_queued || sv->store_pending;
         if (busy && now - sv->stop_started < SERVE_SHUTDOWN_DRAIN_S) return;
         for (int i = 0; i < sv->opt.max_connections; i++)
             if (sv->sessions[i].active)
@@ -888,10 +964,12 @@ static void on_stop_timer(uv_timer_t *t) {
     uv_timer_stop(t);
     gen_stop(&sv->gen);
     on_frames(&sv->async); // release what the thread finished last
+    store_close(&sv->store); // commits what is still queued
     lws_context_destroy(sv->ctx);
     close_handle((uv_handle_t *)&sv->sigint);
     close_handle((uv_handle_t *)&sv->sigterm);
     close_handle((uv_handle_t *)&sv->async);
+    close_handle((uv_handle_t *)&sv->store_async);
     close_handle((uv_handle_t *)&sv->lag_timer);
     close_handle((uv_handle_t *)&sv->tick_timer);
     close_handle((uv_handle_t *)&sv->pace_timer);
@@ -923,6 +1001,7 @@ static void usage(FILE *f) {
             "  --host ADDR             address to listen on (default 127.0.0.1)\n"
             "  --port N                port (default 8080; 0 picks a free one)\n"
             "  --web DIR               browser client served at / (default clients/web)\n"
+            "  --data DIR              feedback store, DIR/steer.db (default data)\n"
             "  --batch N               largest generator batch (default 64)\n"
             "  --batch-deadline-ms MS  longest wait for a batch to fill (default 2)\n"
             "  --max-connections N     WebSocket connections at once (default 1024)\n"
@@ -944,6 +1023,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
     *o = (ServeOptions){.model_path = "models/fmnist32c.safetensors",
                         .host = "127.0.0.1",
                         .web_dir = "clients/web",
+                        .data_dir = "data",
                         .port = 8080,
                         .batch = 64,
                         .deadline_ms = 2.0,
@@ -964,7 +1044,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"history", 1, 0, 'y'},       {"max-rate", 1, 0, 'r'},      {"idle-timeout", 1, 0, 'i'},
         {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
         {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
-        {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},
+        {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
         {0, 0, 0, 0}};
     int ch;
     long v;
@@ -975,6 +1055,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 'm': o->model_path = optarg; break;
         case 'H': o->host = optarg; break;
         case 'w': o->web_dir = optarg; break;
+        case 'D': o->data_dir = optarg; break;
         case 't': o->token_file = optarg; break;
         case 'o': o->origins = optarg; break;
         case 'Q': o->quiet = 1; break;
@@ -1118,6 +1199,19 @@ int cli_serve(int argc, char **argv) {
     uv_loop_init(&sv->loop);
     uv_async_init(&sv->loop, &sv->async, on_frames);
     sv->async.data = sv;
+    uv_async_init(&sv->loop, &sv->store_async, on_stored);
+    sv->store_async.data = sv;
+    if (store_open(&sv->store, sv->opt.data_dir, &sv->store_async, err, sizeof err)) {
+        fprintf(stderr, "steer serve: feedback store: %s\n", err);
+        generator_free(g);
+        free(g);
+        uv_close((uv_handle_t *)&sv->async, NULL);
+        uv_close((uv_handle_t *)&sv->store_async, NULL);
+        uv_run(&sv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&sv->loop);
+        server_free(sv);
+        return 1;
+    }
     // Frames alive at once: every connection's queue, plus batches whose sessions went away.
     GenOptions go = {.batch_max = sv->opt.batch,
                      .deadline_s = sv->opt.deadline_ms / 1000.0,
@@ -1131,6 +1225,11 @@ int cli_serve(int argc, char **argv) {
             generator_free(g);
             free(g);
         }
+        store_close(&sv->store);
+        uv_close((uv_handle_t *)&sv->async, NULL);
+        uv_close((uv_handle_t *)&sv->store_async, NULL);
+        uv_run(&sv->loop, UV_RUN_DEFAULT);
+        uv_loop_close(&sv->loop);
         server_free(sv);
         return 1;
     }
@@ -1160,7 +1259,9 @@ int cli_serve(int argc, char **argv) {
     if (!sv->ctx) {
         fprintf(stderr, "steer serve: cannot listen on %s:%d (in use, or a bad address?)\n",
                 sv->opt.host, sv->opt.port);
+        store_close(&sv->store);
         uv_close((uv_handle_t *)&sv->async, NULL);
+        uv_close((uv_handle_t *)&sv->store_async, NULL);
         uv_run(&sv->loop, UV_RUN_DEFAULT);
         uv_loop_close(&sv->loop);
         server_free(sv);

@@ -12,9 +12,9 @@
 #include "server/proto.h"
 
 #define SESSION_MAX_STREAMS 8
-#define SESSION_CTRL_SLOTS 32     // pending replies (welcome, error, stopped) per session
+#define SESSION_CTRL_SLOTS 64     // pending replies (welcome, error, stopped, ack) per session
 #define SESSION_CTRL_BYTES 640    // room for one reply, including the libwebsockets pad
-#define SESSION_CTRL_PAUSE 16     // pending replies past which reading from the client pauses
+#define SESSION_CTRL_PAUSE 24     // replies owed past which reading from the client pauses
 
 typedef struct {
     int open;
@@ -60,6 +60,7 @@ typedef struct {
     // abuse and liveness
     double tokens, last_refill, last_activity;
     int rx_paused, closing, close_sent;
+    int fb_pending; // feedback at the store, not yet answered
     // read confirmation: frames written, frames written when the last ping went out, and the
     // largest such count a pong has echoed (the client had read everything up to it)
     uint64_t written, pinged, confirmed;

@@ -41,6 +41,11 @@ class Server:
 
     def __init__(self, *args, start_timeout=120):
         self.args = [str(a) for a in args]
+        # Each server gets its own feedback store unless the test names one (--data DIR).
+        self._data = None
+        if "--data" not in self.args:
+            self._data = tempfile.TemporaryDirectory(prefix="steer_data_")
+            self.args += ["--data", self._data.name]
         self.start_timeout = start_timeout
         self.proc = None
         self.url = self.host = self.port = None

@@ -32,7 +32,7 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- the server --------------------------------------------------------------------------------
-"$steer" serve --port 0 >"$tmp/server.out" 2>"$tmp/server.err" &
+"$steer" serve --port 0 --data "$tmp/data" >"$tmp/server.out" 2>"$tmp/server.err" &
 server_pid=$!
 http=
 for _ in $(seq 1 300); do # model load and listen: up to 30 s

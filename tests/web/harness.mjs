@@ -2,6 +2,8 @@
 // stop it with SIGTERM and report its exit status, and a TAP reporter whose failures make the
 // process exit non-zero. Environment as in tests/server/README.md.
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -32,7 +34,10 @@ export class Tap {
 // Starts the server; resolves to {url, wsUrl, proc, log()} once it prints its URL.
 export function startServer(args = [], timeoutMs = 60000) {
     return new Promise((resolve, reject) => {
-        const proc = spawn(BIN, ['serve', '--port', '0', ...args], { cwd: ROOT });
+        // A feedback store of its own, removed when the test process ends.
+        const data = fs.mkdtempSync(path.join(os.tmpdir(), 'steer_data_'));
+        process.on('exit', () => fs.rmSync(data, { recursive: true, force: true }));
+        const proc = spawn(BIN, ['serve', '--port', '0', '--data', data, ...args], { cwd: ROOT });
         let out = '';
         const timer = setTimeout(() => {
             proc.kill('SIGKILL');

@@ -1,0 +1,76 @@
+// store.h — the feedback store: one thread, the only SQLite writer, group-committing feedback in
+// WAL mode with synchronous=FULL and answering each item only after its COMMIT (the loop then sends
+// `ack`). Client ids are UNIQUE per user, so a retried feedback is acknowledged again and stored
+// once. Every stored row carries the latent, class, model and policy versions of each frame it
+// names, so any label can be replayed.
+//
+// Threads: store_submit and store_take_done are called by the loop thread; the store thread owns
+// the SQLite connection. Items name sessions by slot and serial, never by pointer.
+#ifndef SERVER_STORE_H
+#define SERVER_STORE_H
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#define STORE_MAX_FRAMES 16 // frames one feedback may name (choose: `among`)
+#define STORE_ID_MAX 64     // bytes of a client id
+
+typedef enum { STORE_RATE, STORE_PAIR, STORE_CHOOSE } StoreKind;
+// The part a frame plays in a feedback row.
+typedef enum { STORE_ROLE_RATED, STORE_ROLE_WINNER, STORE_ROLE_LOSER, STORE_ROLE_CHOSEN, STORE_ROLE_AMONG } StoreRole;
+
+typedef struct {
+    uint64_t frame;
+    int role, known; // known: the session remembered this frame (latent and class below are valid)
+    int32_t cls;
+    uint64_t model_version, policy_version;
+} StoreFrame;
+
+// One feedback on its way to the store and back. The latents (n_frames, z_dim) follow the struct.
+typedef struct StoreItem {
+    struct StoreItem *next;
+    uint32_t slot, session_serial;
+    char client_id[STORE_ID_MAX + 1];
+    int id_is_int; // the client sent its id as an integer: ack it as one
+    char user[65];
+    int kind;
+    double value; // rate: -1..1
+    int tie;      // pair: the user could not tell
+    int n_frames, z_dim;
+    StoreFrame frames[STORE_MAX_FRAMES];
+    // answer, set by the store thread
+    int status;    // 0 stored (or already stored), else a PROTO_E* code
+    int duplicate; // it was already stored: acknowledged again, not stored twice
+    char msg[96];
+    float latents[]; // (n_frames, z_dim)
+} StoreItem;
+
+typedef struct {
+    char path[4096];
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    StoreItem *in_head, *in_tail, *done_head, *done_tail;
+    uv_async_t *async;
+    int stop, started, locks_ready;
+    uint64_t commits, items; // figures for /metrics (store thread writes under lock)
+    double commit_s_total;
+} Store;
+
+// Opens (creating if needed) DIR/steer.db, sets WAL and synchronous=FULL, makes the schema, and
+// starts the store thread. Returns 0, or -1 with err set (nothing left running).
+int store_open(Store *st, const char *dir, uv_async_t *async, char *err, size_t errlen);
+// A new item for n frames of z_dim latents (zeroed), or NULL when memory runs out.
+StoreItem *store_item_new(int n_frames, int z_dim);
+// Hands an item to the store thread (which owns it until store_take_done returns it).
+void store_submit(Store *st, StoreItem *item);
+// Takes every answered item, oldest first; the caller frees each with free().
+StoreItem *store_take_done(Store *st);
+// Commits what is queued, stops the thread and closes the database. Safe on a half-opened Store.
+void store_close(Store *st);
+
+// `steer export`: writes the stored feedback as JSONL (--format trl) or CSV.
+int cli_export(int argc, char **argv);
+
+#endif

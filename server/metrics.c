@@ -120,6 +120,15 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
            m->loop_lag_s);
     metric(&o, "steer_loop_lag_max_seconds", "gauge", "Largest event-loop lag since start.",
            m->loop_lag_max_s);
+    labeled(&o, "steer_feedback_total", "Feedback answered, by result.", "result",
+            (const char *const[]){"stored", "duplicate", "refused"},
+            (const uint64_t[]){x->feedback_stored, x->feedback_duplicates, x->feedback_refused}, 3);
+    metric(&o, "steer_feedback_pending", "gauge", "Feedback at the store, not yet answered.",
+           (double)x->feedback_pending);
+    metric(&o, "steer_store_commits_total", "counter", "Store transactions committed (group commits).",
+           (double)x->store_commits);
+    metric(&o, "steer_store_commit_seconds_total", "counter", "Seconds spent writing and committing.",
+           x->store_commit_s);
     metric(&o, "steer_model_version", "gauge", "Version of the served generator.",
            (double)x->model_version);
     metric(&o, "steer_uptime_seconds", "gauge", "Seconds since start.", x->uptime_s);

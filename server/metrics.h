@@ -45,6 +45,10 @@ void metrics_free(Metrics *m);
 typedef struct {
     uint64_t queue_depth, model_version;
     double uptime_s;
+    // feedback: stored, acknowledged again (retries), refused; the store's commits and their time
+    uint64_t feedback_stored, feedback_duplicates, feedback_refused, feedback_pending;
+    uint64_t store_commits;
+    double store_commit_s;
 } MetricsExtra;
 
 // Writes the Prometheus text into out (cap bytes). Returns the length, or -1 if cap is too small.

@@ -692,7 +692,17 @@ static int http_healthz(Server *sv, struct lws *wsi, HttpConn *h) {
 
 static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
     static char text[16384];
-    MetricsExtra x = {gen_queue_depth(&sv->gen), sv->model.version, cli_now_s() - sv->t_start};
+    MetricsExtra x = {.queue_depth = gen_queue_depth(&sv->gen),
+                      .model_version = sv->model.version,
+                      .uptime_s = cli_now_s() - sv->t_start,
+                      .feedback_stored = sv->feedback_acked,
+                      .feedback_duplicates = sv->feedback_duplicates,
+                      .feedback_refused = sv->feedback_refused,
+                      .feedback_pending = sv->store_pending};
+    pthread_mutex_lock(&sv->store.lock);
+    x.store_commits = sv->store.commits;
+    x.store_commit_s = sv->store.commit_s_total;
+    pthread_mutex_unlock(&sv->store.lock);
     long n = metrics_render(&sv->metrics, &x, text, sizeof text);
     if (n < 0) return -1;
     return http_respond(wsi, h, 200, "text/plain; version=0.0.4; charset=utf-8", text, (size_t)n);

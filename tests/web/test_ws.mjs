@@ -329,7 +329,7 @@ async function testErrors(tap, srv) {
         ['stream n 1025', encode({ t: 'stream', id: 1, n: 1025 }), 'bad_field'],
         ['credit for stream 99 (not open)', encode({ t: 'credit', id: 99, n: 1 }), 'unknown_stream', 99],
         ['stop for stream 99 (not open)', encode({ t: 'stop', id: 99 }), 'unknown_stream', 99],
-        ['feedback', encode({ t: 'feedback', id: 1, kind: 'rate', frame: 1, value: 1 }), 'not_implemented'],
+        ['feedback naming an unknown frame', encode({ t: 'feedback', id: 1, kind: 'rate', frame: 1, value: 1 }), 'unknown_frame'],
         ['job', encode({ t: 'job' }), 'not_implemented'],
     ];
     for (const [what, bytes, code, ref] of cases) {

@@ -7,7 +7,8 @@
 #   - latency at half load: 500 connections, open loop, paced so that together they ask for half of
 #     the frames/s the 1000-connection run delivered;
 #   - 100 stalled readers (they grant credit and stop reading) beside 100 normal connections,
-#     against the same 100 connections alone, in steady state (after a 3 s warm-up).
+#     against the same 100 connections alone, in steady state (after a 3 s warm-up);
+#   - feedback acknowledged per second by the SQLite store, and the send -> ack latency.
 # Prints `name value` lines, then the ratios the issue sets targets on.
 set -euo pipefail
 build=${1:-build}
@@ -61,6 +62,10 @@ load serve_half --connections 500 --fps "$per_conn" --window 8
 load serve_alone100 --connections 100 --window "$window" --warmup 3 --duration $((secs + 2))
 load serve_stalled100 --connections 200 --stall 100 --window "$window" --warmup 3 --duration $((secs + 2))
 
+# Feedback into the SQLite store (issue 4): acks/s and send -> ack latency, 16 connections x 16 in
+# flight, on the same server.
+/usr/bin/python3 bench/feedback.py "$url" --seconds "$secs" | tee -a "$out"
+
 awk '
     { v[$1] = $2 }
     END {
@@ -70,4 +75,6 @@ awk '
         printf "serve_half_load_p99_ms %.1f   (target <= 50)\n", v["serve_half_p99_ms"]
         printf "ratio_throughput_with_100_stalled %.2f   (target >= 0.90)\n",
             v["serve_stalled100_fps"] / v["serve_alone100_fps"]
+        printf "feedback_acks_per_s %.0f   (target >= 5000, synchronous=FULL)\n", v["feedback_acks_per_s"]
+        printf "feedback_ack_p99_ms %.1f   (target <= 50)\n", v["feedback_ack_p99_ms"]
     }' "$out"

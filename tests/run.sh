@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test in its own process with a timeout and reads its TAP output: the C unit test
 # binaries (cmocka), then the integration tests that drive a real `steer serve` with real clients
-# (tests/server/README.md), then the protocol tests once more against the AddressSanitizer build
+# (tests/server/README.md), then the protocol, abuse and feedback tests once more against the
+# AddressSanitizer build
 # when build-asan/steer exists. A test that crashes, times out or prints no result counts as a
 # failure. Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
@@ -65,7 +66,7 @@ if [ -x build-asan/steer ]; then
     export LSAN_OPTIONS=${LSAN_OPTIONS:-suppressions=$root/tests/lsan.supp:print_suppressions=0}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
     export STEER_ASAN=1
-    for t in tests/server/test_protocol.py tests/server/test_abuse.py; do
+    for t in tests/server/test_protocol.py tests/server/test_abuse.py tests/server/test_feedback.py; do
         [ -f "$t" ] && run_one "$t (asan)" /usr/bin/python3 "$t"
     done
 fi

@@ -2,8 +2,7 @@
 # Runs every test in its own process with a timeout and reads its TAP output: the C unit test
 # binaries (cmocka), then the integration tests that drive a real `steer serve` with real clients
 # (tests/server/README.md), then the protocol, abuse and feedback tests once more against the
-# AddressSanitizer build
-# when build-asan/steer exists. A test that crashes, times out or prints no result counts as a
+# AddressSanitizer build when build-asan/steer exists. A test that crashes, times out or prints no result counts as a
 # failure. Prints "N passed, N failed"; exits non-zero on any failure.
 set -uo pipefail
 build=${1:-build}

@@ -34,6 +34,8 @@
         fps: 0,
         lastFrame: null, // {stream, frame, seq, class, mode} of the last painted frame
         closeCode: null, // code of the last WebSocket close
+        feedbackSent: 0, // feedback messages sent (retries included)
+        feedbackAcked: 0, // acks received: the server stored them
     };
     window.steer = steer;
 
@@ -57,8 +59,13 @@
     let reconnectTimer = 0;
     let targetFps = Number(el.speedSelect.value);
     let nextTile = 0;
+    let walkFrame = null; // frame id of the walk image on screen
     const paintTimes = []; // performance.now() of recent paints, for frames/s
     const tiles = [];
+    // Feedback not yet acknowledged, by id: {msg, button}. Sent again after a reconnect: the server
+    // acknowledges an id it already stored, so a retry is safe.
+    const unacked = new Map();
+    let feedbackCounter = 0;
 
     // ---- small helpers ----
 
@@ -108,6 +115,48 @@
 
     // ---- the page ----
 
+    // ---- feedback ----
+
+    function feedbackId() {
+        feedbackCounter++;
+        const rnd = (window.crypto && crypto.randomUUID) ? crypto.randomUUID()
+            : Math.random().toString(36).slice(2) + Date.now().toString(36);
+        return 'w-' + rnd + '-' + feedbackCounter;
+    }
+
+    // Rates the frame frameOf() returns: +1 or -1. The button shows `sent` until the ack comes.
+    function rate(frameOf, value, button) {
+        const frame = frameOf();
+        if (frame === null || frame === undefined) return;
+        const msg = { t: 'feedback', id: feedbackId(), kind: 'rate', frame, value };
+        unacked.set(msg.id, { msg, button });
+        button.dataset.state = 'sent';
+        if (send(msg)) steer.feedbackSent++;
+    }
+
+    function feedbackButtons(frameOf) {
+        const box = document.createElement('div');
+        box.className = 'thumbs';
+        for (const [label, value, title] of [['\u{1F44D}', 1, 'more like this'], ['\u{1F44E}', -1, 'less like this']]) {
+            const b = document.createElement('button');
+            b.type = 'button';
+            b.textContent = label;
+            b.title = title;
+            b.dataset.value = String(value);
+            b.addEventListener('click', () => rate(frameOf, value, b));
+            box.append(b);
+        }
+        return box;
+    }
+
+    function onAck(id) {
+        const p = unacked.get(id);
+        if (!p) return;
+        unacked.delete(id);
+        steer.feedbackAcked++;
+        if (p.button) p.button.dataset.state = 'saved';
+    }
+
     function buildGallery(w, h) {
         el.gallery.textContent = '';
         tiles.length = 0;
@@ -119,9 +168,11 @@
             canvas.width = w;
             canvas.height = h;
             const cap = document.createElement('figcaption');
-            fig.append(canvas, cap);
+            const tile = { fig, canvas, cap, ctx: canvas.getContext('2d'), frame: null };
+            const thumbs = feedbackButtons(() => tile.frame);
+            fig.append(canvas, cap, thumbs);
             el.gallery.append(fig);
-            tiles.push({ fig, canvas, cap, ctx: canvas.getContext('2d') });
+            tiles.push(tile);
         }
     }
 
@@ -158,10 +209,13 @@
         let target;
         if (s.mode === 'walk') {
             target = { canvas: el.walkCanvas, ctx: el.walkCanvas.getContext('2d') };
+            walkFrame = f.frame;
             el.walkCaption.textContent = (className(f.class) ? className(f.class) + ' · ' : '') + 'frame ' + f.seq;
         } else {
             target = tiles[nextTile];
             nextTile = (nextTile + 1) % tiles.length;
+            target.frame = f.frame;
+            for (const b of target.fig.querySelectorAll('.thumbs button')) delete b.dataset.state;
             target.cap.textContent = className(f.class);
             target.fig.dataset.filled = '1';
         }
@@ -309,10 +363,14 @@
             backoffMs = BACKOFF_MIN_MS;
             showModel(msg.model);
             setState('live', 'session ' + msg.session + ', ' + msg.user);
+            for (const p of unacked.values()) if (send(p.msg)) steer.feedbackSent++;
             openStream();
             break;
         case 'frame':
             onFrame(msg);
+            break;
+        case 'ack':
+            onAck(msg.id);
             break;
         case 'error':
             showError('server', msg.code, msg.msg, msg.ref);
@@ -385,6 +443,7 @@
         if (stream) topUp(stream);
     });
 
+    el.walk.append(feedbackButtons(() => walkFrame));
     showMode(steer.mode);
     connect();
     requestAnimationFrame(tick);

@@ -127,6 +127,27 @@ try {
     const walkBox = await page.evaluate(() => document.querySelector('#walk-canvas').getBoundingClientRect().width);
     tap.ok(walkBox >= 256, 'the walk is shown big (>= 256 px wide)', walkBox);
 
+    // Feedback: thumbs on the walk image, then on a gallery tile; each is stored and acknowledged.
+    await page.click('#walk .thumbs button[data-value="1"]');
+    await page.waitForFunction(() => window.steer.feedbackAcked >= 1, null, { timeout: T });
+    tap.eq(await page.getAttribute('#walk .thumbs button[data-value="1"]', 'data-state'), 'saved',
+        'thumbs up on the walk: the server acknowledges it and the button shows saved');
+    // Back to the gallery, until every tile shows a fresh frame (older ones may have left the
+    // server's per-session history).
+    const before = await page.evaluate(() => window.steer.framesShown);
+    await page.click('#mode-gallery');
+    await page.waitForFunction((n) => window.steer.framesShown >= n + 16 &&
+        window.steer.lastFrame.mode === 'gallery', before, { timeout: T });
+    await page.click('#gallery figure:nth-child(2) .thumbs button[data-value="-1"]');
+    await page.waitForFunction(() => window.steer.feedbackAcked >= 2, null, { timeout: T });
+    tap.ok(true, 'thumbs down on a gallery tile is acknowledged too');
+    const stored = await page.evaluate(async () => {
+        const t = await (await fetch('/metrics')).text();
+        return Number((/^steer_feedback_total\{result="stored"\} (\d+)/m.exec(t) || [])[1]);
+    });
+    tap.eq(stored, 2, '/metrics: the two feedbacks are stored');
+    await page.click('#mode-walk');
+
     await page.waitForFunction(() => window.steer.fps > 0, null, { timeout: T });
     const fps = Number(await page.textContent('#fps'));
     tap.ok(fps > 0, 'frames/s is shown and above zero', fps);

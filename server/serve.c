@@ -1150,6 +1150,17 @@ static void server_free(Server *sv) {
     metrics_free(&sv->metrics);
 }
 
+// Undoes a start that failed after the loop and its two async handles were made. Returns 1.
+static int start_failed(Server *sv) {
+    store_close(&sv->store); // safe when the store never opened
+    uv_close((uv_handle_t *)&sv->async, NULL);
+    uv_close((uv_handle_t *)&sv->store_async, NULL);
+    uv_run(&sv->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&sv->loop);
+    server_free(sv);
+    return 1;
+}
+
 int cli_serve(int argc, char **argv) {
     static Server server; // one per process; lws reaches it through the context's user pointer
     Server *sv = &server;
@@ -1215,12 +1226,7 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "steer serve: feedback store: %s\n", err);
         generator_free(g);
         free(g);
-        uv_close((uv_handle_t *)&sv->async, NULL);
-        uv_close((uv_handle_t *)&sv->store_async, NULL);
-        uv_run(&sv->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&sv->loop);
-        server_free(sv);
-        return 1;
+        return start_failed(sv);
     }
     // Frames alive at once: every connection's queue, plus batches whose sessions went away.
     GenOptions go = {.batch_max = sv->opt.batch,
@@ -1235,13 +1241,7 @@ int cli_serve(int argc, char **argv) {
             generator_free(g);
             free(g);
         }
-        store_close(&sv->store);
-        uv_close((uv_handle_t *)&sv->async, NULL);
-        uv_close((uv_handle_t *)&sv->store_async, NULL);
-        uv_run(&sv->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&sv->loop);
-        server_free(sv);
-        return 1;
+        return start_failed(sv);
     }
 
     lws_set_log_level(LLL_ERR | (sv->opt.quiet ? 0 : LLL_WARN), NULL);
@@ -1269,13 +1269,7 @@ int cli_serve(int argc, char **argv) {
     if (!sv->ctx) {
         fprintf(stderr, "steer serve: cannot listen on %s:%d (in use, or a bad address?)\n",
                 sv->opt.host, sv->opt.port);
-        store_close(&sv->store);
-        uv_close((uv_handle_t *)&sv->async, NULL);
-        uv_close((uv_handle_t *)&sv->store_async, NULL);
-        uv_run(&sv->loop, UV_RUN_DEFAULT);
-        uv_loop_close(&sv->loop);
-        server_free(sv);
-        return 1;
+        return start_failed(sv);
     }
     int port = lws_get_vhost_listen_port(lws_get_vhost_by_name(sv->ctx, "steer"));
 

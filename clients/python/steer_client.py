@@ -181,6 +181,12 @@ class Client:
         """Grants n more frames on stream id."""
         await self.send({"t": "credit", "id": id, "n": n})
 
+    async def feedback(self, id, kind, **fields):
+        """Sends feedback `kind` ("rate": frame=, value=; "pair": winner=, loser=, tie=;
+        "choose": chosen=, among=) with idempotency key `id`. The server answers later with
+        `ack {id}` once it is stored, or an `error`; read them with recv()."""
+        await self.send({"t": "feedback", "id": id, "kind": kind, **fields})
+
     async def stop(self, id, timeout=30):
         """Stops stream id and returns `sent` from its `stopped`; frames before it stay queued.
         Raises ServerError (unknown_stream) if id is not open."""

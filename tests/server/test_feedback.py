@@ -44,7 +44,7 @@ async def test_kinds_and_retries(tap, data):
         async with connect(srv.ws_url, user="ada") as c:
             fs = await frames(c, 1, 6, mode="pair")
             ids = [f.frame for f in fs]
-            await c.send({"t": "feedback", "id": "r1", "kind": "rate", "frame": ids[0], "value": -0.5})
+            await c.feedback("r1", "rate", frame=ids[0], value=-0.5)
             await c.send({"t": "feedback", "id": 42, "kind": "pair", "winner": ids[1], "loser": ids[0]})
             await c.send({"t": "feedback", "id": "p2", "kind": "pair", "winner": ids[2], "loser": ids[3],
                           "tie": True})

@@ -161,11 +161,13 @@ try {
     });
     tap.ok(h.status === 200 && /json/.test(h.type) && h.body.status === 'ok' && h.body.protocol === 'steer.v1' &&
         h.body.connections >= 1 && h.body.streams >= 1, '/healthz: 200 JSON, ok, steer.v1, the page connected and streaming', h);
+    // The page's count is read before the server's, so every frame it counts was already sent.
     const m = await page.evaluate(async () => {
+        const received = window.steer.framesReceived;
         const r = await fetch('/metrics');
-        return { status: r.status, type: r.headers.get('content-type'), text: await r.text() };
+        return { status: r.status, type: r.headers.get('content-type'), text: await r.text(), received };
     });
-    const received = await page.evaluate(() => window.steer.framesReceived);
+    const received = m.received;
     const sent = Number((/^steer_frames_sent_total (\d+)/m.exec(m.text) || [])[1]);
     tap.ok(m.status === 200 && /^text\/plain/.test(m.type) && sent >= received,
         '/metrics: 200 text/plain, steer_frames_sent_total counts the frames the page received', { type: m.type, sent, received });

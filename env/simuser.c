@@ -60,15 +60,9 @@ static int raw_batch(SimUser *u, const float *images, int B, double *r, int *lik
         return rc;
     for (int b = 0; b < B; b++) {
         if (c->kind == SIMUSER_LIKES_CLASS) {
-            // log p_k by a max-shifted log-sum-exp, in double.
             const float *l = u->eval->logits + (long)b * CLASSIFIER_CLASSES;
-            int best = 0;
-            for (int k = 1; k < CLASSIFIER_CLASSES; k++)
-                best = l[k] > l[best] ? k : best;
-            double s = 0;
-            for (int k = 0; k < CLASSIFIER_CLASSES; k++)
-                s += exp((double)l[k] - l[best]);
-            double logp = (double)l[c->target_class] - l[best] - log(s);
+            int best;
+            double logp = (double)l[c->target_class] - classifier_log_sum_exp(l, &best);
             r[b] = log(exp(logp) + SIMUSER_CLASS_FLOOR);
             if (liked)
                 liked[b] = best == c->target_class;

@@ -217,6 +217,17 @@ int classifier_train_step(Classifier *c, const float *x, const int32_t *y, int B
     return 0;
 }
 
+double classifier_log_sum_exp(const float *logits, int *best) {
+    int m = 0;
+    for (int k = 1; k < CLASSIFIER_CLASSES; k++)
+        m = logits[k] > logits[m] ? k : m;
+    double s = 0;
+    for (int k = 0; k < CLASSIFIER_CLASSES; k++)
+        s += exp((double)logits[k] - logits[m]);
+    *best = m;
+    return (double)logits[m] + log(s);
+}
+
 int classifier_apply(Classifier *c, const float *images, long n, float *feat, int32_t *pred,
                      float *conf) {
     const long img = (long)CLASSIFIER_IMG * CLASSIFIER_IMG;
@@ -228,17 +239,12 @@ int classifier_apply(Classifier *c, const float *images, long n, float *feat, in
                    sizeof(float) * B * CLASSIFIER_FEATURES);
         for (int b = 0; b < B && (pred || conf); b++) {
             const float *l = c->logits + (long)b * CLASSIFIER_CLASSES;
-            int best = 0;
-            for (int k = 1; k < CLASSIFIER_CLASSES; k++)
-                best = l[k] > l[best] ? k : best;
-            // The arg-max's softmax probability: 1 / sum_k exp(l_k - l_best).
-            double s = 0;
-            for (int k = 0; k < CLASSIFIER_CLASSES; k++)
-                s += exp((double)l[k] - l[best]);
+            int best;
+            double lse = classifier_log_sum_exp(l, &best);
             if (pred)
                 pred[i + b] = best;
-            if (conf)
-                conf[i + b] = (float)(1.0 / s);
+            if (conf) // the arg-max's softmax probability
+                conf[i + b] = (float)exp((double)l[best] - lse);
         }
     }
     return 0;

@@ -70,6 +70,10 @@ int classifier_backward(Classifier *c, const float *dlogits, int B);
 int classifier_train_step(Classifier *c, const float *x, const int32_t *y, int B, float lr,
                           float *loss, int *correct);
 
+// log sum_k exp(logits[k]) over one image's CLASSIFIER_CLASSES logits, max-shifted and in double,
+// with the arg-max class in *best. log p_k = logits[k] - the result.
+double classifier_log_sum_exp(const float *logits, int *best);
+
 // Runs n images (n, 1, 32, 32) through the net in evaluation mode, max_B at a time, and writes
 // whichever outputs are not NULL: feat (n, 256), pred (n) the arg-max class, conf (n) its softmax
 // probability. Returns 0 or a KERNELS_E* code.

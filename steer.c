@@ -2,6 +2,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "env/cli_simulate.h"
 #include "generator/bench.h"
 #include "generator/cli.h"
 #include "generator/cli_eval.h"
@@ -21,6 +22,7 @@ static const Command COMMANDS[] = {
     {"train-eval", cli_train_eval, "train the evaluator classifier steer eval uses"},
     {"serve", cli_serve, "serve generated frames over WebSockets (steer serve --help)"},
     {"export", cli_export, "write the stored feedback as JSONL (trl) or CSV"},
+    {"simulate", cli_simulate, "simulated users steer generation; events until satisfied"},
     {"bench", cli_bench, "speed of training and generation, as name value lines"},
 };
 #define N_COMMANDS (int)(sizeof COMMANDS / sizeof COMMANDS[0])

@@ -343,24 +343,36 @@ fail:
     return rc ? rc : -1;
 }
 
-int generator_load(Generator *g, const char *path, int max_B, char *err, size_t errlen) {
+// Loads one network (G when g is set, else D) of a checkpoint, effective weights computed.
+static int network_load(const char *path, const char *prefix, int max_B, Generator *g,
+                        Discriminator *d, char *err, size_t errlen) {
     StFile f = {0};
     SaganConfig cfg;
     int rc = safetensors_read(&f, path, err, errlen);
-    memset(g, 0, sizeof *g);
+    if (g) memset(g, 0, sizeof *g);
+    if (d) memset(d, 0, sizeof *d);
     if (rc) goto fail;
     if ((rc = read_config(&f, &cfg, err, errlen))) goto fail;
-    if ((rc = generator_init(g, &cfg, max_B, 0))) {
+    if ((rc = g ? generator_init(g, &cfg, max_B, 0) : discriminator_init(d, &cfg, max_B, 0))) {
         snprintf(err, errlen, "%s: out of memory building the model", path);
         goto fail;
     }
-    if ((rc = load_paramset(&f, "G.", &g->ps, 0, err, errlen))) goto fail;
-    paramset_sn_forward(&g->ps, 0);
+    ParamSet *ps = g ? &g->ps : &d->ps;
+    if ((rc = load_paramset(&f, prefix, ps, 0, err, errlen))) goto fail;
+    paramset_sn_forward(ps, 0);
     safetensors_free(&f);
     return 0;
 fail:
     safetensors_free(&f);
     return rc ? rc : -1;
+}
+
+int generator_load(Generator *g, const char *path, int max_B, char *err, size_t errlen) {
+    return network_load(path, "G.", max_B, g, NULL, err, errlen);
+}
+
+int discriminator_load(Discriminator *d, const char *path, int max_B, char *err, size_t errlen) {
+    return network_load(path, "D.", max_B, NULL, d, err, errlen);
 }
 
 void gan_sample_latents(const SaganConfig *cfg, uint64_t seed, long n, int fixed_class, float *z,

@@ -64,6 +64,9 @@ int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, s
 // weights computed. Works on a training checkpoint. Returns 0 or a negative code with err set.
 int generator_load(Generator *g, const char *path, int max_B, char *err, size_t errlen);
 
+// The same for D alone (the server's reward features, policy/features.h).
+int discriminator_load(Discriminator *d, const char *path, int max_B, char *err, size_t errlen);
+
 // Fills z (n, Z) and, for a conditional model, y (n) from a seed: classes uniform, or all equal
 // to fixed_class when it is >= 0. The draw is the same for a given seed whatever the batch size.
 void gan_sample_latents(const SaganConfig *cfg, uint64_t seed, long n, int fixed_class, float *z,

@@ -395,6 +395,11 @@ static const float *discriminator_stage_input(const Discriminator *d, int k) {
     return (k - 1 == d->attn_stage) ? d->att : d->act[k - 1];
 }
 
+const float *discriminator_features(const Discriminator *d, int *F) {
+    if (F) *F = d->chan[d->n_stages] * 16;
+    return discriminator_stage_input(d, d->n_stages);
+}
+
 int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B) {
     const SaganConfig *c = &d->cfg;
     if (B < 1 || B > d->max_B) return KERNELS_EINVAL;

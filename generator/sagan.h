@@ -95,6 +95,9 @@ int discriminator_init(Discriminator *d, const SaganConfig *cfg, int max_B, uint
 void discriminator_free(Discriminator *d);
 // x (B, channels, img, img), y (B) or NULL (borrowed until backward). Logits in d->out (B).
 int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B);
+// The features the last forward fed its final linear layer: (B, *F), the last stage's (chan, 4, 4)
+// map flattened per image (before the projection). Valid until the next forward.
+const float *discriminator_features(const Discriminator *d, int *F);
 // dout (B): gradient of the loss w.r.t. the logits. Parameter gradients are accumulated when
 // param_grads is non-zero; dx (B, channels, img, img), if not NULL, is accumulated.
 int discriminator_backward(Discriminator *d, const float *dout, int B, int param_grads, float *dx);

@@ -72,6 +72,7 @@ int reward_init(RewardModel *m, const RewardConfig *c) {
         c->newton_steps < 0 || (unsigned)c->solver > REWARD_SOLVER_DUAL)
         return REWARD_EINVAL;
     m->config = *c;
+    m->oob_accuracy = NAN;
     int F = c->features, K = c->members;
     m->weights = malloc(sizeof(double) * (size_t)K * F);
     m->mean_weights = calloc((size_t)F, sizeof(double));
@@ -82,9 +83,19 @@ int reward_init(RewardModel *m, const RewardConfig *c) {
     Rng r;
     rng_seed(&r, c->seed);
     rng_normal(&r, noise, (long)K * F);
-    for (long i = 0; i < (long)K * F; i++) {
-        m->anchor_noise[i] = noise[i];
-        m->weights[i] = c->anchor_scale * noise[i];
+    // Centred over the members (and rescaled to keep unit variance): the anchors' mean is exactly
+    // w0, so with no data the ensemble-mean reward is the prior's and only the spread says
+    // "unknown" (a finite K would otherwise give the mean a random tilt of std 1 / sqrt(K)).
+    double rescale = K > 1 ? sqrt((double)K / (K - 1)) : 1.0;
+    for (int j = 0; j < F; j++) {
+        double mean = 0;
+        for (int k = 0; k < K; k++) mean += noise[(long)k * F + j];
+        mean = K > 1 ? mean / K : 0.0;
+        for (int k = 0; k < K; k++) {
+            long i = (long)k * F + j;
+            m->anchor_noise[i] = (noise[i] - mean) * rescale;
+            m->weights[i] = c->anchor_scale * m->anchor_noise[i];
+        }
     }
     for (int k = 0; k < K; k++)
         for (int j = 0; j < F; j++)
@@ -115,6 +126,8 @@ void reward_workspace_free(RewardWorkspace *ws) {
     free(ws->step);
     free(ws->trial);
     free(ws->count);
+    free(ws->oob_score);
+    free(ws->oob_n);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -142,7 +155,9 @@ int reward_workspace_init(RewardWorkspace *ws, int max_features, long max_compar
     ws->step = malloc(sizeof(double) * F);
     ws->trial = malloc(sizeof(double) * F);
     ws->count = malloc(sizeof(int) * N);
-    if (!ws->diff || !ws->target || !ws->cweight || !ws->mweight || !ws->score || !ws->curv ||
+    ws->oob_score = malloc(sizeof(double) * N);
+    ws->oob_n = malloc(sizeof(int) * N);
+    if (!ws->oob_score || !ws->oob_n || !ws->diff || !ws->target || !ws->cweight || !ws->mweight || !ws->score || !ws->curv ||
         !ws->rows || !ws->hess || !ws->gram || !ws->vec || !ws->anchor || !ws->grad || !ws->step ||
         !ws->trial || !ws->count) {
         reward_workspace_free(ws);
@@ -334,6 +349,8 @@ int reward_fit(RewardModel *m, RewardWorkspace *ws, const double *w0,
     // inputs; anchors came from config.seed itself at init.
     Rng r;
     rng_seed(&r, c->seed ^ 0x9e3779b97f4a7c15ULL);
+    memset(ws->oob_score, 0, sizeof(double) * (size_t)(n + 1));
+    memset(ws->oob_n, 0, sizeof(int) * (size_t)(n + 1));
     for (int k = 0; k < K; k++) {
         for (int j = 0; j < F; j++)
             ws->anchor[j] = (w0 ? w0[j] : 0.0) + c->anchor_scale * m->anchor_noise[(long)k * F + j];
@@ -357,7 +374,24 @@ int reward_fit(RewardModel *m, RewardWorkspace *ws, const double *w0,
         int rc = fit_member(w, ws, c, n, dual);
         if (rc)
             return rc;
+        if (c->bootstrap) // the comparisons this member never saw score it out of bag
+            for (long i = 0; i < n; i++)
+                if (!ws->count[i]) {
+                    double sc = 0.0;
+                    for (int j = 0; j < F; j++)
+                        sc += w[j] * ws->diff[i * F + j];
+                    ws->oob_score[i] += sc;
+                    ws->oob_n[i]++;
+                }
     }
+    double right = 0.0, seen = 0.0;
+    for (long i = 0; i < n; i++)
+        if (ws->oob_n[i] && ws->target[i] == 1.0) {
+            right += ws->oob_score[i] > 0 ? 1.0 : ws->oob_score[i] == 0 ? 0.5 : 0.0;
+            seen += 1.0;
+        }
+    m->oob_accuracy = seen > 0 ? right / seen : NAN;
+    m->oob_comparisons = (long)seen;
     for (int j = 0; j < F; j++) {
         double s = 0.0;
         for (int k = 0; k < K; k++)

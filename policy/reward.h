@@ -65,8 +65,13 @@ typedef struct {
     RewardConfig config;
     double *weights;      // (K, F) member weights
     double *mean_weights; // (F) their mean: the ensemble-mean reward is mean_weights . phi
-    double *anchor_noise; // (K, F) eps_k, drawn once at init from config.seed
+    double *anchor_noise; // (K, F) eps_k, drawn once at init from config.seed, centred over k
     long comparisons;     // how many the last fit saw (0 before any fit)
+    // Held-out accuracy of the last fit: each decisive comparison scored by the mean of the
+    // members whose bootstrap resample left it out (out of bag, Breiman 1996), the fraction
+    // scored right; NaN when none was left out (or bootstrap is off). oob_comparisons: how many.
+    double oob_accuracy;
+    long oob_comparisons;
 } RewardModel;
 
 // Allocates m for c (copied) and sets every member to w = w0 = 0 plus its anchor noise, i.e. what
@@ -95,6 +100,8 @@ typedef struct {
     double *step;    // (F)
     double *trial;   // (F) w + t step during the line search
     int *count;      // (N) bootstrap counts
+    double *oob_score; // (N) summed scores of the members that left each comparison out
+    int *oob_n;        // (N) how many members did
 } RewardWorkspace;
 
 // Allocates ws. Returns 0, or REWARD_EINVAL / REWARD_ENOMEM with ws left safe to free.

@@ -103,7 +103,7 @@ static void frame_encode(Gen *gen, int i, uint8_t *scratch) {
                      .seq = r->seq,
                      .frame = r->frame_id,
                      .model_version = gen->opt.model_version,
-                     .policy_version = 0,
+                     .policy_version = r->policy_version,
                      .pair = r->pair,
                      .cls = r->cls,
                      .w = gen->w,

@@ -21,6 +21,7 @@ typedef struct {
     uint32_t seq;
     uint64_t frame_id, pair; // pair: frame id of the pair's A frame (pair mode)
     int32_t cls;             // class to draw, -1 for an unconditional model
+    uint32_t policy_version; // of the user's policy the latent was drawn from
     int format, side;        // ProtoFormat; side -1 outside pair mode
     double t_submit;         // cli_now_s() at submission, for the batching deadline
 } FrameRequest;

@@ -59,7 +59,10 @@ static void out_printf(Out *o, const char *fmt, ...) {
 }
 
 static void metric(Out *o, const char *name, const char *type, const char *help, double v) {
-    out_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
+    if (isnan(v)) // the exposition format spells it NaN
+        out_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s NaN\n", name, help, name, type, name);
+    else
+        out_printf(o, "# HELP %s %s\n# TYPE %s %s\n%s %.17g\n", name, help, name, type, name, v);
 }
 
 // A counter family with one label: n series name{label="values[i]"} counts[i].
@@ -129,6 +132,28 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
            (double)x->store_commits);
     metric(&o, "steer_store_commit_seconds_total", "counter", "Seconds spent writing and committing.",
            x->store_commit_s);
+    if (x->learning) {
+        metric(&o, "steer_policy_users", "gauge", "Users whose policy has learned from feedback.",
+               (double)x->policy_users);
+        metric(&o, "steer_policy_updates_total", "counter", "Policy updates published.",
+               (double)x->policy_updates);
+        metric(&o, "steer_policy_feedback_total", "counter", "Feedback events learned from.",
+               (double)x->policy_events);
+        metric(&o, "steer_policy_failures_total", "counter", "Feedback events or updates that failed.",
+               (double)x->policy_failures);
+        metric(&o, "steer_policy_comparisons", "gauge", "Comparisons held by all users' reward models.",
+               (double)x->policy_comparisons);
+        metric(&o, "steer_policy_accuracy_mean", "gauge",
+               "Mean over users of the reward model's held-out (out-of-bag) accuracy.",
+               x->policy_accuracy_mean);
+        metric(&o, "steer_policy_kl_mean", "gauge", "Mean over users of the policy's KL to the prior (nats).",
+               x->policy_kl_mean);
+        metric(&o, "steer_policy_kl_max", "gauge", "Largest policy KL to the prior (nats).",
+               x->policy_kl_max);
+        histogram(&o, "steer_policy_update_seconds",
+                  "From a feedback's arrival to its user's new policy drawing the next frames.",
+                  x->policy_latency);
+    }
     metric(&o, "steer_model_version", "gauge", "Version of the served generator.",
            (double)x->model_version);
     metric(&o, "steer_uptime_seconds", "gauge", "Seconds since start.", x->uptime_s);

@@ -49,6 +49,13 @@ typedef struct {
     uint64_t feedback_stored, feedback_duplicates, feedback_refused, feedback_pending;
     uint64_t store_commits;
     double store_commit_s;
+    // learning (all zero when it is off): users with a learned policy, updates published, feedback
+    // events learned from and failed, comparisons held, means over learned users of the reward
+    // model's held-out accuracy (users with one) and of the policy's KL to the prior
+    int learning;
+    uint64_t policy_users, policy_updates, policy_events, policy_failures, policy_comparisons;
+    double policy_accuracy_mean, policy_kl_mean, policy_kl_max;
+    const Histogram *policy_latency; // feedback received -> new policy installed, seconds
 } MetricsExtra;
 
 // Writes the Prometheus text into out (cap bytes). Returns the length, or -1 if cap is too small.

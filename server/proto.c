@@ -502,6 +502,27 @@ int proto_pack_ack(ProtoBuf *out, const char *id, int is_int) {
     return out->overflow ? -1 : 0;
 }
 
+int proto_pack_policy(ProtoBuf *out, const ProtoPolicy *p) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, p->n_probs ? 7 : 6);
+    pack_kv_str(&pk, "t", "policy");
+    pack_kv_u64(&pk, "version", p->version);
+    pack_kv_u64(&pk, "feedback", p->feedback);
+    pack_kv_u64(&pk, "comparisons", p->comparisons);
+    pack_cstr(&pk, "accuracy");
+    if (isnan(p->accuracy)) msgpack_pack_nil(&pk);
+    else msgpack_pack_double(&pk, p->accuracy);
+    pack_cstr(&pk, "kl");
+    msgpack_pack_double(&pk, p->kl);
+    if (p->n_probs) {
+        pack_cstr(&pk, "class_probs");
+        msgpack_pack_array(&pk, (size_t)p->n_probs);
+        for (int i = 0; i < p->n_probs; i++) msgpack_pack_float(&pk, p->probs[i]);
+    }
+    return out->overflow ? -1 : 0;
+}
+
 int proto_pack_frame(ProtoBuf *out, const ProtoFrame *f, const uint8_t *data, size_t data_len) {
     msgpack_packer pk;
     msgpack_packer_init(&pk, out, buf_write);

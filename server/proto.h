@@ -120,6 +120,14 @@ typedef struct {
 } ProtoFrame;
 // Packs a frame message whose payload is data (data_len bytes).
 int proto_pack_frame(ProtoBuf *out, const ProtoFrame *f, const uint8_t *data, size_t data_len);
+// `policy`: how the user's learning goes (docs/protocol.md). accuracy NaN is sent as nil.
+typedef struct {
+    uint64_t version, feedback, comparisons;
+    double accuracy, kl;
+    const float *probs; // class_probs, n_probs of them (0: left out)
+    int n_probs;
+} ProtoPolicy;
+int proto_pack_policy(ProtoBuf *out, const ProtoPolicy *p);
 // Bytes proto_pack_frame needs at most besides the payload.
 #define PROTO_FRAME_HEADER_MAX 256
 

@@ -10,6 +10,7 @@
 #include "server/serve.h"
 
 #include <errno.h>
+#include <math.h>
 #include <getopt.h>
 #include <libwebsockets.h>
 #include <limits.h>
@@ -29,6 +30,7 @@
 #include "server/metrics.h"
 #include "server/proto.h"
 #include "server/session.h"
+#include "server/learn.h"
 #include "server/store.h"
 
 #define SERVE_MAX_ORIGINS 16
@@ -46,18 +48,32 @@ typedef struct {
     const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir;
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
     int sndbuf, max_unread;
-    long max_message;
+    long max_message, policy_pool;
     double deadline_ms, max_rate;
     uint64_t seed;
 } ServeOptions;
+
+// A user's policy as the loop thread draws from it: the learning thread's latest, and the pairs
+// its reward ensemble is least sure of (pool indices) for pair mode to ask next.
+typedef struct UserPolicy {
+    char user[PROTO_USER_MAX + 1];
+    PolicyParams params;
+    long pairs[2 * LEARN_PAIRS];
+    int n_pairs, pair_next;
+} UserPolicy;
 
 typedef struct {
     ServeOptions opt;
     uv_loop_t loop;
     struct lws_context *ctx;
     uv_signal_t sigint, sigterm;
-    uv_async_t async, store_async;
+    uv_async_t async, store_async, learn_async;
     Store store;
+    Learn learn;
+    int learning; // a learning thread runs (--policy-pool > 0)
+    UserPolicy **users; // every user seen since start, with the policy its frames are drawn from
+    int n_users, cap_users;
+    Histogram policy_latency; // feedback received -> its user's new policy installed (seconds)
     uint64_t store_pending, feedback_acked, feedback_duplicates, feedback_refused;
     uv_timer_t lag_timer, tick_timer, pace_timer, stop_timer;
     Gen gen;
@@ -170,17 +186,60 @@ static void reply_error(Server *sv, Session *s, int code, const char *msg, int64
     reply_end(sv, s, &b);
 }
 
+// ---- users' policies --------------------------------------------------------------------------
+
+// The user's entry, made (with the prior) on first sight; NULL only when memory runs out.
+static UserPolicy *user_policy_get(Server *sv, const char *user) {
+    for (int i = 0; i < sv->n_users; i++)
+        if (!strcmp(sv->users[i]->user, user)) return sv->users[i];
+    if (sv->n_users == sv->cap_users) {
+        int cap = sv->cap_users ? 2 * sv->cap_users : 64;
+        UserPolicy **u = realloc(sv->users, (size_t)cap * sizeof *u);
+        if (!u) return NULL;
+        sv->users = u;
+        sv->cap_users = cap;
+    }
+    UserPolicy *u = calloc(1, sizeof *u);
+    if (!u || policy_params_alloc(&u->params, sv->model.z_dim, sv->model.classes)) {
+        free(u);
+        return NULL;
+    }
+    snprintf(u->user, sizeof u->user, "%s", user);
+    sv->users[sv->n_users++] = u;
+    return u;
+}
+
+static void reply_policy(Server *sv, Session *s) {
+    const PolicyParams *p = &s->pu->params;
+    ProtoPolicy m = {p->version, (uint64_t)p->feedback, (uint64_t)p->comparisons, p->accuracy,
+                     p->kl, p->probs, p->classes};
+    ProtoBuf b = reply_begin(s);
+    if (!b.overflow) proto_pack_policy(&b, &m);
+    reply_end(sv, s, &b);
+}
+
 // ---- frame requests --------------------------------------------------------------------------
 
 static int stream_due(const Stream *st, double now) { return st->fps <= 0 || now >= st->next_due; }
 
-static int stream_request(Server *sv, Session *s, Stream *st, int side, uint64_t pair, double now) {
+// Requests the stream's next frame: latent z_in and class cls_in when z_in is set (an actively
+// chosen pair), else the stream's next draw from the user's policy.
+static int stream_request(Server *sv, Session *s, Stream *st, int side, uint64_t pair, double now,
+                          const float *z_in, int cls_in) {
     uint64_t frame_id = sv->next_frame_id++;
     int classes = sv->model.classes;
     int k = session_history_put(s, frame_id);
     float *z = s->hist_z + (size_t)k * s->z_dim;
-    int cls = stream_next_latent(st, z, sv->model.z_dim, classes);
+    const PolicyParams *pol = s->pu && sv->learning ? &s->pu->params : NULL;
+    int cls;
+    if (z_in) {
+        memcpy(z, z_in, (size_t)s->z_dim * sizeof(float));
+        cls = cls_in;
+    } else {
+        cls = stream_next_latent(st, z, sv->model.z_dim, classes, pol);
+    }
     s->hist_cls[k] = cls;
+    s->hist_pv[k] = pol ? pol->version : 0;
     FrameRequest r = {.slot = s->slot,
                       .session_serial = s->serial,
                       .stream_id = st->id,
@@ -189,6 +248,7 @@ static int stream_request(Server *sv, Session *s, Stream *st, int side, uint64_t
                       .frame_id = frame_id,
                       .pair = side == 0 ? frame_id : pair,
                       .cls = cls,
+                      .policy_version = s->hist_pv[k],
                       .format = st->format,
                       .side = side,
                       .t_submit = now};
@@ -230,9 +290,22 @@ static void session_pump(Server *sv, Session *s) {
             if (st->mode == PROTO_MODE_PAIR) {
                 if (st->credit < 2 || room < 2) continue;
                 uint64_t a = sv->next_frame_id;
-                if (stream_request(sv, s, st, 0, 0, now) || stream_request(sv, s, st, 1, a, now))
+                const float *za = NULL, *zb = NULL;
+                int ca = -1, cb = -1;
+                UserPolicy *u = sv->learning ? s->pu : NULL;
+                if (u && st->cls < 0 && u->pair_next < u->n_pairs) { // the ensemble's question
+                    const PolicyPool *pool = &sv->learn.pool;
+                    long ia = u->pairs[2 * u->pair_next], ib = u->pairs[2 * u->pair_next + 1];
+                    u->pair_next++;
+                    za = pool->z + ia * pool->z_dim;
+                    zb = pool->z + ib * pool->z_dim;
+                    ca = sv->model.classes ? pool->y[ia] : -1;
+                    cb = sv->model.classes ? pool->y[ib] : -1;
+                }
+                if (stream_request(sv, s, st, 0, 0, now, za, ca) ||
+                    stream_request(sv, s, st, 1, a, now, zb, cb))
                     return;
-            } else if (stream_request(sv, s, st, -1, 0, now)) {
+            } else if (stream_request(sv, s, st, -1, 0, now, NULL, -1)) {
                 return;
             }
             progress = 1;
@@ -303,16 +376,18 @@ static void session_feedback(Server *sv, Session *s, const ProtoMsg *m) {
     it->kind = m->fb_kind;
     it->value = m->fb_value;
     it->tie = m->fb_tie;
+    it->t_recv = cli_now_s();
     for (int i = 0; i < m->fb_n; i++) {
         StoreFrame *f = &it->frames[i];
         f->frame = m->fb_frames[i];
         f->role = roles[m->fb_kind][i ? 1 : 0];
         int cls;
-        const float *z = session_history_find(s, f->frame, &cls);
+        uint32_t pv = 0;
+        const float *z = session_history_find(s, f->frame, &cls, &pv);
         f->known = z != NULL;
         f->cls = z ? cls : -1;
         f->model_version = sv->model.version;
-        f->policy_version = 0;
+        f->policy_version = pv;
         if (z) memcpy(it->latents + (size_t)i * Z, z, sizeof(float) * (size_t)Z);
     }
     sv->store_pending++;
@@ -361,6 +436,8 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
         ProtoBuf b = reply_begin(s);
         if (!b.overflow) proto_pack_welcome(&b, s->id, s->user, &sv->model, &sv->wire_limits);
         reply_end(sv, s, &b);
+        s->pu = user_policy_get(sv, s->user);
+        if (sv->learning && s->pu) reply_policy(sv, s);
         return;
     }
     case PROTO_STREAM: {
@@ -382,6 +459,8 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
             return;
         }
         sv->metrics.streams++;
+        if (sv->learning && s->pu) // a walk heads for the user's policy from its first step
+            stream_steer(st, sv->model.z_dim, sv->model.classes, &s->pu->params);
         if (st->fps > 0) pace_start(sv);
         session_pump(sv, s);
         return;
@@ -691,7 +770,7 @@ static int http_healthz(Server *sv, struct lws *wsi, HttpConn *h) {
 }
 
 static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
-    static char text[16384];
+    static char text[32768];
     MetricsExtra x = {.queue_depth = gen_queue_depth(&sv->gen),
                       .model_version = sv->model.version,
                       .uptime_s = cli_now_s() - sv->t_start,
@@ -699,6 +778,31 @@ static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
                       .feedback_duplicates = sv->feedback_duplicates,
                       .feedback_refused = sv->feedback_refused,
                       .feedback_pending = sv->store_pending};
+    if (sv->learning) {
+        x.learning = 1;
+        x.policy_latency = &sv->policy_latency;
+        double acc = 0, kl = 0;
+        uint64_t n_acc = 0;
+        for (int i = 0; i < sv->n_users; i++) {
+            const PolicyParams *p = &sv->users[i]->params;
+            if (!p->version) continue;
+            x.policy_users++;
+            x.policy_comparisons += (uint64_t)p->comparisons;
+            kl += p->kl;
+            if (p->kl > x.policy_kl_max) x.policy_kl_max = p->kl;
+            if (!isnan(p->accuracy)) {
+                acc += p->accuracy;
+                n_acc++;
+            }
+        }
+        x.policy_accuracy_mean = n_acc ? acc / n_acc : NAN;
+        x.policy_kl_mean = x.policy_users ? kl / x.policy_users : 0;
+        pthread_mutex_lock(&sv->learn.lock);
+        x.policy_updates = sv->learn.updates;
+        x.policy_events = sv->learn.events;
+        x.policy_failures = sv->learn.failures;
+        pthread_mutex_unlock(&sv->learn.lock);
+    }
     pthread_mutex_lock(&sv->store.lock);
     x.store_commits = sv->store.commits;
     x.store_commit_s = sv->store.commit_s_total;
@@ -900,7 +1004,35 @@ static void on_stored(uv_async_t *a) {
                 reply_end(sv, s, &b);
             }
         }
-        free(it);
+        if (!it->status && !it->duplicate && sv->learning) learn_submit(&sv->learn, it);
+        else free(it);
+    }
+}
+
+// New policies from the learning thread: installed for the next frames of their users, told to
+// their sessions (`policy`), and walks turned toward them.
+static void on_learned(uv_async_t *a) {
+    Server *sv = a->data;
+    double now = cli_now_s();
+    for (LearnSnap *n = learn_take(&sv->learn), *next; n; n = next) {
+        next = n->next;
+        UserPolicy *u = user_policy_get(sv, n->user);
+        if (u) {
+            policy_params_copy(&u->params, &n->params);
+            memcpy(u->pairs, n->pairs, sizeof u->pairs);
+            u->n_pairs = n->n_pairs;
+            u->pair_next = 0;
+            if (n->t_first > 0) histogram_observe(&sv->policy_latency, now - n->t_first);
+            for (int i = 0; i < sv->opt.max_connections; i++) {
+                Session *s = &sv->sessions[i];
+                if (!s->active || s->pu != u || !s->hello || s->closing) continue;
+                reply_policy(sv, s);
+                for (int k = 0; k < SESSION_MAX_STREAMS; k++)
+                    if (s->streams[k].open)
+                        stream_steer(&s->streams[k], sv->model.z_dim, sv->model.classes, &u->params);
+            }
+        }
+        learn_snap_free(n);
     }
 }
 
@@ -975,11 +1107,13 @@ static void on_stop_timer(uv_timer_t *t) {
     gen_stop(&sv->gen);
     on_frames(&sv->async); // release what the thread finished last
     store_close(&sv->store); // commits what is still queued
+    learn_close(&sv->learn);
     lws_context_destroy(sv->ctx);
     close_handle((uv_handle_t *)&sv->sigint);
     close_handle((uv_handle_t *)&sv->sigterm);
     close_handle((uv_handle_t *)&sv->async);
     close_handle((uv_handle_t *)&sv->store_async);
+    close_handle((uv_handle_t *)&sv->learn_async);
     close_handle((uv_handle_t *)&sv->lag_timer);
     close_handle((uv_handle_t *)&sv->tick_timer);
     close_handle((uv_handle_t *)&sv->pace_timer);
@@ -1017,6 +1151,8 @@ static void usage(FILE *f) {
             "  --max-connections N     WebSocket connections at once (default 1024)\n"
             "  --max-message BYTES     largest message from a client (default 65536)\n"
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
+            "  --policy-pool N         prior frames each user's policy gradient is estimated on\n"
+            "                          (default 2048; 0 turns learning off: frames from the prior)\n"
             "  --history N             recent frames remembered per session (default 64)\n"
             "  --max-rate N            messages per second per connection, burst 2N (default 2000)\n"
             "  --idle-timeout S        close connections silent this long (default 120)\n"
@@ -1046,6 +1182,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
                         .ping_interval = 20,
                         .sndbuf = 32768,
                         .max_unread = 32,
+                        .policy_pool = 2048,
                         .seed = (uint64_t)time(NULL)};
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
@@ -1055,6 +1192,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
         {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
+        {"policy-pool", 1, 0, 'L'},
         {0, 0, 0, 0}};
     int ch;
     long v;
@@ -1082,6 +1220,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 's': if (cli_parse_long("serve", optarg, 0, LONG_MAX, "--seed", &v)) return 2; o->seed = (uint64_t)v; break;
         case 'B': if (cli_parse_long("serve", optarg, 0, 64L << 20, "--sndbuf", &v)) return 2; o->sndbuf = (int)v; break;
         case 'U': if (cli_parse_long("serve", optarg, SERVE_PING_EVERY + 1, 1 << 20, "--max-unread", &v)) return 2; o->max_unread = (int)v; break;
+        case 'L': if (cli_parse_long("serve", optarg, 0, 1 << 20, "--policy-pool", &v)) return 2; o->policy_pool = v; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -1147,14 +1286,21 @@ static void server_free(Server *sv) {
         for (int i = 0; i < sv->opt.max_connections; i++) session_free(&sv->sessions[i]);
     free(sv->sessions);
     free(sv->free_slots);
+    for (int i = 0; i < sv->n_users; i++) {
+        policy_params_free(&sv->users[i]->params);
+        free(sv->users[i]);
+    }
+    free(sv->users);
     metrics_free(&sv->metrics);
 }
 
 // Undoes a start that failed after the loop and its two async handles were made. Returns 1.
 static int start_failed(Server *sv) {
     store_close(&sv->store); // safe when the store never opened
+    learn_close(&sv->learn);
     uv_close((uv_handle_t *)&sv->async, NULL);
     uv_close((uv_handle_t *)&sv->store_async, NULL);
+    uv_close((uv_handle_t *)&sv->learn_async, NULL);
     uv_run(&sv->loop, UV_RUN_DEFAULT);
     uv_loop_close(&sv->loop);
     server_free(sv);
@@ -1222,11 +1368,33 @@ int cli_serve(int argc, char **argv) {
     sv->async.data = sv;
     uv_async_init(&sv->loop, &sv->store_async, on_stored);
     sv->store_async.data = sv;
+    uv_async_init(&sv->loop, &sv->learn_async, on_learned);
+    sv->learn_async.data = sv;
     if (store_open(&sv->store, sv->opt.data_dir, &sv->store_async, err, sizeof err)) {
         fprintf(stderr, "steer serve: feedback store: %s\n", err);
         generator_free(g);
         free(g);
         return start_failed(sv);
+    }
+    static const double latency_bounds[] = {0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2};
+    sv->policy_latency.n_bounds = (int)(sizeof latency_bounds / sizeof latency_bounds[0]);
+    memcpy(sv->policy_latency.bounds, latency_bounds, sizeof latency_bounds);
+    if (sv->opt.policy_pool > 0) {
+        char db_path[4200];
+        snprintf(db_path, sizeof db_path, "%s/steer.db", sv->opt.data_dir);
+        if (learn_open(&sv->learn, sv->opt.model_path, db_path, sv->opt.policy_pool,
+                       &sv->learn_async, err, sizeof err)) {
+            fprintf(stderr, "steer serve: learning: %s\n", err);
+            generator_free(g);
+            free(g);
+            return start_failed(sv);
+        }
+        sv->learning = 1;
+        if (!sv->opt.quiet)
+            fprintf(stderr, "steer: learning: pool of %ld frames; %ld stored feedback of %d users "
+                            "replayed; ready in %.1f s\n",
+                    sv->opt.policy_pool, sv->learn.rebuilt_events, sv->learn.n_users,
+                    sv->learn.rebuild_s);
     }
     // Frames alive at once: every connection's queue, plus batches whose sessions went away.
     GenOptions go = {.batch_max = sv->opt.batch,

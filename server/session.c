@@ -16,9 +16,10 @@ int session_alloc(Session *s, int z_dim, int history, size_t pad) {
     s->ctrl = malloc((size_t)SESSION_CTRL_SLOTS * SESSION_CTRL_BYTES);
     s->hist_id = calloc((size_t)history, sizeof *s->hist_id);
     s->hist_cls = calloc((size_t)history, sizeof *s->hist_cls);
+    s->hist_pv = calloc((size_t)history, sizeof *s->hist_pv);
     s->hist_z = calloc((size_t)history * z_dim, sizeof(float));
     s->walk_mem = calloc((size_t)SESSION_MAX_STREAMS * 2 * z_dim, sizeof(float));
-    if (!s->ctrl || !s->hist_id || !s->hist_cls || !s->hist_z || !s->walk_mem) {
+    if (!s->ctrl || !s->hist_id || !s->hist_cls || !s->hist_pv || !s->hist_z || !s->walk_mem) {
         session_free(s);
         return -1;
     }
@@ -33,12 +34,14 @@ void session_free(Session *s) {
     free(s->ctrl);
     free(s->hist_id);
     free(s->hist_cls);
+    free(s->hist_pv);
     free(s->hist_z);
     free(s->walk_mem);
     free(s->rx);
     s->ctrl = NULL;
     s->hist_id = NULL;
     s->hist_cls = NULL;
+    s->hist_pv = NULL;
     s->hist_z = NULL;
     s->walk_mem = NULL;
     s->rx = NULL;
@@ -81,12 +84,25 @@ Stream *session_stream_open(Session *s, const ProtoMsg *m, uint32_t serial, uint
     return NULL;
 }
 
-int stream_next_latent(Stream *st, float *z, int z_dim, int classes) {
-    if (st->mode != PROTO_MODE_WALK) {
+// A latent (and class) of the user's policy, or of the prior without one; a fixed class stays.
+static int stream_draw(Stream *st, float *z, int z_dim, int classes, const PolicyParams *pol) {
+    int cls;
+    if (pol) {
+        cls = policy_sample(pol, &st->rng, z);
+    } else {
         rng_normal(&st->rng, z, z_dim);
-        if (!classes) return -1;
-        return st->cls >= 0 ? st->cls : (int)rng_below(&st->rng, (uint32_t)classes);
+        cls = classes ? (int)rng_below(&st->rng, (uint32_t)classes) : -1;
     }
+    return classes && st->cls >= 0 ? st->cls : cls;
+}
+
+void stream_steer(Stream *st, int z_dim, int classes, const PolicyParams *pol) {
+    if (st->mode != PROTO_MODE_WALK) return;
+    st->walk_cls = stream_draw(st, st->walk_b, z_dim, classes, pol);
+}
+
+int stream_next_latent(Stream *st, float *z, int z_dim, int classes, const PolicyParams *pol) {
+    if (st->mode != PROTO_MODE_WALK) return stream_draw(st, z, z_dim, classes, pol);
     const float *a = st->walk_a, *b = st->walk_b;
     double dot = 0, na = 0, nb = 0;
     for (int i = 0; i < z_dim; i++) {
@@ -110,7 +126,10 @@ int stream_next_latent(Stream *st, float *z, int z_dim, int classes) {
     if (st->walk_t >= 1.0) { // reached b: it becomes the start, draw the next anchor
         st->walk_t -= 1.0;
         memcpy(st->walk_a, st->walk_b, (size_t)z_dim * sizeof(float));
-        rng_normal(&st->rng, st->walk_b, z_dim);
+        if (pol) // the policy picks the next anchor's class too (a cut, at an anchor only)
+            st->walk_cls = stream_draw(st, st->walk_b, z_dim, classes, pol);
+        else
+            rng_normal(&st->rng, st->walk_b, z_dim);
     }
     return st->walk_cls;
 }
@@ -119,15 +138,17 @@ int session_history_put(Session *s, uint64_t frame_id) {
     int k = s->hist_next;
     s->hist_id[k] = frame_id;
     s->hist_cls[k] = -1;
+    s->hist_pv[k] = 0;
     s->hist_next = (k + 1) % s->history;
     if (s->hist_count < s->history) s->hist_count++;
     return k;
 }
 
-const float *session_history_find(const Session *s, uint64_t frame_id, int *cls) {
+const float *session_history_find(const Session *s, uint64_t frame_id, int *cls, uint32_t *pv) {
     for (int i = 0; i < s->hist_count; i++)
         if (s->hist_id[i] == frame_id) {
             *cls = s->hist_cls[i];
+            if (pv) *pv = s->hist_pv[i];
             return s->hist_z + (size_t)i * s->z_dim;
         }
     return NULL;

@@ -8,6 +8,7 @@
 #include <stdint.h>
 
 #include "kernels/rng.h"
+#include "policy/policy.h"
 #include "server/gen.h"
 #include "server/proto.h"
 
@@ -50,6 +51,7 @@ typedef struct {
     int history, z_dim;
     uint64_t *hist_id;
     int32_t *hist_cls;
+    uint32_t *hist_pv; // policy version each frame was drawn with
     float *hist_z;
     int hist_next, hist_count;
     float *walk_mem; // (SESSION_MAX_STREAMS, 2, Z)
@@ -61,6 +63,7 @@ typedef struct {
     double tokens, last_refill, last_activity;
     int rx_paused, closing, close_sent;
     int fb_pending; // feedback at the store, not yet answered
+    struct UserPolicy *pu; // the user's policy (serve.c's table), from hello on
     // read confirmation: frames written, frames written when the last ping went out, and the
     // largest such count a pong has echoed (the client had read everything up to it)
     uint64_t written, pinged, confirmed;
@@ -80,15 +83,21 @@ Stream *session_stream_open(Session *s, const ProtoMsg *m, uint32_t serial, uint
 Stream *session_stream_find(Session *s, uint32_t id);
 
 // Draws the latent of the stream's next frame into z (Z) and returns its class (-1 unconditional):
-// gallery and pair: z ~ N(0, I); walk: spherical interpolation between anchors (White 2016,
-// "Sampling Generative Networks"), a new anchor each time the walk reaches one.
-int stream_next_latent(Stream *st, float *z, int z_dim, int classes);
+// gallery and pair: a draw of the user's policy pol (NULL: the prior z ~ N(0, I), classes
+// uniform); walk: spherical interpolation between anchors (White 2016, "Sampling Generative
+// Networks"), each new anchor a draw of pol: the walk is an episode whose state is the current
+// latent and whose action is the step toward the anchor. A stream's fixed class always stays.
+int stream_next_latent(Stream *st, float *z, int z_dim, int classes, const PolicyParams *pol);
+// A new policy for the user: a walk turns toward a fresh anchor drawn from it (feedback on walk
+// frames steers the walk's direction at once); other modes just draw from it from now on.
+void stream_steer(Stream *st, int z_dim, int classes, const PolicyParams *pol);
 
 // Takes the next history entry for frame_id and returns its index k: the caller writes the latent at
 // hist_z + k * Z and the class at hist_cls[k]. The oldest entry is overwritten.
 int session_history_put(Session *s, uint64_t frame_id);
-// Finds a recent frame: returns its latent and sets *cls, or NULL if it is not remembered.
-const float *session_history_find(const Session *s, uint64_t frame_id, int *cls);
+// Finds a recent frame: returns its latent and sets *cls and (if not NULL) *pv, its policy
+// version, or returns NULL if it is not remembered.
+const float *session_history_find(const Session *s, uint64_t frame_id, int *cls, uint32_t *pv);
 
 // Reply queue: session_ctrl_slot gives a buffer (ProtoBuf after the pad) for the next reply, or
 // NULL when all slots are pending; session_ctrl_commit queues it.

@@ -37,6 +37,7 @@ typedef struct StoreItem {
     int kind;
     double value; // rate: -1..1
     int tie;      // pair: the user could not tell
+    double t_recv; // cli_now_s() when the loop received it (the learning thread's latency figure)
     int n_frames, z_dim;
     StoreFrame frames[STORE_MAX_FRAMES];
     // answer, set by the store thread

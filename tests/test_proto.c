@@ -283,17 +283,17 @@ static void test_stream_latents(void **state) {
     assert_non_null(g);
     assert_ptr_equal(session_stream_find(&s, 2), g);
     float prev_w[Z], prev_g[Z], z[Z];
-    int wc = stream_next_latent(w, prev_w, Z, 10);
-    stream_next_latent(g, prev_g, Z, 10);
+    int wc = stream_next_latent(w, prev_w, Z, 10, NULL);
+    stream_next_latent(g, prev_g, Z, 10, NULL);
     double walk_max = 0, gal_min = 1e30, norm_min = 1e30, norm_max = 0;
     for (int i = 0; i < 100; i++) { // 100 frames: five anchors passed
-        assert_int_equal(stream_next_latent(w, z, Z, 10), wc); // a walk keeps its class
+        assert_int_equal(stream_next_latent(w, z, Z, 10, NULL), wc); // a walk keeps its class
         double d = dist(z, prev_w, Z), nz = dist(z, (float[Z]){0}, Z);
         walk_max = fmax(walk_max, d);
         norm_min = fmin(norm_min, nz);
         norm_max = fmax(norm_max, nz);
         memcpy(prev_w, z, sizeof z);
-        int c = stream_next_latent(g, z, Z, 10);
+        int c = stream_next_latent(g, z, Z, 10, NULL);
         assert_true(c >= 0 && c < 10);
         gal_min = fmin(gal_min, dist(z, prev_g, Z));
         memcpy(prev_g, z, sizeof z);
@@ -309,7 +309,7 @@ static void test_stream_latents(void **state) {
     Stream *g3 = session_stream_open(&s, &(ProtoMsg){.id = 4, .mode = PROTO_MODE_GALLERY, .cls = -1,
                                                       .step = 0.05}, 4, 42, 10, 0);
     float a[Z], b2[Z];
-    assert_int_equal(stream_next_latent(g2, a, Z, 10), stream_next_latent(g3, b2, Z, 10));
+    assert_int_equal(stream_next_latent(g2, a, Z, 10, NULL), stream_next_latent(g3, b2, Z, 10, NULL));
     assert_memory_equal(a, b2, sizeof a);
     // History: the newest `history` frames are found, older ones are not.
     for (uint64_t id = 100; id < 120; id++) {
@@ -318,12 +318,12 @@ static void test_stream_latents(void **state) {
         s.hist_z[(size_t)k * Z] = (float)id;
     }
     int cls;
-    const float *hz = session_history_find(&s, 119, &cls);
+    const float *hz = session_history_find(&s, 119, &cls, NULL);
     assert_non_null(hz);
     assert_int_equal(cls, 9);
     assert_true(hz[0] == 119.0f);
-    assert_non_null(session_history_find(&s, 112, &cls));
-    assert_null(session_history_find(&s, 111, &cls));
+    assert_non_null(session_history_find(&s, 112, &cls, NULL));
+    assert_null(session_history_find(&s, 111, &cls, NULL));
     session_free(&s);
 }
 

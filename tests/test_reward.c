@@ -312,16 +312,24 @@ static void test_prior_pull(void **state) {
     assert_int_equal(check_compare_d("mean w", m.mean_weights, w0, F, 1e-15, 1e-15), 0);
     reward_free(&m);
 
-    // Anchored: members spread by anchor_scale = 1 per coordinate, their mean by 1/sqrt(K).
+    // Anchored: members spread by anchor_scale = 1 per coordinate around w0; the anchors are
+    // centred over the members, so their mean is w0 itself.
     reward_config_default(&c, F);
     assert_int_equal(reward_init(&m, &c), 0);
     assert_int_equal(reward_fit(&m, &ws, w0, &none.view), 0);
-    double off = 0.0;
-    for (int j = 0; j < F; j++)
+    double off = 0.0, spread = 0.0;
+    for (int j = 0; j < F; j++) {
         off += (m.mean_weights[j] - w0[j]) * (m.mean_weights[j] - w0[j]);
+        for (int k = 0; k < c.members; k++) {
+            double d = m.weights[(long)k * F + j] - w0[j];
+            spread += d * d;
+        }
+    }
     off = sqrt(off / F);
-    printf("# no data: rms(mean w - w0) %.3f (expected ~%.3f)\n", off, 1.0 / sqrt(c.members));
-    assert_true(off > 0.2 && off < 0.9);
+    spread = sqrt(spread / ((double)F * (c.members - 1)));
+    printf("# no data: rms(mean w - w0) %.2e, member spread %.3f (expected ~1)\n", off, spread);
+    assert_true(off < 1e-9);
+    assert_true(spread > 0.7 && spread < 1.3);
     reward_free(&m);
 
     // Few data, strong versus weak prior: distance of the mean weight from w0.

@@ -88,6 +88,9 @@ class Client:
         self.welcome = None
         self._queue = asyncio.Queue()
         self._stops = {}  # stream id -> future of `sent`
+        self.policy = None  # the last `policy` message: how learning from this user goes
+        self.policies = []  # every `policy` message, in order
+        self._policy_changed = asyncio.Event()
         self._reader = None
         self._closed_exc = None
 
@@ -120,10 +123,17 @@ class Client:
                     if not fut.done():
                         fut.set_exception(ServerError(msg.get("code"), msg.get("msg"), msg.get("ref")))
                     continue
+                elif kind == "policy":
+                    # Status, not a reply: kept in .policy / .policies, never queued.
+                    self.policy = msg
+                    self.policies.append(msg)
+                    self._policy_changed.set()
+                    continue
                 self._queue.put_nowait(msg)
         except websockets.ConnectionClosed as e:
             self._closed_exc = e
         finally:
+            self._policy_changed.set()  # wake wait_policy() to see the end
             if self._closed_exc is None:  # cancelled, or the reader failed
                 self._closed_exc = websockets.ConnectionClosedError(None, None)
             for fut in self._stops.values():
@@ -222,6 +232,19 @@ class Client:
                 yield await self.recv()
             except websockets.ConnectionClosed:
                 return
+
+    async def wait_policy(self, version, timeout=None):
+        """Waits until a `policy` message with version >= `version` has come and returns it
+        (the server draws this user's next frames from that policy). asyncio.TimeoutError after
+        timeout seconds."""
+        async def wait():
+            while not (self.policy and self.policy.get("version", 0) >= version):
+                if self._closed_exc is not None:
+                    raise self._closed_exc
+                self._policy_changed.clear()
+                await self._policy_changed.wait()
+            return self.policy
+        return await asyncio.wait_for(wait(), timeout)
 
     async def next_frame(self, timeout=None):
         """The next frame; other messages are skipped, except `error`, raised as ServerError."""

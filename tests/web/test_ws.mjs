@@ -20,13 +20,17 @@ const QUIET = 700; // how long "nothing more arrives" is watched
 function open(url, protocol = 'steer.v1') {
     return new Promise((resolve, reject) => {
         const ws = protocol === null ? new WebSocket(url) : new WebSocket(url, protocol);
-        const c = { ws, queue: [], waiters: [], closeCode: null };
+        const c = { ws, queue: [], waiters: [], closeCode: null, policies: [] };
         ws.on('message', (data, isBinary) => {
             let m;
             try {
                 m = isBinary ? decode(data) : { t: 'text from server', data: String(data) };
             } catch (e) {
                 m = { t: 'undecodable', error: e.message };
+            }
+            if (m && m.t === 'policy') { // status (learning from this user), not a reply
+                c.policies.push(m);
+                return;
             }
             const w = c.waiters.shift();
             if (w) w(m);
@@ -205,6 +209,9 @@ async function testWelcome(tap, srv) {
 
     const anon = await hello(srv.wsUrl);
     tap.eq(anon.welcome.user, 'anon-' + anon.welcome.session, 'hello without user: user anon-<session>');
+    await sleep(100);
+    tap.ok(c.policies.length === 1 && c.policies[0].version === 0 && c.policies[0].class_probs.length === 10,
+        'after welcome: one policy message, the prior (version 0, 10 class probabilities)', c.policies);
     tap.ok(anon.welcome.session !== w.session, 'two connections, two sessions');
     anon.ws.close();
     return w;

@@ -1,0 +1,354 @@
+// learn.c — the learning thread of learn.h.
+#include "server/learn.h"
+
+#include <math.h>
+#include <omp.h>
+#include <sqlite3.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "generator/cli.h"
+#include "generator/gan.h"
+#include "kernels/kernels.h"
+
+#define LEARN_MAX_COMPARISONS 4096 // per user; the oldest are forgotten past it
+#define LEARN_CANDIDATES 16        // pool frames drawn from the policy to pick active pairs from
+
+static uint64_t fnv1a(const char *s) {
+    uint64_t h = 1469598103934665603ull;
+    for (; *s; s++) h = (h ^ (unsigned char)*s) * 1099511628211ull;
+    return h;
+}
+
+static LearnUser *user_get(Learn *l, const char *name) {
+    for (int i = 0; i < l->n_users; i++)
+        if (!strcmp(l->users[i]->user, name)) return l->users[i];
+    if (l->n_users == l->cap_users) {
+        int cap = l->cap_users ? 2 * l->cap_users : 16;
+        LearnUser **u = realloc(l->users, (size_t)cap * sizeof *u);
+        if (!u) return NULL;
+        l->users = u;
+        l->cap_users = cap;
+    }
+    LearnUser *u = calloc(1, sizeof *u);
+    if (!u) return NULL;
+    snprintf(u->user, sizeof u->user, "%s", name);
+    if (learner_init(&u->learner, &l->pc, &l->pool, fnv1a(name), l->max_comparisons)) {
+        free(u);
+        return NULL;
+    }
+    l->users[l->n_users++] = u;
+    return u;
+}
+
+// The features of n frames given by latent and class: G draws them again, D looks at them.
+static int frames_features(Learn *l, const float *z, const int32_t *cls, int n, float *phi) {
+    const int32_t *y = l->g.cfg.n_classes ? cls : NULL;
+    int rc = generator_forward(&l->g, z, y, n);
+    return rc ? rc : features_compute(&l->feat, l->g.img, y, n, phi);
+}
+
+// One feedback into its user's learner: frame 0 is the rated, the winner or the chosen frame.
+static int apply(Learn *l, LearnUser *u, int kind, double value, int tie, int n, const float *z,
+                 const int32_t *cls) {
+    if (n < 1 || n > STORE_MAX_FRAMES || (kind == STORE_PAIR && n != 2)) return KERNELS_EINVAL;
+    int rc = frames_features(l, z, cls, n, l->phi);
+    if (rc) return rc;
+    int F = l->feat.F;
+    switch (kind) {
+    case STORE_RATE: return learner_rate(&u->learner, l->phi, value);
+    case STORE_PAIR: return learner_pair(&u->learner, l->phi, l->phi + F, tie);
+    case STORE_CHOOSE: return learner_choose(&u->learner, l->phi, l->phi + F, n - 1);
+    default: return KERNELS_EINVAL;
+    }
+}
+
+// A pool index drawn from the policy: a class from its class distribution, then a frame of that
+// class with probability proportional to its latent weight (the scratch's, from the last update).
+static long draw_pool_index(const Learn *l, const PolicyParams *p, Rng *r) {
+    const PolicyPool *pool = &l->pool;
+    int c = -1;
+    if (p->classes) {
+        float u = rng_uniform(r), acc = 0;
+        c = p->classes - 1;
+        for (int k = 0; k < p->classes; k++)
+            if (u < (acc += p->probs[k])) {
+                c = k;
+                break;
+            }
+    }
+    double total = 0;
+    for (long i = 0; i < pool->n; i++)
+        if (c < 0 || pool->y[i] == c) total += l->scratch.lw[i];
+    double u = rng_uniform(r) * total, acc = 0;
+    long last = 0;
+    for (long i = 0; i < pool->n; i++)
+        if (c < 0 || pool->y[i] == c) {
+            last = i;
+            if ((acc += l->scratch.lw[i]) > u) return i;
+        }
+    return last;
+}
+
+// Refits u and queues its new policy, with the pairs pair mode should ask next.
+static int publish(Learn *l, LearnUser *u) {
+    double t0 = cli_now_s();
+    int rc = learner_update(&u->learner, &l->scratch, NULL);
+    if (rc) return rc;
+    LearnSnap *s = calloc(1, sizeof *s);
+    if (!s || policy_params_alloc(&s->params, l->pool.z_dim, l->pool.classes)) {
+        free(s);
+        return KERNELS_ENOMEM;
+    }
+    snprintf(s->user, sizeof s->user, "%s", u->user);
+    policy_params_copy(&s->params, &u->learner.params);
+    Rng r;
+    rng_seed(&r, u->learner.seed ^ ((uint64_t)s->params.version << 32));
+    long cand[LEARN_CANDIDATES];
+    for (int i = 0; i < LEARN_CANDIDATES; i++) cand[i] = draw_pool_index(l, &s->params, &r);
+    int n = LEARN_CANDIDATES;
+    while (s->n_pairs < LEARN_PAIRS && n >= 2) {
+        long a, b;
+        learner_pick_pair(&u->learner, cand, n, &a, &b);
+        if (a == b) break;
+        s->pairs[2 * s->n_pairs] = a;
+        s->pairs[2 * s->n_pairs + 1] = b;
+        s->n_pairs++;
+        int m = 0; // drop both from the candidates
+        for (int i = 0; i < n; i++)
+            if (cand[i] != a && cand[i] != b) cand[m++] = cand[i];
+        n = m;
+    }
+    s->t_first = u->t_first;
+    s->update_s = cli_now_s() - t0;
+    u->t_first = 0;
+    u->dirty = 0;
+    pthread_mutex_lock(&l->lock);
+    if (l->out_tail) l->out_tail->next = s;
+    else l->out_head = s;
+    l->out_tail = s;
+    l->updates++;
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+static void *learn_main(void *arg) {
+    Learn *l = arg;
+    omp_set_num_threads(1); // the generation thread has the cores' OpenMP team
+    pthread_mutex_lock(&l->lock);
+    for (;;) {
+        while (!l->in_head && !l->stop) pthread_cond_wait(&l->cond, &l->lock);
+        if (!l->in_head && l->stop) break;
+        StoreItem *items = l->in_head;
+        l->in_head = l->in_tail = NULL;
+        pthread_mutex_unlock(&l->lock);
+        uint64_t events = 0, failures = 0;
+        int32_t cls[STORE_MAX_FRAMES];
+        while (items) {
+            StoreItem *it = items;
+            items = it->next;
+            LearnUser *u = user_get(l, it->user);
+            for (int i = 0; i < it->n_frames; i++) cls[i] = it->frames[i].cls < 0 ? 0 : it->frames[i].cls;
+            if (u && !apply(l, u, it->kind, it->value, it->tie, it->n_frames, it->latents, cls)) {
+                events++;
+                u->dirty = 1;
+                if (!u->t_first || it->t_recv < u->t_first) u->t_first = it->t_recv;
+            } else {
+                failures++;
+            }
+            free(it);
+        }
+        for (int i = 0; i < l->n_users; i++)
+            if (l->users[i]->dirty && publish(l, l->users[i])) failures++;
+        uv_async_send(l->async);
+        pthread_mutex_lock(&l->lock);
+        l->events += events;
+        l->failures += failures;
+    }
+    pthread_mutex_unlock(&l->lock);
+    return NULL;
+}
+
+// Every stored feedback, in id order, into its user's learner; then one update per user.
+static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
+    struct stat sb;
+    if (stat(db_path, &sb)) return 0; // no store yet: nothing to rebuild
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    int rc = 0, Z = l->pool.z_dim;
+    if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
+        sqlite3_prepare_v2(db,
+                           "SELECT f.id, f.user, f.kind, f.value, f.tie, fr.class, fr.latent "
+                           "FROM feedback f JOIN feedback_frame fr ON fr.feedback = f.id "
+                           "ORDER BY f.id, fr.rowid",
+                           -1, &q, NULL) != SQLITE_OK) {
+        snprintf(err, errlen, "%s: %s", db_path, db ? sqlite3_errmsg(db) : "cannot open");
+        sqlite3_finalize(q);
+        sqlite3_close(db);
+        return -1;
+    }
+    float *z = malloc((size_t)STORE_MAX_FRAMES * Z * sizeof(float));
+    int32_t cls[STORE_MAX_FRAMES];
+    sqlite3_int64 cur = -1;
+    char user[65] = "";
+    int kind = 0, tie = 0, n = 0, step;
+    double value = 0;
+    if (!z) rc = -1;
+    while (!rc) {
+        step = sqlite3_step(q);
+        sqlite3_int64 id = step == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -2;
+        if (id != cur && n > 0) { // the previous feedback is complete
+            LearnUser *u = user_get(l, user);
+            if (!u || apply(l, u, kind, value, tie, n, z, cls)) {
+                snprintf(err, errlen, "%s: feedback %lld cannot be replayed", db_path, (long long)cur);
+                rc = -1;
+                break;
+            }
+            u->dirty = 1;
+            l->rebuilt_events++;
+            n = 0;
+        }
+        if (step != SQLITE_ROW) {
+            if (step != SQLITE_DONE) {
+                snprintf(err, errlen, "%s: %s", db_path, sqlite3_errmsg(db));
+                rc = -1;
+            }
+            break;
+        }
+        if (id != cur) {
+            cur = id;
+            snprintf(user, sizeof user, "%s", (const char *)sqlite3_column_text(q, 1));
+            const char *k = (const char *)sqlite3_column_text(q, 2);
+            kind = !strcmp(k, "pair") ? STORE_PAIR : !strcmp(k, "choose") ? STORE_CHOOSE : STORE_RATE;
+            value = sqlite3_column_double(q, 3);
+            tie = sqlite3_column_int(q, 4);
+        }
+        if (n < STORE_MAX_FRAMES && sqlite3_column_bytes(q, 6) == (int)(Z * sizeof(float))) {
+            memcpy(z + (long)n * Z, sqlite3_column_blob(q, 6), (size_t)Z * sizeof(float));
+            int c = sqlite3_column_int(q, 5);
+            cls[n++] = c < 0 ? 0 : c;
+        }
+    }
+    free(z);
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    for (int i = 0; !rc && i < l->n_users; i++)
+        if (l->users[i]->dirty && publish(l, l->users[i])) {
+            snprintf(err, errlen, "rebuilding the policy of user '%s' failed", l->users[i]->user);
+            rc = -1;
+        }
+    return rc;
+}
+
+int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_async_t *async,
+               char *err, size_t errlen) {
+    memset(l, 0, sizeof *l);
+    l->async = async;
+    l->max_comparisons = LEARN_MAX_COMPARISONS;
+    double t0 = cli_now_s();
+    const int B = 64;
+    if (generator_load(&l->g, ckpt, B, err, errlen) || features_init(&l->feat, ckpt, B, err, errlen))
+        return -1;
+    const SaganConfig *cfg = &l->g.cfg;
+    int Z = cfg->z_dim, C = cfg->n_classes, F = l->feat.F;
+    long img = (long)cfg->channels * cfg->img * cfg->img;
+    policy_config_default(&l->pc, F);
+    float *images = malloc((size_t)pool_n * img * sizeof(float));
+    l->phi = malloc((size_t)STORE_MAX_FRAMES * F * sizeof(float));
+    if (!images || !l->phi || policy_pool_alloc(&l->pool, pool_n, Z, C, F)) {
+        free(images);
+        snprintf(err, errlen, "out of memory for a policy pool of %ld frames", pool_n);
+        return -1;
+    }
+    PolicyPool *p = &l->pool;
+    gan_sample_latents(cfg, 0x9001, pool_n, -1, p->z, C ? p->y : NULL);
+    int rc = 0;
+    for (long i = 0; i < pool_n && !rc; i += B) {
+        int b = (int)(pool_n - i < B ? pool_n - i : B);
+        rc = generator_forward(&l->g, p->z + i * Z, C ? p->y + i : NULL, b);
+        if (!rc) memcpy(images + i * img, l->g.img, (size_t)b * img * sizeof(float));
+    }
+    if (!rc) rc = features_calibrate(&l->feat, images, C ? p->y : NULL, pool_n);
+    if (!rc) rc = features_compute(&l->feat, images, C ? p->y : NULL, pool_n, p->phi);
+    free(images);
+    if (!rc) policy_pool_finish(p);
+    if (!rc) rc = policy_scratch_init(&l->scratch, &l->pc, p, l->max_comparisons);
+    if (rc) {
+        snprintf(err, errlen, "building the policy pool: %s", kernels_strerror(rc));
+        return -1;
+    }
+    if (pthread_mutex_init(&l->lock, NULL) || pthread_cond_init(&l->cond, NULL)) {
+        snprintf(err, errlen, "cannot make the learning thread's locks");
+        return -1;
+    }
+    l->locks_ready = 1;
+    if (rebuild(l, db_path, err, errlen)) return -1;
+    l->rebuild_s = cli_now_s() - t0;
+    uv_async_send(async); // the loop installs the rebuilt policies before it takes a connection
+    if (pthread_create(&l->thread, NULL, learn_main, l)) {
+        snprintf(err, errlen, "cannot start the learning thread");
+        return -1;
+    }
+    l->started = 1;
+    return 0;
+}
+
+void learn_submit(Learn *l, StoreItem *item) {
+    item->next = NULL;
+    pthread_mutex_lock(&l->lock);
+    if (l->in_tail) l->in_tail->next = item;
+    else l->in_head = item;
+    l->in_tail = item;
+    pthread_cond_signal(&l->cond);
+    pthread_mutex_unlock(&l->lock);
+}
+
+LearnSnap *learn_take(Learn *l) {
+    if (!l->locks_ready) return NULL;
+    pthread_mutex_lock(&l->lock);
+    LearnSnap *s = l->out_head;
+    l->out_head = l->out_tail = NULL;
+    pthread_mutex_unlock(&l->lock);
+    return s;
+}
+
+void learn_snap_free(LearnSnap *s) {
+    if (!s) return;
+    policy_params_free(&s->params);
+    free(s);
+}
+
+void learn_close(Learn *l) {
+    if (l->started) {
+        pthread_mutex_lock(&l->lock);
+        l->stop = 1;
+        pthread_cond_signal(&l->cond);
+        pthread_mutex_unlock(&l->lock);
+        pthread_join(l->thread, NULL);
+    }
+    for (StoreItem *it = l->in_head, *nx; it; it = nx) {
+        nx = it->next;
+        free(it);
+    }
+    for (LearnSnap *s = l->out_head, *nx; s; s = nx) {
+        nx = s->next;
+        learn_snap_free(s);
+    }
+    for (int i = 0; i < l->n_users; i++) {
+        learner_free(&l->users[i]->learner);
+        free(l->users[i]);
+    }
+    free(l->users);
+    if (l->locks_ready) {
+        pthread_mutex_destroy(&l->lock);
+        pthread_cond_destroy(&l->cond);
+    }
+    policy_scratch_free(&l->scratch);
+    policy_pool_free(&l->pool);
+    features_free(&l->feat);
+    generator_free(&l->g);
+    free(l->phi);
+    memset(l, 0, sizeof *l);
+}

@@ -1,0 +1,83 @@
+// learn.h — the learning thread: every stored feedback reaches its user's learner
+// (policy/policy.h), which refits the user's reward ensemble and policy and publishes the new
+// policy to the loop thread, which draws that user's next frames from it.
+//
+// At open, a pool of prior frames is drawn and its reward features computed (policy/features.h),
+// and every learner is rebuilt from the store (the feedback table, in id order): a policy is a
+// deterministic function of its user's comparisons, so the same user is steered the same way
+// after a restart. Then the thread starts.
+//
+// Threads: learn_submit and learn_take are called by the loop thread; the learning thread owns the
+// learners, its own G (to turn a stored latent back into a frame) and D (features), and runs with
+// one OpenMP thread so that it does not fight the generation thread for the cores. Feedback is
+// drained in batches: several events of one user cost one update.
+#ifndef SERVER_LEARN_H
+#define SERVER_LEARN_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "generator/sagan.h"
+#include "policy/features.h"
+#include "policy/policy.h"
+#include "server/store.h"
+
+#define LEARN_PAIRS 4 // actively chosen pairs a snapshot carries for pair mode
+
+// A published policy of one user, for the loop thread.
+typedef struct LearnSnap {
+    struct LearnSnap *next;
+    char user[65];
+    PolicyParams params;
+    int n_pairs;
+    long pairs[2 * LEARN_PAIRS]; // pool indices (a, b) of the pairs the ensemble is least sure of
+    double t_first;              // receipt time (cli_now_s) of the oldest feedback it includes
+    double update_s;             // seconds the update itself took
+} LearnSnap;
+
+typedef struct LearnUser {
+    char user[65];
+    Learner learner;
+    double t_first; // oldest feedback not yet in a published update (0: none)
+    int dirty;
+} LearnUser;
+
+typedef struct {
+    PolicyConfig pc;
+    PolicyPool pool; // immutable once open: the loop reads pool.z / pool.y for active pairs
+    Features feat;
+    Generator g;
+    PolicyScratch scratch;
+    long max_comparisons;
+    float *phi; // (STORE_MAX_FRAMES, F)
+    LearnUser **users;
+    int n_users, cap_users;
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    StoreItem *in_head, *in_tail;
+    LearnSnap *out_head, *out_tail;
+    uv_async_t *async;
+    int stop, started, locks_ready;
+    // figures for /metrics (under lock)
+    uint64_t updates, events, failures;
+    double rebuild_s;
+    long rebuilt_events;
+} Learn;
+
+// Builds the pool (pool_n frames, seeded) with G and D of ckpt, rebuilds every user's learner from
+// the store at db_path (if it exists), queues their policies for learn_take, and starts the thread.
+// Returns 0 or -1 with err set (nothing left running; learn_close is still safe).
+int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_async_t *async,
+               char *err, size_t errlen);
+// Hands a stored (not duplicate) feedback item to the thread, which frees it.
+void learn_submit(Learn *l, StoreItem *item);
+// Takes every published policy, oldest first; free each with learn_snap_free.
+LearnSnap *learn_take(Learn *l);
+void learn_snap_free(LearnSnap *s);
+// Stops the thread and frees everything. Safe on a half-opened Learn.
+void learn_close(Learn *l);
+
+#endif

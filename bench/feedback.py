@@ -1,5 +1,7 @@
 """bench/feedback.py — acknowledged feedback per second through a real `steer serve` and its SQLite
-store (WAL, synchronous=FULL, group commit), and the latency from a feedback sent to its `ack`.
+store (WAL, synchronous=FULL, group commit), and the latency from a feedback sent to its `ack`;
+first, on the idle server, the latency from a rating sent to the `policy` message of the updated
+policy that draws the user's next frames (issue 4: <= 50 ms).
 
     /usr/bin/python3 bench/feedback.py URL [--connections 16] [--window 16] [--seconds 5]
 
@@ -48,6 +50,21 @@ async def one(url, k, window, seconds, lat, counts):
                 return
 
 
+async def policy_latency(url, n=40):
+    """Sequential ratings by one user; the time from each send to its new policy's message."""
+    out = []
+    async with connect(url, user="bench-latency") as c:
+        await c.stream(1, n=n)
+        frames = [(await c.next_frame(30)) for _ in range(n)]
+        await c.wait_policy(0, 30)
+        for i, f in enumerate(frames):
+            t0 = time.perf_counter()
+            await c.feedback(f"lat-{i}", "rate", frame=f.frame, value=1.0 if f.cls == 1 else -1.0)
+            await c.wait_policy(c.policy["version"] + 1, 30)
+            out.append(time.perf_counter() - t0)
+    return sorted(out)
+
+
 async def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("url")
@@ -55,6 +72,9 @@ async def main():
     ap.add_argument("--window", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=5)
     a = ap.parse_args()
+    pl = await policy_latency(a.url)
+    print(f"policy_update_p50_ms {pl[len(pl) // 2] * 1e3:.2f}")
+    print(f"policy_update_p99_ms {pl[min(len(pl) - 1, int(0.99 * len(pl)))] * 1e3:.2f}")
     lat, counts = [], [0] * a.connections
     t0 = time.perf_counter()
     await asyncio.gather(*(one(a.url, k, a.window, a.seconds, lat, counts)

@@ -18,3 +18,20 @@ rm -f "$out"
 
 # The server (issue 3): frames/s and latency to 1/100/1000 clients beside the bare generator.
 bash bench/serve.sh "$build"
+
+# Learning from users (issue 4): feedback events until a simulated user who likes class k is
+# satisfied (>= 80% of the next 50 frames liked), every class, against random frames and
+# interactive evolution, in-process. Unsatisfied users count as the budget.
+sim=$(mktemp)
+OMP_NUM_THREADS=1 "$build"/steer simulate --users "${BENCH_SIM_USERS:-2}" --budget 60 --json | tee "$sim"
+/usr/bin/python3 - "$sim" <<'PY'
+import json, sys
+r = {m["method"]: m for m in map(json.loads, open(sys.argv[1]))}
+med = lambda m: m["median_events"] if m["median_events"] is not None else float("inf")
+p, e = med(r["policy"]), med(r["evolution"])
+print(f"satisfaction_median_events_policy {p}   (target <= 20; {r['policy']['satisfied']}/{r['policy']['users']} satisfied)")
+print(f"satisfaction_median_events_evolution {e}   ({r['evolution']['satisfied']}/{r['evolution']['users']} satisfied)")
+print(f"satisfaction_median_events_random {med(r['random'])}   ({r['random']['satisfied']}/{r['random']['users']} satisfied)")
+print(f"ratio_evolution_vs_policy_events {e / p:.2f}   (target >= 3)")
+PY
+rm -f "$sim"

@@ -77,4 +77,5 @@ awk '
             v["serve_stalled100_fps"] / v["serve_alone100_fps"]
         printf "feedback_acks_per_s %.0f   (target >= 5000, synchronous=FULL)\n", v["feedback_acks_per_s"]
         printf "feedback_ack_p99_ms %.1f   (target <= 50)\n", v["feedback_ack_p99_ms"]
+        printf "policy_update_p99_ms %.1f   (feedback -> new policy drawing frames; target <= 50)\n", v["policy_update_p99_ms"]
     }' "$out"

@@ -1,14 +1,18 @@
 // app.js: steer's browser client. It connects to the server that served the page over a WebSocket
 // (`/ws`, subprotocol steer.v1, one msgpack map per binary message; docs/protocol.md), says hello,
-// opens one stream at a time (a gallery of independent samples, or a walk through latent space) and
-// shows its PNG frames, paced to a target rate.
+// opens one stream at a time (a gallery of independent samples, a walk through latent space, or A/B
+// pairs to choose between) and shows its PNG frames, gallery and walk paced to a target rate. What the
+// user thinks of the frames goes back as `feedback` (thumbs, "more/less like this", "A or B?"), and
+// the Learning panel shows what the server's policy made of it (`policy` messages).
 //
-// Flow control: a stream holds at most `creditWindow()` frames granted-but-unreceived plus
-// received-but-unpainted. Credit is handed back only when a frame is painted, so a tab that stops
-// painting (hidden, slow) stops the server drawing for it instead of buffering without bound.
+// Flow control: a gallery or walk stream holds at most `creditWindow()` frames granted-but-unreceived
+// plus received-but-unpainted. Credit is handed back only when a frame is painted, so a tab that stops
+// painting (hidden, slow) stops the server drawing for it instead of buffering without bound. A pair
+// stream holds one pair on screen and at most one more (PAIR_AHEAD frames): two frames of credit are
+// granted per answered pair, so pairs arrive only as fast as the user answers them.
 //
 // It is deliberately not a framework app: no build step, no dependencies beyond the msgpack library
-// the server vends at /vendor/msgpack.min.js. Feedback controls arrive with the feedback messages.
+// the server vends at /vendor/msgpack.min.js; the learning plot is drawn by hand on a canvas.
 'use strict';
 
 (function () {
@@ -18,6 +22,9 @@
     const BACKOFF_MAX_MS = 15000;
     const MAX_ERRORS_SHOWN = 8;
     const FPS_WINDOW_MS = 2000; // frames/s is counted over the last two seconds of paints
+    const PAIR_AHEAD = 4; // pair mode's initial credit: the pair on screen and the next one
+    const FEEDBACK_RESENDS = 3; // reconnects a feedback is sent again on before it counts as refused
+    const POLICY_HISTORY = 2000; // policy messages kept for the plot (one per update of the policy)
     const FASHION_MNIST = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
         'Sneaker', 'Bag', 'Ankle boot'];
 
@@ -36,6 +43,13 @@
         closeCode: null, // code of the last WebSocket close
         feedbackSent: 0, // feedback messages sent (retries included)
         feedbackAcked: 0, // acks received: the server stored them
+        lastFeedback: null, // the last feedback message sent (not a retry)
+        policyVersion: null, // policy_version of the last painted frame
+        pair: null, // the pair on screen: {pair, a, b} frame ids, null while none is
+        pairsShown: 0,
+        pairsAnswered: 0,
+        policy: null, // the last `policy` message: how learning from this user goes
+        policyHistory: [], // every `policy` message of the page's life, oldest first
     };
     window.steer = steer;
 
@@ -46,14 +60,24 @@
         modelSize: $('model-size'), modelClasses: $('model-classes'),
         fps: $('fps'), gallery: $('gallery'), walk: $('walk'),
         walkCanvas: $('walk-canvas'), walkCaption: $('walk-caption'),
-        classLabel: $('class-label'), classSelect: $('class-select'), speedSelect: $('speed-select'),
+        pair: $('pair'), pairA: $('pair-a'), pairB: $('pair-b'),
+        pairACaption: $('pair-a-caption'), pairBCaption: $('pair-b-caption'), pairStatus: $('pair-status'),
+        answerButtons: document.querySelectorAll('[data-answer]'),
+        policyVersion: $('policy-version'),
+        learning: $('learning'), learnVersion: $('learn-version'), learnFeedback: $('learn-feedback'),
+        learnComparisons: $('learn-comparisons'), learnAccuracy: $('learn-accuracy'), learnKl: $('learn-kl'),
+        learnPlot: $('learn-plot'), classProbsBox: $('class-probs-box'), classProbs: $('class-probs'),
+        classLabel: $('class-label'), classSelect: $('class-select'),
+        speedLabel: $('speed-label'), speedSelect: $('speed-select'),
         errors: $('errors'), errorList: $('error-list'),
         modeButtons: document.querySelectorAll('[data-mode]'),
     };
 
     let ws = null; // the current socket; events of older sockets are ignored
     let welcome = null; // the server's welcome on the current socket
-    let stream = null; // the open stream: {id, mode, outstanding, pending[], nextPaint}
+    // The open stream: {id, mode, outstanding, pending[], nextPaint}; pair mode adds pairs[] (arrived,
+    // {id, a, b} slots) and current (the pair on screen).
+    let stream = null;
     let nextStreamId = 1;
     let backoffMs = BACKOFF_MIN_MS;
     let reconnectTimer = 0;
@@ -62,10 +86,11 @@
     let walkFrame = null; // frame id of the walk image on screen
     const paintTimes = []; // performance.now() of recent paints, for frames/s
     const tiles = [];
-    // Feedback not yet acknowledged, by id: {msg, button}. Sent again after a reconnect: the server
-    // acknowledges an id it already stored, so a retry is safe.
+    // Feedback not yet acknowledged, by id: {msg, onState, resends}. Sent again after a reconnect:
+    // the server acknowledges an id it already stored, so a retry is safe.
     const unacked = new Map();
     let feedbackCounter = 0;
+    let pairAnswer = 0; // number of the latest pair answer, whose state the pair status shows
 
     // ---- small helpers ----
 
@@ -124,29 +149,29 @@
         return 'w-' + rnd + '-' + feedbackCounter;
     }
 
-    // Rates the frame frameOf() returns: +1 or -1. The button shows `sent` until the ack comes.
-    function rate(frameOf, value, button) {
-        const frame = frameOf();
-        if (frame === null || frame === undefined) return;
-        const msg = { t: 'feedback', id: feedbackId(), kind: 'rate', frame, value };
-        unacked.set(msg.id, { msg, button });
-        button.dataset.state = 'sent';
+    // Sends feedback `body` ({kind, ...}) under a fresh id and keeps it until its ack. onState(state)
+    // is told 'sent' now, 'saved' on the ack, 'failed' if it was refused on every resend.
+    function sendFeedback(body, onState) {
+        const msg = Object.assign({ t: 'feedback', id: feedbackId() }, body);
+        unacked.set(msg.id, { msg, onState, resends: 0 });
+        steer.lastFeedback = msg;
+        onState('sent');
         if (send(msg)) steer.feedbackSent++;
+        return msg;
     }
 
-    function feedbackButtons(frameOf) {
-        const box = document.createElement('div');
-        box.className = 'thumbs';
-        for (const [label, value, title] of [['\u{1F44D}', 1, 'more like this'], ['\u{1F44E}', -1, 'less like this']]) {
-            const b = document.createElement('button');
-            b.type = 'button';
-            b.textContent = label;
-            b.title = title;
-            b.dataset.value = String(value);
-            b.addEventListener('click', () => rate(frameOf, value, b));
-            box.append(b);
+    // After a reconnect: everything not yet acknowledged goes again, whatever its kind. One the server
+    // has not acknowledged after FEEDBACK_RESENDS sessions was refused (its error is in the panel).
+    function resendFeedback() {
+        for (const [id, p] of unacked) {
+            if (p.resends >= FEEDBACK_RESENDS) {
+                unacked.delete(id);
+                p.onState('failed');
+                continue;
+            }
+            p.resends++;
+            if (send(p.msg)) steer.feedbackSent++;
         }
-        return box;
     }
 
     function onAck(id) {
@@ -154,7 +179,176 @@
         if (!p) return;
         unacked.delete(id);
         steer.feedbackAcked++;
-        if (p.button) p.button.dataset.state = 'saved';
+        p.onState('saved');
+    }
+
+    // Rates the frame frameOf() returns: value +1 or -1. The button shows the feedback's state for as
+    // long as it names that frame (a gallery tile that gets a new frame clears it).
+    function rate(frameOf, value, button) {
+        const frame = frameOf();
+        if (frame === null || frame === undefined) return;
+        button.dataset.frame = String(frame);
+        sendFeedback({ kind: 'rate', frame, value }, (state) => {
+            if (button.dataset.frame === String(frame)) button.dataset.state = state;
+        });
+    }
+
+    // choices: [label, value, title, element id or ''].
+    function feedbackButtons(frameOf, choices) {
+        const box = document.createElement('div');
+        box.className = 'thumbs';
+        for (const [label, value, title, id] of choices) {
+            const b = document.createElement('button');
+            b.type = 'button';
+            b.textContent = label;
+            b.title = title;
+            if (id) b.id = id;
+            b.dataset.value = String(value);
+            b.addEventListener('click', () => rate(frameOf, value, b));
+            box.append(b);
+        }
+        return box;
+    }
+
+    // ---- learning ----
+
+    const isNum = (x) => typeof x === 'number' && Number.isFinite(x);
+
+    function onPolicy(p) {
+        if (!isNum(p.version) || !isNum(p.feedback) || !isNum(p.comparisons)) {
+            showError('client', 'bad_policy', 'policy message without numeric version, feedback, comparisons');
+            return;
+        }
+        steer.policy = p;
+        steer.policyHistory.push(p);
+        if (steer.policyHistory.length > POLICY_HISTORY) steer.policyHistory.shift();
+        el.learning.hidden = false;
+        el.learnVersion.textContent = String(p.version);
+        el.learnFeedback.textContent = String(p.feedback);
+        el.learnComparisons.textContent = String(p.comparisons);
+        el.learnAccuracy.textContent = isNum(p.accuracy) ? (100 * p.accuracy).toFixed(1) + ' %' : '—';
+        el.learnKl.textContent = isNum(p.kl) ? p.kl.toFixed(3) + ' nats' : '—';
+        drawLearning();
+        showClassProbs(p.class_probs);
+    }
+
+    // 1, 2 or 5 times a power of ten, at least x: a round top for the KL axis.
+    function niceCeil(x) {
+        if (!(x > 0)) return 0.1;
+        const p = Math.pow(10, Math.floor(Math.log10(x)));
+        for (const m of [1, 2, 5, 10]) if (m * p >= x) return m * p;
+        return 10 * p;
+    }
+
+    function cssVar(name) {
+        return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+    }
+
+    // The plot: held-out accuracy (0..100 %, left axis) and KL (nats, right axis, from 0 to a round
+    // number above the largest seen) of every policy message so far, against its feedback count. The
+    // canvas is twice its CSS size, so everything is drawn at scale 2 in CSS pixels. An unknown
+    // accuracy leaves a gap in its line.
+    function drawLearning() {
+        const c = el.learnPlot;
+        const ctx = c.getContext('2d');
+        const W = c.width / 2, H = c.height / 2;
+        const left = 38, right = 40, top = 8, bottom = 22;
+        ctx.setTransform(2, 0, 0, 2, 0, 0);
+        ctx.clearRect(0, 0, W, H);
+        const hist = steer.policyHistory;
+        let x0 = Infinity, x1 = -Infinity, klTop = 0;
+        for (const p of hist) {
+            x0 = Math.min(x0, p.feedback);
+            x1 = Math.max(x1, p.feedback);
+            if (isNum(p.kl)) klTop = Math.max(klTop, p.kl);
+        }
+        if (!(x0 <= x1)) { x0 = 0; x1 = 1; }
+        if (x1 === x0) x1 = x0 + 1;
+        klTop = niceCeil(klTop * 1.05);
+        const px = (f) => left + (f - x0) / (x1 - x0) * (W - left - right);
+        const pyAcc = (a) => top + (1 - a) * (H - top - bottom);
+        const pyKl = (k) => top + (1 - k / klTop) * (H - top - bottom);
+
+        const muted = cssVar('--muted'), grid = cssVar('--line');
+        ctx.lineWidth = 1;
+        ctx.font = '9px system-ui, sans-serif';
+        ctx.textBaseline = 'middle';
+        for (const f of [0, 0.5, 1]) {
+            const y = pyAcc(f);
+            ctx.strokeStyle = grid;
+            ctx.beginPath();
+            ctx.moveTo(left, y);
+            ctx.lineTo(W - right, y);
+            ctx.stroke();
+            ctx.fillStyle = cssVar('--ok');
+            ctx.textAlign = 'right';
+            ctx.fillText((100 * f).toFixed(0) + '%', left - 4, y);
+            ctx.fillStyle = cssVar('--warn');
+            ctx.textAlign = 'left';
+            ctx.fillText(String(+(klTop * f).toPrecision(3)), W - right + 4, y);
+        }
+        ctx.fillStyle = muted;
+        ctx.textBaseline = 'top';
+        ctx.textAlign = 'left';
+        ctx.fillText(String(x0), left, H - bottom + 5);
+        ctx.textAlign = 'right';
+        ctx.fillText(String(x1), W - right, H - bottom + 5);
+        ctx.textAlign = 'center';
+        ctx.fillText('feedback', (left + W - right) / 2, H - bottom + 5);
+
+        const series = (value, py, color) => {
+            ctx.strokeStyle = color;
+            ctx.fillStyle = color;
+            ctx.lineWidth = 1.5;
+            ctx.beginPath();
+            let drawing = false;
+            for (const p of hist) {
+                const v = value(p);
+                if (!isNum(v)) { drawing = false; continue; }
+                if (drawing) ctx.lineTo(px(p.feedback), py(v));
+                else ctx.moveTo(px(p.feedback), py(v));
+                drawing = true;
+            }
+            ctx.stroke();
+            for (const p of hist) {
+                const v = value(p);
+                if (isNum(v)) ctx.fillRect(px(p.feedback) - 1.5, py(v) - 1.5, 3, 3);
+            }
+        };
+        series((p) => p.kl, pyKl, cssVar('--warn'));
+        series((p) => p.accuracy, pyAcc, cssVar('--ok'));
+        ctx.setTransform(1, 0, 0, 1, 0, 0);
+    }
+
+    // Conditional models: the policy's probability of each class, as bars scaled to the largest, with
+    // a tick where the prior's uniform probability would be.
+    function showClassProbs(probs) {
+        const ok = Array.isArray(probs) && probs.length > 0 && probs.every(isNum);
+        el.classProbsBox.hidden = !ok;
+        el.classProbs.textContent = '';
+        if (!ok) return;
+        const most = Math.max(...probs) || 1;
+        probs.forEach((p, k) => {
+            const li = document.createElement('li');
+            const name = document.createElement('span');
+            name.className = 'name';
+            name.textContent = className(k) || 'class ' + k;
+            const track = document.createElement('span');
+            track.className = 'track';
+            const fill = document.createElement('span');
+            fill.className = 'fill';
+            fill.style.width = (100 * p / most).toFixed(1) + '%';
+            const uniform = document.createElement('span');
+            uniform.className = 'uniform';
+            uniform.style.left = Math.min(100, 100 / probs.length / most).toFixed(1) + '%';
+            track.append(fill, uniform);
+            const value = document.createElement('span');
+            value.className = 'p';
+            value.textContent = (100 * p).toFixed(1) + '%';
+            li.dataset.p = String(p);
+            li.append(name, track, value);
+            el.classProbs.append(li);
+        });
     }
 
     function buildGallery(w, h) {
@@ -168,8 +362,9 @@
             canvas.width = w;
             canvas.height = h;
             const cap = document.createElement('figcaption');
-            const tile = { fig, canvas, cap, ctx: canvas.getContext('2d'), frame: null };
-            const thumbs = feedbackButtons(() => tile.frame);
+            const tile = { fig, canvas, cap, frame: null };
+            const thumbs = feedbackButtons(() => tile.frame,
+                [['\u{1F44D}', 1, 'more like this', ''], ['\u{1F44E}', -1, 'less like this', '']]);
             fig.append(canvas, cap, thumbs);
             el.gallery.append(fig);
             tiles.push(tile);
@@ -185,8 +380,10 @@
         el.modelClasses.textContent = model.classes > 0 ? String(model.classes) : 'unconditional';
         if (tiles.length === 0 || tiles[0].canvas.width !== model.width || tiles[0].canvas.height !== model.height)
             buildGallery(model.width, model.height);
-        el.walkCanvas.width = model.width;
-        el.walkCanvas.height = model.height;
+        for (const c of [el.walkCanvas, el.pairA, el.pairB]) {
+            c.width = model.width;
+            c.height = model.height;
+        }
 
         // The class selector: only for conditional models; keep the user's choice across reconnects.
         const sel = el.classSelect;
@@ -201,39 +398,59 @@
         for (const b of el.modeButtons) b.setAttribute('aria-pressed', String(b.dataset.mode === mode));
         el.gallery.hidden = mode !== 'gallery';
         el.walk.hidden = mode !== 'walk';
+        el.pair.hidden = mode !== 'pair';
+        el.speedLabel.hidden = mode === 'pair'; // pairs come as fast as they are answered
     }
 
-    function paint(s, slot) {
-        const f = slot.msg;
-        const bmp = slot.bitmap;
-        let target;
-        if (s.mode === 'walk') {
-            target = { canvas: el.walkCanvas, ctx: el.walkCanvas.getContext('2d') };
-            walkFrame = f.frame;
-            el.walkCaption.textContent = (className(f.class) ? className(f.class) + ' · ' : '') + 'frame ' + f.seq;
-        } else {
-            target = tiles[nextTile];
-            nextTile = (nextTile + 1) % tiles.length;
-            target.frame = f.frame;
-            for (const b of target.fig.querySelectorAll('.thumbs button')) delete b.dataset.state;
-            target.cap.textContent = className(f.class);
-            target.fig.dataset.filled = '1';
-        }
-        const c = target.canvas;
+    // Draws bitmap bmp on canvas c, sized to it, with crisp pixels.
+    function draw(c, bmp) {
         if (c.width !== bmp.width || c.height !== bmp.height) {
             c.width = bmp.width;
             c.height = bmp.height;
         }
-        target.ctx.imageSmoothingEnabled = false;
-        target.ctx.clearRect(0, 0, c.width, c.height);
-        target.ctx.drawImage(bmp, 0, 0);
+        const ctx = c.getContext('2d');
+        ctx.imageSmoothingEnabled = false;
+        ctx.clearRect(0, 0, c.width, c.height);
+        ctx.drawImage(bmp, 0, 0);
+    }
+
+    // Counts frame f as shown and shows the model and policy versions that drew it.
+    function noteShown(f, mode) {
         steer.framesShown++;
-        steer.lastFrame = { stream: f.stream, frame: f.frame, seq: f.seq, class: f.class, mode: s.mode };
+        steer.lastFrame = { stream: f.stream, frame: f.frame, seq: f.seq, class: f.class, mode,
+            policy_version: f.policy_version };
         if (typeof f.model_version === 'number' && f.model_version !== steer.modelVersion) {
             steer.modelVersion = f.model_version;
             el.modelVersion.textContent = String(f.model_version);
         }
+        if (typeof f.policy_version === 'number' && f.policy_version !== steer.policyVersion) {
+            steer.policyVersion = f.policy_version;
+            el.policyVersion.textContent = String(f.policy_version);
+        }
         paintTimes.push(performance.now());
+    }
+
+    function paint(s, slot) {
+        const f = slot.msg;
+        let canvas;
+        if (s.mode === 'walk') {
+            canvas = el.walkCanvas;
+            walkFrame = f.frame;
+            el.walkCaption.textContent = (className(f.class) ? className(f.class) + ' · ' : '') + 'frame ' + f.seq;
+        } else {
+            const tile = tiles[nextTile];
+            nextTile = (nextTile + 1) % tiles.length;
+            tile.frame = f.frame;
+            for (const b of tile.fig.querySelectorAll('.thumbs button')) {
+                delete b.dataset.state;
+                delete b.dataset.frame;
+            }
+            tile.cap.textContent = className(f.class);
+            tile.fig.dataset.filled = '1';
+            canvas = tile.canvas;
+        }
+        draw(canvas, slot.bitmap);
+        noteShown(f, s.mode);
     }
 
     function updateFps() {
@@ -245,27 +462,124 @@
         el.fps.dataset.fps = String(fps);
     }
 
+    // ---- pair mode ----
+
+    function pairWaiting(text) {
+        steer.pair = null;
+        el.pair.dataset.state = 'waiting';
+        for (const b of el.answerButtons) b.disabled = true;
+        if (text) el.pairStatus.textContent = text;
+    }
+
+    // Files a pair frame under its pair (`pair` is the id of the A frame, `side` 0 for A, 1 for B).
+    function pairFile(s, slot) {
+        const f = slot.msg;
+        const id = typeof f.pair === 'number' ? f.pair : f.frame;
+        let p = s.pairs.find((q) => q.id === id);
+        if (!p) {
+            p = { id, a: null, b: null };
+            s.pairs.push(p);
+        }
+        if (f.side === 1) p.b = slot;
+        else p.a = slot;
+    }
+
+    // Shows the first pair that arrived, once both its frames are decoded and none is on screen.
+    function pairAdvance(s) {
+        while (!s.current && s.pairs.length) {
+            const p = s.pairs[0];
+            if (!p.a || !p.b || !p.a.ready || !p.b.ready) break;
+            s.pairs.shift();
+            if (!p.a.bitmap || !p.b.bitmap) { // a frame that did not decode: ask for another pair
+                releasePair(p);
+                grant(s, 2);
+                continue;
+            }
+            draw(el.pairA, p.a.bitmap);
+            draw(el.pairB, p.b.bitmap);
+            releasePair(p);
+            const a = p.a.msg, b = p.b.msg;
+            noteShown(a, 'pair');
+            noteShown(b, 'pair');
+            el.pairACaption.textContent = 'A' + (className(a.class) ? ' · ' + className(a.class) : '');
+            el.pairBCaption.textContent = 'B' + (className(b.class) ? ' · ' + className(b.class) : '');
+            s.current = { pair: p.id, a: a.frame, b: b.frame };
+            steer.pair = s.current;
+            steer.pairsShown++;
+            el.pair.dataset.state = 'ready';
+            for (const btn of el.answerButtons) btn.disabled = false;
+        }
+        if (!s.current) pairWaiting();
+    }
+
+    // The user's answer on the pair on screen: 'a', 'b' or 'tie' ("can't tell": A over B, tie).
+    // It goes out as pair feedback; the next pair shows at once if it is here, and two frames of
+    // credit ask for the one after it.
+    function pairAnswerSend(answer) {
+        const s = stream;
+        if (!s || s.mode !== 'pair' || !s.current) return;
+        const p = s.current;
+        s.current = null;
+        const b = answer === 'b';
+        const body = { kind: 'pair', winner: b ? p.b : p.a, loser: b ? p.a : p.b, tie: answer === 'tie' };
+        const label = answer === 'tie' ? "can't tell" : (b ? 'B' : 'A') + ' preferred';
+        const n = ++pairAnswer;
+        steer.pairsAnswered++;
+        sendFeedback(body, (state) => {
+            if (n !== pairAnswer) return; // the status line shows the latest answer only
+            el.pairStatus.dataset.state = state;
+            el.pairStatus.textContent = label + ': ' + state;
+        });
+        grant(s, 2);
+        pairAdvance(s);
+    }
+
     // ---- streams and credit ----
+
+    function releasePair(p) {
+        for (const slot of [p.a, p.b]) {
+            if (slot && slot.bitmap) {
+                slot.bitmap.close();
+                slot.bitmap = null;
+            }
+        }
+    }
+
+    // Closes the decoded frames a stream still holds.
+    function releaseStream(s) {
+        for (const slot of s.pending) if (slot.bitmap) slot.bitmap.close();
+        s.pending.length = 0;
+        for (const p of s.pairs) releasePair(p);
+        s.pairs.length = 0;
+    }
 
     function stopStream() {
         const s = stream;
         if (!s) return;
         stream = null;
         send({ t: 'stop', id: s.id });
-        for (const slot of s.pending) if (slot.bitmap) slot.bitmap.close();
-        s.pending.length = 0;
+        releaseStream(s);
     }
 
     function openStream() {
         stopStream();
+        if (steer.mode === 'pair') pairWaiting('waiting for a pair');
         if (!welcome) return;
         const id = nextStreamId;
         nextStreamId = nextStreamId >= 0xffffffff ? 1 : nextStreamId + 1;
-        const n = creditWindow();
+        let n = creditWindow();
+        if (steer.mode === 'pair') {
+            n = PAIR_AHEAD;
+            if (welcome.limits && welcome.limits.max_credit > 0) n = Math.min(n, welcome.limits.max_credit);
+        }
         const msg = { t: 'stream', id, mode: steer.mode, format: 'png', n };
         if (welcome.model.classes > 0) msg.class = steer.classId;
-        stream = { id, mode: steer.mode, outstanding: n, pending: [], nextPaint: 0 };
+        stream = { id, mode: steer.mode, outstanding: n, pending: [], nextPaint: 0, pairs: [], current: null };
         send(msg);
+    }
+
+    function grant(s, n) {
+        if (send({ t: 'credit', id: s.id, n })) s.outstanding += n;
     }
 
     // Hands back credit for frames painted (or dropped) so that granted + queued stays at the window;
@@ -274,7 +588,7 @@
         const want = creditWindow() - s.outstanding - s.pending.length;
         if (want <= 0) return;
         if (want < Math.ceil(creditWindow() / 2) && s.outstanding > 0) return;
-        if (send({ t: 'credit', id: s.id, n: want })) s.outstanding += want;
+        grant(s, want);
     }
 
     function onFrame(f) {
@@ -282,29 +596,35 @@
         if (!s || f.stream !== s.id) return; // a frame of a stream we already stopped
         steer.framesReceived++;
         s.outstanding = Math.max(0, s.outstanding - 1);
-        // Decodes run in parallel; the painter takes slots in arrival order once each is ready.
+        // Decodes run in parallel; the painter takes slots in arrival order once each is ready (pair
+        // mode: whole pairs, as the user answers them).
         const slot = { msg: f, bitmap: null, ready: false };
-        s.pending.push(slot);
+        if (s.mode === 'pair') pairFile(s, slot);
+        else s.pending.push(slot);
+        const ready = () => {
+            slot.ready = true;
+            if (s.mode === 'pair') pairAdvance(s);
+        };
         if (f.format !== 'png' || !(f.data instanceof Uint8Array)) {
             showError('client', 'bad_frame', 'frame ' + f.seq + ' is not a PNG', f.stream);
-            slot.ready = true;
+            ready();
             return;
         }
         createImageBitmap(new Blob([f.data], { type: 'image/png' })).then((bmp) => {
             if (stream !== s) { bmp.close(); return; }
             slot.bitmap = bmp;
-            slot.ready = true;
+            ready();
         }, (e) => {
             if (stream !== s) return;
             showError('client', 'bad_frame', 'frame ' + f.seq + ' does not decode: ' + e.message, f.stream);
-            slot.ready = true;
+            ready();
         });
     }
 
     function tick(now) {
         requestAnimationFrame(tick);
         const s = stream;
-        if (!s || !s.pending.length || !s.pending[0].ready || now < s.nextPaint) return;
+        if (!s || s.mode === 'pair' || !s.pending.length || !s.pending[0].ready || now < s.nextPaint) return;
         const interval = 1000 / targetFps;
         // Keep a steady cadence, but do not try to catch up after a stall.
         s.nextPaint = now - s.nextPaint > interval ? now + interval : s.nextPaint + interval;
@@ -363,7 +683,7 @@
             backoffMs = BACKOFF_MIN_MS;
             showModel(msg.model);
             setState('live', 'session ' + msg.session + ', ' + msg.user);
-            for (const p of unacked.values()) if (send(p.msg)) steer.feedbackSent++;
+            resendFeedback();
             openStream();
             break;
         case 'frame':
@@ -371,6 +691,9 @@
             break;
         case 'ack':
             onAck(msg.id);
+            break;
+        case 'policy':
+            onPolicy(msg);
             break;
         case 'error':
             showError('server', msg.code, msg.msg, msg.ref);
@@ -415,8 +738,9 @@
             if (sock !== ws) return;
             ws = null;
             welcome = null;
-            stream && stream.pending.forEach((slot) => slot.bitmap && slot.bitmap.close());
+            if (stream) releaseStream(stream);
             stream = null;
+            if (steer.mode === 'pair') pairWaiting('waiting for a pair');
             steer.closeCode = ev.code;
             scheduleReconnect();
         };
@@ -440,10 +764,21 @@
     });
     el.speedSelect.addEventListener('change', () => {
         targetFps = Number(el.speedSelect.value);
-        if (stream) topUp(stream);
+        if (stream && stream.mode !== 'pair') topUp(stream);
+    });
+    for (const b of el.answerButtons) b.addEventListener('click', () => pairAnswerSend(b.dataset.answer));
+    // Pair mode's keys: left A, right B, down "can't tell" (not while a selector has the focus).
+    document.addEventListener('keydown', (ev) => {
+        if (steer.mode !== 'pair' || ev.altKey || ev.ctrlKey || ev.metaKey || ev.shiftKey) return;
+        if (ev.target && /^(SELECT|INPUT|TEXTAREA)$/.test(ev.target.tagName)) return;
+        const answer = { ArrowLeft: 'a', ArrowRight: 'b', ArrowDown: 'tie' }[ev.key];
+        if (!answer) return;
+        ev.preventDefault();
+        pairAnswerSend(answer);
     });
 
-    el.walk.append(feedbackButtons(() => walkFrame));
+    el.walk.append(feedbackButtons(() => walkFrame, [['More like this', 1, 'rate the image on screen +1', 'walk-more'],
+        ['Less like this', -1, 'rate the image on screen -1', 'walk-less']]));
     showMode(steer.mode);
     connect();
     requestAnimationFrame(tick);

@@ -103,9 +103,7 @@ void policy_params_copy(PolicyParams *dst, const PolicyParams *src) {
     memcpy(probs, src->probs, (size_t)src->classes * sizeof(float));
 }
 
-int policy_sample(const PolicyParams *p, Rng *r, float *z) {
-    rng_normal(r, z, p->z_dim);
-    for (int d = 0; d < p->z_dim; d++) z[d] = p->mu[d] + p->sigma * z[d];
+int policy_sample_class(const PolicyParams *p, Rng *r) {
     if (!p->classes) return -1;
     float u = rng_uniform(r), acc = 0;
     for (int c = 0; c < p->classes; c++) {
@@ -113,6 +111,12 @@ int policy_sample(const PolicyParams *p, Rng *r, float *z) {
         if (u < acc) return c;
     }
     return p->classes - 1;
+}
+
+int policy_sample(const PolicyParams *p, Rng *r, float *z) {
+    rng_normal(r, z, p->z_dim);
+    for (int d = 0; d < p->z_dim; d++) z[d] = p->mu[d] + p->sigma * z[d];
+    return policy_sample_class(p, r);
 }
 
 int policy_scratch_init(PolicyScratch *s, const PolicyConfig *c, const PolicyPool *pool,
@@ -225,6 +229,17 @@ int learner_choose(Learner *l, const float *chosen, const float *others, long n_
     return 0;
 }
 
+// p (C) = softmax(a) and logp its log, stably.
+static void softmax(const double *a, int C, double *logp, double *p) {
+    double mx = -INFINITY, se = 0;
+    for (int k = 0; k < C; k++) mx = a[k] > mx ? a[k] : mx;
+    for (int k = 0; k < C; k++) se += exp(a[k] - mx);
+    for (int k = 0; k < C; k++) {
+        logp[k] = a[k] - mx - log(se);
+        p[k] = exp(logp[k]);
+    }
+}
+
 // The latent part's density ratio to the prior at every pool sample, as weights in lw (summing to
 // one); returns the effective sample size fraction. zmu (n) holds z_i . mu.
 static double pool_weights(const PolicyPool *pool, const float *zmu, double mu2, double rho,
@@ -286,13 +301,7 @@ static void policy_optimize(Learner *l, PolicyScratch *s) {
         memcpy(prev, th, sizeof th);
         double sig2 = exp(2 * th[Z]);
         if (C) {
-            double mx = -INFINITY, se = 0;
-            for (int k = 0; k < C; k++) mx = th[Z + 1 + k] > mx ? th[Z + 1 + k] : mx;
-            for (int k = 0; k < C; k++) se += exp(th[Z + 1 + k] - mx);
-            for (int k = 0; k < C; k++) {
-                logp[k] = th[Z + 1 + k] - mx - log(se);
-                p[k] = exp(logp[k]);
-            }
+            softmax(th + Z + 1, C, logp, p);
         } else {
             p[0] = 1;
             logp[0] = 0;
@@ -353,13 +362,10 @@ static void policy_optimize(Learner *l, PolicyScratch *s) {
     out->sigma = (float)exp(th[Z]);
     double klz = 0.5 * (Z * sig2 + mu2 - Z) - Z * th[Z], klc = 0;
     if (C) {
-        double mx = -INFINITY, se = 0;
-        for (int k = 0; k < C; k++) mx = th[Z + 1 + k] > mx ? th[Z + 1 + k] : mx;
-        for (int k = 0; k < C; k++) se += exp(th[Z + 1 + k] - mx);
+        softmax(th + Z + 1, C, logp, p);
         for (int k = 0; k < C; k++) {
-            double pk = exp(th[Z + 1 + k] - mx) / se;
-            out->probs[k] = (float)pk;
-            if (pk > 0) klc += pk * log(pk * C);
+            out->probs[k] = (float)p[k];
+            klc += p[k] * (logp[k] + logC);
         }
     }
     out->kl = klz + klc;
@@ -371,7 +377,6 @@ int learner_update(Learner *l, PolicyScratch *s, const double *w0) {
     RewardComparisons data = {l->n, l->win, l->lose, l->weight, l->tie};
     int rc = reward_fit(&l->rm, &s->ws, w0, &data);
     if (rc) return rc;
-    l->fitted = 1;
     reward_predict(&l->rm, l->pool->phi, l->pool->n, s->r, s->rstd);
     for (long i = 0; i < l->pool->n; i++) s->r[i] += (float)(l->cfg->optimism * s->rstd[i]);
     policy_optimize(l, s);

@@ -87,6 +87,8 @@ void policy_params_prior(PolicyParams *p);
 void policy_params_copy(PolicyParams *dst, const PolicyParams *src);
 // Draws z (Z) and returns a class (-1 for an unconditional policy).
 int policy_sample(const PolicyParams *p, Rng *r, float *z);
+// Draws only the class (-1 for an unconditional policy): one uniform from r.
+int policy_sample_class(const PolicyParams *p, Rng *r);
 
 // Scratch for updates: one per thread, shared by every learner that thread updates.
 typedef struct {
@@ -110,7 +112,6 @@ typedef struct {
     float *win, *lose, *weight;
     uint8_t *tie;
     RewardModel rm;
-    int fitted;
     PolicyParams params;
 } Learner;
 

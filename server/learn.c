@@ -69,16 +69,7 @@ static int apply(Learn *l, LearnUser *u, int kind, double value, int tie, int n,
 // class with probability proportional to its latent weight (the scratch's, from the last update).
 static long draw_pool_index(const Learn *l, const PolicyParams *p, Rng *r) {
     const PolicyPool *pool = &l->pool;
-    int c = -1;
-    if (p->classes) {
-        float u = rng_uniform(r), acc = 0;
-        c = p->classes - 1;
-        for (int k = 0; k < p->classes; k++)
-            if (u < (acc += p->probs[k])) {
-                c = k;
-                break;
-            }
-    }
+    int c = policy_sample_class(p, r);
     double total = 0;
     for (long i = 0; i < pool->n; i++)
         if (c < 0 || pool->y[i] == c) total += l->scratch.lw[i];

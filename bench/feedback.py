@@ -6,7 +6,9 @@ policy that draws the user's next frames (issue 4: <= 50 ms).
     /usr/bin/python3 bench/feedback.py URL [--connections 16] [--window 16] [--seconds 5]
 
 Each connection draws 8 frames, then keeps `window` feedbacks (rate, each with a fresh id) in flight:
-a new one goes out for every ack. Prints `name value` lines for bench/run.sh.
+a new one goes out for every ack. Then it waits until every user's policy has learned from all of
+its acked feedback (learn_catchup_s: the learning thread's backlog after the flood). Prints
+`name value` lines for bench/run.sh.
 """
 import argparse
 import asyncio
@@ -18,7 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from steer_client import connect  # noqa: E402
 
 
-async def one(url, k, window, seconds, lat, counts):
+async def one(url, k, window, seconds, lat, counts, catchup, last_ack):
     async with connect(url, user=f"bench{k}") as c:
         await c.stream(1, n=8)
         frames = [(await c.next_frame(30)).frame for _ in range(8)]
@@ -47,7 +49,11 @@ async def one(url, k, window, seconds, lat, counts):
             if now < end:
                 await send_one()
             elif not sent_at:
-                return
+                break
+        last_ack.append(time.perf_counter())
+        # the learning thread's backlog: until this user's policy learned from every acked event
+        await c.wait_policy(counts[k], 900)
+        catchup.append(time.perf_counter() - last_ack[-1])
 
 
 async def policy_latency(url, n=40):
@@ -75,16 +81,17 @@ async def main():
     pl = await policy_latency(a.url)
     print(f"policy_update_p50_ms {pl[len(pl) // 2] * 1e3:.2f}")
     print(f"policy_update_p99_ms {pl[min(len(pl) - 1, int(0.99 * len(pl)))] * 1e3:.2f}")
-    lat, counts = [], [0] * a.connections
+    lat, counts, catchup, last_ack = [], [0] * a.connections, [], []
     t0 = time.perf_counter()
-    await asyncio.gather(*(one(a.url, k, a.window, a.seconds, lat, counts)
+    await asyncio.gather(*(one(a.url, k, a.window, a.seconds, lat, counts, catchup, last_ack)
                            for k in range(a.connections)))
-    dt = time.perf_counter() - t0
+    dt = max(last_ack) - t0
     lat.sort()
     q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] * 1e3  # noqa: E731
     print(f"feedback_acks_per_s {sum(counts) / dt:.1f}")
     print(f"feedback_ack_p50_ms {q(0.50):.2f}")
     print(f"feedback_ack_p99_ms {q(0.99):.2f}")
+    print(f"learn_catchup_s {max(catchup):.2f}")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,10 @@
 #include "generator/gan.h"
 #include "kernels/kernels.h"
 
-#define LEARN_MAX_COMPARISONS 4096 // per user; the oldest are forgotten past it
+#define LEARN_MAX_COMPARISONS 1024 // per user; the oldest are forgotten past it
+#define LEARN_POP_COMPARISONS 4096 // the population model's; the oldest are forgotten past it
 #define LEARN_CANDIDATES 16        // pool frames drawn from the policy to pick active pairs from
+#define LEARN_CHUNK 64             // frames whose features one batched G + D forward computes
 
 static uint64_t fnv1a(const char *s) {
     uint64_t h = 1469598103934665603ull;
@@ -50,19 +52,68 @@ static int frames_features(Learn *l, const float *z, const int32_t *cls, int n, 
     return rc ? rc : features_compute(&l->feat, l->g.img, y, n, phi);
 }
 
-// One feedback into its user's learner: frame 0 is the rated, the winner or the chosen frame.
-static int apply(Learn *l, LearnUser *u, int kind, double value, int tie, int n, const float *z,
-                 const int32_t *cls) {
-    if (n < 1 || n > STORE_MAX_FRAMES || (kind == STORE_PAIR && n != 2)) return KERNELS_EINVAL;
-    int rc = frames_features(l, z, cls, n, l->phi);
-    if (rc) return rc;
+// The comparisons of one feedback on n frames with features phi (n, F) into a learner: frame 0
+// is the rated, the winner or the chosen frame.
+static int feed(const Learn *l, Learner *le, int kind, double value, int tie, int n,
+                const float *phi) {
     int F = l->feat.F;
+    if (n < 1 || n > STORE_MAX_FRAMES || (kind == STORE_PAIR && n != 2)) return KERNELS_EINVAL;
     switch (kind) {
-    case STORE_RATE: return learner_rate(&u->learner, l->phi, value);
-    case STORE_PAIR: return learner_pair(&u->learner, l->phi, l->phi + F, tie);
-    case STORE_CHOOSE: return learner_choose(&u->learner, l->phi, l->phi + F, n - 1);
+    case STORE_RATE: return learner_rate(le, phi, value);
+    case STORE_PAIR: return learner_pair(le, phi, phi + F, tie);
+    case STORE_CHOOSE: return learner_choose(le, phi, phi + F, n - 1);
     default: return KERNELS_EINVAL;
     }
+}
+
+
+static void queue_snap(Learn *l, LearnSnap *s) {
+    pthread_mutex_lock(&l->lock);
+    if (l->out_tail) l->out_tail->next = s;
+    else l->out_head = s;
+    l->out_tail = s;
+    pthread_mutex_unlock(&l->lock);
+}
+
+// Refits the population model on every user's recent comparisons: its mean weights become every
+// user's prior w0 (so every user is refitted), its policy the one new users start from (published
+// under the user name ""). Called at fixed points of the store's feedback order (every pop_every
+// events), so that a rebuild from the store refits at the same point on the same comparisons.
+static int population_refit(Learn *l) {
+    double t0 = cli_now_s();
+    int rc = learner_update(&l->pop, &l->scratch, NULL);
+    if (rc) return rc;
+    int F = l->feat.F;
+    for (int i = 0; i < F; i++) l->w0[i] = l->pop.rm.mean_weights[i];
+    l->have_w0 = 1;
+    for (int i = 0; i < l->n_users; i++) l->users[i]->dirty = 1;
+    LearnSnap *s = calloc(1, sizeof *s);
+    if (!s || policy_params_alloc(&s->params, l->pool.z_dim, l->pool.classes)) {
+        free(s);
+        return KERNELS_ENOMEM;
+    }
+    policy_params_copy(&s->params, &l->pop.params);
+    // a new user has given nothing yet: only the distribution is the population's
+    s->params.version = 0;
+    s->params.feedback = s->params.comparisons = 0;
+    s->params.accuracy = NAN;
+    s->update_s = cli_now_s() - t0;
+    queue_snap(l, s);
+    pthread_mutex_lock(&l->lock);
+    l->pop_refits++;
+    l->pop_comparisons = l->pop.n;
+    l->pop_accuracy = l->pop.params.accuracy;
+    pthread_mutex_unlock(&l->lock);
+    return 0;
+}
+
+// Counts one stored feedback (applied or not) in the store's order and refits the population at
+// every pop_every-th, unless another such point comes before the batch ends (left: feedback still
+// to come in this batch), whose refit would replace this one before anyone saw it.
+static int population_step(Learn *l, long left) {
+    l->pop_seen++;
+    if (l->pop_every <= 0 || l->pop_seen % l->pop_every || left >= l->pop_every) return 0;
+    return population_refit(l);
 }
 
 // A pool index drawn from the policy: a class from its class distribution, then a frame of that
@@ -86,7 +137,7 @@ static long draw_pool_index(const Learn *l, const PolicyParams *p, Rng *r) {
 // Refits u and queues its new policy, with the pairs pair mode should ask next.
 static int publish(Learn *l, LearnUser *u) {
     double t0 = cli_now_s();
-    int rc = learner_update(&u->learner, &l->scratch, NULL);
+    int rc = learner_update(&u->learner, &l->scratch, l->have_w0 ? l->w0 : NULL);
     if (rc) return rc;
     LearnSnap *s = calloc(1, sizeof *s);
     if (!s || policy_params_alloc(&s->params, l->pool.z_dim, l->pool.classes)) {
@@ -116,13 +167,57 @@ static int publish(Learn *l, LearnUser *u) {
     s->update_s = cli_now_s() - t0;
     u->t_first = 0;
     u->dirty = 0;
+    queue_snap(l, s);
     pthread_mutex_lock(&l->lock);
-    if (l->out_tail) l->out_tail->next = s;
-    else l->out_head = s;
-    l->out_tail = s;
     l->updates++;
     pthread_mutex_unlock(&l->lock);
     return 0;
+}
+
+// Feeds a list of stored feedback (store order) into the users' learners and the population's,
+// and frees it; `left`: how many more follow the list in the same batch. The frames are drawn
+// again and looked at by D a chunk of up to LEARN_CHUNK frames at a time (one batched forward
+// instead of one per feedback). Counts into *events / *failures; returns nonzero if any failed.
+static int process(Learn *l, StoreItem *items, long left, uint64_t *events, uint64_t *failures) {
+    long total = left;
+    for (StoreItem *it = items; it; it = it->next) total++;
+    int Z = l->pool.z_dim, F = l->feat.F;
+    uint64_t failed = 0;
+    while (items) {
+        StoreItem *end = items;
+        int n = 0;
+        for (; end && n + end->n_frames <= LEARN_CHUNK; end = end->next) {
+            for (int i = 0; i < end->n_frames; i++) {
+                memcpy(l->z + (long)(n + i) * Z, end->latents + (long)i * Z, (size_t)Z * sizeof(float));
+                l->cls[n + i] = end->frames[i].cls < 0 ? 0 : end->frames[i].cls;
+            }
+            n += end->n_frames;
+        }
+        if (end == items) end = items->next; // an item of more frames than a chunk: refused below
+        int frc = n > 0 ? frames_features(l, l->z, l->cls, n, l->phi) : KERNELS_EINVAL;
+        long off = 0;
+        while (items != end) {
+            StoreItem *it = items;
+            items = it->next;
+            LearnUser *u = user_get(l, it->user);
+            const float *phi = l->phi + off * F;
+            int rc = frc || !u ? -1 : feed(l, &u->learner, it->kind, it->value, it->tie, it->n_frames, phi);
+            if (!rc && l->pop_every > 0)
+                rc = feed(l, &l->pop, it->kind, it->value, it->tie, it->n_frames, phi);
+            if (!rc) {
+                (*events)++;
+                u->dirty = 1;
+                if (!u->t_first || it->t_recv < u->t_first) u->t_first = it->t_recv;
+            } else {
+                failed++;
+            }
+            off += it->n_frames;
+            free(it);
+            if (population_step(l, --total)) failed++;
+        }
+    }
+    *failures += failed;
+    return failed != 0;
 }
 
 static void *learn_main(void *arg) {
@@ -136,21 +231,7 @@ static void *learn_main(void *arg) {
         l->in_head = l->in_tail = NULL;
         pthread_mutex_unlock(&l->lock);
         uint64_t events = 0, failures = 0;
-        int32_t cls[STORE_MAX_FRAMES];
-        while (items) {
-            StoreItem *it = items;
-            items = it->next;
-            LearnUser *u = user_get(l, it->user);
-            for (int i = 0; i < it->n_frames; i++) cls[i] = it->frames[i].cls < 0 ? 0 : it->frames[i].cls;
-            if (u && !apply(l, u, it->kind, it->value, it->tie, it->n_frames, it->latents, cls)) {
-                events++;
-                u->dirty = 1;
-                if (!u->t_first || it->t_recv < u->t_first) u->t_first = it->t_recv;
-            } else {
-                failures++;
-            }
-            free(it);
-        }
+        process(l, items, 0, &events, &failures);
         for (int i = 0; i < l->n_users; i++)
             if (l->users[i]->dirty && publish(l, l->users[i])) failures++;
         uv_async_send(l->async);
@@ -180,26 +261,34 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
         sqlite3_close(db);
         return -1;
     }
-    float *z = malloc((size_t)STORE_MAX_FRAMES * Z * sizeof(float));
-    int32_t cls[STORE_MAX_FRAMES];
+    long total = 0; // stored feedback: the population refits at the last of its points among them
+    sqlite3_stmt *cq = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT count(*) FROM feedback", -1, &cq, NULL) == SQLITE_OK &&
+        sqlite3_step(cq) == SQLITE_ROW)
+        total = sqlite3_column_int64(cq, 0);
+    sqlite3_finalize(cq);
+    // feedback rows become store items, fed a chunk at a time as the learning thread feeds them
+    StoreItem *head = NULL, *tail = NULL, *it = NULL;
+    long queued = 0, done = 0;
+    int frames = 0;
     sqlite3_int64 cur = -1;
-    char user[65] = "";
-    int kind = 0, tie = 0, n = 0, step;
-    double value = 0;
-    if (!z) rc = -1;
-    while (!rc) {
-        step = sqlite3_step(q);
+    uint64_t events = 0, failures = 0;
+    for (;;) {
+        int step = sqlite3_step(q);
         sqlite3_int64 id = step == SQLITE_ROW ? sqlite3_column_int64(q, 0) : -2;
-        if (id != cur && n > 0) { // the previous feedback is complete
-            LearnUser *u = user_get(l, user);
-            if (!u || apply(l, u, kind, value, tie, n, z, cls)) {
-                snprintf(err, errlen, "%s: feedback %lld cannot be replayed", db_path, (long long)cur);
-                rc = -1;
-                break;
-            }
-            u->dirty = 1;
-            l->rebuilt_events++;
-            n = 0;
+        if (id != cur && it) { // the previous feedback is complete
+            if (tail) tail->next = it;
+            else head = it;
+            tail = it;
+            queued++;
+            frames += it->n_frames;
+            it = NULL;
+        }
+        if (head && (frames + STORE_MAX_FRAMES > LEARN_CHUNK || step != SQLITE_ROW)) {
+            done += queued;
+            process(l, head, total - done, &events, &failures); // failures: counted, as online
+            head = tail = NULL;
+            queued = frames = 0;
         }
         if (step != SQLITE_ROW) {
             if (step != SQLITE_DONE) {
@@ -210,19 +299,31 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
         }
         if (id != cur) {
             cur = id;
-            snprintf(user, sizeof user, "%s", (const char *)sqlite3_column_text(q, 1));
+            if (!(it = store_item_new(STORE_MAX_FRAMES, Z))) {
+                snprintf(err, errlen, "out of memory");
+                rc = -1;
+                break;
+            }
+            it->n_frames = 0;
+            snprintf(it->user, sizeof it->user, "%s", (const char *)sqlite3_column_text(q, 1));
             const char *k = (const char *)sqlite3_column_text(q, 2);
-            kind = !strcmp(k, "pair") ? STORE_PAIR : !strcmp(k, "choose") ? STORE_CHOOSE : STORE_RATE;
-            value = sqlite3_column_double(q, 3);
-            tie = sqlite3_column_int(q, 4);
+            it->kind = !strcmp(k, "pair") ? STORE_PAIR : !strcmp(k, "choose") ? STORE_CHOOSE : STORE_RATE;
+            it->value = sqlite3_column_double(q, 3);
+            it->tie = sqlite3_column_int(q, 4);
         }
-        if (n < STORE_MAX_FRAMES && sqlite3_column_bytes(q, 6) == (int)(Z * sizeof(float))) {
-            memcpy(z + (long)n * Z, sqlite3_column_blob(q, 6), (size_t)Z * sizeof(float));
-            int c = sqlite3_column_int(q, 5);
-            cls[n++] = c < 0 ? 0 : c;
+        if (it->n_frames < STORE_MAX_FRAMES && sqlite3_column_bytes(q, 6) == (int)(Z * sizeof(float))) {
+            memcpy(it->latents + (long)it->n_frames * Z, sqlite3_column_blob(q, 6), (size_t)Z * sizeof(float));
+            it->frames[it->n_frames++].cls = sqlite3_column_int(q, 5);
         }
     }
-    free(z);
+    free(it);
+    for (StoreItem *x = head, *nx; x; x = nx) {
+        nx = x->next;
+        free(x);
+    }
+    l->rebuilt_events = (long)events;
+    l->rebuild_failures = (long)failures;
+    l->failures += failures;
     sqlite3_finalize(q);
     sqlite3_close(db);
     for (int i = 0; !rc && i < l->n_users; i++)
@@ -233,13 +334,15 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
     return rc;
 }
 
-int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_async_t *async,
-               char *err, size_t errlen) {
+int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
+               uv_async_t *async, char *err, size_t errlen) {
     memset(l, 0, sizeof *l);
     l->async = async;
     l->max_comparisons = LEARN_MAX_COMPARISONS;
+    l->pop_every = pop_every;
+    l->pop_accuracy = NAN;
     double t0 = cli_now_s();
-    const int B = 64;
+    const int B = LEARN_CHUNK;
     if (generator_load(&l->g, ckpt, B, err, errlen) || features_init(&l->feat, ckpt, B, err, errlen))
         return -1;
     const SaganConfig *cfg = &l->g.cfg;
@@ -247,8 +350,10 @@ int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_
     long img = (long)cfg->channels * cfg->img * cfg->img;
     policy_config_default(&l->pc, F);
     float *images = malloc((size_t)pool_n * img * sizeof(float));
-    l->phi = malloc((size_t)STORE_MAX_FRAMES * F * sizeof(float));
-    if (!images || !l->phi || policy_pool_alloc(&l->pool, pool_n, Z, C, F)) {
+    l->phi = malloc((size_t)LEARN_CHUNK * F * sizeof(float));
+    l->z = malloc((size_t)LEARN_CHUNK * Z * sizeof(float));
+    l->cls = malloc((size_t)LEARN_CHUNK * sizeof(int32_t));
+    if (!images || !l->phi || !l->z || !l->cls || policy_pool_alloc(&l->pool, pool_n, Z, C, F)) {
         free(images);
         snprintf(err, errlen, "out of memory for a policy pool of %ld frames", pool_n);
         return -1;
@@ -265,7 +370,14 @@ int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_
     if (!rc) rc = features_compute(&l->feat, images, C ? p->y : NULL, pool_n, p->phi);
     free(images);
     if (!rc) policy_pool_finish(p);
-    if (!rc) rc = policy_scratch_init(&l->scratch, &l->pc, p, l->max_comparisons);
+    long most = pop_every > 0 ? LEARN_POP_COMPARISONS : l->max_comparisons;
+    if (!rc) rc = policy_scratch_init(&l->scratch, &l->pc, p, most);
+    if (!rc && pop_every > 0) {
+        l->w0 = calloc((size_t)F, sizeof *l->w0);
+        rc = l->w0 ? learner_init(&l->pop, &l->pc, p, fnv1a("population"), LEARN_POP_COMPARISONS)
+                   : KERNELS_ENOMEM;
+        l->pop_ready = !rc;
+    }
     if (rc) {
         snprintf(err, errlen, "building the policy pool: %s", kernels_strerror(rc));
         return -1;
@@ -336,10 +448,14 @@ void learn_close(Learn *l) {
         pthread_mutex_destroy(&l->lock);
         pthread_cond_destroy(&l->cond);
     }
+    if (l->pop_ready) learner_free(&l->pop);
+    free(l->w0);
     policy_scratch_free(&l->scratch);
     policy_pool_free(&l->pool);
     features_free(&l->feat);
     generator_free(&l->g);
     free(l->phi);
+    free(l->z);
+    free(l->cls);
     memset(l, 0, sizeof *l);
 }

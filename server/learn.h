@@ -26,7 +26,8 @@
 
 #define LEARN_PAIRS 4 // actively chosen pairs a snapshot carries for pair mode
 
-// A published policy of one user, for the loop thread.
+// A published policy of one user, for the loop thread; user "" is the population's, which users
+// without feedback of their own draw from.
 typedef struct LearnSnap {
     struct LearnSnap *next;
     char user[65];
@@ -51,7 +52,9 @@ typedef struct {
     Generator g;
     PolicyScratch scratch;
     long max_comparisons;
-    float *phi; // (STORE_MAX_FRAMES, F)
+    float *phi;   // (LEARN_CHUNK, F) features of a chunk of feedback frames
+    float *z;     // (LEARN_CHUNK, Z) their latents
+    int32_t *cls; // (LEARN_CHUNK) their classes
     LearnUser **users;
     int n_users, cap_users;
     pthread_t thread;
@@ -61,17 +64,26 @@ typedef struct {
     LearnSnap *out_head, *out_tail;
     uv_async_t *async;
     int stop, started, locks_ready;
+    // the population model: one learner on every user's comparisons, refitted every pop_every
+    // stored feedback (0: off); its mean weights (w0, once have_w0) are every user's prior
+    Learner pop;
+    long pop_every, pop_seen;
+    double *w0;
+    int pop_ready, have_w0;
     // figures for /metrics (under lock)
-    uint64_t updates, events, failures;
+    uint64_t updates, events, failures, pop_refits;
+    long pop_comparisons;
+    double pop_accuracy;
     double rebuild_s;
-    long rebuilt_events;
+    long rebuilt_events, rebuild_failures;
 } Learn;
 
-// Builds the pool (pool_n frames, seeded) with G and D of ckpt, rebuilds every user's learner from
-// the store at db_path (if it exists), queues their policies for learn_take, and starts the thread.
-// Returns 0 or -1 with err set (nothing left running; learn_close is still safe).
-int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, uv_async_t *async,
-               char *err, size_t errlen);
+// Builds the pool (pool_n frames, seeded) with G and D of ckpt, rebuilds every user's learner (and
+// the population model, refitted every pop_every feedback; 0 = none) from the store at db_path (if
+// it exists), queues their policies for learn_take, and starts the thread. Returns 0 or -1 with err
+// set (nothing left running; learn_close is still safe).
+int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
+               uv_async_t *async, char *err, size_t errlen);
 // Hands a stored (not duplicate) feedback item to the thread, which frees it.
 void learn_submit(Learn *l, StoreItem *item);
 // Takes every published policy, oldest first; free each with learn_snap_free.

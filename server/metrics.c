@@ -150,6 +150,15 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
                x->policy_kl_mean);
         metric(&o, "steer_policy_kl_max", "gauge", "Largest policy KL to the prior (nats).",
                x->policy_kl_max);
+        metric(&o, "steer_population_refits_total", "counter",
+               "Refits of the population model (every user's prior, new users' policy).",
+               (double)x->population_refits);
+        metric(&o, "steer_population_comparisons", "gauge",
+               "Comparisons (all users') the population model last refitted on.",
+               (double)x->population_comparisons);
+        metric(&o, "steer_population_accuracy", "gauge",
+               "Held-out (out-of-bag) accuracy of the population's reward model.",
+               x->population_accuracy);
         histogram(&o, "steer_policy_update_seconds",
                   "From a feedback's arrival to its user's new policy drawing the next frames.",
                   x->policy_latency);

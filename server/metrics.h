@@ -55,6 +55,8 @@ typedef struct {
     int learning;
     uint64_t policy_users, policy_updates, policy_events, policy_failures, policy_comparisons;
     double policy_accuracy_mean, policy_kl_mean, policy_kl_max;
+    uint64_t population_refits, population_comparisons;
+    double population_accuracy; // held-out accuracy of the population's reward model (NaN: none)
     const Histogram *policy_latency; // feedback received -> new policy installed, seconds
 } MetricsExtra;
 

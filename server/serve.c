@@ -48,7 +48,7 @@ typedef struct {
     const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir;
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
     int sndbuf, max_unread;
-    long max_message, policy_pool;
+    long max_message, policy_pool, population_every;
     double deadline_ms, max_rate;
     uint64_t seed;
 } ServeOptions;
@@ -60,6 +60,7 @@ typedef struct UserPolicy {
     PolicyParams params;
     long pairs[2 * LEARN_PAIRS];
     int n_pairs, pair_next;
+    int own; // learned from the user's own feedback; else the population's policy (or the prior)
 } UserPolicy;
 
 typedef struct {
@@ -73,6 +74,8 @@ typedef struct {
     int learning; // a learning thread runs (--policy-pool > 0)
     UserPolicy **users; // every user seen since start, with the policy its frames are drawn from
     int n_users, cap_users;
+    UserPolicy population; // what users without feedback draw from, once the population refitted
+    int have_population;
     Histogram policy_latency; // feedback received -> its user's new policy installed (seconds)
     uint64_t store_pending, feedback_acked, feedback_duplicates, feedback_refused;
     uv_timer_t lag_timer, tick_timer, pace_timer, stop_timer;
@@ -205,6 +208,7 @@ static UserPolicy *user_policy_get(Server *sv, const char *user) {
         return NULL;
     }
     snprintf(u->user, sizeof u->user, "%s", user);
+    if (sv->have_population) policy_params_copy(&u->params, &sv->population.params);
     sv->users[sv->n_users++] = u;
     return u;
 }
@@ -801,6 +805,9 @@ static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
         x.policy_updates = sv->learn.updates;
         x.policy_events = sv->learn.events;
         x.policy_failures = sv->learn.failures;
+        x.population_refits = sv->learn.pop_refits;
+        x.population_comparisons = (uint64_t)sv->learn.pop_comparisons;
+        x.population_accuracy = sv->learn.pop_accuracy;
         pthread_mutex_unlock(&sv->learn.lock);
     }
     pthread_mutex_lock(&sv->store.lock);
@@ -1009,27 +1016,45 @@ static void on_stored(uv_async_t *a) {
     }
 }
 
+// Tells u's sessions its new policy (`policy`) and turns their walks toward it.
+static void user_policy_changed(Server *sv, UserPolicy *u) {
+    for (int i = 0; i < sv->opt.max_connections; i++) {
+        Session *s = &sv->sessions[i];
+        if (!s->active || s->pu != u || !s->hello || s->closing) continue;
+        reply_policy(sv, s);
+        for (int k = 0; k < SESSION_MAX_STREAMS; k++)
+            if (s->streams[k].open)
+                stream_steer(&s->streams[k], sv->model.z_dim, sv->model.classes, &u->params);
+    }
+}
+
 // New policies from the learning thread: installed for the next frames of their users, told to
-// their sessions (`policy`), and walks turned toward them.
+// their sessions, and walks turned toward them. The population's (user "") goes to every user
+// who has not given feedback yet.
 static void on_learned(uv_async_t *a) {
     Server *sv = a->data;
     double now = cli_now_s();
     for (LearnSnap *n = learn_take(&sv->learn), *next; n; n = next) {
         next = n->next;
-        UserPolicy *u = user_policy_get(sv, n->user);
-        if (u) {
-            policy_params_copy(&u->params, &n->params);
-            memcpy(u->pairs, n->pairs, sizeof u->pairs);
-            u->n_pairs = n->n_pairs;
-            u->pair_next = 0;
-            if (n->t_first > 0) histogram_observe(&sv->policy_latency, now - n->t_first);
-            for (int i = 0; i < sv->opt.max_connections; i++) {
-                Session *s = &sv->sessions[i];
-                if (!s->active || s->pu != u || !s->hello || s->closing) continue;
-                reply_policy(sv, s);
-                for (int k = 0; k < SESSION_MAX_STREAMS; k++)
-                    if (s->streams[k].open)
-                        stream_steer(&s->streams[k], sv->model.z_dim, sv->model.classes, &u->params);
+        if (!n->user[0]) {
+            policy_params_copy(&sv->population.params, &n->params);
+            sv->have_population = 1;
+            for (int i = 0; i < sv->n_users; i++) {
+                UserPolicy *u = sv->users[i];
+                if (u->own) continue;
+                policy_params_copy(&u->params, &n->params);
+                user_policy_changed(sv, u);
+            }
+        } else {
+            UserPolicy *u = user_policy_get(sv, n->user);
+            if (u) {
+                policy_params_copy(&u->params, &n->params);
+                memcpy(u->pairs, n->pairs, sizeof u->pairs);
+                u->n_pairs = n->n_pairs;
+                u->pair_next = 0;
+                u->own = 1;
+                if (n->t_first > 0) histogram_observe(&sv->policy_latency, now - n->t_first);
+                user_policy_changed(sv, u);
             }
         }
         learn_snap_free(n);
@@ -1153,6 +1178,8 @@ static void usage(FILE *f) {
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
             "  --policy-pool N         prior frames each user's policy gradient is estimated on\n"
             "                          (default 2048; 0 turns learning off: frames from the prior)\n"
+            "  --population-every N    refit the population model (every user's prior, new users'\n"
+            "                          policy) every N stored feedback (default 256; 0 = never)\n"
             "  --history N             recent frames remembered per session (default 64)\n"
             "  --max-rate N            messages per second per connection, burst 2N (default 2000)\n"
             "  --idle-timeout S        close connections silent this long (default 120)\n"
@@ -1183,6 +1210,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
                         .sndbuf = 32768,
                         .max_unread = 32,
                         .policy_pool = 2048,
+                        .population_every = 256,
                         .seed = (uint64_t)time(NULL)};
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
@@ -1192,7 +1220,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
         {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
-        {"policy-pool", 1, 0, 'L'},
+        {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
         {0, 0, 0, 0}};
     int ch;
     long v;
@@ -1221,6 +1249,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 'B': if (cli_parse_long("serve", optarg, 0, 64L << 20, "--sndbuf", &v)) return 2; o->sndbuf = (int)v; break;
         case 'U': if (cli_parse_long("serve", optarg, SERVE_PING_EVERY + 1, 1 << 20, "--max-unread", &v)) return 2; o->max_unread = (int)v; break;
         case 'L': if (cli_parse_long("serve", optarg, 0, 1 << 20, "--policy-pool", &v)) return 2; o->policy_pool = v; break;
+        case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -1291,6 +1320,7 @@ static void server_free(Server *sv) {
         free(sv->users[i]);
     }
     free(sv->users);
+    policy_params_free(&sv->population.params);
     metrics_free(&sv->metrics);
 }
 
@@ -1383,18 +1413,27 @@ int cli_serve(int argc, char **argv) {
         char db_path[4200];
         snprintf(db_path, sizeof db_path, "%s/steer.db", sv->opt.data_dir);
         if (learn_open(&sv->learn, sv->opt.model_path, db_path, sv->opt.policy_pool,
-                       &sv->learn_async, err, sizeof err)) {
+                       sv->opt.population_every, &sv->learn_async, err, sizeof err)) {
             fprintf(stderr, "steer serve: learning: %s\n", err);
             generator_free(g);
             free(g);
             return start_failed(sv);
         }
         sv->learning = 1;
+        if (policy_params_alloc(&sv->population.params, sv->model.z_dim, sv->model.classes)) {
+            fprintf(stderr, "steer serve: out of memory\n");
+            generator_free(g);
+            free(g);
+            return start_failed(sv);
+        }
         if (!sv->opt.quiet)
             fprintf(stderr, "steer: learning: pool of %ld frames; %ld stored feedback of %d users "
                             "replayed; ready in %.1f s\n",
                     sv->opt.policy_pool, sv->learn.rebuilt_events, sv->learn.n_users,
                     sv->learn.rebuild_s);
+        if (sv->learn.rebuild_failures)
+            fprintf(stderr, "steer: learning: %ld stored feedback could not be replayed (kept in "
+                            "the store, left out of the policies)\n", sv->learn.rebuild_failures);
     }
     // Frames alive at once: every connection's queue, plus batches whose sessions went away.
     GenOptions go = {.batch_max = sv->opt.batch,

@@ -73,10 +73,11 @@ async def test_policy_messages(tap, data):
                    "/metrics: update latency histogram counts the updates")
             tap.eq(h.metric(m, "steer_policy_failures_total"), 0, "/metrics: no failures")
             tap.ok(h.metric(m, "steer_policy_kl_mean") > 0, "/metrics: mean KL of the users' policies")
-        # a second user starts from the prior, whatever the first one taught
+        # a second user starts from the prior while the population model has not refitted yet
         async with connect(srv.ws_url, user="cy") as c2:
             p = await c2.wait_policy(0, T)
-            tap.ok(p["version"] == 0 and p["kl"] == 0.0, "a new user starts from the prior", p)
+            tap.ok(p["version"] == 0 and p["kl"] == 0.0, "a new user starts from the prior "
+                   "before the population's first refit (every 256 feedback)", p)
         srv.stop_ok(tap)
     with sqlite3.connect(os.path.join(data, "steer.db")) as db:
         pv = db.execute("SELECT ff.policy_version FROM feedback_frame ff JOIN feedback f "
@@ -138,6 +139,58 @@ async def test_pair_and_walk(tap, data):
         srv.stop_ok(tap)
 
 
+async def teach(c, prefix, like, dislike, n):
+    """Rates n frames of class `like` up and n of class `dislike` down; returns the last policy."""
+    ids, shown = [], [(await frames(c, 1, n, cls=like), 1), (await frames(c, 2, n, cls=dislike), -1)]
+    for fs, value in shown:
+        for f in fs:
+            ids.append(f"{prefix}{f.frame}")
+            await c.feedback(ids[-1], "rate", frame=f.frame, value=value)
+    await acked(c, ids)
+    return await c.wait_policy(2 * n, T)
+
+
+async def test_population(tap, data):
+    """Every user's feedback refits a population model (every --population-every stored
+    feedback): new users start from its policy, existing users' reward models from its weights,
+    and a restart rebuilds both."""
+    srv_args = ("--data", data, "--population-every", "8")
+    with h.Server(*srv_args) as srv:
+        async with connect(srv.ws_url, user="ann") as a, connect(srv.ws_url, user="ben") as b:
+            ann = await teach(a, "a", 7, 2, 8)
+            await teach(b, "b", 7, 2, 8) # 32 stored feedback: refits at 8, 16, 24 and 32
+        m = srv.metrics()
+        tap.ok(h.metric(m, "steer_population_refits_total") >= 1,
+               "/metrics: the population model refitted", h.metric(m, "steer_population_refits_total"))
+        tap.eq(h.metric(m, "steer_population_comparisons"), 32,
+               "/metrics: on every user's 32 comparisons")
+        async with connect(srv.ws_url, user="cat") as c:
+            p = await c.wait_policy(0, T)
+            tap.ok(p["version"] == 0 and p["feedback"] == 0 and p["comparisons"] == 0,
+                   "a new user has given nothing (version 0)", p)
+            tap.ok(p["kl"] > 0 and p["class_probs"][7] > 0.2 and p["class_probs"][2] < 0.1,
+                   "but starts from the population's policy: the class everyone liked is likelier, "
+                   "the one everyone disliked less likely", p)
+            fs = await frames(c, 1, 40)
+            tap.ok(sum(f.cls == 7 for f in fs) > sum(f.cls == 2 for f in fs),
+                   "its frames follow the population's taste", [f.cls for f in fs])
+            cat = p
+        async with connect(srv.ws_url, user="ann") as a:
+            ann = await a.wait_policy(16, T) # refitted over the population's latest weights
+        srv.stop_ok(tap)
+    with h.Server(*srv_args) as srv:
+        tap.ok("32 stored feedback of 2 users replayed" in srv.stderr_tail(),
+               "the restart replays both users' feedback", srv.stderr_tail()[-400:])
+        for user, before in (("cat", cat), ("ann", ann)):
+            async with connect(srv.ws_url, user=user) as c:
+                after = await c.wait_policy(before["version"], T)
+            tap.ok(after["version"] == before["version"] and abs(after["kl"] - before["kl"]) < 1e-3 and
+                   max(abs(x - y) for x, y in zip(after["class_probs"], before["class_probs"])) < 1e-3,
+                   f"after a restart, {user}'s policy is rebuilt the same (population included)",
+                   (before, after))
+        srv.stop_ok(tap)
+
+
 def test_simulated_user(tap):
     data = tempfile.mkdtemp(prefix="steer-sim-")
     with h.Server("--data", data) as srv:
@@ -162,6 +215,7 @@ async def main():
     await test_policy_messages(tap, data)
     await test_restart_rebuilds(tap, data)
     await test_pair_and_walk(tap, tempfile.mkdtemp(prefix="steer-pair-"))
+    await test_population(tap, tempfile.mkdtemp(prefix="steer-pop-"))
     test_simulated_user(tap)
     tap.done()
 

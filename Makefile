@@ -13,7 +13,7 @@ CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
 CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -ffp-contract=fast -fopenmp -I. $(EXTRA_CFLAGS)
-LDLIBS  += -lsqlite3 -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lpng -lz -lm -lpthread
+LDLIBS  += -lsqlite3 -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lcrypto -lpng -lz -lm -lpthread
 LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
 
 PARTS    := kernels generator env policy server

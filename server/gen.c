@@ -163,7 +163,19 @@ static void *gen_main(void *arg) {
         gen->head = (gen->head + n) % cap;
         gen->count -= n;
         gen->running = (int)n;
+        Generator *retired = NULL;
+        if (gen->pending) { // a hot swap: between batches, so no frame is drawn by half a model
+            retired = gen->g;
+            gen->g = gen->pending;
+            gen->opt.model_version = gen->pending_version;
+            gen->pending = NULL;
+            gen->swaps++;
+        }
         pthread_mutex_unlock(&gen->lock);
+        if (retired) {
+            generator_free(retired);
+            free(retired);
+        }
 
         double t0 = cli_now_s();
         int rc = generator_forward(gen->g, gen->zb, gen->classes ? gen->yb : NULL, (int)n);
@@ -191,6 +203,19 @@ static void *gen_main(void *arg) {
     }
     pthread_mutex_unlock(&gen->lock);
     return NULL;
+}
+
+void gen_swap(Gen *gen, Generator *g, uint64_t version) {
+    pthread_mutex_lock(&gen->lock);
+    Generator *old = gen->pending;
+    gen->pending = g;
+    gen->pending_version = version;
+    pthread_cond_signal(&gen->cond);
+    pthread_mutex_unlock(&gen->lock);
+    if (old) { // a newer swap came before the older one was taken
+        generator_free(old);
+        free(old);
+    }
 }
 
 int gen_start(Gen *gen) {
@@ -279,6 +304,10 @@ void gen_stop(Gen *gen) {
 }
 
 void gen_free(Gen *gen) {
+    if (gen->pending) {
+        generator_free(gen->pending);
+        free(gen->pending);
+    }
     if (gen->g) {
         generator_free(gen->g);
         free(gen->g);

@@ -62,6 +62,9 @@ typedef struct {
     size_t slot_size, n_free;
     FrameOut *done_head, *done_tail;
     int running; // frames in the batch being drawn now
+    Generator *pending;       // a hot swap waiting for the next batch (gen_swap)
+    uint64_t pending_version;
+    uint64_t swaps;
     int stop, started, locks_ready;
     pthread_t thread;
     // generation-thread scratch
@@ -78,6 +81,10 @@ typedef struct {
 // Returns 0, or -1 with err set (g is then still the caller's).
 int gen_init(Gen *gen, Generator *g, const GenOptions *opt, Metrics *metrics, uv_async_t *async,
              char *err, size_t errlen);
+// Hot swap: the generation thread draws with g (owned from now on; same shapes as the served one,
+// loaded and checked by the caller) from its next batch on, stamping frames with version; the
+// batch in progress finishes on the old generator, which is then freed.
+void gen_swap(Gen *gen, Generator *g, uint64_t version);
 // Starts the generation thread. Returns 0 or -1.
 int gen_start(Gen *gen);
 // Queues one request with its latent z (Z floats). Returns 0, or -1 if the ring is full (the

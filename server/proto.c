@@ -6,6 +6,7 @@
 #include "server/proto.h"
 
 #include <math.h>
+#include <jansson.h>
 #include <msgpack.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -232,6 +233,86 @@ static int user_name_ok(const char *s) {
 
 static const char *const feedback_kinds[] = {"rate", "pair", "choose"};
 
+static const char *const job_ops[] = {"submit", "list", "cancel", "pause", "resume", "models",
+                                      "rollback"};
+
+// A msgpack object as a jansson value (maps need string keys). NULL if it has none.
+static json_t *json_of(const msgpack_object *o) {
+    switch (o->type) {
+    case MSGPACK_OBJECT_NIL: return json_null();
+    case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
+    case MSGPACK_OBJECT_POSITIVE_INTEGER:
+        return o->via.u64 > INT64_MAX ? NULL : json_integer((json_int_t)o->via.u64);
+    case MSGPACK_OBJECT_NEGATIVE_INTEGER: return json_integer((json_int_t)o->via.i64);
+    case MSGPACK_OBJECT_FLOAT32:
+    case MSGPACK_OBJECT_FLOAT64: return isfinite(o->via.f64) ? json_real(o->via.f64) : NULL;
+    case MSGPACK_OBJECT_STR: return json_stringn(o->via.str.ptr, o->via.str.size);
+    case MSGPACK_OBJECT_ARRAY: {
+        json_t *a = json_array();
+        for (uint32_t i = 0; a && i < o->via.array.size; i++) {
+            json_t *v = json_of(&o->via.array.ptr[i]);
+            if (!v || json_array_append_new(a, v)) {
+                json_decref(a);
+                return NULL;
+            }
+        }
+        return a;
+    }
+    case MSGPACK_OBJECT_MAP: {
+        json_t *m = json_object();
+        for (uint32_t i = 0; m && i < o->via.map.size; i++) {
+            const msgpack_object_kv *kv = &o->via.map.ptr[i];
+            char key[128];
+            if (kv->key.type != MSGPACK_OBJECT_STR || kv->key.via.str.size >= sizeof key) {
+                json_decref(m);
+                return NULL;
+            }
+            memcpy(key, kv->key.via.str.ptr, kv->key.via.str.size);
+            key[kv->key.via.str.size] = 0;
+            json_t *v = json_of(&kv->val);
+            if (!v || json_object_set_new(m, key, v)) {
+                json_decref(m);
+                return NULL;
+            }
+        }
+        return m;
+    }
+    default: return NULL;
+    }
+}
+
+static int decode_job(ProtoMsg *m, const msgpack_object_map *map, char *err, size_t errlen) {
+    m->job_op = -1;
+    int rc = get_enum(map, "op", job_ops, (int)(sizeof job_ops / sizeof job_ops[0]), &m->job_op,
+                      err, errlen);
+    if (rc) return rc;
+    if (m->job_op < 0)
+        return fail(PROTO_EBAD_FIELD, err, errlen,
+                    "job needs 'op': submit, list, cancel, pause, resume, models or rollback");
+    if (m->job_op == PROTO_JOB_CANCEL || m->job_op == PROTO_JOB_PAUSE || m->job_op == PROTO_JOB_RESUME) {
+        if ((rc = get_int(map, "id", 1, 1, INT64_MAX, &m->job_id, err, errlen))) return rc;
+    }
+    if (m->job_op == PROTO_JOB_ROLLBACK) {
+        if ((rc = get_int(map, "version", 0, 1, INT64_MAX, &m->job_version, err, errlen))) return rc;
+    }
+    if (m->job_op == PROTO_JOB_SUBMIT) {
+        const msgpack_object *spec = map_get(map, "spec");
+        if (!spec || spec->type != MSGPACK_OBJECT_MAP)
+            return fail(PROTO_EBAD_FIELD, err, errlen, "submit needs 'spec', a map (docs/jobs.md)");
+        json_t *j = json_of(spec);
+        size_t n = j ? json_dumpb(j, m->job_spec, sizeof m->job_spec - 1, JSON_COMPACT) : 0;
+        json_decref(j);
+        if (!j)
+            return fail(PROTO_EBAD_FIELD, err, errlen,
+                        "'spec' must hold only string keys, strings, numbers, booleans, arrays, maps");
+        if (n == 0 || n >= sizeof m->job_spec - 1)
+            return fail(PROTO_EBAD_FIELD, err, errlen, "'spec' is longer than %d bytes as JSON",
+                        PROTO_JOB_SPEC_MAX - 2);
+        m->job_spec[n] = 0;
+    }
+    return 0;
+}
+
 // A frame id field (uint < 2^53) into *out.
 static int get_frame(const msgpack_object_map *map, const char *key, uint64_t *out, char *err,
                      size_t errlen) {
@@ -379,7 +460,7 @@ static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLim
     }
     if (t->via.str.size == 3 && strcmp(type, "job") == 0) {
         m->type = PROTO_JOB;
-        return 0;
+        return decode_job(m, map, err, errlen);
     }
     // Echo only printable characters of the unknown name.
     for (size_t i = 0; i < tl; i++)
@@ -520,6 +601,79 @@ int proto_pack_policy(ProtoBuf *out, const ProtoPolicy *p) {
         msgpack_pack_array(&pk, (size_t)p->n_probs);
         for (int i = 0; i < p->n_probs; i++) msgpack_pack_float(&pk, p->probs[i]);
     }
+    return out->overflow ? -1 : 0;
+}
+
+static void pack_kv_num(msgpack_packer *pk, const char *k, double v) {
+    pack_cstr(pk, k);
+    if (isnan(v)) msgpack_pack_nil(pk);
+    else msgpack_pack_double(pk, v);
+}
+
+static void pack_job_map(msgpack_packer *pk, const ProtoJob *j) {
+    msgpack_pack_map(pk, 11);
+    pack_kv_int(pk, "id", j->id);
+    pack_kv_str(pk, "state", j->state);
+    pack_kv_int(pk, "step", j->step);
+    pack_kv_int(pk, "steps", j->steps);
+    pack_kv_num(pk, "loss_d", j->loss_d);
+    pack_kv_num(pk, "loss_g", j->loss_g);
+    pack_kv_num(pk, "images_per_s", j->images_per_s);
+    pack_kv_num(pk, "fd", j->fd);
+    pack_kv_num(pk, "parent_fd", j->parent_fd);
+    size_t ml = strlen(j->message);
+    pack_cstr(pk, "message");
+    msgpack_pack_str_with_body(pk, j->message, ml < PROTO_JOB_MESSAGE_MAX ? ml : PROTO_JOB_MESSAGE_MAX);
+    pack_kv_int(pk, "model_version", j->model_version);
+}
+
+int proto_pack_job(ProtoBuf *out, const char *op, const ProtoJob *j) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 3);
+    pack_kv_str(&pk, "t", "job");
+    pack_kv_str(&pk, "op", op);
+    pack_cstr(&pk, "job");
+    pack_job_map(&pk, j);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_job_end(ProtoBuf *out, const char *op, long count, long served) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 4);
+    pack_kv_str(&pk, "t", "job");
+    pack_kv_str(&pk, "op", op);
+    pack_kv_int(&pk, "count", count);
+    pack_kv_int(&pk, "served", served);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_model_entry(ProtoBuf *out, const ProtoModelEntry *m) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 3);
+    pack_kv_str(&pk, "t", "job");
+    pack_kv_str(&pk, "op", "model");
+    pack_cstr(&pk, "model");
+    msgpack_pack_map(&pk, 6);
+    pack_kv_int(&pk, "version", m->version);
+    pack_kv_int(&pk, "parent", m->parent);
+    pack_kv_int(&pk, "job", m->job);
+    size_t pl = strlen(m->path);
+    pack_cstr(&pk, "path"); // the file's last 200 bytes at most
+    msgpack_pack_str_with_body(&pk, m->path + (pl > 200 ? pl - 200 : 0), pl > 200 ? 200 : pl);
+    pack_kv_str(&pk, "sha256", m->sha256);
+    pack_kv_num(&pk, "fd", m->fd);
+    return out->overflow ? -1 : 0;
+}
+
+int proto_pack_model(ProtoBuf *out, uint64_t version) {
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, out, buf_write);
+    msgpack_pack_map(&pk, 2);
+    pack_kv_str(&pk, "t", "model");
+    pack_kv_u64(&pk, "version", version);
     return out->overflow ? -1 : 0;
 }
 

@@ -44,6 +44,11 @@ typedef enum { PROTO_HELLO, PROTO_STREAM, PROTO_CREDIT, PROTO_STOP, PROTO_FEEDBA
 typedef enum { PROTO_MODE_GALLERY, PROTO_MODE_WALK, PROTO_MODE_PAIR } ProtoMode;
 typedef enum { PROTO_FEEDBACK_RATE, PROTO_FEEDBACK_PAIR, PROTO_FEEDBACK_CHOOSE } ProtoFeedbackKind;
 typedef enum { PROTO_FORMAT_PNG, PROTO_FORMAT_RAW8 } ProtoFormat;
+typedef enum {
+    PROTO_JOB_SUBMIT, PROTO_JOB_LIST, PROTO_JOB_CANCEL, PROTO_JOB_PAUSE, PROTO_JOB_RESUME,
+    PROTO_JOB_MODELS, PROTO_JOB_ROLLBACK
+} ProtoJobOp;
+#define PROTO_JOB_SPEC_MAX 8192 // bytes of a job spec as JSON
 const char *proto_mode_name(int mode);
 const char *proto_format_name(int format);
 
@@ -74,6 +79,11 @@ typedef struct {
     int fb_id_is_int, fb_kind, fb_tie, fb_n;
     double fb_value;
     uint64_t fb_frames[PROTO_FEEDBACK_MAX_FRAMES];
+    // job (admin): op, the job id (cancel, pause, resume), the model version (rollback; 0 = the
+    // served version's parent), and a submit's spec map as JSON text
+    int job_op; // ProtoJobOp
+    int64_t job_id, job_version;
+    char job_spec[PROTO_JOB_SPEC_MAX];
 } ProtoMsg;
 
 // Checks that buf (len) holds exactly one well-formed msgpack object whose every declared length and
@@ -128,6 +138,28 @@ typedef struct {
     int n_probs;
 } ProtoPolicy;
 int proto_pack_policy(ProtoBuf *out, const ProtoPolicy *p);
+// `job` (admin): one job's state; op names what it answers ("submit", "cancel", ... or "update"
+// for a change the server reports on its own).
+typedef struct {
+    long id, step, steps, model_version;
+    const char *state, *message;
+    double loss_d, loss_g, images_per_s, fd, parent_fd; // NaN: nil
+} ProtoJob;
+// message is cut at PROTO_JOB_MESSAGE_MAX bytes so that the reply fits a session's reply slot.
+#define PROTO_JOB_MESSAGE_MAX 300
+int proto_pack_job(ProtoBuf *out, const char *op, const ProtoJob *j);
+// The end of a listing: {t: "job", op, count, served} (op "list" after the jobs, "models" after
+// the model versions; served: the version served now).
+int proto_pack_job_end(ProtoBuf *out, const char *op, long count, long served);
+typedef struct {
+    long version, parent, job;
+    const char *path, *sha256;
+    double fd;
+} ProtoModelEntry;
+// One registry entry: {t: "job", op: "model", model: {version, parent, job, path, sha256, fd}}.
+int proto_pack_model_entry(ProtoBuf *out, const ProtoModelEntry *m);
+// `model {version}`: every session is told the served model changed; frames from now on carry it.
+int proto_pack_model(ProtoBuf *out, uint64_t version);
 // Bytes proto_pack_frame needs at most besides the payload.
 #define PROTO_FRAME_HEADER_MAX 256
 

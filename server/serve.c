@@ -30,6 +30,7 @@
 #include "server/metrics.h"
 #include "server/proto.h"
 #include "server/session.h"
+#include "server/jobs.h"
 #include "server/learn.h"
 #include "server/store.h"
 
@@ -37,6 +38,8 @@
 #define SERVE_RX_CHUNK 16384           // bytes libwebsockets hands over per receive callback
 #define SERVE_WRITES_PER_CALLBACK 32   // messages written per writable callback at most
 #define SERVE_SHUTDOWN_DRAIN_S 5.0     // longest wait for frames in flight at shutdown
+#define SERVE_SHUTDOWN_WORKERS_S 60.0  // longest wait for workers to checkpoint at shutdown
+#define SERVE_JOB_LIST_MAX 48          // most recent jobs a `list` answers with
 #define SERVE_SHUTDOWN_CLOSE_S 2.0     // longest wait for clients to answer the close
 #define SERVE_WRITE_CLOSE 4
 #define SERVE_CLOSE_WAIT_S 10          // longest wait for a client to answer our close frame
@@ -45,7 +48,8 @@
 #define SERVE_VENDOR_MSGPACK "node_modules/@msgpack/msgpack/dist.umd/msgpack.min.js"
 
 typedef struct {
-    const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir;
+    const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir, *admin_token_file;
+    int workers;
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
     int sndbuf, max_unread;
     long max_message, policy_pool, population_every;
@@ -76,6 +80,11 @@ typedef struct {
     int n_users, cap_users;
     UserPolicy population; // what users without feedback draw from, once the population refitted
     int have_population;
+    Jobs jobs; // background training and the model registry (jobs_on: opened)
+    int jobs_on;
+    char admin_token[PROTO_TOKEN_MAX + 1];
+    int has_admin_token;
+    char serve_path[PATH_MAX];
     Histogram policy_latency; // feedback received -> its user's new policy installed (seconds)
     uint64_t store_pending, feedback_acked, feedback_duplicates, feedback_refused;
     uv_timer_t lag_timer, tick_timer, pace_timer, stop_timer;
@@ -220,6 +229,127 @@ static void reply_policy(Server *sv, Session *s) {
     ProtoBuf b = reply_begin(s);
     if (!b.overflow) proto_pack_policy(&b, &m);
     reply_end(sv, s, &b);
+}
+
+// ---- jobs and models (admin) -------------------------------------------------------------------
+
+static ProtoJob proto_job_of(const Job *j) {
+    return (ProtoJob){.id = j->id, .step = j->step, .steps = j->steps,
+                      .model_version = j->model_version, .state = job_state_name(j->state),
+                      .message = j->message, .loss_d = j->loss_d, .loss_g = j->loss_g,
+                      .images_per_s = j->images_per_s, .fd = j->fd, .parent_fd = j->parent_fd};
+}
+
+static void reply_job(Server *sv, Session *s, const char *op, const Job *j) {
+    ProtoJob pj = proto_job_of(j);
+    ProtoBuf b = reply_begin(s);
+    if (!b.overflow) proto_pack_job(&b, op, &pj);
+    reply_end(sv, s, &b);
+}
+
+static void reply_job_end(Server *sv, Session *s, const char *op, long count) {
+    ProtoBuf b = reply_begin(s);
+    if (!b.overflow) proto_pack_job_end(&b, op, count, sv->jobs.served);
+    reply_end(sv, s, &b);
+}
+
+static void session_job(Server *sv, Session *s, const ProtoMsg *m) {
+    if (!s->admin) {
+        reply_error(sv, s, PROTO_EUNAUTHORIZED,
+                    sv->has_admin_token ? "job messages need hello with the admin token"
+                                        : "this server takes no job messages (no --admin-token-file)",
+                    -1);
+        return;
+    }
+    if (!sv->jobs_on) {
+        reply_error(sv, s, PROTO_ENOT_IMPLEMENTED, "background jobs are off (--workers 0)", -1);
+        return;
+    }
+    if (sv->stopping) {
+        reply_error(sv, s, PROTO_ESHUTTING_DOWN, "the server is shutting down", -1);
+        return;
+    }
+    Jobs *js = &sv->jobs;
+    char err[512] = "";
+    int rc = 0;
+    switch (m->job_op) {
+    case PROTO_JOB_SUBMIT: {
+        Job *j = jobs_submit(js, m->job_spec, s->slot, s->serial, err, sizeof err);
+        if (!j) rc = -1; // answered after COMMIT otherwise (on_job_submitted)
+        break;
+    }
+    case PROTO_JOB_LIST: {
+        int first = js->n > SERVE_JOB_LIST_MAX ? js->n - SERVE_JOB_LIST_MAX : 0;
+        for (int i = first; i < js->n; i++) reply_job(sv, s, "list", js->v[i]);
+        reply_job_end(sv, s, "list", js->n - first);
+        return;
+    }
+    case PROTO_JOB_MODELS: {
+        int first = js->n_models > SERVE_JOB_LIST_MAX ? js->n_models - SERVE_JOB_LIST_MAX : 0;
+        for (int i = first; i < js->n_models; i++) {
+            const ModelEntry *e = &js->models[i];
+            ProtoModelEntry pm = {e->version, e->parent, e->job, e->path, e->sha256, e->fd};
+            ProtoBuf b = reply_begin(s);
+            if (!b.overflow) proto_pack_model_entry(&b, &pm);
+            reply_end(sv, s, &b);
+        }
+        reply_job_end(sv, s, "models", js->n_models - first);
+        return;
+    }
+    case PROTO_JOB_CANCEL: rc = jobs_cancel(js, (long)m->job_id, err, sizeof err); break;
+    case PROTO_JOB_PAUSE: rc = jobs_pause(js, (long)m->job_id, err, sizeof err); break;
+    case PROTO_JOB_RESUME: rc = jobs_resume(js, (long)m->job_id, err, sizeof err); break;
+    case PROTO_JOB_ROLLBACK:
+        rc = jobs_rollback(js, (long)m->job_version, err, sizeof err);
+        if (!rc) reply_job_end(sv, s, "rollback", 0); // the `model` message follows the swap
+        break;
+    }
+    if (rc) reply_error(sv, s, PROTO_EBAD_FIELD, err, -1);
+}
+
+static void each_admin(Server *sv, void (*fn)(Server *, Session *, const void *), const void *arg) {
+    for (int i = 0; i < sv->opt.max_connections; i++) {
+        Session *s = &sv->sessions[i];
+        if (s->active && s->hello && s->admin && !s->closing) fn(sv, s, arg);
+    }
+}
+
+static void send_update(Server *sv, Session *s, const void *j) { reply_job(sv, s, "update", j); }
+
+static void on_job_changed(void *ctx, const Job *j) { each_admin(ctx, send_update, j); }
+
+static void on_job_submitted(void *ctx, uint32_t slot, uint32_t serial, const Job *j,
+                             const char *error) {
+    Server *sv = ctx;
+    if (slot >= (uint32_t)sv->opt.max_connections) return;
+    Session *s = &sv->sessions[slot];
+    if (!s->active || s->serial != serial || s->closing) return;
+    if (error || !j) reply_error(sv, s, PROTO_EINTERNAL, error ? error : "job lost", -1);
+    else reply_job(sv, s, "submit", j);
+}
+
+static void on_model_swap(void *ctx, void *g, const ModelEntry *m) {
+    Server *sv = ctx;
+    gen_swap(&sv->gen, g, (uint64_t)m->version);
+    sv->model.version = (uint64_t)m->version;
+    snprintf(sv->serve_path, sizeof sv->serve_path, "%s", m->path);
+    for (int i = 0; i < sv->opt.max_connections; i++) {
+        Session *s = &sv->sessions[i];
+        if (!s->active || !s->hello || s->closing) continue;
+        ProtoBuf b = reply_begin(s);
+        if (!b.overflow) proto_pack_model(&b, (uint64_t)m->version);
+        reply_end(sv, s, &b);
+    }
+}
+
+static void send_swap_failed(Server *sv, Session *s, const void *why) {
+    reply_error(sv, s, PROTO_EINTERNAL, why, -1);
+}
+
+static void on_model_swap_failed(void *ctx, long version, const char *why) {
+    char msg[400];
+    snprintf(msg, sizeof msg, "model version %ld not served: %s", version, why);
+    each_admin(ctx, send_swap_failed, msg);
 }
 
 // ---- frame requests --------------------------------------------------------------------------
@@ -427,12 +557,14 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
             reply_error(sv, s, PROTO_EALREADY_HELLO, "this session already said hello", -1);
             return;
         }
-        if (sv->has_token && (!m.has_token || !tokens_equal(m.token, sv->token))) {
+        int admin = sv->has_admin_token && m.has_token && tokens_equal(m.token, sv->admin_token);
+        if (sv->has_token && !admin && (!m.has_token || !tokens_equal(m.token, sv->token))) {
             reply_error(sv, s, PROTO_EUNAUTHORIZED, "hello needs the server's token", -1);
             session_close_with(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "unauthorized");
             return;
         }
         s->hello = 1;
+        s->admin = admin;
         s->id = ++sv->next_session_id;
         if (m.has_user) snprintf(s->user, sizeof s->user, "%s", m.user);
         else snprintf(s->user, sizeof s->user, "anon-%llu", (unsigned long long)s->id);
@@ -505,7 +637,7 @@ static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, i
         session_feedback(sv, s, &m);
         return;
     case PROTO_JOB:
-        reply_error(sv, s, PROTO_ENOT_IMPLEMENTED, "job messages are not served yet", -1);
+        session_job(sv, s, &m);
         return;
     }
 }
@@ -996,6 +1128,10 @@ static void on_stored(uv_async_t *a) {
     Server *sv = a->data;
     for (StoreItem *it = store_take_done(&sv->store), *next; it; it = next) {
         next = it->next;
+        if (it->kind == STORE_EXEC) {
+            jobs_committed(&sv->jobs, it);
+            continue;
+        }
         sv->store_pending--;
         if (it->status) sv->feedback_refused++;
         else if (it->duplicate) sv->feedback_duplicates++;
@@ -1120,6 +1256,11 @@ static void on_stop_timer(uv_timer_t *t) {
         int busy = gen_queue_depth(&sv->gen) || gen_running(&sv->gen) ||
                    sv->metrics.frames_in_flight || sv->metrics.frames_queued || sv->store_pending;
         if (busy && now - sv->stop_started < SERVE_SHUTDOWN_DRAIN_S) return;
+        if (sv->jobs_on && jobs_alive(&sv->jobs)) { // workers checkpoint before the store closes
+            if (now - sv->stop_started < SERVE_SHUTDOWN_WORKERS_S) return;
+            jobs_kill(&sv->jobs);
+            return;
+        }
         for (int i = 0; i < sv->opt.max_connections; i++)
             if (sv->sessions[i].active)
                 session_close_with(&sv->sessions[i], LWS_CLOSE_STATUS_GOINGAWAY,
@@ -1153,6 +1294,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
     }
     sv->stopping = 1;
     sv->stop_started = cli_now_s();
+    if (sv->jobs_on) jobs_stop(&sv->jobs);
     if (!sv->opt.quiet)
         fprintf(stderr, "steer: signal %d: finishing frames in flight, then closing connections\n",
                 signum);
@@ -1178,6 +1320,8 @@ static void usage(FILE *f) {
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
             "  --policy-pool N         prior frames each user's policy gradient is estimated on\n"
             "                          (default 2048; 0 turns learning off: frames from the prior)\n"
+            "  --workers N             background training workers at once (default 1; 0 = no jobs)\n"
+            "  --admin-token-file FILE hello with this file's first line as token may send `job`\n"
             "  --population-every N    refit the population model (every user's prior, new users'\n"
             "                          policy) every N stored feedback (default 256; 0 = never)\n"
             "  --history N             recent frames remembered per session (default 64)\n"
@@ -1211,6 +1355,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
                         .max_unread = 32,
                         .policy_pool = 2048,
                         .population_every = 256,
+                        .workers = 1,
                         .seed = (uint64_t)time(NULL)};
     static const struct option opts[] = {
         {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
@@ -1221,6 +1366,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
         {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
+        {"workers", 1, 0, 'W'},       {"admin-token-file", 1, 0, 'A'},
         {0, 0, 0, 0}};
     int ch;
     long v;
@@ -1249,6 +1395,8 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 'B': if (cli_parse_long("serve", optarg, 0, 64L << 20, "--sndbuf", &v)) return 2; o->sndbuf = (int)v; break;
         case 'U': if (cli_parse_long("serve", optarg, SERVE_PING_EVERY + 1, 1 << 20, "--max-unread", &v)) return 2; o->max_unread = (int)v; break;
         case 'L': if (cli_parse_long("serve", optarg, 0, 1 << 20, "--policy-pool", &v)) return 2; o->policy_pool = v; break;
+        case 'W': if (cli_parse_long("serve", optarg, 0, 64, "--workers", &v)) return 2; o->workers = (int)v; break;
+        case 'A': o->admin_token_file = optarg; break;
         case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
@@ -1258,6 +1406,26 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         fprintf(stderr, "steer serve: unexpected argument '%s'\n", argv[optind]);
         return 2;
     }
+    return 0;
+}
+
+// The first line of path into out (a token of 1..PROTO_TOKEN_MAX bytes). Returns 0 or -1 (printed).
+static int read_token_file(const char *opt, const char *path, char *out) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "steer serve: cannot read %s %s: %s\n", opt, path, strerror(errno));
+        return -1;
+    }
+    char line[PROTO_TOKEN_MAX + 2] = {0};
+    if (!fgets(line, sizeof line, f)) line[0] = 0;
+    fclose(f);
+    line[strcspn(line, "\r\n")] = 0;
+    if (!line[0] || strlen(line) > PROTO_TOKEN_MAX) {
+        fprintf(stderr, "steer serve: %s %s: the first line must be a token of 1..%d bytes\n", opt,
+                path, PROTO_TOKEN_MAX);
+        return -1;
+    }
+    memcpy(out, line, strlen(line) + 1);
     return 0;
 }
 
@@ -1321,6 +1489,7 @@ static void server_free(Server *sv) {
     }
     free(sv->users);
     policy_params_free(&sv->population.params);
+    jobs_free(&sv->jobs);
     metrics_free(&sv->metrics);
 }
 
@@ -1343,6 +1512,10 @@ int cli_serve(int argc, char **argv) {
     int rc = parse_options(&sv->opt, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
     if (sv->opt.token_file && read_token(sv, sv->opt.token_file)) return 2;
+    if (sv->opt.admin_token_file) {
+        if (read_token_file("--admin-token-file", sv->opt.admin_token_file, sv->admin_token)) return 2;
+        sv->has_admin_token = 1;
+    }
     if (sv->opt.origins && parse_origins(sv, sv->opt.origins)) return 2;
     signal(SIGPIPE, SIG_IGN);
     // Each connection is a descriptor: raise the soft limit to the hard one.
@@ -1406,13 +1579,45 @@ int cli_serve(int argc, char **argv) {
         free(g);
         return start_failed(sv);
     }
+    snprintf(sv->serve_path, sizeof sv->serve_path, "%s", sv->opt.model_path);
+    if (sv->opt.workers > 0) {
+        JobsHooks hooks = {on_job_changed, on_job_submitted, on_model_swap, on_model_swap_failed};
+        if (jobs_open(&sv->jobs, &sv->loop, &sv->store, sv->opt.data_dir, sv->opt.model_path,
+                      sv->opt.workers, &hooks, sv, sv->serve_path, err, sizeof err)) {
+            fprintf(stderr, "steer serve: jobs: %s\n", err);
+            generator_free(g);
+            free(g);
+            return start_failed(sv);
+        }
+        sv->jobs_on = 1;
+        sv->model.version = (uint64_t)sv->jobs.served;
+        if (strcmp(sv->serve_path, sv->opt.model_path)) { // the registry's served version
+            Generator *g2 = calloc(1, sizeof *g2);
+            if (!g2 || generator_load(g2, sv->serve_path, sv->opt.batch, err, sizeof err) ||
+                g2->cfg.z_dim != g->cfg.z_dim || g2->cfg.img != g->cfg.img ||
+                g2->cfg.channels != g->cfg.channels || g2->cfg.n_classes != g->cfg.n_classes) {
+                fprintf(stderr, "steer serve: model version %ld (%s) does not load in place of %s%s%s\n",
+                        sv->jobs.served, sv->serve_path, sv->opt.model_path, g2 ? ": " : "", g2 ? err : "");
+                if (g2) generator_free(g2);
+                free(g2);
+                generator_free(g);
+                free(g);
+                return start_failed(sv);
+            }
+            generator_free(g);
+            free(g);
+            g = g2;
+        }
+        jobs_set_shape(&sv->jobs, sv->opt.batch, g->cfg.z_dim, g->cfg.img, g->cfg.channels,
+                       g->cfg.n_classes);
+    }
     static const double latency_bounds[] = {0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2};
     sv->policy_latency.n_bounds = (int)(sizeof latency_bounds / sizeof latency_bounds[0]);
     memcpy(sv->policy_latency.bounds, latency_bounds, sizeof latency_bounds);
     if (sv->opt.policy_pool > 0) {
         char db_path[4200];
         snprintf(db_path, sizeof db_path, "%s/steer.db", sv->opt.data_dir);
-        if (learn_open(&sv->learn, sv->opt.model_path, db_path, sv->opt.policy_pool,
+        if (learn_open(&sv->learn, sv->serve_path, db_path, sv->opt.policy_pool,
                        sv->opt.population_every, &sv->learn_async, err, sizeof err)) {
             fprintf(stderr, "steer serve: learning: %s\n", err);
             generator_free(g);
@@ -1498,6 +1703,7 @@ int cli_serve(int argc, char **argv) {
            sv->model.name, (unsigned long long)sv->model.version, sv->model.width,
            sv->model.height, sv->model.channels, sv->model.classes, sv->opt.host, port);
     fflush(stdout);
+    if (sv->jobs_on) jobs_schedule(&sv->jobs); // jobs queued or interrupted before this start
 
     uv_run(&sv->loop, UV_RUN_DEFAULT);
     rc = uv_loop_close(&sv->loop) ? 1 : 0;

@@ -37,6 +37,7 @@ typedef struct {
     struct lws *wsi;
     uint32_t slot, serial;
     int active, hello;
+    int admin; // said hello with the admin token: may send `job`
     uint64_t id; // the session number `welcome` reports
     char user[PROTO_USER_MAX + 1];
     Stream streams[SESSION_MAX_STREAMS];

@@ -36,7 +36,31 @@ static const char SCHEMA[] =
     "  model_version INTEGER NOT NULL,"
     "  policy_version INTEGER NOT NULL,"
     "  latent BLOB NOT NULL);"
-    "CREATE INDEX IF NOT EXISTS feedback_frame_of ON feedback_frame(feedback);";
+    "CREATE INDEX IF NOT EXISTS feedback_frame_of ON feedback_frame(feedback);"
+    // background training (server/jobs.h): jobs and the registry of model versions
+    "CREATE TABLE IF NOT EXISTS job("
+    "  id INTEGER PRIMARY KEY,"
+    "  spec TEXT NOT NULL,"
+    "  state TEXT NOT NULL,"
+    "  step INTEGER NOT NULL DEFAULT 0,"
+    "  steps INTEGER NOT NULL DEFAULT 0,"
+    "  fd REAL, parent_fd REAL,"
+    "  message TEXT NOT NULL DEFAULT '',"
+    "  model_version INTEGER,"
+    "  created_unix_us INTEGER NOT NULL,"
+    "  updated_unix_us INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS model("
+    "  version INTEGER PRIMARY KEY,"
+    "  path TEXT NOT NULL,"
+    "  sha256 TEXT NOT NULL,"
+    "  parent INTEGER,"
+    "  job INTEGER,"
+    "  fd REAL,"
+    "  created_unix_us INTEGER NOT NULL);"
+    "CREATE TABLE IF NOT EXISTS served("
+    "  at_unix_us INTEGER NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  why TEXT NOT NULL);";
 
 StoreItem *store_item_new(int n_frames, int z_dim) {
     StoreItem *it = calloc(1, sizeof *it + sizeof(float) * (size_t)n_frames * (size_t)z_dim);
@@ -44,6 +68,24 @@ StoreItem *store_item_new(int n_frames, int z_dim) {
     it->n_frames = n_frames;
     it->z_dim = z_dim;
     return it;
+}
+
+StoreItem *store_exec_new(char *sql) {
+    if (!sql) return NULL;
+    StoreItem *it = store_item_new(0, 0);
+    if (!it) {
+        sqlite3_free(sql);
+        return NULL;
+    }
+    it->kind = STORE_EXEC;
+    it->sql = sql;
+    return it;
+}
+
+void store_item_free(StoreItem *it) {
+    if (!it) return;
+    sqlite3_free(it->sql);
+    free(it);
 }
 
 static int exec(sqlite3 *db, const char *sql, char *err, size_t errlen) {
@@ -87,6 +129,17 @@ static int64_t now_unix_us(void) {
 // Writes one item inside the open transaction; sets its answer. Returns 0, or -1 on a database
 // error (the transaction is then rolled back and every item of the group answered with it).
 static int item_write(Db *d, StoreItem *it) {
+    if (it->kind == STORE_EXEC) { // a job or registry change: its own statements, same transaction
+        char *msg = NULL;
+        if (sqlite3_exec(d->db, it->sql, NULL, NULL, &msg) != SQLITE_OK) {
+            it->status = PROTO_EINTERNAL;
+            snprintf(it->msg, sizeof it->msg, "%s", msg ? msg : "statement failed");
+            sqlite3_free(msg);
+            return 0; // a bad statement is its own failure, not the group's
+        }
+        it->status = 0;
+        return 0;
+    }
     sqlite3_reset(d->find);
     sqlite3_bind_text(d->find, 1, it->user, -1, SQLITE_STATIC);
     sqlite3_bind_text(d->find, 2, it->client_id, -1, SQLITE_STATIC);
@@ -247,7 +300,7 @@ void store_close(Store *st) {
     }
     for (StoreItem *it = st->done_head, *next; it; it = next) {
         next = it->next;
-        free(it);
+        store_item_free(it);
     }
     st->done_head = st->done_tail = NULL;
     if (st->locks_ready) {

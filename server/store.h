@@ -16,7 +16,9 @@
 #define STORE_MAX_FRAMES 16 // frames one feedback may name (choose: `among`)
 #define STORE_ID_MAX 64     // bytes of a client id
 
-typedef enum { STORE_RATE, STORE_PAIR, STORE_CHOOSE } StoreKind;
+// STORE_EXEC: not feedback but SQL statements (jobs, the model registry: server/jobs.h) written in
+// the same group commit, answered after it.
+typedef enum { STORE_RATE, STORE_PAIR, STORE_CHOOSE, STORE_EXEC } StoreKind;
 // The part a frame plays in a feedback row.
 typedef enum { STORE_ROLE_RATED, STORE_ROLE_WINNER, STORE_ROLE_LOSER, STORE_ROLE_CHOSEN, STORE_ROLE_AMONG } StoreRole;
 
@@ -38,6 +40,9 @@ typedef struct StoreItem {
     double value; // rate: -1..1
     int tie;      // pair: the user could not tell
     double t_recv; // cli_now_s() when the loop received it (the learning thread's latency figure)
+    char *sql;     // STORE_EXEC: statements (sqlite3_mprintf'ed; freed with store_item_free)
+    long job_id;   // STORE_EXEC: the job it concerns (a submit is answered after COMMIT)
+    int reply;     // STORE_EXEC: 1 = answer the session (slot, serial) when committed
     int n_frames, z_dim;
     StoreFrame frames[STORE_MAX_FRAMES];
     // answer, set by the store thread
@@ -64,6 +69,10 @@ typedef struct {
 int store_open(Store *st, const char *dir, uv_async_t *async, char *err, size_t errlen);
 // A new item for n frames of z_dim latents (zeroed), or NULL when memory runs out.
 StoreItem *store_item_new(int n_frames, int z_dim);
+// A STORE_EXEC item for sql (sqlite3_mprintf'ed, owned by the item from now on), or NULL.
+StoreItem *store_exec_new(char *sql);
+// Frees an item (and its sql).
+void store_item_free(StoreItem *it);
 // Hands an item to the store thread (which owns it until store_take_done returns it).
 void store_submit(Store *st, StoreItem *item);
 // Takes every answered item, oldest first; the caller frees each with free().

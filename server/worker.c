@@ -1,0 +1,436 @@
+// worker.c — `steer worker` (worker.h): reads a job folder's spec.json, trains, checkpoints,
+// measures FD at the end, and reports every step of the way as msgpack maps on stdout.
+// Messages are bounded on purpose: a long path or stderr tail is cut, never overflowed.
+#pragma GCC diagnostic ignored "-Wformat-truncation"
+#include "server/worker.h"
+
+#include <errno.h>
+#include <getopt.h>
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <msgpack.h>
+#include <signal.h>
+#include <stdio.h>
+#include <sys/prctl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "env/fmnist.h"
+#include "generator/classifier.h"
+#include "generator/cli.h"
+#include "generator/fid.h"
+#include "generator/gan.h"
+#include "kernels/kernels.h"
+
+#define WORKER_EVAL_MODEL "models/fmnist-eval.safetensors"
+#define WORKER_G_BATCH 64
+
+static volatile sig_atomic_t stop_requested;
+static void on_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+typedef struct {
+    const char *kind, *config, *data, *init, *parent, *eval_model;
+    long steps, batch, seed, save_every, log_every, eval_n, fail_at;
+    json_t *set; // object of training switches, or NULL
+} Spec;
+
+// ---- messages to the supervisor ---------------------------------------------------------------
+
+// One msgpack map per message, written whole to stdout (a pipe: writes of up to PIPE_BUF bytes are
+// atomic, and ours are far smaller).
+typedef struct {
+    msgpack_sbuffer buf;
+    msgpack_packer pk;
+} Msg;
+
+static void msg_begin(Msg *m, const char *type, int n_fields) {
+    msgpack_sbuffer_init(&m->buf);
+    msgpack_packer_init(&m->pk, &m->buf, msgpack_sbuffer_write);
+    msgpack_pack_map(&m->pk, (size_t)n_fields + 1);
+    msgpack_pack_str_with_body(&m->pk, "t", 1);
+    msgpack_pack_str_with_body(&m->pk, type, strlen(type));
+}
+static void kv_str(Msg *m, const char *k, const char *v) {
+    msgpack_pack_str_with_body(&m->pk, k, strlen(k));
+    msgpack_pack_str_with_body(&m->pk, v, strlen(v));
+}
+static void kv_int(Msg *m, const char *k, long v) {
+    msgpack_pack_str_with_body(&m->pk, k, strlen(k));
+    msgpack_pack_int64(&m->pk, v);
+}
+static void kv_num(Msg *m, const char *k, double v) {
+    msgpack_pack_str_with_body(&m->pk, k, strlen(k));
+    if (v == v) msgpack_pack_double(&m->pk, v);
+    else msgpack_pack_nil(&m->pk);
+}
+static void msg_send(Msg *m) {
+    const char *p = m->buf.data;
+    size_t left = m->buf.size;
+    while (left > 0) {
+        ssize_t w = write(STDOUT_FILENO, p, left);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) break; // the supervisor is gone: the job still checkpoints and ends
+        p += w;
+        left -= (size_t)w;
+    }
+    msgpack_sbuffer_destroy(&m->buf);
+}
+
+static void send_failed(const char *why) {
+    fprintf(stderr, "steer worker: %s\n", why);
+    Msg m;
+    msg_begin(&m, "failed", 1);
+    kv_str(&m, "msg", why);
+    msg_send(&m);
+}
+
+// ---- the spec ---------------------------------------------------------------------------------
+
+static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
+    *s = (Spec){.kind = "train", .config = "tiny", .data = FMNIST_DIR, .eval_model = WORKER_EVAL_MODEL,
+                .steps = 1000, .batch = 0, .seed = 1, .save_every = 100, .log_every = 10,
+                .eval_n = 0, .fail_at = -1};
+    if (!json_is_object(root)) {
+        snprintf(err, errlen, "the spec must be a JSON object");
+        return -1;
+    }
+    const char *key;
+    json_t *v;
+    json_object_foreach(root, key, v) {
+        const char **str = !strcmp(key, "kind")         ? &s->kind
+                           : !strcmp(key, "config")     ? &s->config
+                           : !strcmp(key, "data")       ? &s->data
+                           : !strcmp(key, "init")       ? &s->init
+                           : !strcmp(key, "parent")     ? &s->parent
+                           : !strcmp(key, "eval_model") ? &s->eval_model
+                                                        : NULL;
+        long *num = !strcmp(key, "steps")        ? &s->steps
+                    : !strcmp(key, "batch")      ? &s->batch
+                    : !strcmp(key, "seed")       ? &s->seed
+                    : !strcmp(key, "save_every") ? &s->save_every
+                    : !strcmp(key, "log_every")  ? &s->log_every
+                    : !strcmp(key, "eval_n")     ? &s->eval_n
+                    : !strcmp(key, "fail_at")    ? &s->fail_at // tests: crash at this step
+                                                 : NULL;
+        if (str) {
+            if (!json_is_string(v)) {
+                snprintf(err, errlen, "spec key '%s' must be a string", key);
+                return -1;
+            }
+            *str = json_string_value(v);
+        } else if (num) {
+            if (!json_is_integer(v) || json_integer_value(v) < (num == &s->fail_at ? -1 : 0)) {
+                snprintf(err, errlen, "spec key '%s' must be a non-negative integer", key);
+                return -1;
+            }
+            *num = (long)json_integer_value(v);
+        } else if (!strcmp(key, "promote") || !strcmp(key, "fd_margin")) {
+            // the server's keys (server/jobs.h): not the worker's business
+        } else if (!strcmp(key, "set")) {
+            if (!json_is_object(v)) {
+                snprintf(err, errlen, "spec key 'set' must be an object of training switches");
+                return -1;
+            }
+            s->set = v;
+        } else {
+            snprintf(err, errlen, "unknown spec key '%s'", key);
+            return -1;
+        }
+    }
+    if (strcmp(s->kind, "train")) {
+        snprintf(err, errlen, "unknown job kind '%s' (this worker runs: train)", s->kind);
+        return -1;
+    }
+    if (s->steps < 1 || s->batch > 4096 || s->log_every < 1) {
+        snprintf(err, errlen, "spec: steps must be >= 1, batch <= 4096, log_every >= 1");
+        return -1;
+    }
+    if (s->eval_n == 1 || s->eval_n > 100000) {
+        snprintf(err, errlen, "spec: eval_n must be 0 (no FD) or in [2, 100000]");
+        return -1;
+    }
+    return 0;
+}
+
+// TEMPORARY until generator/gan.c has it (same signature): refuses every key.
+__attribute__((weak)) int gan_hparams_set(GanHparams *hp, const char *key, const char *value,
+                                          char *err, size_t errlen) {
+    (void)hp;
+    (void)value;
+    snprintf(err, errlen, "unknown training switch '%s'", key);
+    return -1;
+}
+
+// Applies the spec's training switches. Returns 0 or -1 with err set.
+static int apply_set(GanHparams *hp, json_t *set, char *err, size_t errlen) {
+    if (!set) return 0;
+    const char *key;
+    json_t *v;
+    json_object_foreach(set, key, v) {
+        char val[64];
+        if (json_is_string(v)) snprintf(val, sizeof val, "%s", json_string_value(v));
+        else if (json_is_integer(v)) snprintf(val, sizeof val, "%lld", (long long)json_integer_value(v));
+        else if (json_is_real(v)) snprintf(val, sizeof val, "%.9g", json_real_value(v));
+        else if (json_is_boolean(v)) snprintf(val, sizeof val, "%d", json_is_true(v));
+        else {
+            snprintf(err, errlen, "set.%s: expected a string, number or boolean", key);
+            return -1;
+        }
+        if (gan_hparams_set(hp, key, val, err, errlen)) return -1;
+    }
+    return 0;
+}
+
+// ---- FD at the end ----------------------------------------------------------------------------
+
+typedef struct {
+    Classifier c;
+    FidStats ref;
+    int ready;
+} Judge;
+
+static int judge_init(Judge *j, const Spec *s, char *err, size_t errlen) {
+    memset(j, 0, sizeof *j);
+    double acc;
+    Dataset test = {0};
+    float *feat = NULL;
+    int rc = classifier_load(&j->c, s->eval_model, 128, &acc, err, errlen);
+    if (!rc) rc = fmnist_load(&test, s->data, 0, err, errlen);
+    if (!rc && !(feat = malloc(sizeof(float) * test.n * CLASSIFIER_FEATURES))) {
+        snprintf(err, errlen, "out of memory");
+        rc = -1;
+    }
+    if (!rc && (rc = classifier_apply(&j->c, test.images, test.n, feat, NULL, NULL)))
+        snprintf(err, errlen, "evaluator: %s", kernels_strerror(rc));
+    if (!rc && (rc = fid_stats_compute(&j->ref, feat, test.n, CLASSIFIER_FEATURES)))
+        snprintf(err, errlen, "test-set features: %s", fid_strerror(rc));
+    free(feat);
+    dataset_free(&test);
+    j->ready = !rc;
+    return rc ? -1 : 0;
+}
+
+static void judge_free(Judge *j) {
+    classifier_free(&j->c);
+    fid_stats_free(&j->ref);
+}
+
+// FD of n samples (seed 1) of the checkpoint at path against the test set; NaN (with err) if the
+// model is not a 1x32x32 Fashion-MNIST model or anything fails.
+static double judge_fd(Judge *j, const char *path, long n, char *err, size_t errlen) {
+    Generator g;
+    double fd = NAN;
+    float *z = NULL, *img = NULL, *feat = NULL;
+    int32_t *y = NULL;
+    FidStats st = {0};
+    if (generator_load(&g, path, WORKER_G_BATCH, err, errlen)) return NAN;
+    const SaganConfig *c = &g.cfg;
+    long P = (long)c->channels * c->img * c->img;
+    if (c->channels != 1 || c->img != CLASSIFIER_IMG || (c->n_classes && c->n_classes != CLASSIFIER_CLASSES)) {
+        snprintf(err, errlen, "FD needs a 1x32x32 Fashion-MNIST model");
+        goto done;
+    }
+    z = malloc(sizeof(float) * n * c->z_dim);
+    y = malloc(sizeof(int32_t) * n);
+    img = malloc(sizeof(float) * n * P);
+    feat = malloc(sizeof(float) * n * CLASSIFIER_FEATURES);
+    if (!z || !y || !img || !feat) {
+        snprintf(err, errlen, "out of memory");
+        goto done;
+    }
+    gan_sample_latents(c, 1, n, -1, z, y);
+    for (long i = 0; i < n; i += WORKER_G_BATCH) {
+        int b = (int)(n - i < WORKER_G_BATCH ? n - i : WORKER_G_BATCH);
+        int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
+        if (rc) {
+            snprintf(err, errlen, "generator: %s", kernels_strerror(rc));
+            goto done;
+        }
+        memcpy(img + i * P, g.img, sizeof(float) * b * P);
+    }
+    int rc = classifier_apply(&j->c, img, n, feat, NULL, NULL);
+    if (rc) snprintf(err, errlen, "evaluator: %s", kernels_strerror(rc));
+    else if ((rc = fid_stats_compute(&st, feat, n, CLASSIFIER_FEATURES)) ||
+             (rc = fid_stats_distance(&fd, &st, &j->ref))) {
+        snprintf(err, errlen, "FD: %s", fid_strerror(rc));
+        fd = NAN;
+    }
+done:
+    fid_stats_free(&st);
+    generator_free(&g);
+    free(z);
+    free(y);
+    free(img);
+    free(feat);
+    return fd;
+}
+
+// ---- the job ----------------------------------------------------------------------------------
+
+static void usage(FILE *f) {
+    fprintf(f, "usage: steer worker --dir DIR\n"
+               "Runs the training job DIR/spec.json (server/worker.h lists its keys), resuming from\n"
+               "DIR/latest.safetensors when it exists. Progress: msgpack maps on stdout; logs on\n"
+               "stderr. SIGTERM saves a checkpoint and stops.\n");
+}
+
+static int run(const char *dir) {
+    char path[PATH_MAX], err[1024];
+    snprintf(path, sizeof path, "%s/spec.json", dir);
+    json_error_t jerr;
+    json_t *root = json_load_file(path, 0, &jerr);
+    if (!root) {
+        snprintf(err, sizeof err, "%s: %s (line %d)", path, jerr.text, jerr.line);
+        send_failed(err);
+        return 1;
+    }
+    Spec s;
+    GanTrainer t;
+    memset(&t, 0, sizeof t);
+    Dataset data = {0};
+    Judge judge = {0};
+    int status = 1, rc;
+    char latest[PATH_MAX + 32], final[PATH_MAX + 32];
+    snprintf(latest, sizeof latest, "%s/latest.safetensors", dir);
+    snprintf(final, sizeof final, "%s/final.safetensors", dir);
+    if (spec_read(&s, root, err, sizeof err)) goto fail;
+    GanHparams hp;
+    gan_hparams_default(&hp);
+    if (s.batch) hp.batch = (int)s.batch;
+    if (apply_set(&hp, s.set, err, sizeof err)) goto fail;
+    int resumed = access(latest, F_OK) == 0;
+    if (resumed || s.init) {
+        // a resumed job keeps its own state; `init` starts from another run's whole state
+        if (gan_load(&t, resumed ? latest : s.init, &hp, err, sizeof err)) goto fail;
+        if (!resumed) t.step = 0;
+    } else {
+        SaganConfig cfg;
+        if (sagan_config_lookup(&cfg, s.config)) {
+            snprintf(err, sizeof err, "unknown config '%s'", s.config);
+            goto fail;
+        }
+        if (gan_init(&t, &cfg, &hp, (uint64_t)s.seed)) {
+            snprintf(err, sizeof err, "out of memory building the model");
+            goto fail;
+        }
+    }
+    if (fmnist_load(&data, s.data, 1, err, sizeof err)) goto fail;
+    if (data.c != t.cfg.channels || data.h != t.cfg.img) {
+        snprintf(err, sizeof err, "the data is %dx%dx%d but config %s makes %dx%dx%d", data.c, data.h,
+                 data.w, t.cfg.name, t.cfg.channels, t.cfg.img, t.cfg.img);
+        goto fail;
+    }
+    Msg m;
+    msg_begin(&m, "started", 4);
+    kv_int(&m, "step", t.step);
+    kv_int(&m, "steps", s.steps);
+    kv_int(&m, "resumed", resumed);
+    kv_str(&m, "config", t.cfg.name);
+    msg_send(&m);
+    fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
+            resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
+    double t_log = cli_now_s();
+    long log_start = t.step;
+    while (t.step < s.steps && !stop_requested) {
+        if (s.fail_at >= 0 && t.step == s.fail_at) {
+            fprintf(stderr, "steer worker: fail_at %ld reached: aborting as asked\n", s.fail_at);
+            abort();
+        }
+        if ((rc = gan_step(&t, &data))) {
+            snprintf(err, sizeof err, "step %ld failed: %s", t.step, kernels_strerror(rc));
+            goto fail;
+        }
+        if (!(t.loss_d == t.loss_d && t.loss_g == t.loss_g)) {
+            snprintf(err, sizeof err, "step %ld: loss is not finite (D %g, G %g)", t.step, t.loss_d,
+                     t.loss_g);
+            goto fail;
+        }
+        if (t.step % s.log_every == 0 || t.step == s.steps) {
+            double now = cli_now_s();
+            msg_begin(&m, "progress", 5);
+            kv_int(&m, "step", t.step);
+            kv_int(&m, "steps", s.steps);
+            kv_num(&m, "loss_d", t.loss_d);
+            kv_num(&m, "loss_g", t.loss_g);
+            kv_num(&m, "images_per_s", (t.step - log_start) * t.hp.batch / (now - t_log + 1e-9));
+            msg_send(&m);
+            t_log = now;
+            log_start = t.step;
+        }
+        if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps) {
+            if (gan_save(&t, latest, err, sizeof err)) goto fail;
+            msg_begin(&m, "checkpoint", 2);
+            kv_int(&m, "step", t.step);
+            kv_str(&m, "path", latest);
+            msg_send(&m);
+        }
+    }
+    if (gan_save(&t, latest, err, sizeof err)) goto fail;
+    if (stop_requested && t.step < s.steps) {
+        msg_begin(&m, "stopped", 2);
+        kv_int(&m, "step", t.step);
+        kv_str(&m, "path", latest);
+        msg_send(&m);
+        fprintf(stderr, "steer worker: stopped at step %ld; checkpoint %s\n", t.step, latest);
+        status = 0;
+        goto done;
+    }
+    if (gan_save(&t, final, err, sizeof err)) goto fail;
+    double fd = NAN, parent_fd = NAN;
+    char why[512] = "";
+    if (s.eval_n > 0) {
+        if (judge_init(&judge, &s, why, sizeof why) == 0) {
+            fd = judge_fd(&judge, final, s.eval_n, why, sizeof why);
+            if (s.parent && fd == fd) parent_fd = judge_fd(&judge, s.parent, s.eval_n, why, sizeof why);
+        }
+        if (why[0]) fprintf(stderr, "steer worker: no FD: %s\n", why);
+    }
+    msg_begin(&m, "done", 5);
+    kv_int(&m, "step", t.step);
+    kv_str(&m, "path", final);
+    kv_num(&m, "fd", fd);
+    kv_num(&m, "parent_fd", parent_fd);
+    kv_int(&m, "eval_n", s.eval_n);
+    msg_send(&m);
+    fprintf(stderr, "steer worker: done at step %ld; %s; FD %.3f (parent %.3f, n %ld)\n", t.step,
+            final, fd, parent_fd, s.eval_n);
+    status = 0;
+    goto done;
+fail:
+    send_failed(err);
+done:
+    judge_free(&judge);
+    dataset_free(&data);
+    gan_free(&t);
+    json_decref(root);
+    return status;
+}
+
+int cli_worker(int argc, char **argv) {
+    const char *dir = NULL;
+    static const struct option opts[] = {{"dir", 1, 0, 'd'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    optind = 1;
+    int o;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (o) {
+        case 'd': dir = optarg; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if (!dir || optind < argc) {
+        usage(stderr);
+        return 2;
+    }
+    signal(SIGTERM, on_signal);
+    signal(SIGINT, on_signal);
+    signal(SIGPIPE, SIG_IGN); // a vanished supervisor must not kill the job before it saves
+    prctl(PR_SET_PDEATHSIG, SIGTERM); // nor leave it running alone: the parent's death stops it
+    return run(dir);
+}

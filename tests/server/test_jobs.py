@@ -1,0 +1,221 @@
+"""test_jobs — background training through a real `steer serve`: `job` messages (admin token),
+`steer worker` processes, progress, checkpoints, promotion with a hot swap while a stream runs
+(frames switch to the new model_version with no gap), the model registry, pause / resume, cancel,
+a worker killed with SIGKILL then resumed from its checkpoint, a corrupted checkpoint refused with the
+served model kept, rollback, and a restart that resumes an interrupted job and keeps serving the
+promoted version. Uses the tiny config so each job takes seconds. Prints TAP.
+"""
+import asyncio
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import tempfile
+
+import steer_harness as h
+from steer_client import connect
+
+T = 120
+STEER = os.environ.get("STEER_BIN", "build/steer")
+TOKEN = "admin-secret"
+
+
+def make_base(root):
+    """A tiny checkpoint trained for 20 steps by `steer worker` itself: the served model."""
+    d = os.path.join(root, "base")
+    os.makedirs(d)
+    with open(os.path.join(d, "spec.json"), "w") as f:
+        json.dump({"config": "tiny", "steps": 20, "batch": 16, "save_every": 0, "eval_n": 0}, f)
+    out = subprocess.run([STEER, "worker", "--dir", d], capture_output=True, timeout=600)
+    assert out.returncode == 0, out.stderr.decode()[-2000:]
+    return os.path.join(d, "final.safetensors")
+
+
+async def job_reply(c, op=None, ok=lambda m: True):
+    """The next `job` message (with op, if given) for which ok(m) holds; errors raise."""
+    while True:
+        m = await c.recv(T)
+        if not isinstance(m, dict):
+            continue
+        if m.get("t") == "error":
+            return m
+        if m.get("t") == "job" and (op is None or m.get("op") == op) and ok(m):
+            return m
+
+
+async def wait_job(c, jid, pred):
+    return await job_reply(c, None, lambda m: m.get("job", {}).get("id") == jid and pred(m["job"]))
+
+
+async def listing(c, op):
+    await c.send({"t": "job", "op": op})
+    items = []
+    while True:
+        m = await job_reply(c)
+        if m.get("op") in ("list", "models") and "count" in m:
+            return items, m
+        if m.get("op") in ("list", "model"):
+            items.append(m.get("job") or m.get("model"))
+
+
+async def test_jobs(tap, root):
+    base = make_base(root)
+    tok = os.path.join(root, "admin.token")
+    with open(tok, "w") as f:
+        f.write(TOKEN + "\n")
+    data = os.path.join(root, "data")
+    args = ("--model", base, "--admin-token-file", tok, "--data", data, "--policy-pool", "0",
+            "--batch", "8")
+    with h.Server(*args) as srv:
+        async with connect(srv.ws_url, user="viewer") as v:
+            await v.send({"t": "job", "op": "list"})
+            m = await v.recv(T)
+            tap.ok(m.get("t") == "error" and m.get("code") == "unauthorized",
+                   "job without the admin token: unauthorized", m)
+        async with connect(srv.ws_url, user="admin", token=TOKEN) as a:
+            await a.send({"t": "job", "op": "submit", "spec": {"steps": 5, "bogus": 1}})
+            m = await job_reply(a)
+            tap.ok(m.get("t") == "error" and "bogus" in m.get("msg", ""), "a bad spec is refused", m)
+            await a.send({"t": "job", "op": "pause", "id": 999})
+            m = await job_reply(a)
+            tap.ok(m.get("t") == "error" and "999" in m.get("msg", ""), "an unknown job id is refused", m)
+
+            # a viewer streams frames while a job trains, is promoted, and is swapped in
+            async with connect(srv.ws_url, user="viewer") as v:
+                await v.stream(1, n=4, format="raw8")
+                first = [await v.next_frame(T) for _ in range(4)]
+                tap.ok(all(f.model_version == 1 for f in first), "frames from model version 1")
+                await a.send({"t": "job", "op": "submit", "spec": {
+                    "init": base, "steps": 30, "batch": 16, "save_every": 10, "log_every": 5,
+                    "eval_n": 300, "fd_margin": 1000}})
+                sub = await job_reply(a, "submit")
+                tap.ok(sub.get("t") == "job" and sub["job"]["state"] in ("queued", "running"),
+                       "submit answered after COMMIT with the job", sub)
+                jid = sub["job"]["id"]
+                prog = await wait_job(a, jid, lambda j: j["step"] >= 10 and j["loss_d"] is not None)
+                tap.ok(prog["job"]["steps"] == 30, "progress updates with step, steps and losses",
+                       prog["job"])
+                done = await wait_job(a, jid, lambda j: j["model_version"] == 2)
+                tap.ok(done["job"]["state"] == "done" and done["job"]["fd"] is not None and
+                       done["job"]["parent_fd"] is not None,
+                       "the job is done with FD beside its parent's, promoted as version 2", done["job"])
+                # keep streaming across the swap: seq has no gap, version switches to 2 and stays
+                seen, last = [], first[-1].seq
+                gap = False
+                while not seen or seen[-1] != 2:
+                    await v.credit(1, 1)
+                    f = await v.next_frame(T)
+                    gap |= f.seq != last + 1
+                    last = f.seq
+                    seen.append(f.model_version)
+                    if len(seen) > 200:
+                        break
+                tap.ok(seen[-1] == 2 and not gap, "the stream went on across the swap: frames now "
+                       "carry model_version 2, no frame lost", seen[-5:])
+            jobs, end = await listing(a, "list")
+            tap.ok(end["count"] == 1 and jobs[0]["id"] == jid and jobs[0]["state"] == "done",
+                   "list: the job, done", (jobs, end))
+            models, end = await listing(a, "models")
+            tap.ok([m["version"] for m in models] == [1, 2] and end["served"] == 2 and
+                   models[1]["parent"] == 1 and models[1]["job"] == jid and
+                   re.fullmatch("[0-9a-f]{64}", models[1]["sha256"]),
+                   "models: versions 1 and 2 with parent, job and sha256; 2 served", (models, end))
+
+            # pause / resume / cancel on a long job
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "config": "tiny", "steps": 100000, "batch": 16, "save_every": 10, "log_every": 5,
+                "eval_n": 0}})
+            jid2 = (await job_reply(a, "submit"))["job"]["id"]
+            await wait_job(a, jid2, lambda j: j["message"].startswith("checkpoint"))
+            await a.send({"t": "job", "op": "pause", "id": jid2})
+            paused = await wait_job(a, jid2, lambda j: j["state"] == "paused")
+            at = paused["job"]["step"]
+            tap.ok(at >= 10, "pause: the worker checkpoints and stops", paused["job"])
+            await a.send({"t": "job", "op": "resume", "id": jid2})
+            resumed = await wait_job(a, jid2, lambda j: j["message"].startswith("running from step"))
+            tap.ok(resumed["job"]["step"] == at, "resume: the worker continues from the checkpoint",
+                   resumed["job"])
+
+            # SIGKILL the worker: the job fails with the reason; the server goes on; resume finishes
+            running = await wait_job(a, jid2, lambda j: j["step"] > at)
+            pids = subprocess.run(["pgrep", "-f", f"worker --dir {data}/jobs/{jid2}"],
+                                  capture_output=True, text=True).stdout.split()
+            tap.ok(len(pids) == 1, "one worker process runs the job", pids)
+            os.kill(int(pids[0]), signal.SIGKILL)
+            failed = await wait_job(a, jid2, lambda j: j["state"] == "failed")
+            tap.ok("signal 9" in failed["job"]["message"], "a killed worker fails its job, saying why",
+                   failed["job"]["message"])
+            tap.ok(srv.healthz()[0] == 200, "the server is still up")
+            await a.send({"t": "job", "op": "resume", "id": jid2})
+            again = await wait_job(a, jid2, lambda j: j["message"].startswith("running from step"))
+            tap.ok(at <= again["job"]["step"] <= failed["job"]["step"],
+                   "resumed after the kill from its last checkpoint", (at, again["job"], failed["job"]))
+            await a.send({"t": "job", "op": "cancel", "id": jid2})
+            cancelled = await wait_job(a, jid2, lambda j: j["state"] == "cancelled")
+            tap.ok(True, "cancel: the job is cancelled", cancelled["job"])
+
+            # a crash inside the worker: its stderr tail is kept
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "config": "tiny", "steps": 50, "batch": 16, "fail_at": 3, "eval_n": 0}})
+            jid3 = (await job_reply(a, "submit"))["job"]["id"]
+            crashed = await wait_job(a, jid3, lambda j: j["state"] == "failed")
+            tap.ok("fail_at" in crashed["job"]["message"] and "signal 6" in crashed["job"]["message"],
+                   "an aborting worker: failed, with the tail of its stderr", crashed["job"]["message"])
+
+            # rollback to version 1; a corrupted registry file is refused and the model kept
+            await a.send({"t": "job", "op": "rollback", "version": 1})
+            m = await job_reply(a, "rollback")
+            tap.ok(m.get("t") == "job", "rollback accepted", m)
+            while not (isinstance(m, dict) and m.get("t") == "model"):
+                m = await a.recv(T)
+            tap.eq(m.get("version"), 1, "every session is told: model {version: 1}")
+        async with connect(srv.ws_url, user="viewer3") as v3:
+            await v3.stream(1, n=1, format="raw8")
+            f = await v3.next_frame(T)
+            tap.eq(f.model_version, 1, "after the rollback frames come from version 1")
+        final2 = os.path.join(data, "jobs", str(jid), "final.safetensors")
+        with open(final2, "r+b") as f:
+            f.seek(200)
+            f.write(b"\xff" * 64)
+        async with connect(srv.ws_url, user="admin", token=TOKEN) as a:
+            await a.send({"t": "job", "op": "rollback", "version": 2})
+            await job_reply(a, "rollback")
+            m = await job_reply(a, None, lambda m: False)  # the swap's failure comes as an error
+            tap.ok(m.get("t") == "error" and "version 2 not served" in m.get("msg", ""),
+                   "a corrupted checkpoint is refused", m)
+            async with connect(srv.ws_url, user="viewer4") as v4:
+                await v4.stream(1, n=1, format="raw8")
+                f = await v4.next_frame(T)
+                tap.eq(f.model_version, 1, "and the served model is kept")
+            # a long job interrupted by the server's stop resumes at the next start
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "config": "tiny", "steps": 100000, "batch": 16, "save_every": 10, "eval_n": 0}})
+            jid4 = (await job_reply(a, "submit"))["job"]["id"]
+            await wait_job(a, jid4, lambda j: j["message"].startswith("checkpoint"))
+        srv.stop_ok(tap, "the server stops cleanly with a worker running (it checkpoints first)")
+    with sqlite3.connect(os.path.join(data, "steer.db")) as db:
+        st = db.execute("SELECT state, step FROM job WHERE id = ?", (jid4,)).fetchone()
+    tap.ok(st[0] == "queued" and st[1] >= 10, "the interrupted job is queued in the store", st)
+    with h.Server(*args) as srv:
+        async with connect(srv.ws_url, user="admin", token=TOKEN) as a:
+            jobs, _ = await listing(a, "list")
+            j4 = [j for j in jobs if j["id"] == jid4][0]
+            tap.ok(j4["state"] == "running", "after the restart the job runs again", j4)
+            await a.send({"t": "job", "op": "cancel", "id": jid4})
+            await wait_job(a, jid4, lambda j: j["state"] == "cancelled")
+            models, end = await listing(a, "models")
+            tap.eq(end["served"], 1, "the restarted server serves the last version swapped in (1)")
+        srv.stop_ok(tap)
+
+
+async def main():
+    tap = h.Tap()
+    with tempfile.TemporaryDirectory(prefix="steer-jobs-") as root:
+        await test_jobs(tap, root)
+    tap.done()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -6,6 +6,7 @@
 #include "generator/bench.h"
 #include "generator/cli.h"
 #include "generator/cli_eval.h"
+#include "server/cli_job.h"
 #include "server/worker.h"
 #include "server/serve.h"
 #include "server/store.h"
@@ -22,6 +23,7 @@ static const Command COMMANDS[] = {
     {"eval", cli_eval, "Frechet distance and class histogram of a model's samples"},
     {"train-eval", cli_train_eval, "train the evaluator classifier steer eval uses"},
     {"serve", cli_serve, "serve generated frames over WebSockets (steer serve --help)"},
+    {"job", cli_job, "background training jobs and model versions of a running server"},
     {"worker", cli_worker, "run one background training job (spawned by steer serve)"},
     {"export", cli_export, "write the stored feedback as JSONL (trl) or CSV"},
     {"simulate", cli_simulate, "simulated users steer generation; events until satisfied"},

@@ -10,155 +10,7 @@
 
 #include "env/simulate.h"
 #include "generator/cli.h"
-
-#define SIMWS_TX_MAX 1024
-#define SIMWS_RX_MAX (1 << 20)
-#define SIMWS_TIMEOUT_S 30.0
-
-typedef struct SimMsg {
-    struct SimMsg *next;
-    size_t len;
-    unsigned char data[];
-} SimMsg;
-
-typedef struct {
-    struct lws_context *ctx;
-    struct lws *wsi;
-    int state; // 0 connecting, 1 open, 2 closed or failed
-    unsigned char tx[LWS_PRE + SIMWS_TX_MAX];
-    size_t tx_len;
-    unsigned char *rx;
-    size_t rx_len;
-    SimMsg *head, *tail;
-} SimWs;
-
-static int simws_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
-                          size_t len) {
-    (void)user;
-    SimWs *c = lws_get_opaque_user_data(wsi);
-    if (!c) return 0;
-    switch (reason) {
-    case LWS_CALLBACK_CLIENT_ESTABLISHED: c->state = 1; break;
-    case LWS_CALLBACK_CLIENT_CONNECTION_ERROR:
-    case LWS_CALLBACK_CLIENT_CLOSED: c->state = 2; break;
-    case LWS_CALLBACK_CLIENT_WRITEABLE:
-        if (c->tx_len) {
-            if (lws_write(wsi, c->tx + LWS_PRE, c->tx_len, LWS_WRITE_BINARY) < (int)c->tx_len) return -1;
-            c->tx_len = 0;
-        }
-        break;
-    case LWS_CALLBACK_CLIENT_RECEIVE:
-        if (lws_is_first_fragment(wsi)) c->rx_len = 0;
-        if (c->rx_len + len > SIMWS_RX_MAX) return -1;
-        memcpy(c->rx + c->rx_len, in, len);
-        c->rx_len += len;
-        if (lws_is_final_fragment(wsi)) {
-            SimMsg *m = malloc(sizeof *m + c->rx_len);
-            if (!m) return -1;
-            m->next = NULL;
-            m->len = c->rx_len;
-            memcpy(m->data, c->rx, c->rx_len);
-            if (c->tail) c->tail->next = m;
-            else c->head = m;
-            c->tail = m;
-            c->rx_len = 0;
-        }
-        break;
-    default: break;
-    }
-    return 0;
-}
-
-static const struct lws_protocols simws_protocols[] = {
-    {"steer.v1", simws_callback, 0, 65536, 0, NULL, 0},
-    {NULL, NULL, 0, 0, 0, NULL, 0},
-};
-
-static void simws_close(SimWs *c) {
-    if (c->ctx) lws_context_destroy(c->ctx);
-    for (SimMsg *m = c->head, *n; m; m = n) {
-        n = m->next;
-        free(m);
-    }
-    free(c->rx);
-    memset(c, 0, sizeof *c);
-}
-
-static int simws_open(SimWs *c, const char *url, char *err, size_t errlen) {
-    memset(c, 0, sizeof *c);
-    char buf[512];
-    snprintf(buf, sizeof buf, "%s", url);
-    const char *prot, *address, *path;
-    int port;
-    if (lws_parse_uri(buf, &prot, &address, &port, &path) || (strcmp(prot, "ws") && strcmp(prot, "http"))) {
-        snprintf(err, errlen, "--server must be ws://HOST:PORT/ (no TLS), not '%s'", url);
-        return -1;
-    }
-    char full_path[256];
-    snprintf(full_path, sizeof full_path, "/%s", path[0] == '/' ? path + 1 : path);
-    if (!strcmp(full_path, "/")) snprintf(full_path, sizeof full_path, "/ws");
-    c->rx = malloc(SIMWS_RX_MAX);
-    lws_set_log_level(LLL_ERR, NULL);
-    struct lws_context_creation_info info;
-    memset(&info, 0, sizeof info);
-    info.port = CONTEXT_PORT_NO_LISTEN;
-    info.protocols = simws_protocols;
-    info.gid = -1;
-    info.uid = -1;
-    c->ctx = c->rx ? lws_create_context(&info) : NULL;
-    if (!c->ctx) {
-        snprintf(err, errlen, "cannot create a libwebsockets context");
-        return -1;
-    }
-    struct lws_client_connect_info cc;
-    memset(&cc, 0, sizeof cc);
-    cc.context = c->ctx;
-    cc.address = address;
-    cc.port = port;
-    cc.path = full_path;
-    cc.host = address;
-    cc.protocol = "steer.v1";
-    cc.local_protocol_name = "steer.v1";
-    cc.ietf_version_or_minus_one = -1;
-    cc.opaque_user_data = c;
-    cc.pwsi = &c->wsi;
-    double t0 = cli_now_s();
-    if (!lws_client_connect_via_info(&cc)) c->state = 2;
-    while (c->state == 0 && cli_now_s() - t0 < SIMWS_TIMEOUT_S) lws_service(c->ctx, 50);
-    if (c->state != 1) {
-        snprintf(err, errlen, "cannot connect to %s", url);
-        return -1;
-    }
-    return 0;
-}
-
-// Sends one msgpack message (packed into c->tx) and waits until it is written.
-static int simws_flush(SimWs *c) {
-    lws_callback_on_writable(c->wsi);
-    double t0 = cli_now_s();
-    while (c->tx_len && c->state == 1 && cli_now_s() - t0 < SIMWS_TIMEOUT_S) lws_service(c->ctx, 50);
-    return c->tx_len || c->state != 1 ? -1 : 0;
-}
-
-static int tx_write(void *data, const char *buf, size_t len) {
-    SimWs *c = data;
-    if (c->tx_len + len > SIMWS_TX_MAX) return -1;
-    memcpy(c->tx + LWS_PRE + c->tx_len, buf, len);
-    c->tx_len += len;
-    return 0;
-}
-
-// The next message, or NULL after SIMWS_TIMEOUT_S or a closed connection. Free it.
-static SimMsg *simws_recv(SimWs *c) {
-    double t0 = cli_now_s();
-    while (!c->head && c->state == 1 && cli_now_s() - t0 < SIMWS_TIMEOUT_S) lws_service(c->ctx, 50);
-    SimMsg *m = c->head;
-    if (m) {
-        c->head = m->next;
-        if (!c->head) c->tail = NULL;
-    }
-    return m;
-}
+#include "server/wsclient.h"
 
 static void pk_str(msgpack_packer *pk, const char *s) {
     msgpack_pack_str(pk, strlen(s));
@@ -175,7 +27,7 @@ typedef struct {
     char code[48];
 } SimFields;
 
-static int parse(const SimMsg *m, msgpack_unpacked *u, SimFields *f) {
+static int parse(const WscMsg *m, msgpack_unpacked *u, SimFields *f) {
     memset(f, 0, sizeof *f);
     if (msgpack_unpack_next(u, (const char *)m->data, m->len, NULL) != MSGPACK_UNPACK_SUCCESS ||
         u->data.type != MSGPACK_OBJECT_MAP)
@@ -206,12 +58,12 @@ static int parse(const SimMsg *m, msgpack_unpacked *u, SimFields *f) {
 
 // Waits for `want` frames (raw8) into w->img slots from index 0 (at most w->max_B at a time is
 // the caller's affair), their ids into ids; also tracks the newest policy version seen.
-static int recv_until(SimWs *c, const char *type, uint64_t min_version, SimWorld *w, int want,
+static int recv_until(Wsc *c, const char *type, uint64_t min_version, SimWorld *w, int want,
                       float *img, uint64_t *ids, uint64_t *policy_version, char *err, size_t errlen) {
     int got = 0, done = 0;
     long px = (long)w->g.cfg.channels * w->g.cfg.img * w->g.cfg.img;
     while (!done) {
-        SimMsg *m = simws_recv(c);
+        WscMsg *m = wsc_recv(c);
         if (!m) {
             snprintf(err, errlen, "the server went quiet or closed the connection (waiting for %s)", type);
             return -1;
@@ -248,13 +100,13 @@ static int recv_until(SimWs *c, const char *type, uint64_t min_version, SimWorld
 int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url, SimResult *out,
                    char *err, size_t errlen) {
     memset(out, 0, sizeof *out);
-    SimWs ws;
-    if (simws_open(&ws, url, err, errlen)) {
-        simws_close(&ws);
+    Wsc ws;
+    if (wsc_open(&ws, url, 30.0, err, errlen)) {
+        wsc_close(&ws);
         return -1;
     }
     msgpack_packer pk;
-    msgpack_packer_init(&pk, &ws, tx_write);
+    msgpack_packer_init(&pk, &ws, wsc_write);
     char user[64];
     snprintf(user, sizeof user, "sim-%llu", (unsigned long long)c->seed);
     long px = (long)w->g.cfg.channels * w->g.cfg.img * w->g.cfg.img;
@@ -270,7 +122,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
     msgpack_pack_map(&pk, 2);
     pk_str(&pk, "t"), pk_str(&pk, "hello");
     pk_str(&pk, "user"), pk_str(&pk, user);
-    if (simws_flush(&ws) || recv_until(&ws, "welcome", 0, w, 0, img, ids, &pv, err, errlen)) goto done;
+    if (wsc_flush(&ws) || recv_until(&ws, "welcome", 0, w, 0, img, ids, &pv, err, errlen)) goto done;
     // one gallery stream of raw8 frames, credited as the simulation goes
     msgpack_pack_map(&pk, 6);
     pk_str(&pk, "t"), pk_str(&pk, "stream");
@@ -279,7 +131,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
     pk_str(&pk, "mode"), pk_str(&pk, "gallery");
     pk_str(&pk, "format"), pk_str(&pk, "raw8");
     pk_str(&pk, "n"), msgpack_pack_uint32(&pk, (uint32_t)n_check);
-    if (simws_flush(&ws)) goto done;
+    if (wsc_flush(&ws)) goto done;
     for (;;) {
         // the satisfaction check: n_check frames drawn from the policy as it stands, unrated
         if (recv_until(&ws, "frame", 0, w, n_check, img, ids, &pv, err, errlen)) goto done;
@@ -296,7 +148,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
         pk_str(&pk, "t"), pk_str(&pk, "credit");
         pk_str(&pk, "id"), msgpack_pack_uint32(&pk, 1);
         pk_str(&pk, "n"), msgpack_pack_uint32(&pk, 1);
-        if (simws_flush(&ws) || recv_until(&ws, "frame", 0, w, 1, img, ids, &pv, err, errlen)) goto done;
+        if (wsc_flush(&ws) || recv_until(&ws, "frame", 0, w, 1, img, ids, &pv, err, errlen)) goto done;
         int rating;
         if (simuser_rate(u, img, 1, &rating)) goto done;
         double t0 = cli_now_s();
@@ -306,7 +158,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
         pk_str(&pk, "kind"), pk_str(&pk, "rate");
         pk_str(&pk, "frame"), msgpack_pack_uint64(&pk, ids[0]);
         pk_str(&pk, "value"), msgpack_pack_int(&pk, rating);
-        if (simws_flush(&ws)) goto done;
+        if (wsc_flush(&ws)) goto done;
         out->events++;
         if (recv_until(&ws, "policy", pv + 1, w, 0, img, ids, &pv, err, errlen)) goto done;
         t_update += cli_now_s() - t0;
@@ -314,7 +166,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
         pk_str(&pk, "t"), pk_str(&pk, "credit");
         pk_str(&pk, "id"), msgpack_pack_uint32(&pk, 1);
         pk_str(&pk, "n"), msgpack_pack_uint32(&pk, (uint32_t)n_check);
-        if (simws_flush(&ws)) goto done;
+        if (wsc_flush(&ws)) goto done;
     }
     out->satisfied = out->liked_frac >= c->satisfied_frac;
     out->update_ms = out->events ? 1e3 * t_update / out->events : 0;
@@ -323,6 +175,6 @@ done:
     free(img);
     free(ids);
     free(liked);
-    simws_close(&ws);
+    wsc_close(&ws);
     return rc;
 }

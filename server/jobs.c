@@ -318,6 +318,27 @@ static void consider_promotion(Jobs *js, Job *j, const char *path) {
                  j->parent_fd);
 }
 
+int jobs_promote(Jobs *js, long id, char *err, size_t errlen) {
+    Job *j = jobs_find(js, id);
+    if (!j) {
+        snprintf(err, errlen, "no job %ld", id);
+        return -1;
+    }
+    if (j->state != JOB_DONE || j->model_version) {
+        snprintf(err, errlen, "job %ld is %s%s: only a done job not yet promoted can be", id,
+                 job_state_name(j->state), j->model_version ? " and promoted" : "");
+        return -1;
+    }
+    char path[PATH_MAX + 32];
+    snprintf(path, sizeof path, "%s/final.safetensors", j->dir);
+    int keep = j->promote;
+    j->promote = 1;
+    consider_promotion(js, j, path);
+    j->promote = keep;
+    changed(js, j, 1);
+    return 0;
+}
+
 // ---- worker processes --------------------------------------------------------------------------
 
 static const char *str_of(const msgpack_object *o, char *buf, size_t n) {

@@ -116,6 +116,9 @@ Job *jobs_find(Jobs *js, long id);
 int jobs_cancel(Jobs *js, long id, char *err, size_t errlen);
 int jobs_pause(Jobs *js, long id, char *err, size_t errlen);
 int jobs_resume(Jobs *js, long id, char *err, size_t errlen);
+// Promotes a done job that was not promoted (its `promote` was false, or a swap failed): the same
+// FD gate. Returns 0 (started, or refused by the gate: see the job's message) or -1 with err set.
+int jobs_promote(Jobs *js, long id, char *err, size_t errlen);
 // Serves registry version `version` (0: the served version's parent): loads it off the loop and
 // calls swap. Returns 0 (started) or -1 with err set.
 int jobs_rollback(Jobs *js, long version, char *err, size_t errlen);

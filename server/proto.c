@@ -234,10 +234,9 @@ static int user_name_ok(const char *s) {
 static const char *const feedback_kinds[] = {"rate", "pair", "choose"};
 
 static const char *const job_ops[] = {"submit", "list", "cancel", "pause", "resume", "models",
-                                      "rollback"};
+                                      "rollback", "promote"};
 
-// A msgpack object as a jansson value (maps need string keys). NULL if it has none.
-static json_t *json_of(const msgpack_object *o) {
+json_t *proto_json_of(const msgpack_object *o) {
     switch (o->type) {
     case MSGPACK_OBJECT_NIL: return json_null();
     case MSGPACK_OBJECT_BOOLEAN: return json_boolean(o->via.boolean);
@@ -250,7 +249,7 @@ static json_t *json_of(const msgpack_object *o) {
     case MSGPACK_OBJECT_ARRAY: {
         json_t *a = json_array();
         for (uint32_t i = 0; a && i < o->via.array.size; i++) {
-            json_t *v = json_of(&o->via.array.ptr[i]);
+            json_t *v = proto_json_of(&o->via.array.ptr[i]);
             if (!v || json_array_append_new(a, v)) {
                 json_decref(a);
                 return NULL;
@@ -269,7 +268,7 @@ static json_t *json_of(const msgpack_object *o) {
             }
             memcpy(key, kv->key.via.str.ptr, kv->key.via.str.size);
             key[kv->key.via.str.size] = 0;
-            json_t *v = json_of(&kv->val);
+            json_t *v = proto_json_of(&kv->val);
             if (!v || json_object_set_new(m, key, v)) {
                 json_decref(m);
                 return NULL;
@@ -288,8 +287,9 @@ static int decode_job(ProtoMsg *m, const msgpack_object_map *map, char *err, siz
     if (rc) return rc;
     if (m->job_op < 0)
         return fail(PROTO_EBAD_FIELD, err, errlen,
-                    "job needs 'op': submit, list, cancel, pause, resume, models or rollback");
-    if (m->job_op == PROTO_JOB_CANCEL || m->job_op == PROTO_JOB_PAUSE || m->job_op == PROTO_JOB_RESUME) {
+                    "job needs 'op': submit, list, cancel, pause, resume, models, rollback or promote");
+    if (m->job_op == PROTO_JOB_CANCEL || m->job_op == PROTO_JOB_PAUSE || m->job_op == PROTO_JOB_RESUME ||
+        m->job_op == PROTO_JOB_PROMOTE) {
         if ((rc = get_int(map, "id", 1, 1, INT64_MAX, &m->job_id, err, errlen))) return rc;
     }
     if (m->job_op == PROTO_JOB_ROLLBACK) {
@@ -299,7 +299,7 @@ static int decode_job(ProtoMsg *m, const msgpack_object_map *map, char *err, siz
         const msgpack_object *spec = map_get(map, "spec");
         if (!spec || spec->type != MSGPACK_OBJECT_MAP)
             return fail(PROTO_EBAD_FIELD, err, errlen, "submit needs 'spec', a map (docs/jobs.md)");
-        json_t *j = json_of(spec);
+        json_t *j = proto_json_of(spec);
         size_t n = j ? json_dumpb(j, m->job_spec, sizeof m->job_spec - 1, JSON_COMPACT) : 0;
         json_decref(j);
         if (!j)

@@ -3,6 +3,8 @@
 // No sockets, no sessions, no threads here: pure functions of bytes, so the fuzz tests drive them.
 #ifndef SERVER_PROTO_H
 #define SERVER_PROTO_H
+#include <jansson.h>
+#include <msgpack.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -46,7 +48,7 @@ typedef enum { PROTO_FEEDBACK_RATE, PROTO_FEEDBACK_PAIR, PROTO_FEEDBACK_CHOOSE }
 typedef enum { PROTO_FORMAT_PNG, PROTO_FORMAT_RAW8 } ProtoFormat;
 typedef enum {
     PROTO_JOB_SUBMIT, PROTO_JOB_LIST, PROTO_JOB_CANCEL, PROTO_JOB_PAUSE, PROTO_JOB_RESUME,
-    PROTO_JOB_MODELS, PROTO_JOB_ROLLBACK
+    PROTO_JOB_MODELS, PROTO_JOB_ROLLBACK, PROTO_JOB_PROMOTE
 } ProtoJobOp;
 #define PROTO_JOB_SPEC_MAX 8192 // bytes of a job spec as JSON
 const char *proto_mode_name(int mode);
@@ -160,6 +162,9 @@ typedef struct {
 int proto_pack_model_entry(ProtoBuf *out, const ProtoModelEntry *m);
 // `model {version}`: every session is told the served model changed; frames from now on carry it.
 int proto_pack_model(ProtoBuf *out, uint64_t version);
+// A msgpack object as a new jansson value (maps need string keys; floats must be finite), or NULL.
+// For tools that print messages as JSON, and for job specs.
+json_t *proto_json_of(const msgpack_object *o);
 // Bytes proto_pack_frame needs at most besides the payload.
 #define PROTO_FRAME_HEADER_MAX 256
 

@@ -299,6 +299,7 @@ static void session_job(Server *sv, Session *s, const ProtoMsg *m) {
     case PROTO_JOB_CANCEL: rc = jobs_cancel(js, (long)m->job_id, err, sizeof err); break;
     case PROTO_JOB_PAUSE: rc = jobs_pause(js, (long)m->job_id, err, sizeof err); break;
     case PROTO_JOB_RESUME: rc = jobs_resume(js, (long)m->job_id, err, sizeof err); break;
+    case PROTO_JOB_PROMOTE: rc = jobs_promote(js, (long)m->job_id, err, sizeof err); break;
     case PROTO_JOB_ROLLBACK:
         rc = jobs_rollback(js, (long)m->job_version, err, sizeof err);
         if (!rc) reply_job_end(sv, s, "rollback", 0); // the `model` message follows the swap

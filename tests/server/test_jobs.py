@@ -123,6 +123,32 @@ async def test_jobs(tap, root):
                    re.fullmatch("[0-9a-f]{64}", models[1]["sha256"]),
                    "models: versions 1 and 2 with parent, job and sha256; 2 served", (models, end))
 
+            # the CLI: a job submitted with promote false, promoted later by `steer job promote`
+            cli = [STEER, "job", "--server", srv.ws_url, "--token-file", tok]
+            spec_path = os.path.join(root, "spec.json")
+            with open(spec_path, "w") as f:
+                json.dump({"init": base, "steps": 10, "batch": 16, "save_every": 0, "eval_n": 300,
+                           "fd_margin": 1000, "promote": False}, f)
+            out = subprocess.run(cli + ["submit", spec_path, "--wait", "--json"], capture_output=True,
+                                 text=True, timeout=600)
+            last = json.loads(out.stdout.strip().splitlines()[-1]) if out.stdout.strip() else {}
+            jc = last.get("job", {})
+            tap.ok(out.returncode == 0 and jc.get("state") == "done" and jc.get("model_version") == 0
+                   and "promote: false" in jc.get("message", ""),
+                   "steer job submit --wait: the job ran to done, not promoted (promote: false)",
+                   (out.returncode, out.stdout[-600:], out.stderr[-600:]))
+            out = subprocess.run(cli + ["promote", str(jc.get("id", 0))], capture_output=True, text=True,
+                                 timeout=120)
+            tap.ok(out.returncode == 0, "steer job promote ID", out.stdout + out.stderr)
+            await wait_job(a, jc.get("id"), lambda j: j["model_version"] == 3)
+            out = subprocess.run(cli + ["models"], capture_output=True, text=True, timeout=120)
+            tap.ok(out.returncode == 0 and "3 model versions; serving model version 3" in out.stdout,
+                   "steer job models: three versions, 3 served", out.stdout)
+            out = subprocess.run([STEER, "job", "--server", srv.ws_url, "list"], capture_output=True,
+                                 text=True, timeout=120)
+            tap.ok(out.returncode != 0 and "unauthorized" in out.stdout,
+                   "steer job without the token: unauthorized, non-zero exit", out.stdout + out.stderr)
+
             # pause / resume / cancel on a long job
             await a.send({"t": "job", "op": "submit", "spec": {
                 "config": "tiny", "steps": 100000, "batch": 16, "save_every": 10, "log_every": 5,

@@ -66,9 +66,9 @@ static void metric(Out *o, const char *name, const char *type, const char *help,
 }
 
 // A counter family with one label: n series name{label="values[i]"} counts[i].
-static void labeled(Out *o, const char *name, const char *help, const char *label,
+static void labeled(Out *o, const char *name, const char *type, const char *help, const char *label,
                     const char *const *values, const uint64_t *counts, int n) {
-    out_printf(o, "# HELP %s %s\n# TYPE %s counter\n", name, help, name);
+    out_printf(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
     for (int i = 0; i < n; i++)
         out_printf(o, "%s{%s=\"%s\"} %llu\n", name, label, values[i], (unsigned long long)counts[i]);
 }
@@ -89,14 +89,14 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
     metric(&o, "steer_connections", "gauge", "Open WebSocket connections.", (double)m->connections);
     metric(&o, "steer_connections_total", "counter", "WebSocket connections accepted.",
            (double)m->connections_total);
-    labeled(&o, "steer_connections_refused_total", "Handshakes refused, by reason.", "reason",
+    labeled(&o, "steer_connections_refused_total", "counter", "Handshakes refused, by reason.", "reason",
             (const char *const[]){"limit", "origin", "protocol"},
             (const uint64_t[]){m->refused_limit, m->refused_origin, m->refused_protocol}, 3);
     metric(&o, "steer_sessions", "gauge", "Sessions that said hello.", (double)m->sessions);
     metric(&o, "steer_streams", "gauge", "Open streams.", (double)m->streams);
     metric(&o, "steer_frames_sent_total", "counter", "Frames written to clients.",
            (double)m->frames_sent);
-    labeled(&o, "steer_frames_dropped_total", "Frames drawn but not sent, by reason.", "reason",
+    labeled(&o, "steer_frames_dropped_total", "counter", "Frames drawn but not sent, by reason.", "reason",
             (const char *const[]){"disconnect", "stop"},
             (const uint64_t[]){m->dropped_disconnect, m->dropped_stop}, 2);
     metric(&o, "steer_frame_bytes_sent_total", "counter", "Bytes of frame messages written.",
@@ -104,7 +104,7 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
     metric(&o, "steer_messages_received_total", "counter", "Client messages received.",
            (double)m->messages_received);
     metric(&o, "steer_errors_sent_total", "counter", "Error messages sent.", (double)m->errors_sent);
-    labeled(&o, "steer_connections_closed_total",
+    labeled(&o, "steer_connections_closed_total", "counter",
             "Connections closed by the server, by close code.", "code",
             (const char *const[]){"1001", "1008", "1009"},
             (const uint64_t[]){m->closed_1001, m->closed_1008, m->closed_1009}, 3);
@@ -123,7 +123,7 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
            m->loop_lag_s);
     metric(&o, "steer_loop_lag_max_seconds", "gauge", "Largest event-loop lag since start.",
            m->loop_lag_max_s);
-    labeled(&o, "steer_feedback_total", "Feedback answered, by result.", "result",
+    labeled(&o, "steer_feedback_total", "counter", "Feedback answered, by result.", "result",
             (const char *const[]){"stored", "duplicate", "refused"},
             (const uint64_t[]){x->feedback_stored, x->feedback_duplicates, x->feedback_refused}, 3);
     metric(&o, "steer_feedback_pending", "gauge", "Feedback at the store, not yet answered.",
@@ -162,6 +162,15 @@ long metrics_render(Metrics *m, const MetricsExtra *x, char *out, size_t cap) {
         histogram(&o, "steer_policy_update_seconds",
                   "From a feedback's arrival to its user's new policy drawing the next frames.",
                   x->policy_latency);
+    }
+    if (x->jobs_on) {
+        labeled(&o, "steer_jobs", "gauge", "Background jobs, by state.", "state",
+                (const char *const[]){"queued", "running", "paused", "done", "failed", "cancelled"},
+                x->jobs_by_state, 6);
+        metric(&o, "steer_model_swaps_total", "counter",
+               "Hot swaps of the served generator (promotions and rollbacks).", (double)x->model_swaps);
+        metric(&o, "steer_models_registered", "gauge", "Model versions in the registry.",
+               (double)x->models_registered);
     }
     metric(&o, "steer_model_version", "gauge", "Version of the served generator.",
            (double)x->model_version);

@@ -56,6 +56,9 @@ typedef struct {
     uint64_t policy_users, policy_updates, policy_events, policy_failures, policy_comparisons;
     double policy_accuracy_mean, policy_kl_mean, policy_kl_max;
     uint64_t population_refits, population_comparisons;
+    int jobs_on;
+    uint64_t jobs_by_state[6]; // queued, running, paused, done, failed, cancelled
+    uint64_t model_swaps, models_registered;
     double population_accuracy; // held-out accuracy of the population's reward model (NaN: none)
     const Histogram *policy_latency; // feedback received -> new policy installed, seconds
 } MetricsExtra;

@@ -943,6 +943,15 @@ static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
         x.population_accuracy = sv->learn.pop_accuracy;
         pthread_mutex_unlock(&sv->learn.lock);
     }
+    if (sv->jobs_on) {
+        x.jobs_on = 1;
+        for (int i = 0; i < sv->jobs.n; i++)
+            if ((unsigned)sv->jobs.v[i]->state < 6) x.jobs_by_state[sv->jobs.v[i]->state]++;
+        x.models_registered = (uint64_t)sv->jobs.n_models;
+        pthread_mutex_lock(&sv->gen.lock);
+        x.model_swaps = sv->gen.swaps;
+        pthread_mutex_unlock(&sv->gen.lock);
+    }
     pthread_mutex_lock(&sv->store.lock);
     x.store_commits = sv->store.commits;
     x.store_commit_s = sv->store.commit_s_total;

@@ -114,6 +114,11 @@ async def test_jobs(tap, root):
                         break
                 tap.ok(seen[-1] == 2 and not gap, "the stream went on across the swap: frames now "
                        "carry model_version 2, no frame lost", seen[-5:])
+            m = srv.metrics()
+            tap.ok(h.metric(m, "steer_model_swaps_total") == 1 and h.metric(m, "steer_model_version") == 2
+                   and h.metric(m, "steer_jobs", state="done") == 1
+                   and h.metric(m, "steer_models_registered") == 2,
+                   "/metrics: one swap, version 2 served, one job done, two versions registered")
             jobs, end = await listing(a, "list")
             tap.ok(end["count"] == 1 and jobs[0]["id"] == jid and jobs[0]["state"] == "done",
                    "list: the job, done", (jobs, end))

@@ -643,7 +643,8 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
     }
     static const char *const known[] = {"kind", "config", "data", "init", "parent", "eval_model",
                                         "steps", "batch", "seed", "save_every", "log_every",
-                                        "eval_n", "fail_at", "set", "promote", "fd_margin", NULL};
+                                        "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
+                                        NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {

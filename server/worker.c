@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "env/fmnist.h"
+#include "env/pngdir.h"
 #include "generator/classifier.h"
 #include "generator/cli.h"
 #include "generator/fid.h"
@@ -36,7 +37,8 @@ static void on_signal(int sig) {
 
 typedef struct {
     const char *kind, *config, *data, *init, *parent, *eval_model;
-    long steps, batch, seed, save_every, log_every, eval_n, fail_at;
+    long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit;
+    int classes[16], n_classes; // keep only these labels of the data (0: all)
     json_t *set; // object of training switches, or NULL
 } Spec;
 
@@ -117,6 +119,7 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                     : !strcmp(key, "log_every")  ? &s->log_every
                     : !strcmp(key, "eval_n")     ? &s->eval_n
                     : !strcmp(key, "fail_at")    ? &s->fail_at // tests: crash at this step
+                    : !strcmp(key, "limit")      ? &s->limit
                                                  : NULL;
         if (str) {
             if (!json_is_string(v)) {
@@ -130,6 +133,20 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                 return -1;
             }
             *num = (long)json_integer_value(v);
+        } else if (!strcmp(key, "classes")) {
+            if (!json_is_array(v) || json_array_size(v) > 16) {
+                snprintf(err, errlen, "spec key 'classes' must be an array of at most 16 labels");
+                return -1;
+            }
+            size_t i;
+            json_t *c;
+            json_array_foreach(v, i, c) {
+                if (!json_is_integer(c) || json_integer_value(c) < 0 || json_integer_value(c) > 1000) {
+                    snprintf(err, errlen, "spec key 'classes' must hold labels (integers >= 0)");
+                    return -1;
+                }
+                s->classes[s->n_classes++] = (int)json_integer_value(c);
+            }
         } else if (!strcmp(key, "promote") || !strcmp(key, "fd_margin")) {
             // the server's keys (server/jobs.h): not the worker's business
         } else if (!strcmp(key, "set")) {
@@ -187,6 +204,26 @@ static int apply_set(GanHparams *hp, json_t *set, char *err, size_t errlen) {
     return 0;
 }
 
+// ---- data -------------------------------------------------------------------------------------
+
+static int is_fmnist(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/train-images-idx3-ubyte.gz", dir);
+    return access(p, R_OK) == 0;
+}
+
+// The training data: Fashion-MNIST (train split), or every PNG of the folder at the model's
+// shape; then the spec's class filter and limit.
+static int load_data(Dataset *d, const Spec *s, const SaganConfig *cfg, int train, char *err,
+                     size_t errlen) {
+    int rc = is_fmnist(s->data) ? fmnist_load(d, s->data, train, err, errlen)
+                                : pngdir_load(d, s->data, cfg->channels, cfg->img, cfg->img, 0, err,
+                                              errlen);
+    if (!rc && (s->n_classes || (train && s->limit > 0)))
+        rc = dataset_subset(d, s->classes, s->n_classes, train ? s->limit : 0, err, errlen);
+    return rc;
+}
+
 // ---- FD at the end ----------------------------------------------------------------------------
 
 typedef struct {
@@ -201,7 +238,14 @@ static int judge_init(Judge *j, const Spec *s, char *err, size_t errlen) {
     Dataset test = {0};
     float *feat = NULL;
     int rc = classifier_load(&j->c, s->eval_model, 128, &acc, err, errlen);
-    if (!rc) rc = fmnist_load(&test, s->data, 0, err, errlen);
+    if (!rc && !is_fmnist(s->data)) {
+        snprintf(err, errlen, "FD is measured on Fashion-MNIST only (data is %s)", s->data);
+        rc = -1;
+    }
+    if (!rc) { // the test images of the classes the job trains on
+        SaganConfig fm = {.channels = 1, .img = 32};
+        rc = load_data(&test, s, &fm, 0, err, errlen);
+    }
     if (!rc && !(feat = malloc(sizeof(float) * test.n * CLASSIFIER_FEATURES))) {
         snprintf(err, errlen, "out of memory");
         rc = -1;
@@ -223,7 +267,7 @@ static void judge_free(Judge *j) {
 
 // FD of n samples (seed 1) of the checkpoint at path against the test set; NaN (with err) if the
 // model is not a 1x32x32 Fashion-MNIST model or anything fails.
-static double judge_fd(Judge *j, const char *path, long n, char *err, size_t errlen) {
+static double judge_fd(Judge *j, const char *path, long n, int fixed_class, char *err, size_t errlen) {
     Generator g;
     double fd = NAN;
     float *z = NULL, *img = NULL, *feat = NULL;
@@ -244,7 +288,7 @@ static double judge_fd(Judge *j, const char *path, long n, char *err, size_t err
         snprintf(err, errlen, "out of memory");
         goto done;
     }
-    gan_sample_latents(c, 1, n, -1, z, y);
+    gan_sample_latents(c, 1, n, c->n_classes ? fixed_class : -1, z, y);
     for (long i = 0; i < n; i += WORKER_G_BATCH) {
         int b = (int)(n - i < WORKER_G_BATCH ? n - i : WORKER_G_BATCH);
         int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
@@ -320,7 +364,7 @@ static int run(const char *dir) {
             goto fail;
         }
     }
-    if (fmnist_load(&data, s.data, 1, err, sizeof err)) goto fail;
+    if (load_data(&data, &s, &t.cfg, 1, err, sizeof err)) goto fail;
     if (data.c != t.cfg.channels || data.h != t.cfg.img) {
         snprintf(err, sizeof err, "the data is %dx%dx%d but config %s makes %dx%dx%d", data.c, data.h,
                  data.w, t.cfg.name, t.cfg.channels, t.cfg.img, t.cfg.img);
@@ -386,8 +430,10 @@ static int run(const char *dir) {
     char why[512] = "";
     if (s.eval_n > 0) {
         if (judge_init(&judge, &s, why, sizeof why) == 0) {
-            fd = judge_fd(&judge, final, s.eval_n, why, sizeof why);
-            if (s.parent && fd == fd) parent_fd = judge_fd(&judge, s.parent, s.eval_n, why, sizeof why);
+            int fixed = s.n_classes == 1 ? s.classes[0] : -1; // one class: sample that class
+            fd = judge_fd(&judge, final, s.eval_n, fixed, why, sizeof why);
+            if (s.parent && fd == fd)
+                parent_fd = judge_fd(&judge, s.parent, s.eval_n, fixed, why, sizeof why);
         }
         if (why[0]) fprintf(stderr, "steer worker: no FD: %s\n", why);
     }

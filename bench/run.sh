@@ -35,3 +35,16 @@ print(f"satisfaction_median_events_random {med(r['random'])}   ({r['random']['sa
 print(f"ratio_evolution_vs_policy_events {e / p:.2f}   (target >= 3)")
 PY
 rm -f "$sim"
+
+# Hot swaps (issue 5): serving frames/s before and after 40 swaps while 8 clients stream, memory,
+# and frames lost (none allowed).
+swap=$(mktemp)
+/usr/bin/python3 bench/swap.py --swaps "${BENCH_SWAPS:-40}" | tee "$swap"
+awk '
+    { v[$1] = $2 }
+    END {
+        printf "ratio_fps_after_vs_before_swaps %.2f   (repeated swaps must not slow serving: ~1)\n",
+            v["swap_fps_after"] / v["swap_fps_before"]
+        printf "swap_frames_lost %d   (target 0)\n", v["swap_seq_gaps"]
+    }' "$swap"
+rm -f "$swap"

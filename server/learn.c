@@ -334,10 +334,9 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
     return rc;
 }
 
-int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
-               uv_async_t *async, char *err, size_t errlen) {
+int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
+               char *err, size_t errlen) {
     memset(l, 0, sizeof *l);
-    l->async = async;
     l->max_comparisons = LEARN_MAX_COMPARISONS;
     l->pop_every = pop_every;
     l->pop_accuracy = NAN;
@@ -389,6 +388,13 @@ int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, lon
     l->locks_ready = 1;
     if (rebuild(l, db_path, err, errlen)) return -1;
     l->rebuild_s = cli_now_s() - t0;
+    return 0;
+}
+
+int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
+               uv_async_t *async, char *err, size_t errlen) {
+    if (learn_load(l, ckpt, db_path, pool_n, pop_every, err, errlen)) return -1;
+    l->async = async;
     uv_async_send(async); // the loop installs the rebuilt policies before it takes a connection
     if (pthread_create(&l->thread, NULL, learn_main, l)) {
         snprintf(err, errlen, "cannot start the learning thread");

@@ -84,6 +84,11 @@ typedef struct {
 // set (nothing left running; learn_close is still safe).
 int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
                uv_async_t *async, char *err, size_t errlen);
+// What learn_open does before it starts the thread: the pool, and every learner (and the
+// population, which holds every user's latest comparisons) rebuilt from the store. For a tool that
+// needs the learned reward without serving (the fine-tuning worker); learn_close frees it.
+int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
+               char *err, size_t errlen);
 // Hands a stored (not duplicate) feedback item to the thread, which frees it.
 void learn_submit(Learn *l, StoreItem *item);
 // Takes every published policy, oldest first; free each with learn_snap_free.

@@ -121,13 +121,53 @@ static void train_usage(FILE *f) {
             "  --lr-g X, --lr-d X Adam learning rates (default 1e-4, 4e-4)\n"
             "  --beta1 X, --beta2 X  Adam betas (default 0, 0.9)\n"
             "  --ckpt-dir DIR     where checkpoints and grids go (default runs/CONFIG)\n"
-            "  --resume FILE      continue from a checkpoint written by steer train\n"
+            "  --resume FILE      continue from a checkpoint written by steer train, with its\n"
+            "                     hyperparameters and techniques unless flags here change them\n"
             "  --save-every N     checkpoint interval in iterations (default 1000, 0: only at end)\n"
             "  --log-every N      progress line interval (default 100)\n"
             "  --sample-every N   PNG sample grid interval (default 1000, 0: never)\n"
             "  --out FILE         also write the final checkpoint here\n"
-            "SIGINT/SIGTERM stop after the current iteration and save a checkpoint.\n",
+            "Training techniques (docs/training.md, \"Techniques\"; all off by default):\n"
+            "  --set KEY=VALUE    any training switch, repeatable; the keys:\n",
             FMNIST_DIR);
+    const char *help;
+    for (int i = 0; gan_hparams_key(i, &help); i++)
+        fprintf(f, "      %-17s %s\n", gan_hparams_key(i, NULL), help);
+    fprintf(f,
+            "  --r1 GAMMA, --gp LAMBDA, --ortho BETA, --l1-act LAMBDA, --dropout-d P, --ema DECAY,\n"
+            "  --freeze-d K, --weight-decay X, --no-sn-g, --no-sn-d\n"
+            "                     the same as --set r1_gamma=GAMMA, gp_lambda=..., ortho_beta=...,\n"
+            "                     l1_act=..., d_dropout=..., ema_decay=..., freeze_d=...,\n"
+            "                     weight_decay=..., sn_g=0, sn_d=0\n"
+            "SIGINT/SIGTERM stop after the current iteration and save a checkpoint.\n");
+}
+
+// A hyperparameter given on the command line, applied in order over the defaults (or, with
+// --resume, over the checkpoint's own).
+typedef struct {
+    char key[32];
+    const char *value;
+} TrainSet;
+#define TRAIN_SETS_MAX 64
+
+// Records key=value after checking it on a scratch copy (so a bad value is reported at once).
+static int train_set_add(TrainSet *sets, int *n, const char *opt, const char *key,
+                         const char *value) {
+    char why[512];
+    GanHparams scratch;
+    gan_hparams_default(&scratch);
+    if (*n >= TRAIN_SETS_MAX) {
+        fprintf(stderr, "steer train: more than %d hyperparameter settings\n", TRAIN_SETS_MAX);
+        return -1;
+    }
+    if (strlen(key) >= sizeof sets->key || gan_hparams_set(&scratch, key, value, why, sizeof why)) {
+        if (strlen(key) >= sizeof sets->key) snprintf(why, sizeof why, "unknown training switch");
+        fprintf(stderr, "steer train: %s: %s\n", opt, why);
+        return -1;
+    }
+    snprintf(sets[*n].key, sizeof sets->key, "%s", key);
+    sets[(*n)++].value = value;
+    return 0;
 }
 
 int cli_train(int argc, char **argv) {
@@ -137,7 +177,16 @@ int cli_train(int argc, char **argv) {
     long ch = 0, z_dim = 0;
     GanHparams hp;
     gan_hparams_default(&hp);
-    int hp_given = 0;
+    TrainSet sets[TRAIN_SETS_MAX];
+    int n_sets = 0;
+    float fv;
+    // Dedicated flags that are one training switch each (long option value >= 256).
+    static const struct {
+        const char *key, *value; // value NULL: the option's argument
+    } SWITCH[] = {{"r1_gamma", NULL},  {"gp_lambda", NULL}, {"ortho_beta", NULL},
+                  {"l1_act", NULL},    {"d_dropout", NULL}, {"ema_decay", NULL},
+                  {"freeze_d", NULL},  {"weight_decay", NULL}, {"sn_g", "0"},
+                  {"sn_d", "0"}};
     static const struct option opts[] = {
         {"config", 1, 0, 'c'},      {"data", 1, 0, 'd'},         {"iters", 1, 0, 'i'},
         {"batch", 1, 0, 'b'},       {"seed", 1, 0, 's'},         {"lr-g", 1, 0, 'G'},
@@ -145,23 +194,61 @@ int cli_train(int argc, char **argv) {
         {"ckpt-dir", 1, 0, 'o'},    {"resume", 1, 0, 'r'},       {"save-every", 1, 0, 'S'},
         {"log-every", 1, 0, 'l'},   {"sample-every", 1, 0, 'p'}, {"out", 1, 0, 'O'},
         {"ch", 1, 0, 'w'},          {"z-dim", 1, 0, 'z'},        {"help", 0, 0, 'h'},
-        {0, 0, 0, 0}};
+        {"set", 1, 0, 'k'},         {"r1", 1, 0, 256},           {"gp", 1, 0, 257},
+        {"ortho", 1, 0, 258},       {"l1-act", 1, 0, 259},       {"dropout-d", 1, 0, 260},
+        {"ema", 1, 0, 261},         {"freeze-d", 1, 0, 262},     {"weight-decay", 1, 0, 263},
+        {"no-sn-g", 0, 0, 264},     {"no-sn-d", 0, 0, 265},      {0, 0, 0, 0}};
     optind = 1;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if (o >= 256 && o < 256 + (int)(sizeof SWITCH / sizeof SWITCH[0])) {
+            char opt[64] = "";
+            for (int i = 0; opts[i].name; i++)
+                if (opts[i].val == o) snprintf(opt, sizeof opt, "--%s", opts[i].name);
+            const char *val = SWITCH[o - 256].value ? SWITCH[o - 256].value : optarg;
+            if (train_set_add(sets, &n_sets, opt, SWITCH[o - 256].key, val)) return 2;
+            continue;
+        }
         switch (o) {
         case 'c': config = optarg; break;
         case 'd': data_dir = optarg; break;
         case 'i': if (cli_parse_long("train", optarg, 0, 100000000, "--iters", &iters)) return 2; break;
         case 'b':
             if (cli_parse_long("train", optarg, 1, 4096, "--batch", &v)) return 2;
-            hp.batch = (int)v, hp_given = 1;
+            if (train_set_add(sets, &n_sets, "--batch", "batch", optarg)) return 2;
             break;
         case 's': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
-        case 'G': if (cli_parse_float("train", optarg, 0, 1, "--lr-g", &hp.lr_g)) return 2; hp_given = 1; break;
-        case 'D': if (cli_parse_float("train", optarg, 0, 1, "--lr-d", &hp.lr_d)) return 2; hp_given = 1; break;
-        case '1': if (cli_parse_float("train", optarg, 0, 0.9999, "--beta1", &hp.beta1)) return 2; hp_given = 1; break;
-        case '2': if (cli_parse_float("train", optarg, 0, 0.9999, "--beta2", &hp.beta2)) return 2; hp_given = 1; break;
+        case 'G':
+            if (cli_parse_float("train", optarg, 0, 1, "--lr-g", &fv) ||
+                train_set_add(sets, &n_sets, "--lr-g", "lr_g", optarg))
+                return 2;
+            break;
+        case 'D':
+            if (cli_parse_float("train", optarg, 0, 1, "--lr-d", &fv) ||
+                train_set_add(sets, &n_sets, "--lr-d", "lr_d", optarg))
+                return 2;
+            break;
+        case '1':
+            if (cli_parse_float("train", optarg, 0, 0.9999, "--beta1", &fv) ||
+                train_set_add(sets, &n_sets, "--beta1", "beta1", optarg))
+                return 2;
+            break;
+        case '2':
+            if (cli_parse_float("train", optarg, 0, 0.9999, "--beta2", &fv) ||
+                train_set_add(sets, &n_sets, "--beta2", "beta2", optarg))
+                return 2;
+            break;
+        case 'k': {
+            const char *eq = strchr(optarg, '=');
+            char key[64];
+            if (!eq || eq == optarg || eq - optarg >= (long)sizeof key) {
+                fprintf(stderr, "steer train: --set '%s': expected KEY=VALUE\n", optarg);
+                return 2;
+            }
+            snprintf(key, sizeof key, "%.*s", (int)(eq - optarg), optarg);
+            if (train_set_add(sets, &n_sets, "--set", key, eq + 1)) return 2;
+            break;
+        }
         case 'o': snprintf(ckpt_dir, sizeof ckpt_dir, "%s", optarg); break;
         case 'r': resume = optarg; break;
         case 'S': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
@@ -181,8 +268,19 @@ int cli_train(int argc, char **argv) {
     char err[1024];
     GanTrainer t;
     int rc;
+    // The settings go over the checkpoint's own hyperparameters when resuming, so a resumed run
+    // keeps every technique it was started with unless a flag here changes it.
+    if (resume && (rc = gan_hparams_load(&hp, resume, err, sizeof err))) {
+        fprintf(stderr, "steer train: %s\n", err);
+        return 1;
+    }
+    for (int i = 0; i < n_sets; i++)
+        if (gan_hparams_set(&hp, sets[i].key, sets[i].value, err, sizeof err)) {
+            fprintf(stderr, "steer train: %s\n", err);
+            return 2;
+        }
     if (resume) {
-        if ((rc = gan_load(&t, resume, hp_given ? &hp : NULL, err, sizeof err))) {
+        if ((rc = gan_load(&t, resume, &hp, err, sizeof err))) {
             fprintf(stderr, "steer train: %s\n", err);
             gan_free(&t);
             return 1;
@@ -231,6 +329,21 @@ int cli_train(int argc, char **argv) {
     fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
             t.cfg.name, t.cfg.ch, t.cfg.z_dim, t.cfg.n_classes ? "conditional" : "unconditional",
             iters, t.hp.batch, ckpt_dir);
+    {
+        // The switches that differ from the defaults, so a log says how the run was trained.
+        GanHparams def;
+        gan_hparams_default(&def);
+        char a[64], b[64], line[1024] = "";
+        size_t used = 0;
+        const char *key;
+        for (int i = 0; (key = gan_hparams_key(i, NULL)); i++) {
+            gan_hparams_get(&t.hp, key, a, sizeof a);
+            gan_hparams_get(&def, key, b, sizeof b);
+            if (strcmp(a, b) && used < sizeof line)
+                used += snprintf(line + used, sizeof line - used, " %s=%s", key, a);
+        }
+        if (used) fprintf(stderr, "hyperparameters:%s\n", line);
+    }
     char path[PATH_MAX + 64], eta[32];
     double t0 = cli_now_s(), t_log = t0;
     long start = t.step, log_start = t.step;
@@ -252,8 +365,12 @@ int cli_train(int argc, char **argv) {
             double ips = (t.step - log_start) * t.hp.batch / (now - t_log);
             double done_rate = (t.step - start) / (now - t0);
             format_duration(eta, sizeof eta, (iters - t.step) / done_rate);
-            printf("step %ld/%ld  loss_d %.4f  loss_g %.4f  %.0f images/s  eta %s\n", t.step,
-                   iters, t.loss_d, t.loss_g, ips, eta);
+            char extra[64] = "";
+            if (t.hp.r1_gamma > 0 || t.hp.gp_lambda > 0 || t.hp.ortho_beta > 0 || t.hp.l1_act > 0)
+                snprintf(extra, sizeof extra, "  penalty_d %.4f  reg_g %.4f", t.penalty_d,
+                         t.reg_g);
+            printf("step %ld/%ld  loss_d %.4f  loss_g %.4f%s  %.0f images/s  eta %s\n", t.step,
+                   iters, t.loss_d, t.loss_g, extra, ips, eta);
             fflush(stdout);
             t_log = now;
             log_start = t.step;

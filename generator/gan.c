@@ -2,25 +2,257 @@
 //
 // The iteration mirrors bench/torch_sagan.py step for step (so the speed comparison is fair):
 // D step on a real and a fake batch with the hinge loss, then a G step on fresh latents. The real
-// and fake batches go through D in one pass of 2B images (same weights, bigger GEMMs). Not here:
-// the networks (sagan.c), the file format itself (safetensors.c), the command line (cli_train.c).
+// and fake batches go through D in one pass of 2B images (same weights, bigger GEMMs). The
+// training techniques of docs/training.md are switches of GanHparams, all off by default, so a
+// default run is the plain SN-GAN above bit for bit. Not here: the networks (sagan.c), the file
+// format itself (safetensors.c), the command line (cli.c).
 #include "generator/gan.h"
 
 #include <errno.h>
 #include <inttypes.h>
+#include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "generator/safetensors.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
+#include "kernels/regularize.h"
+#include "kernels/specnorm.h"
 
 #define GAN_FORMAT "steer.sagan.v1"
 
 void gan_hparams_default(GanHparams *hp) {
     *hp = (GanHparams){.lr_g = 1e-4f, .lr_d = 4e-4f, .beta1 = 0.0f, .beta2 = 0.9f, .eps = 1e-8f,
-                       .weight_decay = 0.0f, .batch = 64};
+                       .batch = 64, .sn_g = 1, .sn_d = 1, .penalty_every = 1,
+                       .penalty_fd_step = 0.1f};
+}
+
+// ---------------------------------------------------------------------------------------------
+// hyperparameters as strings: one table for gan_hparams_set, the checkpoint metadata and help
+
+typedef enum { HP_FLOAT, HP_INT, HP_LONG, HP_BOOL } HpType;
+
+typedef struct {
+    const char *key;
+    HpType type;
+    size_t off;
+    double lo, hi;     // accepted range, inclusive
+    int required;      // must be in a checkpoint's metadata (older checkpoints lack the others)
+    int alias;         // "weight_decay": sets both networks' decay, not stored itself
+    const char *help;
+} HpKey;
+
+#define HP(field) offsetof(GanHparams, field)
+static const HpKey HP_KEYS[] = {
+    {"lr_g", HP_FLOAT, HP(lr_g), 0, 10, 1, 0, "G's Adam learning rate"},
+    {"lr_d", HP_FLOAT, HP(lr_d), 0, 10, 1, 0, "D's Adam learning rate"},
+    {"beta1", HP_FLOAT, HP(beta1), 0, 0.9999, 1, 0, "Adam beta1 (both networks)"},
+    {"beta2", HP_FLOAT, HP(beta2), 0, 0.9999, 1, 0, "Adam beta2 (both networks)"},
+    {"eps", HP_FLOAT, HP(eps), 0, 1, 1, 0, "Adam epsilon"},
+    {"batch", HP_INT, HP(batch), 1, 65536, 1, 0, "batch size (real and fake images per step)"},
+    {"weight_decay", HP_FLOAT, HP(weight_decay_g), 0, 1, 0, 1, "sets weight_decay_g and _d"},
+    {"weight_decay_g", HP_FLOAT, HP(weight_decay_g), 0, 1, 0, 0,
+     "G's AdamW decoupled decay (weight_decay sets both)"},
+    {"weight_decay_d", HP_FLOAT, HP(weight_decay_d), 0, 1, 0, 0, "D's AdamW decoupled decay"},
+    {"sn_g", HP_BOOL, HP(sn_g), 0, 1, 0, 0, "spectral norm on G's weights"},
+    {"sn_d", HP_BOOL, HP(sn_d), 0, 1, 0, 0, "spectral norm on D's weights"},
+    {"r1_gamma", HP_FLOAT, HP(r1_gamma), 0, 1e6, 0, 0, "R1 penalty weight gamma (0: off)"},
+    {"gp_lambda", HP_FLOAT, HP(gp_lambda), 0, 1e6, 0, 0, "WGAN-GP penalty weight (0: off)"},
+    {"penalty_every", HP_INT, HP(penalty_every), 1, 1e6, 0, 0,
+     "R1/GP every N steps, weight x N (lazy regularization)"},
+    {"penalty_fd_step", HP_FLOAT, HP(penalty_fd_step), 1e-6, 1, 0, 0,
+     "image-space length of R1/GP's finite-difference step"},
+    {"ortho_beta", HP_FLOAT, HP(ortho_beta), 0, 1e3, 0, 0,
+     "orthogonal regularization weight on G (0: off)"},
+    {"l1_act", HP_FLOAT, HP(l1_act), 0, 1e3, 0, 0, "L1 weight on G's block outputs (0: off)"},
+    {"d_dropout", HP_FLOAT, HP(d_dropout), 0, 0.99, 0, 0,
+     "dropout rate on D's last features (0: off)"},
+    {"ema_decay", HP_FLOAT, HP(ema_decay), 0, 0.999999, 0, 0, "EMA decay of G (0: off)"},
+    {"ema_start", HP_LONG, HP(ema_start), 0, 1e15, 0, 0, "steps before the EMA starts averaging"},
+    {"freeze_d", HP_INT, HP(freeze_d), 0, SAGAN_MAX_STAGES + 2, 0, 0,
+     "D layers frozen from the input side (FreezeD)"},
+};
+#define HP_NKEYS ((int)(sizeof HP_KEYS / sizeof HP_KEYS[0]))
+
+static const HpKey *hp_find(const char *key) {
+    for (int i = 0; i < HP_NKEYS; i++)
+        if (!strcmp(HP_KEYS[i].key, key)) return &HP_KEYS[i];
+    return NULL;
+}
+
+const char *gan_hparams_key(int i, const char **help) {
+    for (int k = 0; k < HP_NKEYS; k++) {
+        if (HP_KEYS[k].alias) continue;
+        if (i-- == 0) {
+            if (help) *help = HP_KEYS[k].help;
+            return HP_KEYS[k].key;
+        }
+    }
+    return NULL;
+}
+
+int gan_hparams_set(GanHparams *hp, const char *key, const char *value, char *err, size_t errlen) {
+    const HpKey *k = key ? hp_find(key) : NULL;
+    if (!k) {
+        snprintf(err, errlen, "unknown training switch '%s' (known: lr_g, lr_d, beta1, beta2, eps, "
+                 "batch, weight_decay[_g|_d], sn_g, sn_d, r1_gamma, gp_lambda, penalty_every, "
+                 "penalty_fd_step, ortho_beta, l1_act, d_dropout, ema_decay, ema_start, freeze_d)",
+                 key ? key : "(null)");
+        return -1;
+    }
+    if (!value) value = "";
+    char *end;
+    void *dst = (char *)hp + k->off;
+    if (k->type == HP_BOOL) {
+        static const char *yes[] = {"1", "true", "on", "yes"}, *no[] = {"0", "false", "off", "no"};
+        for (int i = 0; i < 4; i++) {
+            if (!strcasecmp(value, yes[i])) return *(int *)dst = 1, 0;
+            if (!strcasecmp(value, no[i])) return *(int *)dst = 0, 0;
+        }
+        snprintf(err, errlen, "training switch %s = '%s': expected 1/0, true/false, on/off", key,
+                 value);
+        return -1;
+    }
+    if (k->type == HP_FLOAT) {
+        errno = 0;
+        float v = strtof(value, &end); // strtof: the "%.9g" of a float reads back exactly
+        if (errno || end == value || *end || !(v >= k->lo && v <= k->hi)) {
+            snprintf(err, errlen, "training switch %s = '%s': expected a number in [%g, %g]", key,
+                     value, k->lo, k->hi);
+            return -1;
+        }
+        *(float *)dst = v;
+        if (k->alias) hp->weight_decay_d = v;
+        return 0;
+    }
+    errno = 0;
+    long long v = strtoll(value, &end, 10);
+    if (errno || end == value || *end || v < (long long)k->lo || v > (long long)k->hi) {
+        snprintf(err, errlen, "training switch %s = '%s': expected an integer in [%.0f, %.0f]", key,
+                 value, k->lo, k->hi);
+        return -1;
+    }
+    if (k->type == HP_INT)
+        *(int *)dst = (int)v;
+    else
+        *(long *)dst = (long)v;
+    return 0;
+}
+
+int gan_hparams_get(const GanHparams *hp, const char *key, char *buf, size_t len) {
+    const HpKey *k = hp_find(key);
+    if (!k) return -1;
+    const void *src = (const char *)hp + k->off;
+    switch (k->type) {
+    case HP_FLOAT: snprintf(buf, len, "%.9g", *(const float *)src); break;
+    case HP_INT:
+    case HP_BOOL: snprintf(buf, len, "%d", *(const int *)src); break;
+    case HP_LONG: snprintf(buf, len, "%ld", *(const long *)src); break;
+    }
+    return 0;
+}
+
+// Hyperparameters from a checkpoint's metadata: the required keys must be there, the others
+// (added with the techniques; "weight_decay" alone in older files) keep their defaults.
+static int hparams_from_meta(const StFile *f, GanHparams *h, char *err, size_t errlen) {
+    gan_hparams_default(h);
+    char why[512];
+    for (int i = 0; i < HP_NKEYS; i++) {
+        const HpKey *k = &HP_KEYS[i];
+        const char *s = safetensors_meta(f, k->key);
+        if (!s) {
+            if (k->required)
+                return snprintf(err, errlen, "%s: metadata has no '%s'", f->path, k->key), -1;
+            continue;
+        }
+        if (gan_hparams_set(h, k->key, s, why, sizeof why))
+            return snprintf(err, errlen, "%s: metadata: %s", f->path, why), -1;
+    }
+    return 0;
+}
+
+int gan_hparams_load(GanHparams *hp, const char *path, char *err, size_t errlen) {
+    StFile f = {0};
+    int rc = safetensors_read(&f, path, err, errlen);
+    if (!rc) rc = hparams_from_meta(&f, hp, err, errlen);
+    safetensors_free(&f);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the trainer
+
+// D's layers from the input side, as FreezeD counts them: 0 conv0, k + 1 blocks.k (with the
+// attention block that follows it), n_stages + 1 the head (fc and the projection embedding).
+static int discriminator_layer_of(const Discriminator *d, int i) {
+    if (i == d->p_in_w || i == d->p_in_b) return 0;
+    for (int k = 0; k < d->n_stages; k++)
+        if (i == d->p_conv_w[k] || i == d->p_conv_b[k]) return k + 1;
+    if (i == d->p_f || i == d->p_g || i == d->p_h || i == d->p_o || i == d->p_gamma)
+        return d->attn_stage + 1;
+    return d->n_stages + 1;
+}
+
+// The weights orthogonal regularization acts on: G's convolutions and linear layers (not biases,
+// gamma or the class embedding).
+static int generator_is_ortho(const Generator *g, int i) {
+    const Param *p = &g->ps.p[i];
+    return !p->is_bias && p->ndim >= 2 && i != g->p_embed;
+}
+
+// Pushes the switches of t->hp into the networks (cheap; gan_step calls it every step, so a
+// caller may change t->hp between steps).
+static void gan_apply_switches(GanTrainer *t) {
+    const GanHparams *h = &t->hp;
+    if (t->G.ps.sn_off != !h->sn_g) {
+        t->G.ps.sn_off = !h->sn_g;
+        paramset_sn_forward(&t->G.ps, 0);
+    }
+    if (t->D.ps.sn_off != !h->sn_d) {
+        t->D.ps.sn_off = !h->sn_d;
+        paramset_sn_forward(&t->D.ps, 0);
+    }
+    t->G.l1_act = h->l1_act;
+    t->D.dropout = h->d_dropout;
+    for (int i = 0; i < t->D.ps.n; i++)
+        t->D.ps.p[i].frozen = discriminator_layer_of(&t->D, i) < h->freeze_d;
+}
+
+// The EMA starts as a copy of G (and restarts as one until ema_start steps are done).
+static void gan_ema_copy(GanTrainer *t) {
+    const ParamSet *ps = &t->G.ps;
+    memcpy(t->ema, ps->params, ps->total * sizeof(float));
+    memcpy(t->ema_u, ps->sn_u, ps->u_total * sizeof(float));
+    memcpy(t->ema_v, ps->sn_v, ps->v_total * sizeof(float));
+    t->ema_live = 1;
+}
+
+int gan_penalty_buffers_init(GanPenaltyBuffers *pb, const Discriminator *d, int B) {
+    const SaganConfig *cfg = &d->cfg;
+    long img = (long)cfg->channels * cfg->img * cfg->img;
+    memset(pb, 0, sizeof *pb);
+    pb->max_B = B;
+    pb->pattern = params_zalloc(sizeof(float) * 2 * B * discriminator_pattern_floats(d));
+    pb->grad = params_zalloc(sizeof(float) * B * img);
+    pb->x2 = params_zalloc(sizeof(float) * 2 * B * img);
+    pb->x_hat = params_zalloc(sizeof(float) * B * img);
+    pb->dout = params_zalloc(sizeof(float) * 2 * B);
+    pb->y2 = params_zalloc(sizeof(int32_t) * 2 * B);
+    return pb->grad && pb->x2 && pb->x_hat && pb->dout && pb->y2 && pb->pattern ? 0 : -1;
+}
+
+void gan_penalty_buffers_free(GanPenaltyBuffers *pb) {
+    free(pb->grad);
+    free(pb->x2);
+    free(pb->x_hat);
+    free(pb->dout);
+    free(pb->y2);
+    free(pb->pattern);
+    memset(pb, 0, sizeof *pb);
 }
 
 int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64_t seed) {
@@ -33,12 +265,36 @@ int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64
     if (generator_init(&t->G, cfg, B, seed * 3 + 1)) return -1;
     if (discriminator_init(&t->D, cfg, 2 * B, seed * 3 + 2)) return -1;
     rng_seed(&t->rng, seed * 3 + 3);
+    // D's dropout masks have a stream of their own, so switching dropout on leaves every other
+    // draw of the run where it was.
+    Rng r;
+    rng_seed(&r, seed ^ 0x64726f706f7574ULL);
+    t->D.dropout_seed = rng_u64(&r);
     t->z = params_zalloc(sizeof(float) * B * cfg->z_dim);
     t->y = params_zalloc(sizeof(int32_t) * 2 * B);
     t->x = params_zalloc(sizeof(float) * 2 * B * img);
     t->dlogits = params_zalloc(sizeof(float) * 2 * B);
     t->dimg = params_zalloc(sizeof(float) * B * img);
     if (!t->z || !t->y || !t->x || !t->dlogits || !t->dimg) return -1;
+    if (gan_penalty_buffers_init(&t->pen, &t->D, B)) return -1;
+    // The techniques' buffers are small beside the activations, so they exist whatever the
+    // switches say and a switch can be turned on at any step.
+    const ParamSet *gps = &t->G.ps;
+    long ortho = 1;
+    for (int i = 0; i < gps->n; i++)
+        if (generator_is_ortho(&t->G, i)) {
+            long k = ortho_scratch_floats(gps->p[i].shape[0],
+                                          (int)(gps->p[i].numel / gps->p[i].shape[0]));
+            if (k > ortho) ortho = k;
+        }
+    t->ortho_scratch = params_zalloc(sizeof(float) * ortho);
+    t->ema = params_zalloc(sizeof(float) * gps->total);
+    t->ema_u = params_zalloc(sizeof(float) * gps->u_total);
+    t->ema_v = params_zalloc(sizeof(float) * gps->v_total);
+    t->ema_w_sn = params_zalloc(sizeof(float) * gps->total);
+    if (!t->ortho_scratch || !t->ema || !t->ema_u || !t->ema_v || !t->ema_w_sn) return -1;
+    gan_apply_switches(t);
+    gan_ema_copy(t);
     return 0;
 }
 
@@ -50,8 +306,15 @@ void gan_free(GanTrainer *t) {
     free(t->x);
     free(t->dlogits);
     free(t->dimg);
+    gan_penalty_buffers_free(&t->pen);
+    free(t->ortho_scratch);
+    free(t->ema);
+    free(t->ema_u);
+    free(t->ema_v);
+    free(t->ema_w_sn);
     t->z = t->x = t->dlogits = t->dimg = NULL;
     t->y = NULL;
+    t->ortho_scratch = t->ema = t->ema_u = t->ema_v = t->ema_w_sn = NULL;
 }
 
 #define CHECK(x)                                                                                   \
@@ -67,14 +330,151 @@ static void draw_fakes(GanTrainer *t, int32_t *y, int B) {
         for (int b = 0; b < B; b++) y[b] = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
 }
 
+// The finite-difference double backward. With g_b = grad_x D(x_b) held fixed,
+// grad_theta (g_b . grad_x D(x_b)) = J_b^T g_b (J_b = d g_b / d theta), which is the gradient of
+// 1/2 ||g_b||^2; and g_b . grad_x D(x_b) is the directional derivative of D along g_b, so
+// J_b^T g_b ~ [grad_theta D(x_b + e_b g_b) - grad_theta D(x_b - e_b g_b)] / (2 e_b), error O(e^2)
+// where D is smooth. e_b = fd_step / ||g_b|| makes every step the same length in image space.
+// Both sides go through D as one batch of 2B with output gradients +-c_b / (2 e_b), so the two
+// passes' parameter gradients cancel inside one GEMM reduction.
+int gan_penalty_backward(Discriminator *d, GanPenaltyBuffers *pb, GanPenaltyKind kind,
+                         float weight, float fd_step, const float *x, const int32_t *y, int B,
+                         double *value) {
+    const SaganConfig *c = &d->cfg;
+    long img = (long)c->channels * c->img * c->img;
+    if (B < 1 || 2 * B > d->max_B || B > pb->max_B || !(fd_step > 0.0f)) return KERNELS_EINVAL;
+    int train = d->train, rc;
+    d->train = 0;
+    // D's output for one image depends on that image alone, so one backward of sum_b D(x_b)
+    // gives every g_b.
+    for (int b = 0; b < B; b++) pb->dout[b] = 1.0f;
+    memset(pb->grad, 0, B * img * sizeof(float));
+    if ((rc = discriminator_forward(d, x, y, B)) ||
+        (rc = discriminator_backward(d, pb->dout, B, 0, pb->grad)))
+        goto done;
+    double P = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *g = pb->grad + b * img, *xb = x + b * img;
+        float *xp = pb->x2 + b * img, *xm = pb->x2 + (B + b) * img;
+        double n2 = 0.0;
+        for (long i = 0; i < img; i++) n2 += (double)g[i] * g[i];
+        double n = sqrt(n2), coef; // d P / d (1/2 ||g_b||^2)
+        if (kind == GAN_PENALTY_R1) {
+            P += 0.5 * n2 / B;
+            coef = 1.0 / B;
+        } else {
+            P += (n - 1.0) * (n - 1.0) / B;
+            coef = n > 0.0 ? 2.0 * (n - 1.0) / (n * B) : 0.0; // no direction at g = 0
+        }
+        if (!(n > 0.0) || !isfinite(n)) coef = 0.0;
+        float e = coef != 0.0 ? (float)(fd_step / n) : 0.0f;
+        for (long i = 0; i < img; i++) {
+            xp[i] = xb[i] + e * g[i];
+            xm[i] = xb[i] - e * g[i];
+        }
+        float o = coef != 0.0 ? (float)(weight * coef / (2.0 * e)) : 0.0f;
+        pb->dout[b] = o;
+        pb->dout[B + b] = -o;
+        if (y) pb->y2[b] = pb->y2[B + b] = y[b];
+    }
+    // Both halves take the LReLU slopes of x: D is then smooth along the segment (where the
+    // slopes of x +- e g could differ from x's at a few units, and each such kink would add
+    // O(1 / e) to the difference quotient).
+    long S = discriminator_pattern_floats(d);
+    discriminator_pattern_save(d, pb->pattern, B);
+    memcpy(pb->pattern + B * S, pb->pattern, B * S * sizeof(float));
+    d->lrelu_ref = pb->pattern;
+    if ((rc = discriminator_forward(d, pb->x2, y ? pb->y2 : NULL, 2 * B)) ||
+        (rc = discriminator_backward(d, pb->dout, 2 * B, 1, NULL)))
+        goto done;
+    if (value) *value = weight * P;
+done:
+    d->lrelu_ref = NULL;
+    d->train = train;
+    return rc;
+}
+
+// R1 at the real half of t->x and WGAN-GP at interpolates of it with the fake half (detached:
+// G gets nothing from the penalty), with the real labels. Lazy regularization (Karras et al.
+// 2020, sec. 3.1 of StyleGAN2) runs them every penalty_every steps with the weight scaled up to
+// match.
+static int gan_d_penalties(GanTrainer *t) {
+    const GanHparams *h = &t->hp;
+    int B = h->batch;
+    long img = (long)t->cfg.channels * t->cfg.img * t->cfg.img;
+    const int32_t *y = t->cfg.n_classes ? t->y : NULL;
+    float scale = (float)h->penalty_every;
+    double v;
+    t->penalty_d = 0.0f;
+    if (h->r1_gamma > 0.0f) {
+        CHECK(gan_penalty_backward(&t->D, &t->pen, GAN_PENALTY_R1, h->r1_gamma * scale,
+                                   h->penalty_fd_step, t->x, y, B, &v));
+        t->penalty_d += (float)v;
+    }
+    if (h->gp_lambda > 0.0f) {
+        for (int b = 0; b < B; b++) {
+            float a = rng_uniform(&t->rng);
+            const float *xr = t->x + b * img, *xf = t->x + (B + b) * img;
+            float *xh = t->pen.x_hat + b * img;
+            for (long i = 0; i < img; i++) xh[i] = a * xr[i] + (1.0f - a) * xf[i];
+        }
+        CHECK(gan_penalty_backward(&t->D, &t->pen, GAN_PENALTY_GP, h->gp_lambda * scale,
+                                   h->penalty_fd_step, t->pen.x_hat, y, B, &v));
+        t->penalty_d += (float)v;
+    }
+    return 0;
+}
+
+// Orthogonal regularization of G's raw weights (after SN's fold, so it acts on the trained W).
+static int gan_ortho(GanTrainer *t) {
+    ParamSet *ps = &t->G.ps;
+    for (int i = 0; i < ps->n; i++) {
+        if (!generator_is_ortho(&t->G, i)) continue;
+        const Param *p = &ps->p[i];
+        int rows = p->shape[0], cols = (int)(p->numel / rows);
+        double v;
+        CHECK(ortho_reg_backward(ps->grads + p->offset, &v, ps->params + p->offset,
+                                 t->hp.ortho_beta, t->ortho_scratch, rows, cols));
+        t->reg_g += (float)v;
+    }
+    return 0;
+}
+
+// ema = decay ema + (1 - decay) W after each step past ema_start (a copy of W before), then one
+// power iteration of the EMA's own SN vectors on the averaged weights, as G's get one per step.
+static void gan_ema_update(GanTrainer *t) {
+    const ParamSet *ps = &t->G.ps;
+    if (!t->ema_live || t->step <= t->hp.ema_start) {
+        gan_ema_copy(t);
+        t->ema_live = 1;
+        return;
+    }
+    float a = t->hp.ema_decay, b = 1.0f - a;
+    float *e = t->ema;
+    const float *w = ps->params;
+#pragma omp parallel for simd schedule(static) if (parallel : ps->total >= 65536)
+    for (long i = 0; i < ps->total; i++)
+        e[i] = a * e[i] + b * w[i];
+    if (ps->sn_off) return;
+    for (int i = 0; i < ps->n; i++) {
+        const Param *p = &ps->p[i];
+        if (!p->sn) continue;
+        specnorm_forward(t->ema_w_sn + p->offset, t->ema_v + p->v_offset, t->ema_u + p->u_offset,
+                         t->ema + p->offset, p->rows, p->cols, 1);
+    }
+}
+
 int gan_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
-    int B = t->hp.batch;
+    const GanHparams *h = &t->hp;
+    int B = h->batch;
     long img = (long)c->channels * c->img * c->img;
     if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
         return KERNELS_EINVAL;
     if (c->n_classes && !data->labels) return KERNELS_EINVAL;
+    if (B > t->G.max_B || h->penalty_every < 1) return KERNELS_EINVAL;
     const int32_t *ycond = c->n_classes ? t->y : NULL;
+    gan_apply_switches(t);
 
     // D step: real batch (uniform draws with replacement, so the RNG is the whole data state).
     for (int b = 0; b < B; b++) {
@@ -87,14 +487,18 @@ int gan_step(GanTrainer *t, const Dataset *data) {
     CHECK(generator_forward(&t->G, t->z, c->n_classes ? t->y + B : NULL, B));
     memcpy(t->x + B * img, t->G.img, B * img * sizeof(float));
     paramset_sn_forward(&t->D.ps, 1);
+    t->D.train = 1;
     CHECK(discriminator_forward(&t->D, t->x, ycond, 2 * B));
     float lr = hinge_d_real_loss(t->dlogits, t->D.out, B);
     float lf = hinge_d_fake_loss(t->dlogits + B, t->D.out + B, B);
     t->loss_d = lr + lf;
     paramset_zero_grad(&t->D.ps);
     CHECK(discriminator_backward(&t->D, t->dlogits, 2 * B, 1, NULL));
+    t->penalty_d = 0.0f;
+    if ((h->r1_gamma > 0.0f || h->gp_lambda > 0.0f) && t->step % h->penalty_every == 0)
+        CHECK(gan_d_penalties(t));
     paramset_sn_backward(&t->D.ps);
-    paramset_adam(&t->D.ps, t->hp.lr_d, t->hp.beta1, t->hp.beta2, t->hp.eps, t->hp.weight_decay);
+    paramset_adam(&t->D.ps, h->lr_d, h->beta1, h->beta2, h->eps, h->weight_decay_d);
 
     // G step: fresh latents; D's parameters get no gradient, only its input does.
     draw_fakes(t, t->y + B, B);
@@ -104,19 +508,27 @@ int gan_step(GanTrainer *t, const Dataset *data) {
     t->loss_g = hinge_g_loss(t->dlogits, t->D.out, B);
     memset(t->dimg, 0, B * img * sizeof(float));
     CHECK(discriminator_backward(&t->D, t->dlogits, B, 0, t->dimg));
+    t->D.train = 0;
     paramset_zero_grad(&t->G.ps);
     CHECK(generator_backward(&t->G, t->dimg, B));
     paramset_sn_backward(&t->G.ps);
-    paramset_adam(&t->G.ps, t->hp.lr_g, t->hp.beta1, t->hp.beta2, t->hp.eps, t->hp.weight_decay);
+    t->reg_g = (float)t->G.l1_value;
+    if (h->ortho_beta > 0.0f) CHECK(gan_ortho(t));
+    paramset_adam(&t->G.ps, h->lr_g, h->beta1, h->beta2, h->eps, h->weight_decay_g);
     t->step++;
+    if (h->ema_decay > 0.0f)
+        gan_ema_update(t);
+    else
+        t->ema_live = 0;
     return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
 // checkpoints
 
-// Up to 8 tensors per parameter (value, u, v, m, v) plus a few scalars per run.
-#define MAX_TENSORS (2 * PARAMS_MAX * 5 + 8)
+// Up to 5 tensors per parameter (value, u, v, Adam m, v) of G and D, 3 per parameter of G's EMA
+// (value, u, v), plus a few scalars per run.
+#define MAX_TENSORS (2 * PARAMS_MAX * 5 + PARAMS_MAX * 3 + 8)
 #define NAME_LEN 128
 
 typedef struct {
@@ -173,35 +585,58 @@ static void list_paramset(TensorList *l, const char *prefix, const ParamSet *ps,
     }
 }
 
+// G's parameter table pointing at the EMA buffers instead of G's own (a view: no ownership).
+static ParamSet ema_view(const GanTrainer *t) {
+    ParamSet e = t->G.ps;
+    e.params = t->ema;
+    e.sn_u = t->ema_u;
+    e.sn_v = t->ema_v;
+    return e;
+}
+
+#define EMA_PREFIX "G_ema."
+
 int gan_save(const GanTrainer *t, const char *path, char *err, size_t errlen) {
     static TensorList l; // large; gan_save is not reentrant (one trainer saves at a time)
+    static ParamSet ema; // likewise
     l.n = 0;
     int64_t g_t = t->G.ps.adam_t, d_t = t->D.ps.adam_t, step = t->step, one = 1, four = 4;
     list_paramset(&l, "G.", &t->G.ps, 1, &g_t);
     list_paramset(&l, "D.", &t->D.ps, 1, &d_t);
+    if (t->hp.ema_decay > 0.0f) {
+        ema = ema_view(t);
+        list_paramset(&l, EMA_PREFIX, &ema, 0, NULL);
+    }
     list_add(&l, "", "train.step", "", ST_I64, 1, &one, &step);
     list_add(&l, "", "train.rng", "", ST_U64, 1, &four, t->rng.s);
+    list_add(&l, "", "train.dropout_seed", "", ST_U64, 1, &one, &t->D.dropout_seed);
     const SaganConfig *c = &t->cfg;
-    const GanHparams *h = &t->hp;
-    char v[16][32];
-    snprintf(v[0], 32, "%d", c->ch);
-    snprintf(v[1], 32, "%d", c->z_dim);
-    snprintf(v[2], 32, "%d", c->img);
-    snprintf(v[3], 32, "%d", c->channels);
-    snprintf(v[4], 32, "%d", c->n_classes);
-    snprintf(v[5], 32, "%d", c->attn_res);
-    snprintf(v[6], 32, "%.9g", h->lr_g);
-    snprintf(v[7], 32, "%.9g", h->lr_d);
-    snprintf(v[8], 32, "%.9g", h->beta1);
-    snprintf(v[9], 32, "%.9g", h->beta2);
-    snprintf(v[10], 32, "%.9g", h->eps);
-    snprintf(v[11], 32, "%.9g", h->weight_decay);
-    snprintf(v[12], 32, "%d", h->batch);
-    snprintf(v[13], 32, "%ld", t->step);
-    const char *meta[] = {"format", GAN_FORMAT, "config", c->name, "ch", v[0], "z_dim", v[1],
-                          "img", v[2], "channels", v[3], "n_classes", v[4], "attn_res", v[5],
-                          "lr_g", v[6], "lr_d", v[7], "beta1", v[8], "beta2", v[9], "eps", v[10],
-                          "weight_decay", v[11], "batch", v[12], "step", v[13], NULL};
+    enum { NV = 8 + HP_NKEYS };
+    char v[NV][32];
+    const char *meta[2 * NV + 8];
+    int nm = 0, nv = 0;
+#define META(key, ...) (snprintf(v[nv], 32, __VA_ARGS__), meta[nm++] = (key), meta[nm++] = v[nv++])
+    meta[nm++] = "format";
+    meta[nm++] = GAN_FORMAT;
+    meta[nm++] = "config";
+    meta[nm++] = c->name;
+    META("ch", "%d", c->ch);
+    META("z_dim", "%d", c->z_dim);
+    META("img", "%d", c->img);
+    META("channels", "%d", c->channels);
+    META("n_classes", "%d", c->n_classes);
+    META("attn_res", "%d", c->attn_res);
+#undef META
+    for (int i = 0; i < HP_NKEYS; i++) {
+        if (HP_KEYS[i].alias) continue;
+        gan_hparams_get(&t->hp, HP_KEYS[i].key, v[nv], sizeof v[nv]);
+        meta[nm++] = HP_KEYS[i].key;
+        meta[nm++] = v[nv++];
+    }
+    snprintf(v[nv], 32, "%ld", t->step);
+    meta[nm++] = "step";
+    meta[nm++] = v[nv++];
+    meta[nm] = NULL;
     return safetensors_write(path, l.t, l.n, meta, err, errlen);
 }
 
@@ -216,18 +651,6 @@ static int meta_int(const StFile *f, const char *key, int lo, int hi, int *out, 
         return snprintf(err, errlen, "%s: metadata '%s' = '%s' is not an integer in [%d, %d]",
                         f->path, key, s, lo, hi), -1;
     *out = (int)v;
-    return 0;
-}
-
-static int meta_float(const StFile *f, const char *key, float *out, char *err, size_t errlen) {
-    const char *s = safetensors_meta(f, key);
-    char *end;
-    if (!s) return snprintf(err, errlen, "%s: metadata has no '%s'", f->path, key), -1;
-    float v = strtof(s, &end);
-    if (*end || end == s || v != v)
-        return snprintf(err, errlen, "%s: metadata '%s' = '%s' is not a number", f->path, key, s),
-               -1;
-    *out = v;
     return 0;
 }
 
@@ -300,6 +723,13 @@ static int load_paramset(const StFile *f, const char *prefix, ParamSet *ps, int 
     return 0;
 }
 
+// Whether f holds an EMA of G (its first tensor is there).
+static int has_ema(const StFile *f, const ParamSet *g) {
+    char nm[NAME_LEN];
+    snprintf(nm, sizeof nm, EMA_PREFIX "%s", g->p[0].name);
+    return safetensors_find(f, nm) != NULL;
+}
+
 int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, size_t errlen) {
     StFile f = {0};
     SaganConfig cfg;
@@ -308,15 +738,7 @@ int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, s
     memset(t, 0, sizeof *t);
     if (rc) goto fail;
     if ((rc = read_config(&f, &cfg, err, errlen))) goto fail;
-    gan_hparams_default(&h);
-    if ((rc = meta_float(&f, "lr_g", &h.lr_g, err, errlen)) ||
-        (rc = meta_float(&f, "lr_d", &h.lr_d, err, errlen)) ||
-        (rc = meta_float(&f, "beta1", &h.beta1, err, errlen)) ||
-        (rc = meta_float(&f, "beta2", &h.beta2, err, errlen)) ||
-        (rc = meta_float(&f, "eps", &h.eps, err, errlen)) ||
-        (rc = meta_float(&f, "weight_decay", &h.weight_decay, err, errlen)) ||
-        (rc = meta_int(&f, "batch", 1, 1 << 16, &h.batch, err, errlen)))
-        goto fail;
+    if ((rc = hparams_from_meta(&f, &h, err, errlen))) goto fail;
     if (hp) h = *hp;
     if ((rc = gan_init(t, &cfg, &h, 0))) {
         snprintf(err, errlen, "%s: out of memory building the model", path);
@@ -334,6 +756,19 @@ int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, s
         goto fail;
     }
     t->step = (long)step;
+    // Older checkpoints have no dropout stream; the one gan_init made serves then.
+    if (safetensors_find(&f, "train.dropout_seed") &&
+        (rc = load_tensor(&f, "train.dropout_seed", ST_U64, 1, &one, &t->D.dropout_seed, err,
+                          errlen)))
+        goto fail;
+    // The EMA comes back when the file has one (an EMA switched on at resume starts from G).
+    if (has_ema(&f, &t->G.ps)) {
+        ParamSet e = ema_view(t);
+        if ((rc = load_paramset(&f, EMA_PREFIX, &e, 0, err, errlen))) goto fail;
+        t->ema_live = 1;
+    } else {
+        gan_ema_copy(t);
+    }
     paramset_sn_forward(&t->G.ps, 0);
     paramset_sn_forward(&t->D.ps, 0);
     safetensors_free(&f);
@@ -343,22 +778,44 @@ fail:
     return rc ? rc : -1;
 }
 
-// Loads one network (G when g is set, else D) of a checkpoint, effective weights computed.
-static int network_load(const char *path, const char *prefix, int max_B, Generator *g,
-                        Discriminator *d, char *err, size_t errlen) {
+// Loads one network (G when g is set, else D) of a checkpoint, effective weights computed with
+// spectral norm as the run had it.
+static int network_load(const char *path, int which, int max_B, Generator *g, Discriminator *d,
+                        char *err, size_t errlen) {
     StFile f = {0};
     SaganConfig cfg;
+    GanHparams h;
     int rc = safetensors_read(&f, path, err, errlen);
     if (g) memset(g, 0, sizeof *g);
     if (d) memset(d, 0, sizeof *d);
     if (rc) goto fail;
     if ((rc = read_config(&f, &cfg, err, errlen))) goto fail;
+    // Only spectral norm matters here (a file from another tool may lack the training keys).
+    gan_hparams_default(&h);
+    const char *sn_key = g ? "sn_g" : "sn_d", *sn = safetensors_meta(&f, sn_key);
+    char why[256];
+    if (sn && gan_hparams_set(&h, sn_key, sn, why, sizeof why)) {
+        rc = -1;
+        snprintf(err, errlen, "%s: metadata: %s", path, why);
+        goto fail;
+    }
     if ((rc = g ? generator_init(g, &cfg, max_B, 0) : discriminator_init(d, &cfg, max_B, 0))) {
         snprintf(err, errlen, "%s: out of memory building the model", path);
         goto fail;
     }
     ParamSet *ps = g ? &g->ps : &d->ps;
+    const char *prefix = g ? "G." : "D.";
+    if (g && which != GAN_WEIGHTS_RAW) {
+        if (has_ema(&f, ps))
+            prefix = EMA_PREFIX;
+        else if (which == GAN_WEIGHTS_EMA) {
+            rc = -1;
+            snprintf(err, errlen, "%s: the checkpoint has no EMA weights (" EMA_PREFIX "*)", path);
+            goto fail;
+        }
+    }
     if ((rc = load_paramset(&f, prefix, ps, 0, err, errlen))) goto fail;
+    ps->sn_off = g ? !h.sn_g : !h.sn_d;
     paramset_sn_forward(ps, 0);
     safetensors_free(&f);
     return 0;
@@ -368,11 +825,16 @@ fail:
 }
 
 int generator_load(Generator *g, const char *path, int max_B, char *err, size_t errlen) {
-    return network_load(path, "G.", max_B, g, NULL, err, errlen);
+    return network_load(path, GAN_WEIGHTS_AUTO, max_B, g, NULL, err, errlen);
+}
+
+int generator_load_weights(Generator *g, const char *path, int max_B, int which, char *err,
+                           size_t errlen) {
+    return network_load(path, which, max_B, g, NULL, err, errlen);
 }
 
 int discriminator_load(Discriminator *d, const char *path, int max_B, char *err, size_t errlen) {
-    return network_load(path, "D.", max_B, NULL, d, err, errlen);
+    return network_load(path, GAN_WEIGHTS_RAW, max_B, NULL, d, err, errlen);
 }
 
 void gan_sample_latents(const SaganConfig *cfg, uint64_t seed, long n, int fixed_class, float *z,

@@ -129,6 +129,11 @@ void paramset_sn_forward(ParamSet *ps, int update) {
     for (int i = 0; i < ps->n; i++) {
         Param *p = &ps->p[i];
         if (!p->sn) continue;
+        if (ps->sn_off) {
+            memcpy(ps->w_eff + p->offset, ps->params + p->offset, p->numel * sizeof(float));
+            p->sigma = 1.0f;
+            continue;
+        }
         p->sigma = specnorm_forward(ps->w_eff + p->offset, ps->sn_v + p->v_offset,
                                     ps->sn_u + p->u_offset, ps->params + p->offset, p->rows,
                                     p->cols, update);
@@ -140,9 +145,12 @@ void paramset_sn_backward(ParamSet *ps) {
         Param *p = &ps->p[i];
         if (!p->sn) continue;
         float *dw_eff = ps->dw_eff + p->offset;
-        specnorm_backward(ps->grads + p->offset, dw_eff, ps->w_eff + p->offset,
-                          ps->sn_u + p->u_offset, ps->sn_v + p->v_offset, p->sigma, p->rows,
-                          p->cols);
+        if (ps->sn_off)
+            add_inplace(ps->grads + p->offset, dw_eff, p->numel);
+        else
+            specnorm_backward(ps->grads + p->offset, dw_eff, ps->w_eff + p->offset,
+                              ps->sn_u + p->u_offset, ps->sn_v + p->v_offset, p->sigma, p->rows,
+                              p->cols);
         memset(dw_eff, 0, p->numel * sizeof(float));
     }
 }
@@ -154,13 +162,16 @@ void paramset_zero_grad(ParamSet *ps) {
 
 void paramset_adam(ParamSet *ps, float lr, float beta1, float beta2, float eps, float weight_decay) {
     ps->adam_t++;
-    if (weight_decay == 0.0f) {
+    int frozen = 0;
+    for (int i = 0; i < ps->n; i++) frozen |= ps->p[i].frozen;
+    if (weight_decay == 0.0f && !frozen) {
         adamw_update(ps->params, ps->grads, ps->m, ps->v, ps->total, lr, beta1, beta2, eps, 0.0f,
                      ps->adam_t);
         return;
     }
     for (int i = 0; i < ps->n; i++) {
         Param *p = &ps->p[i];
+        if (p->frozen) continue;
         long o = p->offset;
         adamw_update(ps->params + o, ps->grads + o, ps->m + o, ps->v + o, p->numel, lr, beta1,
                      beta2, eps, p->is_bias ? 0.0f : weight_decay, ps->adam_t);

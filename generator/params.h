@@ -32,6 +32,7 @@ typedef struct {
     ParamInit init;
     int fan_in;       // for PARAMS_INIT_UNIFORM_FANIN: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), PyTorch's default
     int is_bias;      // a bias or scalar: named ".bias" or as is in checkpoints
+    int frozen;       // 1: paramset_adam leaves it and its Adam moments alone (FreezeD)
 } Param;
 
 typedef struct {
@@ -47,6 +48,7 @@ typedef struct {
     float *sn_u;       // (u_total) persistent left singular vectors
     float *sn_v;       // (v_total) right vectors of the last power iteration
     long adam_t;       // Adam steps taken
+    int sn_off;        // 1: spectral norm switched off: w_eff = params (sigma = 1), same layout
 } ParamSet;
 
 // 64-byte aligned, zeroed memory for parameter and activation buffers (at least 1 byte);
@@ -69,11 +71,14 @@ float *paramset_w(const ParamSet *ps, int i);
 float *paramset_dw(const ParamSet *ps, int i);
 
 // Recomputes w_eff = W/sigma for every SN param by one power iteration; update != 0 advances u.
+// With sn_off set, w_eff = W for them (u and v untouched, sigma = 1).
 void paramset_sn_forward(ParamSet *ps, int update);
-// Folds dw_eff into grads through sigma for every SN param, then zeroes dw_eff.
+// Folds dw_eff into grads through sigma for every SN param (grads += dw_eff when sn_off), then
+// zeroes dw_eff.
 void paramset_sn_backward(ParamSet *ps);
 void paramset_zero_grad(ParamSet *ps);
-// One Adam/AdamW step over the whole buffer. weight decay is skipped for biases and scalars.
+// One Adam/AdamW step over the whole buffer. weight decay is skipped for biases and scalars;
+// frozen params (and their moments) are skipped altogether, though adam_t still advances.
 void paramset_adam(ParamSet *ps, float lr, float beta1, float beta2, float eps, float weight_decay);
 
 #endif

@@ -16,6 +16,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
+#include "kernels/regularize.h"
 
 #define G_SLOPE 0.2f
 #define D_SLOPE 0.1f
@@ -213,6 +214,26 @@ void generator_free(Generator *g) {
         if (rc_) return rc_;                                                                       \
     } while (0)
 
+// The tensor that feeds stage s (s == n_stages: the output conv).
+static const float *generator_stage_input(const Generator *g, int s) {
+    if (s == 0) return g->pn0;
+    return (s - 1 == g->attn_stage) ? g->att : g->pn[s - 1];
+}
+
+// Elements of generator_stage_input(g, s) for a batch of B: block s's output, (B, chan[s], r, r).
+static long generator_block_numel(const Generator *g, int s, int B) {
+    long r = 4L << s;
+    return (long)B * g->chan[s] * r * r;
+}
+
+// The L1 activation penalty's gradient on block output s: l1_act * sign(a) / numel.
+static void generator_l1_backward(Generator *g, int s, int B) {
+    if (g->l1_act <= 0.0f) return;
+    const float *a = generator_stage_input(g, s);
+    long n = generator_block_numel(g, s, B);
+    l1_backward(GRAD(g, a), a, (float)(g->l1_act / (double)n), n);
+}
+
 static int generator_forward_threads(Generator *g, const float *z, const int32_t *y, int B) {
     const SaganConfig *c = &g->cfg;
     if (B < 1 || B > g->max_B) return KERNELS_EINVAL;
@@ -251,6 +272,12 @@ static int generator_forward_threads(Generator *g, const float *z, const int32_t
     CHECK(conv2d_forward(g->pre, x, W(g, g->p_out_w), W(g, g->p_out_b), B, g->chan[g->n_stages], r,
                          r, c->channels, 3, 1, 1));
     tanh_forward(g->img, g->pre, (long)B * c->channels * r * r);
+    g->l1_value = 0.0;
+    if (g->l1_act > 0.0f)
+        for (int s = 0; s <= g->n_stages; s++) {
+            long n = generator_block_numel(g, s, B);
+            g->l1_value += g->l1_act * l1_forward(generator_stage_input(g, s), n) / (double)n;
+        }
     return 0;
 }
 
@@ -266,12 +293,6 @@ int generator_forward(Generator *g, const float *z, const int32_t *y, int B) {
     return rc;
 }
 
-// The tensor that feeds stage s (s == n_stages: the output conv).
-static const float *generator_stage_input(const Generator *g, int s) {
-    if (s == 0) return g->pn0;
-    return (s - 1 == g->attn_stage) ? g->att : g->pn[s - 1];
-}
-
 int generator_backward(Generator *g, const float *dimg, int B) {
     const SaganConfig *c = &g->cfg;
     if (B < 1 || B > g->max_B) return KERNELS_EINVAL;
@@ -281,6 +302,7 @@ int generator_backward(Generator *g, const float *dimg, int B) {
     const float *x = generator_stage_input(g, n_st);
     CHECK(conv2d_backward(GRAD(g, x), DW(g, g->p_out_w), DW(g, g->p_out_b), GRAD(g, g->pre), x,
                           W(g, g->p_out_w), B, g->chan[n_st], r, r, c->channels, 3, 1, 1));
+    generator_l1_backward(g, n_st, B);
     for (int s = n_st - 1; s >= 0; s--) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         long n = (long)B * Co * r * r;
@@ -297,6 +319,7 @@ int generator_backward(Generator *g, const float *dimg, int B) {
                               3, 1, 1));
         r /= 2;
         upsample2x_backward(GRAD(g, generator_stage_input(g, s)), GRAD(g, g->up[s]), B, Ci, r, r);
+        generator_l1_backward(g, s, B);
     }
     pixelnorm_backward(GRAD(g, g->fc), GRAD(g, g->pn0), g->pn0, g->rn0, B, C0, 16);
     leaky_relu_backward(GRAD(g, g->fc_pre), GRAD(g, g->fc), g->fc_pre, G_SLOPE, (long)B * C0 * 16);
@@ -327,6 +350,8 @@ static void discriminator_carve(Discriminator *d, Carver *cv) {
     }
     d->out = carve(cv, B);
     d->proj = carve(cv, B * d->chan[d->n_stages] * 16);
+    d->feat_drop = carve(cv, B * d->chan[d->n_stages] * 16);
+    d->drop_mask = carve(cv, B * d->chan[d->n_stages] * 16);
 }
 
 int discriminator_init(Discriminator *d, const SaganConfig *cfg, int max_B, uint64_t seed) {
@@ -400,6 +425,59 @@ const float *discriminator_features(const Discriminator *d, int *F) {
     return discriminator_stage_input(d, d->n_stages);
 }
 
+// D's LReLU layers: c0 -> a0 (layer 0) and conv[k] -> act[k] (layer k + 1). Elements per image
+// of layer l, and its offset in one image's pattern.
+static long discriminator_lrelu_numel(const Discriminator *d, int l) {
+    long r = d->cfg.img >> l;
+    return (long)d->chan[l] * r * r;
+}
+
+static long discriminator_lrelu_offset(const Discriminator *d, int l) {
+    long off = 0;
+    for (int i = 0; i < l; i++) off += discriminator_lrelu_numel(d, i);
+    return off;
+}
+
+long discriminator_pattern_floats(const Discriminator *d) {
+    return discriminator_lrelu_offset(d, d->n_stages + 1);
+}
+
+void discriminator_pattern_save(const Discriminator *d, float *pattern, int B) {
+    long S = discriminator_pattern_floats(d);
+    for (int l = 0; l <= d->n_stages; l++) {
+        long n = discriminator_lrelu_numel(d, l), off = discriminator_lrelu_offset(d, l);
+        const float *pre = l == 0 ? d->c0 : d->conv[l - 1];
+        for (int b = 0; b < B; b++)
+            memcpy(pattern + b * S + off, pre + b * n, n * sizeof(float));
+    }
+}
+
+// LReLU layer l of D over B images, with its own slopes or the saved pattern's.
+static void discriminator_lrelu_forward(const Discriminator *d, int l, float *out,
+                                        const float *inp, int B) {
+    long n = discriminator_lrelu_numel(d, l);
+    if (!d->lrelu_ref) {
+        leaky_relu_forward(out, inp, D_SLOPE, B * n);
+        return;
+    }
+    long S = discriminator_pattern_floats(d), off = discriminator_lrelu_offset(d, l);
+    for (int b = 0; b < B; b++)
+        leaky_relu_pattern_forward(out + b * n, inp + b * n, d->lrelu_ref + b * S + off, D_SLOPE,
+                                   n);
+}
+
+static void discriminator_lrelu_backward(const Discriminator *d, int l, float *dinp,
+                                         const float *dout, const float *inp, int B) {
+    long n = discriminator_lrelu_numel(d, l);
+    if (!d->lrelu_ref) {
+        leaky_relu_backward(dinp, dout, inp, D_SLOPE, B * n);
+        return;
+    }
+    long S = discriminator_pattern_floats(d), off = discriminator_lrelu_offset(d, l);
+    for (int b = 0; b < B; b++)
+        leaky_relu_backward(dinp + b * n, dout + b * n, d->lrelu_ref + b * S + off, D_SLOPE, n);
+}
+
 int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B) {
     const SaganConfig *c = &d->cfg;
     if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
@@ -413,20 +491,26 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
     int r = c->img;
     CHECK(conv2d_forward(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
                          d->chan[0], 3, 1, 1));
-    leaky_relu_forward(d->a0, d->c0, D_SLOPE, (long)B * d->chan[0] * r * r);
+    discriminator_lrelu_forward(d, 0, d->a0, d->c0, B);
     for (int k = 0; k < d->n_stages; k++) {
         const float *in = discriminator_stage_input(d, k);
         int Ci = d->chan[k], Co = d->chan[k + 1];
         CHECK(conv2d_forward(d->conv[k], in, W(d, d->p_conv_w[k]), W(d, d->p_conv_b[k]), B, Ci, r,
                              r, Co, 4, 2, 1));
         r /= 2;
-        leaky_relu_forward(d->act[k], d->conv[k], D_SLOPE, (long)B * Co * r * r);
+        discriminator_lrelu_forward(d, k + 1, d->act[k], d->conv[k], B);
         if (k == d->attn_stage)
             CHECK(attention_forward(d->att, &d->att_saved, d->act[k], W(d, d->p_f), W(d, d->p_g),
                                     W(d, d->p_h), W(d, d->p_o), W(d, d->p_gamma)[0], B, Co, r * r));
     }
     const float *feat = discriminator_stage_input(d, d->n_stages);
     int F = d->chan[d->n_stages] * 16;
+    d->dropped = d->train && d->dropout > 0.0f;
+    if (d->dropped) {
+        dropout_forward(d->feat_drop, d->drop_mask, feat, d->dropout, &d->dropout_seed,
+                        (long)B * F);
+        feat = d->feat_drop;
+    }
     CHECK(linear_forward(d->out, feat, W(d, d->p_fc_w), W(d, d->p_fc_b), B, F, 1));
     if (c->n_classes) {
         // Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.
@@ -446,7 +530,7 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
     if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
     int pg = param_grads != 0, n_st = d->n_stages, F = d->chan[n_st] * 16;
     memset(d->dacts, 0, d->acts_total * sizeof(float));
-    const float *feat = discriminator_stage_input(d, n_st);
+    const float *feat = d->dropped ? d->feat_drop : discriminator_stage_input(d, n_st);
     float *dfeat = GRAD(d, feat);
     CHECK(linear_backward(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL, dout,
                           feat, W(d, d->p_fc_w), B, F, 1));
@@ -462,6 +546,9 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
             }
         }
     }
+    if (d->dropped)
+        dropout_backward(GRAD(d, discriminator_stage_input(d, n_st)), dfeat, d->drop_mask,
+                         (long)B * F);
     int r = c->img >> n_st;
     for (int k = n_st - 1; k >= 0; k--) {
         int Ci = d->chan[k], Co = d->chan[k + 1];
@@ -472,16 +559,15 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
                                      GRAD(d, d->att), &d->att_saved, d->act[k], W(d, d->p_f),
                                      W(d, d->p_g), W(d, d->p_h), W(d, d->p_o),
                                      W(d, d->p_gamma)[0], d->att_scratch, B, Co, r * r));
-        leaky_relu_backward(GRAD(d, d->conv[k]), GRAD(d, d->act[k]), d->conv[k], D_SLOPE,
-                            (long)B * Co * r * r);
+        discriminator_lrelu_backward(d, k + 1, GRAD(d, d->conv[k]), GRAD(d, d->act[k]),
+                                     d->conv[k], B);
         const float *in = discriminator_stage_input(d, k);
         CHECK(conv2d_backward(GRAD(d, in), pg ? DW(d, d->p_conv_w[k]) : NULL,
                               pg ? DW(d, d->p_conv_b[k]) : NULL, GRAD(d, d->conv[k]), in,
                               W(d, d->p_conv_w[k]), B, Ci, r * 2, r * 2, Co, 4, 2, 1));
         r *= 2;
     }
-    leaky_relu_backward(GRAD(d, d->c0), GRAD(d, d->a0), d->c0, D_SLOPE,
-                        (long)B * d->chan[0] * r * r);
+    discriminator_lrelu_backward(d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B);
     if (dx || pg)
         CHECK(conv2d_backward(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
                               GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,

@@ -57,6 +57,11 @@ typedef struct {
     float *img;                      // (B, channels, img, img) the output
     const float *zin;                // borrowed: the linear layer's input of the last forward
     const int32_t *labels;           // borrowed: labels of the last forward
+    // L1 activation sparsity (0: off): forward adds l1_act * mean|a| over each block output a
+    // (pn0 and the input of every later stage and of the output conv: the PixelNorm output, or the
+    // attention output after the attention stage) into l1_value; backward adds its gradient.
+    float l1_act;
+    double l1_value;                 // of the last forward (0 when off)
 } Generator;
 
 typedef struct {
@@ -76,8 +81,21 @@ typedef struct {
     AttentionSaved att_saved;
     float *out;                     // (B) logits
     float *proj;                    // (B, F) class embedding rows used by the projection
+    float *feat_drop, *drop_mask;   // (B, F) features after dropout, and the mask (0 or 1/(1-p))
     const float *x;                 // borrowed: input of the last forward
     const int32_t *labels;          // borrowed: labels of the last forward
+    // Dropout on the features that feed the final linear layer (and the projection): applied when
+    // train is set and dropout > 0, masks drawn from dropout_seed (advanced by each forward).
+    float dropout;
+    int train;                      // 0 (eval, the default): no dropout
+    int dropped;                    // whether the last forward applied dropout
+    uint64_t dropout_seed;
+    // NULL normally. Else every LReLU of D, forward and backward, takes its slopes from this
+    // saved activation pattern (image b of a forward reads image b of the pattern, laid out as
+    // discriminator_pattern_save writes it) instead of from its own input: D is then a smooth
+    // function of x and of its parameters around the points the pattern came from (the
+    // finite-difference double backward of gan_penalty_backward needs that).
+    const float *lrelu_ref;
 } Discriminator;
 
 // Builds G (or D) for cfg at batch up to max_B with parameters initialized from seed.
@@ -101,6 +119,11 @@ const float *discriminator_features(const Discriminator *d, int *F);
 // dout (B): gradient of the loss w.r.t. the logits. Parameter gradients are accumulated when
 // param_grads is non-zero; dx (B, channels, img, img), if not NULL, is accumulated.
 int discriminator_backward(Discriminator *d, const float *dout, int B, int param_grads, float *dx);
+
+// Floats of one image's LReLU pattern (D's pre-activations, all layers), and a copy of the
+// pattern of the first B images of the last forward into pattern (B * that many floats).
+long discriminator_pattern_floats(const Discriminator *d);
+void discriminator_pattern_save(const Discriminator *d, float *pattern, int B);
 
 // Multiply-accumulates of one G forward / one D forward for one image (for GFLOP/s figures).
 double generator_macs(const SaganConfig *cfg);

@@ -37,6 +37,13 @@ void leaky_relu_backward(float *dinp, const float *dout, const float *inp, float
         dinp[i] += inp[i] > 0.0f ? dout[i] : alpha * dout[i];
 }
 
+void leaky_relu_pattern_forward(float *out, const float *inp, const float *ref, float alpha,
+                                long n) {
+#pragma omp parallel for simd schedule(static) if (parallel : n >= OPS_PARALLEL_MIN)
+    for (long i = 0; i < n; i++)
+        out[i] = ref[i] > 0.0f ? inp[i] : alpha * inp[i];
+}
+
 // tanhf has no vector variant without -ffast-math, so this loop stays scalar; at ~10x the cost of
 // a multiply per element, it pays for threads from a quarter of the usual size. It runs once per
 // G forward, on the 1-3 output channels only.

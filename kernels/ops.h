@@ -12,6 +12,10 @@
 void leaky_relu_forward(float *out, const float *inp, float alpha, long n);
 // inp is the forward input (or its output: the sign is the same for alpha > 0).
 void leaky_relu_backward(float *dinp, const float *dout, const float *inp, float alpha, long n);
+// Leaky ReLU with the slopes of another input: out = ref > 0 ? x : alpha*x, a linear map (the
+// activation pattern of ref held fixed). Its backward is leaky_relu_backward with ref as inp.
+void leaky_relu_pattern_forward(float *out, const float *inp, const float *ref, float alpha,
+                                long n);
 
 // tanh. out may alias inp. Backward uses the forward output.
 void tanh_forward(float *out, const float *inp, long n);

@@ -175,15 +175,6 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
     return 0;
 }
 
-// TEMPORARY until generator/gan.c has it (same signature): refuses every key.
-__attribute__((weak)) int gan_hparams_set(GanHparams *hp, const char *key, const char *value,
-                                          char *err, size_t errlen) {
-    (void)hp;
-    (void)value;
-    snprintf(err, errlen, "unknown training switch '%s'", key);
-    return -1;
-}
-
 // Applies the spec's training switches. Returns 0 or -1 with err set.
 static int apply_set(GanHparams *hp, json_t *set, char *err, size_t errlen) {
     if (!set) return 0;

@@ -129,7 +129,9 @@ async def test_types(tap, srv):
         await expect_error(tap, c, {"t": 5}, "bad_type", "t an int: bad_type")
         await expect_error(tap, c, {"t": b"stream"}, "bad_type", "t bin: bad_type")
         await expect_error(tap, c, {"t": "feedback", "frame": 1}, "bad_field", "feedback without an id")
-        await expect_error(tap, c, {"t": "job"}, "not_implemented", "job")
+        await expect_error(tap, c, {"t": "job"}, "bad_field", "job without an op: bad_field")
+        await expect_error(tap, c, {"t": "job", "op": "list"}, "unauthorized",
+                           "job from a session without the admin token: unauthorized")
         await expect_error(tap, c, {"t": "HELLO"}, "unknown_type", "types are case-sensitive")
 
 

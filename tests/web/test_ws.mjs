@@ -337,7 +337,8 @@ async function testErrors(tap, srv) {
         ['credit for stream 99 (not open)', encode({ t: 'credit', id: 99, n: 1 }), 'unknown_stream', 99],
         ['stop for stream 99 (not open)', encode({ t: 'stop', id: 99 }), 'unknown_stream', 99],
         ['feedback naming an unknown frame', encode({ t: 'feedback', id: 1, kind: 'rate', frame: 1, value: 1 }), 'unknown_frame'],
-        ['job', encode({ t: 'job' }), 'not_implemented'],
+        ['job without an op', encode({ t: 'job' }), 'bad_field'],
+        ['job list without the admin token', encode({ t: 'job', op: 'list' }), 'unauthorized'],
     ];
     for (const [what, bytes, code, ref] of cases) {
         c.ws.send(bytes);

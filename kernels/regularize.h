@@ -1,0 +1,26 @@
+// regularize.h — the penalty terms training adds to a loss: an L1 norm on activations and the
+// orthogonal regularization of BigGAN. Each returns its value and accumulates its exact gradient.
+//
+// n a flat element count; a weight is viewed as a matrix W (OUT, IN), IN = product of the other
+// dims, as spectral norm views it. The gradient-penalty regularizers of D (R1, WGAN-GP) are not
+// here: they need passes of the network, see generator/gan.h.
+#ifndef KERNELS_REGULARIZE_H
+#define KERNELS_REGULARIZE_H
+
+// sum_i |inp[i]| (accumulated in double), for an L1 activation penalty lambda * mean|a|.
+double l1_forward(const float *inp, long n);
+// dinp += scale * sign(inp) (sign(0) = 0): the gradient of scale * sum|inp|. Accumulates.
+void l1_backward(float *dinp, const float *inp, float scale, long n);
+
+// Orthogonal regularization (Brock et al. 2019, sec. 3.1, as their code applies it: the Gram
+// matrix of W's rows, one row per output unit): R = beta * ||W W^T (.) (1 - I)||_F^2, and
+// dw (OUT, IN) += dR/dW = 4 beta (W W^T (.) (1 - I)) W. w (OUT, IN). scratch holds
+// ortho_scratch_floats(OUT, IN) floats (a min(OUT, IN)^2 Gram matrix: when OUT > IN the value and
+// gradient are formed through W^T W instead, ||W W^T||_F = ||W^T W||_F, which is far cheaper for
+// a tall weight such as G's first linear layer). *value (if not NULL) receives R.
+// Returns 0 or a KERNELS_E* code from the GEMM.
+long ortho_scratch_floats(int OUT, int IN);
+int ortho_reg_backward(float *dw, double *value, const float *w, float beta, float *scratch,
+                       int OUT, int IN);
+
+#endif

@@ -464,7 +464,7 @@ static void gan_ema_update(GanTrainer *t) {
     }
 }
 
-int gan_step(GanTrainer *t, const Dataset *data) {
+int gan_d_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
     const GanHparams *h = &t->hp;
     int B = h->batch;
@@ -499,6 +499,24 @@ int gan_step(GanTrainer *t, const Dataset *data) {
         CHECK(gan_d_penalties(t));
     paramset_sn_backward(&t->D.ps);
     paramset_adam(&t->D.ps, h->lr_d, h->beta1, h->beta2, h->eps, h->weight_decay_d);
+    return 0;
+}
+
+void gan_g_step_done(GanTrainer *t) {
+    t->D.train = 0;
+    t->step++;
+    if (t->hp.ema_decay > 0.0f)
+        gan_ema_update(t);
+    else
+        t->ema_live = 0;
+}
+
+int gan_step(GanTrainer *t, const Dataset *data) {
+    const SaganConfig *c = &t->cfg;
+    const GanHparams *h = &t->hp;
+    int B = h->batch;
+    long img = (long)c->channels * c->img * c->img;
+    CHECK(gan_d_step(t, data));
 
     // G step: fresh latents; D's parameters get no gradient, only its input does.
     draw_fakes(t, t->y + B, B);
@@ -515,11 +533,7 @@ int gan_step(GanTrainer *t, const Dataset *data) {
     t->reg_g = (float)t->G.l1_value;
     if (h->ortho_beta > 0.0f) CHECK(gan_ortho(t));
     paramset_adam(&t->G.ps, h->lr_g, h->beta1, h->beta2, h->eps, h->weight_decay_g);
-    t->step++;
-    if (h->ema_decay > 0.0f)
-        gan_ema_update(t);
-    else
-        t->ema_live = 0;
+    gan_g_step_done(t);
     return 0;
 }
 

@@ -102,6 +102,13 @@ void gan_free(GanTrainer *t);
 // up to that kernel: treat as fatal for this run).
 int gan_step(GanTrainer *t, const Dataset *data);
 
+// The two halves of gan_step, for training loops with their own G step (fine-tuning on users,
+// distillation: server/finetune.h, server/distill.h): gan_d_step is gan_step's D step (with R1/GP
+// when on; it draws from t->rng exactly as gan_step does); after its own G update the caller calls
+// gan_g_step_done, which counts the step and updates the EMA of G when on.
+int gan_d_step(GanTrainer *t, const Dataset *data);
+void gan_g_step_done(GanTrainer *t);
+
 // Writes the whole training state to path (atomically: temp file, fsync, rename).
 // Returns 0 or a negative code with a message in err.
 int gan_save(const GanTrainer *t, const char *path, char *err, size_t errlen);

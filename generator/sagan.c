@@ -525,30 +525,11 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
     return 0;
 }
 
-int discriminator_backward(Discriminator *d, const float *dout, int B, int param_grads, float *dx) {
+// From the gradient of the last stage's map (in its GRAD slot) back through every stage to the
+// image: parameter gradients when pg, and dx (accumulated) when not NULL.
+static int backward_stages(Discriminator *d, int B, int pg, float *dx) {
     const SaganConfig *c = &d->cfg;
-    if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
-    int pg = param_grads != 0, n_st = d->n_stages, F = d->chan[n_st] * 16;
-    memset(d->dacts, 0, d->acts_total * sizeof(float));
-    const float *feat = d->dropped ? d->feat_drop : discriminator_stage_input(d, n_st);
-    float *dfeat = GRAD(d, feat);
-    CHECK(linear_backward(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL, dout,
-                          feat, W(d, d->p_fc_w), B, F, 1));
-    if (c->n_classes) {
-        float *demb = DW(d, d->p_embed);
-        for (int b = 0; b < B; b++) {
-            const float *e = d->proj + (long)b * F, *h = feat + (long)b * F;
-            float *dh = dfeat + (long)b * F, g = dout[b];
-            for (int i = 0; i < F; i++) dh[i] += g * e[i];
-            if (pg) {
-                float *de = demb + (long)d->labels[b] * F;
-                for (int i = 0; i < F; i++) de[i] += g * h[i];
-            }
-        }
-    }
-    if (d->dropped)
-        dropout_backward(GRAD(d, discriminator_stage_input(d, n_st)), dfeat, d->drop_mask,
-                         (long)B * F);
+    int n_st = d->n_stages;
     int r = c->img >> n_st;
     for (int k = n_st - 1; k >= 0; k--) {
         int Ci = d->chan[k], Co = d->chan[k + 1];
@@ -573,6 +554,41 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
                               GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
                               d->chan[0], 3, 1, 1));
     return 0;
+}
+
+int discriminator_backward(Discriminator *d, const float *dout, int B, int param_grads, float *dx) {
+    const SaganConfig *c = &d->cfg;
+    if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
+    int pg = param_grads != 0, n_st = d->n_stages, F = d->chan[n_st] * 16;
+    memset(d->dacts, 0, d->acts_total * sizeof(float));
+    const float *feat = d->dropped ? d->feat_drop : discriminator_stage_input(d, n_st);
+    float *dfeat = GRAD(d, feat);
+    CHECK(linear_backward(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL, dout,
+                          feat, W(d, d->p_fc_w), B, F, 1));
+    if (c->n_classes) {
+        float *demb = DW(d, d->p_embed);
+        for (int b = 0; b < B; b++) {
+            const float *e = d->proj + (long)b * F, *h = feat + (long)b * F;
+            float *dh = dfeat + (long)b * F, g = dout[b];
+            for (int i = 0; i < F; i++) dh[i] += g * e[i];
+            if (pg) {
+                float *de = demb + (long)d->labels[b] * F;
+                for (int i = 0; i < F; i++) de[i] += g * h[i];
+            }
+        }
+    }
+    if (d->dropped)
+        dropout_backward(GRAD(d, discriminator_stage_input(d, n_st)), dfeat, d->drop_mask,
+                         (long)B * F);
+    return backward_stages(d, B, pg, dx);
+}
+
+int discriminator_backward_features(Discriminator *d, const float *dfeat, int B, float *dx) {
+    if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
+    int n_st = d->n_stages, F = d->chan[n_st] * 16;
+    memset(d->dacts, 0, d->acts_total * sizeof(float));
+    memcpy(GRAD(d, discriminator_stage_input(d, n_st)), dfeat, (size_t)B * F * sizeof(float));
+    return backward_stages(d, B, 0, dx);
 }
 
 // ---------------------------------------------------------------------------------------------

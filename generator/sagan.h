@@ -125,6 +125,12 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
 long discriminator_pattern_floats(const Discriminator *d);
 void discriminator_pattern_save(const Discriminator *d, float *pattern, int B);
 
+// Backpropagates dfeat (B, F), a gradient w.r.t. the last forward's features (those
+// discriminator_features returns, before dropout), through D to its input: dx (B, channels, img,
+// img) is accumulated; no parameter gradients. For losses on D's features (the users' reward of
+// server/finetune.h, feature matching of server/distill.h).
+int discriminator_backward_features(Discriminator *d, const float *dfeat, int B, float *dx);
+
 // Multiply-accumulates of one G forward / one D forward for one image (for GFLOP/s figures).
 double generator_macs(const SaganConfig *cfg);
 double discriminator_macs(const SaganConfig *cfg);

@@ -232,8 +232,15 @@ static void swap_done(uv_work_t *req, int status) {
              0, 0, 0, 0);
     if (j && w->is_new) {
         j->model_version = w->entry.version;
-        snprintf(j->message, sizeof j->message, "promoted as model version %ld (FD %.3f, parent %.3f)",
-                 w->entry.version, j->fd, j->parent_fd);
+        int n = snprintf(j->message, sizeof j->message,
+                         "promoted as model version %ld (FD %.3f, parent %.3f)", w->entry.version,
+                         j->fd, j->parent_fd);
+        if (j->reward == j->reward && n > 0 && (size_t)n < sizeof j->message)
+            snprintf(j->message + n, sizeof j->message - n, "; users' reward %.4f, was %.4f",
+                     j->reward, j->parent_reward);
+        else if (j->gen_speed == j->gen_speed && n > 0 && (size_t)n < sizeof j->message)
+            snprintf(j->message + n, sizeof j->message - n, "; %.0f images/s, was %.0f",
+                     j->gen_speed, j->parent_gen_speed);
         changed(js, j, 1);
     }
     fprintf(stderr, "steer: now serving model version %ld (%s)\n", w->entry.version, w->entry.path);
@@ -308,6 +315,14 @@ static void consider_promotion(Jobs *js, Job *j, const char *path) {
                  j->fd, j->parent_fd, j->fd_margin);
         return;
     }
+    // fine-tuning on users must also please them more than the served model does
+    if ((j->reward == j->reward || j->parent_reward == j->parent_reward) &&
+        !(j->reward > j->parent_reward)) {
+        snprintf(j->message, sizeof j->message,
+                 "done; not promoted: the users' reward %.4f does not beat the served model's %.4f",
+                 j->reward, j->parent_reward);
+        return;
+    }
     ModelEntry e = {.version = next_version(js), .parent = js->served, .job = j->id, .fd = j->fd};
     snprintf(e.path, sizeof e.path, "%s", path);
     char err[256];
@@ -379,6 +394,10 @@ static void on_worker_message(Jobs *js, Job *j, const msgpack_object *o) {
             else if (!strcmp(key, "images_per_s")) j->images_per_s = v;
             else if (!strcmp(key, "fd")) fd = v;
             else if (!strcmp(key, "parent_fd")) pfd = v;
+            else if (!strcmp(key, "reward")) j->reward = v;
+            else if (!strcmp(key, "parent_reward")) j->parent_reward = v;
+            else if (!strcmp(key, "gen_images_per_s")) j->gen_speed = v;
+            else if (!strcmp(key, "parent_gen_images_per_s")) j->parent_gen_speed = v;
         }
     }
     if (step >= 0) j->step = (long)step;
@@ -603,6 +622,7 @@ static Job *job_add(Jobs *js, long id) {
     j->jobs = js;
     j->id = id;
     j->loss_d = j->loss_g = j->images_per_s = j->fd = j->parent_fd = NAN;
+    j->reward = j->parent_reward = j->gen_speed = j->parent_gen_speed = NAN;
     j->promote = 1;
     j->fd_margin = 0.05;
     snprintf(j->dir, sizeof j->dir, "%s/jobs/%ld", js->data_dir, id);
@@ -644,7 +664,8 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
     static const char *const known[] = {"kind", "config", "data", "init", "parent", "eval_model",
                                         "steps", "batch", "seed", "save_every", "log_every",
                                         "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
-                                        NULL};
+                                        "store", "teacher", "beta", "lambda", "w_pix", "w_feat",
+                                        "w_adv", "reward_n", "ch", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {
@@ -667,6 +688,13 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
     if (!json_object_get(root, "parent") && cur)
         json_object_set_new(root, "parent", json_string(cur->path));
     if (!json_object_get(root, "eval_n")) json_object_set_new(root, "eval_n", json_integer(2000));
+    json_t *kind = json_object_get(root, "kind");
+    if (json_is_string(kind) && !strcmp(json_string_value(kind), "finetune") &&
+        !json_object_get(root, "store")) { // the users' feedback: this server's store
+        char db[PATH_MAX + 16];
+        snprintf(db, sizeof db, "%s/steer.db", js->data_dir);
+        json_object_set_new(root, "store", json_string(db));
+    }
     char *text = json_dumps(root, JSON_COMPACT | JSON_SORT_KEYS);
     Job *j = text ? job_add(js, js->next_id) : NULL;
     if (!j) {

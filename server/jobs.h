@@ -38,6 +38,8 @@ typedef struct Job {
     char dir[PATH_MAX];
     long step, steps;
     double loss_d, loss_g, images_per_s, fd, parent_fd; // NaN while unknown
+    double reward, parent_reward;     // finetune: the users' reward after and before (NaN: none)
+    double gen_speed, parent_gen_speed; // distill: G images/s of the student and the teacher
     char message[512];
     long model_version; // the version it was promoted as (0: none)
     int promote;        // spec: promote when the gate passes (default 1)

@@ -25,6 +25,8 @@
 #include "generator/fid.h"
 #include "generator/gan.h"
 #include "kernels/kernels.h"
+#include "server/distill.h"
+#include "server/finetune.h"
 
 #define WORKER_EVAL_MODEL "models/fmnist-eval.safetensors"
 #define WORKER_G_BATCH 64
@@ -35,9 +37,13 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
+typedef enum { KIND_TRAIN, KIND_FINETUNE, KIND_DISTILL } Kind;
+
 typedef struct {
-    const char *kind, *config, *data, *init, *parent, *eval_model;
-    long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit;
+    const char *kind, *config, *data, *init, *parent, *eval_model, *store, *teacher;
+    Kind k;
+    long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit, reward_n, ch;
+    double beta, lambda, w_pix, w_feat, w_adv;
     int classes[16], n_classes; // keep only these labels of the data (0: all)
     json_t *set; // object of training switches, or NULL
 } Spec;
@@ -97,7 +103,8 @@ static void send_failed(const char *why) {
 static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
     *s = (Spec){.kind = "train", .config = "tiny", .data = FMNIST_DIR, .eval_model = WORKER_EVAL_MODEL,
                 .steps = 1000, .batch = 0, .seed = 1, .save_every = 100, .log_every = 10,
-                .eval_n = 0, .fail_at = -1};
+                .eval_n = 0, .fail_at = -1, .reward_n = 1000, .beta = 1, .lambda = 1e-3,
+                .w_pix = 1, .w_feat = 1, .w_adv = 0.1};
     if (!json_is_object(root)) {
         snprintf(err, errlen, "the spec must be a JSON object");
         return -1;
@@ -111,6 +118,8 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                            : !strcmp(key, "init")       ? &s->init
                            : !strcmp(key, "parent")     ? &s->parent
                            : !strcmp(key, "eval_model") ? &s->eval_model
+                           : !strcmp(key, "store")      ? &s->store
+                           : !strcmp(key, "teacher")    ? &s->teacher
                                                         : NULL;
         long *num = !strcmp(key, "steps")        ? &s->steps
                     : !strcmp(key, "batch")      ? &s->batch
@@ -120,7 +129,15 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                     : !strcmp(key, "eval_n")     ? &s->eval_n
                     : !strcmp(key, "fail_at")    ? &s->fail_at // tests: crash at this step
                     : !strcmp(key, "limit")      ? &s->limit
+                    : !strcmp(key, "reward_n")   ? &s->reward_n
+                    : !strcmp(key, "ch")         ? &s->ch
                                                  : NULL;
+        double *real = !strcmp(key, "beta")     ? &s->beta
+                       : !strcmp(key, "lambda") ? &s->lambda
+                       : !strcmp(key, "w_pix")  ? &s->w_pix
+                       : !strcmp(key, "w_feat") ? &s->w_feat
+                       : !strcmp(key, "w_adv")  ? &s->w_adv
+                                                : NULL;
         if (str) {
             if (!json_is_string(v)) {
                 snprintf(err, errlen, "spec key '%s' must be a string", key);
@@ -133,6 +150,12 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                 return -1;
             }
             *num = (long)json_integer_value(v);
+        } else if (real) {
+            if (!json_is_number(v) || json_number_value(v) < 0 || !isfinite(json_number_value(v))) {
+                snprintf(err, errlen, "spec key '%s' must be a number >= 0", key);
+                return -1;
+            }
+            *real = json_number_value(v);
         } else if (!strcmp(key, "classes")) {
             if (!json_is_array(v) || json_array_size(v) > 16) {
                 snprintf(err, errlen, "spec key 'classes' must be an array of at most 16 labels");
@@ -160,8 +183,29 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
             return -1;
         }
     }
-    if (strcmp(s->kind, "train")) {
-        snprintf(err, errlen, "unknown job kind '%s' (this worker runs: train)", s->kind);
+    s->k = !strcmp(s->kind, "train")      ? KIND_TRAIN
+           : !strcmp(s->kind, "finetune") ? KIND_FINETUNE
+           : !strcmp(s->kind, "distill")  ? KIND_DISTILL
+                                          : (Kind)-1;
+    if ((int)s->k < 0) {
+        snprintf(err, errlen, "unknown job kind '%s' (train, finetune or distill)", s->kind);
+        return -1;
+    }
+    if (s->k == KIND_FINETUNE && (!s->store || !(s->init || s->parent))) {
+        snprintf(err, errlen, "a finetune job needs 'store' (the server's steer.db) and 'init' or "
+                              "'parent' (the model to fine-tune)");
+        return -1;
+    }
+    if (s->k == KIND_DISTILL && !(s->teacher || s->parent)) {
+        snprintf(err, errlen, "a distill job needs 'teacher' (or 'parent')");
+        return -1;
+    }
+    if (s->k == KIND_FINETUNE && !s->init) s->init = s->parent;
+    if (s->k == KIND_DISTILL && !s->teacher) s->teacher = s->parent;
+    if (s->k == KIND_DISTILL && !s->parent) s->parent = s->teacher; // FD beside the teacher's
+    if (s->ch && (s->ch < 8 || s->ch > 1024 || (s->ch & (s->ch - 1)))) {
+        snprintf(err, errlen, "spec: ch (a fresh model's or the student's width) must be a power "
+                              "of two, 8..1024");
         return -1;
     }
     if (s->steps < 1 || s->batch > 4096 || s->log_every < 1) {
@@ -315,6 +359,42 @@ static void usage(FILE *f) {
                "stderr. SIGTERM saves a checkpoint and stops.\n");
 }
 
+// Generation speed of a checkpoint's G at batch 64 (images/s over about a second, after a warm-up
+// batch); NaN if it does not load.
+static double gen_speed(const char *path) {
+    Generator g;
+    char err[256];
+    if (generator_load(&g, path, WORKER_G_BATCH, err, sizeof err)) return NAN;
+    const SaganConfig *c = &g.cfg;
+    float *z = malloc(sizeof(float) * WORKER_G_BATCH * c->z_dim);
+    int32_t y[WORKER_G_BATCH] = {0};
+    double speed = NAN;
+    if (z) {
+        gan_sample_latents(c, 3, WORKER_G_BATCH, -1, z, c->n_classes ? y : NULL);
+        generator_forward(&g, z, c->n_classes ? y : NULL, WORKER_G_BATCH);
+        long n = 0;
+        double t0 = cli_now_s(), t;
+        do {
+            generator_forward(&g, z, c->n_classes ? y : NULL, WORKER_G_BATCH);
+            n += WORKER_G_BATCH;
+        } while ((t = cli_now_s() - t0) < 1.0);
+        speed = n / t;
+    }
+    free(z);
+    generator_free(&g);
+    return speed;
+}
+
+static double reward_of(FinetuneReward *r, const char *path, long n) {
+    Generator g;
+    char err[256];
+    double v = NAN;
+    if (generator_load(&g, path, WORKER_G_BATCH, err, sizeof err)) return NAN;
+    if (finetune_measure(r, &g, n, &v)) v = NAN;
+    generator_free(&g);
+    return v;
+}
+
 static int run(const char *dir) {
     char path[PATH_MAX], err[1024];
     snprintf(path, sizeof path, "%s/spec.json", dir);
@@ -330,6 +410,12 @@ static int run(const char *dir) {
     memset(&t, 0, sizeof t);
     Dataset data = {0};
     Judge judge = {0};
+    FinetuneReward fr;
+    Distiller dist;
+    memset(&fr, 0, sizeof fr);
+    memset(&dist, 0, sizeof dist);
+    float *theta0 = NULL;
+    double reward_now = NAN, pix = NAN, featl = NAN;
     int status = 1, rc;
     char latest[PATH_MAX + 32], final[PATH_MAX + 32];
     snprintf(latest, sizeof latest, "%s/latest.safetensors", dir);
@@ -340,7 +426,16 @@ static int run(const char *dir) {
     if (s.batch) hp.batch = (int)s.batch;
     if (apply_set(&hp, s.set, err, sizeof err)) goto fail;
     int resumed = access(latest, F_OK) == 0;
-    if (resumed || s.init) {
+    if (s.k == KIND_DISTILL && distill_init(&dist, s.teacher, hp.batch, err, sizeof err)) goto fail;
+    if (s.k == KIND_DISTILL && !resumed) { // a fresh student: the teacher's shape, a smaller width
+        SaganConfig cfg = dist.teacher.cfg;
+        cfg.ch = s.ch ? (int)s.ch : cfg.ch / 2;
+        if (sagan_config_check(&cfg, err, sizeof err)) goto fail;
+        if (gan_init(&t, &cfg, &hp, (uint64_t)s.seed)) {
+            snprintf(err, sizeof err, "out of memory building the student");
+            goto fail;
+        }
+    } else if (resumed || s.init) {
         // a resumed job keeps its own state; `init` starts from another run's whole state
         if (gan_load(&t, resumed ? latest : s.init, &hp, err, sizeof err)) goto fail;
         if (!resumed) t.step = 0;
@@ -350,10 +445,28 @@ static int run(const char *dir) {
             snprintf(err, sizeof err, "unknown config '%s'", s.config);
             goto fail;
         }
+        if (s.ch) cfg.ch = (int)s.ch;
+        if (sagan_config_check(&cfg, err, sizeof err)) goto fail;
         if (gan_init(&t, &cfg, &hp, (uint64_t)s.seed)) {
             snprintf(err, sizeof err, "out of memory building the model");
             goto fail;
         }
+    }
+    if (s.k == KIND_FINETUNE) { // the users' reward, and the weights the anchor pulls toward
+        if (finetune_reward_init(&fr, s.init, s.store, err, sizeof err)) goto fail;
+        Generator g0;
+        if (generator_load_weights(&g0, s.init, 1, GAN_WEIGHTS_RAW, err, sizeof err)) goto fail;
+        theta0 = malloc(sizeof(float) * t.G.ps.total);
+        if (theta0 && g0.ps.total == t.G.ps.total)
+            memcpy(theta0, g0.ps.params, sizeof(float) * t.G.ps.total);
+        int ok = theta0 && g0.ps.total == t.G.ps.total;
+        generator_free(&g0);
+        if (!ok) {
+            snprintf(err, sizeof err, "%s: cannot take its weights as the anchor", s.init);
+            goto fail;
+        }
+        fprintf(stderr, "steer worker: the users' reward: %ld comparisons, held-out accuracy %.3f\n",
+                fr.comparisons, fr.accuracy);
     }
     if (load_data(&data, &s, &t.cfg, 1, err, sizeof err)) goto fail;
     if (data.c != t.cfg.channels || data.h != t.cfg.img) {
@@ -377,7 +490,12 @@ static int run(const char *dir) {
             fprintf(stderr, "steer worker: fail_at %ld reached: aborting as asked\n", s.fail_at);
             abort();
         }
-        if ((rc = gan_step(&t, &data))) {
+        FinetuneConfig fc = {.beta = s.beta, .lambda = s.lambda, .eval_n = s.reward_n};
+        DistillConfig dc = {.w_pix = s.w_pix, .w_feat = s.w_feat, .w_adv = s.w_adv};
+        rc = s.k == KIND_FINETUNE ? finetune_step(&t, &fr, &fc, theta0, &data, &reward_now)
+             : s.k == KIND_DISTILL ? distill_step(&t, &dist, &dc, &data, &pix, &featl)
+                                   : gan_step(&t, &data);
+        if (rc) {
             snprintf(err, sizeof err, "step %ld failed: %s", t.step, kernels_strerror(rc));
             goto fail;
         }
@@ -388,12 +506,17 @@ static int run(const char *dir) {
         }
         if (t.step % s.log_every == 0 || t.step == s.steps) {
             double now = cli_now_s();
-            msg_begin(&m, "progress", 5);
+            msg_begin(&m, "progress", 5 + (s.k == KIND_FINETUNE) + 2 * (s.k == KIND_DISTILL));
             kv_int(&m, "step", t.step);
             kv_int(&m, "steps", s.steps);
             kv_num(&m, "loss_d", t.loss_d);
             kv_num(&m, "loss_g", t.loss_g);
             kv_num(&m, "images_per_s", (t.step - log_start) * t.hp.batch / (now - t_log + 1e-9));
+            if (s.k == KIND_FINETUNE) kv_num(&m, "reward", reward_now);
+            if (s.k == KIND_DISTILL) {
+                kv_num(&m, "pixel_loss", pix);
+                kv_num(&m, "feature_loss", featl);
+            }
             msg_send(&m);
             t_log = now;
             log_start = t.step;
@@ -428,13 +551,32 @@ static int run(const char *dir) {
         }
         if (why[0]) fprintf(stderr, "steer worker: no FD: %s\n", why);
     }
-    msg_begin(&m, "done", 5);
+    // what the kind is for: the users' reward before and after; the student's speed
+    double reward = NAN, parent_reward = NAN, speed = NAN, parent_speed = NAN;
+    if (s.k == KIND_FINETUNE) {
+        reward = reward_of(&fr, final, s.reward_n);
+        parent_reward = reward_of(&fr, s.init, s.reward_n);
+    } else if (s.k == KIND_DISTILL) {
+        speed = gen_speed(final);
+        parent_speed = gen_speed(s.teacher);
+    }
+    msg_begin(&m, "done", 9);
     kv_int(&m, "step", t.step);
     kv_str(&m, "path", final);
     kv_num(&m, "fd", fd);
     kv_num(&m, "parent_fd", parent_fd);
     kv_int(&m, "eval_n", s.eval_n);
+    kv_num(&m, "reward", reward);
+    kv_num(&m, "parent_reward", parent_reward);
+    kv_num(&m, "gen_images_per_s", speed);
+    kv_num(&m, "parent_gen_images_per_s", parent_speed);
     msg_send(&m);
+    if (s.k == KIND_FINETUNE)
+        fprintf(stderr, "steer worker: users' reward %.4f (served %.4f) over %ld frames\n", reward,
+                parent_reward, s.reward_n);
+    if (s.k == KIND_DISTILL)
+        fprintf(stderr, "steer worker: student %.0f images/s, teacher %.0f (batch 64)\n", speed,
+                parent_speed);
     fprintf(stderr, "steer worker: done at step %ld; %s; FD %.3f (parent %.3f, n %ld)\n", t.step,
             final, fd, parent_fd, s.eval_n);
     status = 0;
@@ -442,6 +584,9 @@ static int run(const char *dir) {
 fail:
     send_failed(err);
 done:
+    finetune_reward_free(&fr);
+    distill_free(&dist);
+    free(theta0);
     judge_free(&judge);
     dataset_free(&data);
     gan_free(&t);

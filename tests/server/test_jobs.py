@@ -22,12 +22,15 @@ STEER = os.environ.get("STEER_BIN", "build/steer")
 TOKEN = "admin-secret"
 
 
-def make_base(root):
+def make_base(root, ch=None):
     """A tiny checkpoint trained for 20 steps by `steer worker` itself: the served model."""
-    d = os.path.join(root, "base")
+    d = os.path.join(root, "base" if ch is None else f"base{ch}")
     os.makedirs(d)
+    spec = {"config": "tiny", "steps": 20, "batch": 16, "save_every": 0, "eval_n": 0}
+    if ch is not None:
+        spec["ch"] = ch
     with open(os.path.join(d, "spec.json"), "w") as f:
-        json.dump({"config": "tiny", "steps": 20, "batch": 16, "save_every": 0, "eval_n": 0}, f)
+        json.dump(spec, f)
     out = subprocess.run([STEER, "worker", "--dir", d], capture_output=True, timeout=600)
     assert out.returncode == 0, out.stderr.decode()[-2000:]
     return os.path.join(d, "final.safetensors")
@@ -241,10 +244,74 @@ async def test_jobs(tap, root):
         srv.stop_ok(tap)
 
 
+async def probe_brightness(url):
+    """Mean pixel of 32 frames of a seeded stream of a user with no feedback (prior latents)."""
+    async with connect(url, user="probe") as c:
+        await c.stream(1, n=32, format="raw8", seed=123)
+        fs = [await c.next_frame(T) for _ in range(32)]
+    return sum(sum(f.data) / len(f.data) for f in fs) / len(fs), fs[0].model_version
+
+
+async def test_finetune_distill(tap, root):
+    """Fine-tuning G on the users' feedback (they like dark frames) and distilling it into a
+    narrower student, both promoted and swapped in."""
+    base = make_base(root, ch=16)
+    tok = os.path.join(root, "admin.token")
+    data = os.path.join(root, "data-ft")
+    args = ("--model", base, "--admin-token-file", tok, "--data", data, "--batch", "8",
+            "--population-every", "0")
+    with h.Server(*args) as srv:
+        for user in ("ann", "ben"):
+            async with connect(srv.ws_url, user=user) as c:
+                await c.stream(1, n=40, format="raw8")
+                fs = [await c.next_frame(T) for _ in range(40)]
+                means = [sum(f.data) / len(f.data) for f in fs]
+                median = sorted(means)[20]
+                ids = []
+                for f, m in zip(fs, means):
+                    ids.append(f"{user}-{f.frame}")
+                    await c.feedback(ids[-1], "rate", frame=f.frame, value=1 if m < median else -1)
+                want = set(ids)
+                while want:
+                    m = await c.recv(T)
+                    if isinstance(m, dict) and m.get("t") == "ack":
+                        want.discard(m["id"])
+        before, v = await probe_brightness(srv.ws_url)
+        async with connect(srv.ws_url, user="admin", token=TOKEN) as a:
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "kind": "finetune", "steps": 30, "batch": 16, "log_every": 10, "eval_n": 300,
+                "reward_n": 300, "fd_margin": 1000}})
+            jid = (await job_reply(a, "submit"))["job"]["id"]
+            done = await wait_job(a, jid, lambda j: j["state"] in ("failed", "cancelled") or
+                                  j["model_version"] > 0 or j["message"].startswith("done; not"))
+            msg = done["job"]["message"]
+            r = re.search(r"users' reward ([0-9.]+), was ([0-9.]+)", msg)
+            tap.ok(done["job"]["model_version"] == 2 and r and float(r.group(1)) > float(r.group(2)),
+                   "finetune: the users' reward (P preferred to the average frame) beats the served "
+                   "model's; promoted as version 2", msg)
+            after, v2 = await probe_brightness(srv.ws_url)
+            tap.ok(v2 == 2 and after < before, "the same latents now draw darker frames, as the users "
+                   "asked", (before, after, v2))
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "kind": "distill", "ch": 8, "steps": 30, "batch": 16, "log_every": 10,
+                "eval_n": 300, "fd_margin": 1000}})
+            jid = (await job_reply(a, "submit"))["job"]["id"]
+            done = await wait_job(a, jid, lambda j: j["state"] in ("failed", "cancelled") or
+                                  j["model_version"] > 0 or j["message"].startswith("done; not"))
+            msg = done["job"]["message"]
+            tap.ok(done["job"]["model_version"] == 3 and re.search(r"[0-9]+ images/s, was [0-9]+", msg),
+                   "distill: a student of half the width, its speed beside the teacher's, promoted "
+                   "as version 3", msg)
+        _, v3 = await probe_brightness(srv.ws_url)
+        tap.eq(v3, 3, "frames now come from the student")
+        srv.stop_ok(tap)
+
+
 async def main():
     tap = h.Tap()
     with tempfile.TemporaryDirectory(prefix="steer-jobs-") as root:
         await test_jobs(tap, root)
+        await test_finetune_distill(tap, root)
     tap.done()
 
 

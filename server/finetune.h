@@ -1,0 +1,59 @@
+// finetune.h — fine-tuning the generator itself toward what users like (issue 5, item 4): the
+// worker's "finetune" job.
+//
+// The reward is the population model of the server's learning (server/learn.h): a Bradley–Terry
+// ensemble fitted on every user's stored comparisons, over features of the served D
+// (policy/features.h). Its mean weights w give r(x, y) = w . phi(x, y), linear in the pooled,
+// standardized last map of that D, so dr/dx is one backward pass through the (frozen) reward D.
+// Each step then updates G on
+//
+//   L_G = -beta * mean log p(G(z), y)  +  hinge G loss against the training D  +  lambda/2 |theta - theta0|^2
+//
+// where p = sigma(r(x, y) - r(average frame)) is the Bradley-Terry probability that the users
+// prefer the frame to the average one (bounded: a frame already liked stops pulling, so G does not
+// run off to features no real frame has)
+//
+// (gradient through G; the anchor keeps it near the served weights theta0, the adversarial term
+// keeps its frames realistic), after one usual D step (real data against G's frames) so that the
+// training D keeps judging realism as G moves. Reward and FD are measured before and after on the
+// same latents: the result is promoted only if its reward beats the served model's and its FD does
+// not regress past the job's margin (server/jobs.c).
+#ifndef SERVER_FINETUNE_H
+#define SERVER_FINETUNE_H
+
+#include "env/fmnist.h"
+#include "generator/gan.h"
+#include "server/learn.h"
+
+typedef struct {
+    double beta;   // reward weight (default 1)
+    double lambda; // anchor weight (default 1e-3 per parameter)
+    long eval_n;   // frames the reward is measured on (fixed latents; default 1000)
+} FinetuneConfig;
+
+// The reward: rebuilt from the store at db_path with the features of ckpt's D (the same pool and
+// calibration as the server's learning thread). Fails (err) when the store holds no feedback.
+typedef struct {
+    Learn learn;   // its population learner holds every user's comparisons; its Features the D
+    double *w;     // (F) the population's mean reward weights
+    double r0;     // w . the pool's mean features: the average frame's score
+    float *phi;    // scratch (max_B, F)
+    float *dfeat;  // scratch (max_B, D's feature size)
+    long comparisons;
+    double accuracy; // held-out accuracy of the population's reward model
+} FinetuneReward;
+
+int finetune_reward_init(FinetuneReward *r, const char *ckpt, const char *db_path, char *err,
+                         size_t errlen);
+void finetune_reward_free(FinetuneReward *r);
+
+// Mean reward of G's frames for n fixed latents (seed 7; the same for every model, so two models
+// are compared frame for frame). Returns 0 or a negative code.
+int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_reward);
+
+// One fine-tuning iteration on trainer t (a D step, then the G step above); theta0: G's starting
+// raw parameters (t->G.ps.total floats). *reward receives the batch's mean reward.
+int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, const float *theta0,
+                  const Dataset *data, double *reward);
+
+#endif

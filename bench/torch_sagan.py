@@ -281,6 +281,54 @@ def cmd_bench(args):
 
 # ---------------------------------------------------------------------------------------- train
 
+# ------------------------------------------------------------------------ steer's checkpoint names
+
+def steer_name(net, name):
+    """The name docs/checkpoint.md gives this twin's parameter `name` of `net` ("G" or "D")."""
+    if net == "G":
+        for i in range(3):
+            name = name.replace(f"convs.{i}.", f"blocks.{i}.conv.")
+    else:
+        name = name.replace("c1.", "conv0.", 1) if name.startswith("c1.") else name
+        for k, c in enumerate(("c2.", "c3.", "c4.")):
+            if name.startswith(c):
+                name = f"blocks.{k}.conv." + name[len(c):]
+    return f"{net}.{name}"
+
+
+def save_steer(gan, config, path):
+    """Writes G's and D's weights (with spectral norm's weight_orig / weight_u / weight_v) as a
+    safetensors file steer reads (`steer train --resume`, a job's `init`, `steer sample`): the
+    tensor names and metadata of docs/checkpoint.md, no optimizer state. Written by hand (the format
+    is a u64 header length, a JSON header and raw little-endian tensors), so that no package beyond
+    torch is needed."""
+    import json
+    import struct
+    cfg = CONFIGS[config]
+    tensors = {}
+    for net, module in (("G", gan.G), ("D", gan.D)):
+        for name, t in module.state_dict().items():
+            a = t.detach().cpu().float().numpy()
+            if name.endswith("gamma"):
+                a = a.reshape(1)
+            tensors[steer_name(net, name)] = np.ascontiguousarray(a, dtype="<f4")
+    meta = {"format": "steer.sagan.v1", "config": config, "ch": str(cfg["ch"]),
+            "z_dim": str(cfg["z_dim"]), "img": str(cfg["res"]), "channels": str(cfg["img_ch"]),
+            "n_classes": str(cfg["n_classes"]), "attn_res": "16"}
+    header, offset = {"__metadata__": meta}, 0
+    for name in sorted(tensors):
+        a = tensors[name]
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [offset, offset + a.nbytes]}
+        offset += a.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)))
+        f.write(text)
+        for name in sorted(tensors):
+            f.write(tensors[name].tobytes())
+
+
 def cmd_train(args):
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
@@ -311,7 +359,7 @@ def cmd_train(args):
 
     # 10000 samples of the final G (eval mode: spectral norm without a power iteration).
     G = gan.G.eval()
-    n, zd = 10000, gan.cfg["z_dim"]
+    n, zd = args.samples, gan.cfg["z_dim"]
     gen = torch.Generator().manual_seed(args.seed + 1)
     out = np.empty((n, gan.cfg["img_ch"], gan.cfg["res"], gan.cfg["res"]), np.float32)
     labels = torch.arange(n) // (n // gan.cfg["n_classes"]) if cond else None
@@ -321,6 +369,9 @@ def cmd_train(args):
             yl = labels[s:s + len(z)] if cond else None
             out[s:s + len(z)] = G(z, yl).numpy()
     np.save(os.path.join(args.out, "samples.npy"), out)
+    if args.save_steer:
+        save_steer(gan, args.config, args.save_steer)
+        print(f"weights -> {args.save_steer} (steer's checkpoint names)", flush=True)
     if cond:
         np.save(os.path.join(args.out, "labels.npy"), labels.numpy().astype(np.int64))
     print(f"done: {args.iters} iterations in {train_s:.1f} s "
@@ -344,6 +395,9 @@ def main():
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--out", required=True)
     t.add_argument("--log-every", type=int, default=100)
+    t.add_argument("--samples", type=int, default=10000, help="samples written to samples.npy")
+    t.add_argument("--save-steer", metavar="FILE",
+                   help="also write the trained weights as a steer checkpoint (docs/checkpoint.md)")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     print(f"# torch {torch.__version__} threads {torch.get_num_threads()}", file=sys.stderr)

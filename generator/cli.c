@@ -404,13 +404,15 @@ int cli_train(int argc, char **argv) {
 }
 
 static void sample_usage(FILE *f) {
-    fprintf(f, "usage: steer sample --ckpt FILE --n N --out FILE.npy|FILE.png [--seed S] "
+    fprintf(f, "usage: steer sample --ckpt FILE (--n N | --latents Z.npy) --out FILE.npy|FILE.png [--seed S] "
                "[--class K | --by-class] [--cols C]\n"
                "Samples N images from a checkpoint, deterministically for a seed.\n"
                "  .npy: float32, shape (N, C, H, W), values in [-1, 1]; .png: a grid\n"
                "  --class K  a conditional model samples class K only (default: uniform)\n"
                "  --by-class a conditional model fills row r of the grid with class r %% classes\n"
-               "  --cols C   grid columns (default 10)\n");
+               "  --cols C   grid columns (default 10)\n"
+               "  --latents Z.npy  draw these latents (float32, (n, z_dim)) instead of seeded ones;\n"
+               "             classes: --class K, else i %% classes\n");
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -419,10 +421,11 @@ static int ends_with(const char *s, const char *suffix) {
 }
 
 int cli_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL;
+    const char *ckpt = NULL, *out = NULL, *latents = NULL;
     long n = 0, seed = 0, cls = -1, cols = 10;
     int by_class = 0;
     static const struct option opts[] = {{"ckpt", 1, 0, 'c'}, {"n", 1, 0, 'n'},
+                                         {"latents", 1, 0, 'L'},
                                          {"out", 1, 0, 'o'},  {"seed", 1, 0, 's'},
                                          {"class", 1, 0, 'k'}, {"cols", 1, 0, 'w'},
                                          {"by-class", 0, 0, 'B'},
@@ -438,12 +441,35 @@ int cli_sample(int argc, char **argv) {
         case 'k': if (cli_parse_long("sample", optarg, 0, 999, "--class", &cls)) return 2; break;
         case 'w': if (cli_parse_long("sample", optarg, 1, 1000, "--cols", &cols)) return 2; break;
         case 'B': by_class = 1; break;
+        case 'L': latents = optarg; break;
         case 'h': sample_usage(stdout); return 0;
         default: sample_usage(stderr); return 2;
         }
     }
+    // --latents: the frames of given latents (n, Z) float32 .npy, e.g. a stored feedback's
+    float *given = NULL;
+    if (latents) {
+        int nd;
+        int64_t shape[NPY_MAX_DIMS];
+        char lerr[512];
+        if (npy_read_f32(latents, &given, &nd, shape, lerr, sizeof lerr) || nd != 2) {
+            fprintf(stderr, "steer sample: --latents %s: %s\n", latents,
+                    given ? "must be a 2-D array (n, z_dim)" : lerr);
+            free(given);
+            return 2;
+        }
+        if (n && n != shape[0]) {
+            fprintf(stderr, "steer sample: --n %ld but %s holds %lld latents\n", n, latents,
+                    (long long)shape[0]);
+            free(given);
+            return 2;
+        }
+        n = (long)shape[0];
+        seed = shape[1]; // checked against the model's z_dim below
+    }
     if (!ckpt || !out || !n || optind < argc) {
         sample_usage(stderr);
+        free(given);
         return 2;
     }
     int png = ends_with(out, ".png");
@@ -474,7 +500,18 @@ int cli_sample(int argc, char **argv) {
         fprintf(stderr, "steer sample: out of memory for %ld samples\n", n);
         goto done;
     }
-    gan_sample_latents(c, (uint64_t)seed, n, (int)cls, z, y);
+    if (given && seed != c->z_dim) {
+        fprintf(stderr, "steer sample: --latents %s: rows of %ld values, the model's z_dim is %d\n",
+                latents, seed, c->z_dim);
+        status = 2;
+        goto done;
+    }
+    if (given) { // classes: --class K, else i % classes
+        memcpy(z, given, sizeof(float) * n * c->z_dim);
+        for (long i = 0; i < n; i++) y[i] = c->n_classes ? (cls >= 0 ? (int32_t)cls : (int32_t)(i % c->n_classes)) : 0;
+    } else {
+        gan_sample_latents(c, (uint64_t)seed, n, (int)cls, z, y);
+    }
     if (by_class && c->n_classes)
         for (long i = 0; i < n; i++) y[i] = (int32_t)((i / cols) % c->n_classes);
     for (long i = 0; i < n; i += BATCH) {
@@ -501,6 +538,7 @@ int cli_sample(int argc, char **argv) {
     fprintf(stderr, "wrote %ld samples of %s to %s\n", n, ckpt, out);
     status = 0;
 done:
+    free(given);
     free(z);
     free(x);
     free(y);

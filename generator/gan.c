@@ -161,11 +161,13 @@ int gan_hparams_get(const GanHparams *hp, const char *key, char *buf, size_t len
 static int hparams_from_meta(const StFile *f, GanHparams *h, char *err, size_t errlen) {
     gan_hparams_default(h);
     char why[512];
+    // a weights-only file (no training state, e.g. from PyTorch) may leave every key out
+    int whole = safetensors_find(f, "train.step") != NULL;
     for (int i = 0; i < HP_NKEYS; i++) {
         const HpKey *k = &HP_KEYS[i];
         const char *s = safetensors_meta(f, k->key);
         if (!s) {
-            if (k->required)
+            if (k->required && whole)
                 return snprintf(err, errlen, "%s: metadata has no '%s'", f->path, k->key), -1;
             continue;
         }
@@ -712,6 +714,9 @@ static int load_paramset(const StFile *f, const char *prefix, ParamSet *ps, int 
         if (p->sn) {
             int64_t r = p->rows, c = p->cols;
             sn_name(nm, sizeof nm, prefix, p->name, 'u');
+            // a weights-only file (another framework's) may leave out the power-iteration vectors:
+            // the initial ones then converge within the first steps
+            if (!with_opt && !safetensors_find(f, nm)) continue;
             if ((rc = load_tensor(f, nm, ST_F32, 1, &r, ps->sn_u + p->u_offset, err, errlen)))
                 return rc;
             sn_name(nm, sizeof nm, prefix, p->name, 'v');
@@ -758,12 +763,20 @@ int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, s
         snprintf(err, errlen, "%s: out of memory building the model", path);
         goto fail;
     }
-    int64_t one = 1, four = 4, step;
-    if ((rc = load_paramset(&f, "G.", &t->G.ps, 1, err, errlen)) ||
-        (rc = load_paramset(&f, "D.", &t->D.ps, 1, err, errlen)) ||
-        (rc = load_tensor(&f, "train.step", ST_I64, 1, &one, &step, err, errlen)) ||
-        (rc = load_tensor(&f, "train.rng", ST_U64, 1, &four, t->rng.s, err, errlen)))
+    int64_t one = 1, four = 4, step = 0;
+    // A file without train.step holds weights only (e.g. exported from PyTorch with the names of
+    // docs/checkpoint.md): Adam starts from zero, the step from 0, the draws from gan_init's seed.
+    int whole = safetensors_find(&f, "train.step") != NULL;
+    if ((rc = load_paramset(&f, "G.", &t->G.ps, whole, err, errlen)) ||
+        (rc = load_paramset(&f, "D.", &t->D.ps, whole, err, errlen)) ||
+        (whole && (rc = load_tensor(&f, "train.step", ST_I64, 1, &one, &step, err, errlen))) ||
+        (whole && (rc = load_tensor(&f, "train.rng", ST_U64, 1, &four, t->rng.s, err, errlen))))
         goto fail;
+    if (!whole) // power iterations from the initial vectors, so that sigma is right at step 1
+        for (int k = 0; k < 20; k++) {
+            paramset_sn_forward(&t->G.ps, 1);
+            paramset_sn_forward(&t->D.ps, 1);
+        }
     if (step < 0) {
         rc = -1;
         snprintf(err, errlen, "%s: train.step is negative", path);
@@ -830,6 +843,14 @@ static int network_load(const char *path, int which, int max_B, Generator *g, Di
     }
     if ((rc = load_paramset(&f, prefix, ps, 0, err, errlen))) goto fail;
     ps->sn_off = g ? !h.sn_g : !h.sn_d;
+    char first_u[NAME_LEN];
+    int missing_u = 0; // a weights-only file without power-iteration vectors: converge them here
+    for (int i = 0; i < ps->n && !missing_u; i++)
+        if (ps->p[i].sn) {
+            sn_name(first_u, sizeof first_u, prefix, ps->p[i].name, 'u');
+            missing_u = !safetensors_find(&f, first_u);
+        }
+    for (int k = 0; missing_u && k < 20; k++) paramset_sn_forward(ps, 1);
     paramset_sn_forward(ps, 0);
     safetensors_free(&f);
     return 0;

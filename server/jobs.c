@@ -410,6 +410,9 @@ static void on_worker_message(Jobs *js, Job *j, const msgpack_object *o) {
     } else if (!strcmp(type, "checkpoint")) {
         snprintf(j->message, sizeof j->message, "checkpoint at step %ld", j->step);
         changed(js, j, 1);
+    } else if (!strcmp(type, "eval")) {
+        snprintf(j->message, sizeof j->message, "FD %.3f at step %ld", fd, j->step);
+        changed(js, j, 0);
     } else if (!strcmp(type, "stopped")) {
         j->got_stopped = 1;
     } else if (!strcmp(type, "done")) {
@@ -665,7 +668,7 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
                                         "steps", "batch", "seed", "save_every", "log_every",
                                         "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
                                         "store", "teacher", "beta", "lambda", "w_pix", "w_feat",
-                                        "w_adv", "reward_n", "ch", NULL};
+                                        "w_adv", "reward_n", "ch", "eval_every", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {

@@ -42,7 +42,7 @@ typedef enum { KIND_TRAIN, KIND_FINETUNE, KIND_DISTILL } Kind;
 typedef struct {
     const char *kind, *config, *data, *init, *parent, *eval_model, *store, *teacher;
     Kind k;
-    long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit, reward_n, ch;
+    long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit, reward_n, ch, eval_every;
     double beta, lambda, w_pix, w_feat, w_adv;
     int classes[16], n_classes; // keep only these labels of the data (0: all)
     json_t *set; // object of training switches, or NULL
@@ -131,6 +131,7 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                     : !strcmp(key, "limit")      ? &s->limit
                     : !strcmp(key, "reward_n")   ? &s->reward_n
                     : !strcmp(key, "ch")         ? &s->ch
+                    : !strcmp(key, "eval_every") ? &s->eval_every
                                                  : NULL;
         double *real = !strcmp(key, "beta")     ? &s->beta
                        : !strcmp(key, "lambda") ? &s->lambda
@@ -483,7 +484,7 @@ static int run(const char *dir) {
     msg_send(&m);
     fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
-    double t_log = cli_now_s();
+    double t_log = cli_now_s(), t_start = t_log;
     long log_start = t.step;
     while (t.step < s.steps && !stop_requested) {
         if (s.fail_at >= 0 && t.step == s.fail_at) {
@@ -521,6 +522,23 @@ static int run(const char *dir) {
             t_log = now;
             log_start = t.step;
         }
+        if (s.eval_every && s.eval_n > 0 && t.step % s.eval_every == 0 && t.step < s.steps) {
+            // an FD curve: the model as it is now, against the same test images as at the end
+            char why[512] = "", mid[PATH_MAX + 32];
+            snprintf(mid, sizeof mid, "%s/eval.safetensors", dir);
+            if (!judge.ready && judge_init(&judge, &s, why, sizeof why)) judge.ready = -1;
+            double fd_now = NAN;
+            if (judge.ready == 1 && !gan_save(&t, mid, why, sizeof why)) {
+                int fixed = s.n_classes == 1 ? s.classes[0] : -1;
+                fd_now = judge_fd(&judge, mid, s.eval_n, fixed, why, sizeof why);
+            }
+            msg_begin(&m, "eval", 3);
+            kv_int(&m, "step", t.step);
+            kv_num(&m, "fd", fd_now);
+            kv_num(&m, "seconds", cli_now_s() - t_start);
+            msg_send(&m);
+            fprintf(stderr, "steer worker: step %ld FD %.3f%s%s\n", t.step, fd_now, why[0] ? ": " : "", why);
+        }
         if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps) {
             if (gan_save(&t, latest, err, sizeof err)) goto fail;
             msg_begin(&m, "checkpoint", 2);
@@ -543,7 +561,7 @@ static int run(const char *dir) {
     double fd = NAN, parent_fd = NAN;
     char why[512] = "";
     if (s.eval_n > 0) {
-        if (judge_init(&judge, &s, why, sizeof why) == 0) {
+        if (judge.ready == 1 || (!judge.ready && judge_init(&judge, &s, why, sizeof why) == 0)) {
             int fixed = s.n_classes == 1 ? s.classes[0] : -1; // one class: sample that class
             fd = judge_fd(&judge, final, s.eval_n, fixed, why, sizeof why);
             if (s.parent && fd == fd)

@@ -15,7 +15,10 @@ int finetune_reward_init(FinetuneReward *r, const char *ckpt, const char *db_pat
                          size_t errlen) {
     memset(r, 0, sizeof *r);
     // never refitted on its own (every 2^40 feedback): refitted once below on all it holds
-    if (learn_load(&r->learn, ckpt, db_path, FINETUNE_POOL, 1L << 40, err, errlen)) return -1;
+    // frames of every model version are redrawn with their own G (found in the registry); the
+    // version of ckpt itself is not known here, so its frames too come from the registry's file
+    if (learn_load(&r->learn, ckpt, UINT64_MAX, db_path, FINETUNE_POOL, 1L << 40, err, errlen))
+        return -1;
     Learner *pop = &r->learn.pop;
     if (pop->n == 0) {
         snprintf(err, errlen, "%s holds no feedback to fine-tune on", db_path);

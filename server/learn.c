@@ -45,11 +45,80 @@ static LearnUser *user_get(Learn *l, const char *name) {
     return u;
 }
 
-// The features of n frames given by latent and class: G draws them again, D looks at them.
-static int frames_features(Learn *l, const float *z, const int32_t *cls, int n, float *phi) {
-    const int32_t *y = l->g.cfg.n_classes ? cls : NULL;
-    int rc = generator_forward(&l->g, z, y, n);
-    return rc ? rc : features_compute(&l->feat, l->g.img, y, n, phi);
+// The generator of model version v, which drew frames stamped with it: the one learning opened
+// with (base_version, or v 0), else loaded once from the registry (the store's `model` table) and
+// kept (LEARN_MODELS of them). Falls back to the base one, saying so once, when v cannot be loaded.
+static Generator *generator_of(Learn *l, uint64_t v) {
+    if (v == 0 || v == l->base_version) return &l->g;
+    for (int i = 0; i < l->n_models; i++)
+        if (l->model_version[i] == v) return l->models[i];
+    char path[4096] = "", err[512] = "";
+    sqlite3 *db = NULL;
+    sqlite3_stmt *q = NULL;
+    if (sqlite3_open_v2(l->db_path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
+        sqlite3_prepare_v2(db, "SELECT path FROM model WHERE version = ?1", -1, &q, NULL) == SQLITE_OK) {
+        sqlite3_bind_int64(q, 1, (sqlite3_int64)v);
+        if (sqlite3_step(q) == SQLITE_ROW) snprintf(path, sizeof path, "%s", (const char *)sqlite3_column_text(q, 0));
+    }
+    sqlite3_finalize(q);
+    sqlite3_close(db);
+    Generator *g = path[0] ? calloc(1, sizeof *g) : NULL;
+    int ok = g && !generator_load(g, path, LEARN_CHUNK, err, sizeof err) &&
+             g->cfg.z_dim == l->g.cfg.z_dim && g->cfg.n_classes == l->g.cfg.n_classes &&
+             g->cfg.img == l->g.cfg.img && g->cfg.channels == l->g.cfg.channels;
+    if (!ok) { // remembered as the base generator, so the store is asked once
+        if (g) generator_free(g);
+        free(g);
+        g = &l->g;
+    }
+    if (l->n_models == LEARN_MODELS) { // forget the oldest
+        if (l->models[0] != &l->g) {
+            generator_free(l->models[0]);
+            free(l->models[0]);
+        }
+        memmove(l->models, l->models + 1, (LEARN_MODELS - 1) * sizeof *l->models);
+        memmove(l->model_version, l->model_version + 1, (LEARN_MODELS - 1) * sizeof *l->model_version);
+        l->n_models--;
+    }
+    l->models[l->n_models] = g;
+    l->model_version[l->n_models++] = v;
+    if (ok) return g;
+    if (!l->warned_version) {
+        fprintf(stderr, "steer: learning: frames of model version %llu are redrawn with version %llu "
+                        "(%s)\n", (unsigned long long)v, (unsigned long long)l->base_version,
+                path[0] ? (err[0] ? err : "another shape") : "not in the registry");
+        l->warned_version = 1;
+    }
+    return &l->g;
+}
+
+// The features of n frames given by latent, class and model version: each version's G draws its
+// frames again, D looks at them all at once.
+static int frames_features(Learn *l, const float *z, const int32_t *cls, const uint64_t *ver, int n,
+                           float *phi) {
+    const SaganConfig *c = &l->g.cfg;
+    long img = (long)c->channels * c->img * c->img;
+    const int32_t *y = c->n_classes ? cls : NULL;
+    int done[LEARN_CHUNK] = {0}, rc = 0;
+    for (int i = 0; i < n && !rc; i++) {
+        if (done[i]) continue;
+        // the frames of ver[i], gathered, drawn, scattered back into l->img
+        int idx[LEARN_CHUNK], m = 0;
+        for (int k = i; k < n; k++)
+            if (!done[k] && ver[k] == ver[i]) idx[m++] = k, done[k] = 1;
+        float zb[LEARN_CHUNK * 512];
+        int32_t yb[LEARN_CHUNK];
+        if (c->z_dim > 512) return KERNELS_EINVAL;
+        for (int k = 0; k < m; k++) {
+            memcpy(zb + (long)k * c->z_dim, z + (long)idx[k] * c->z_dim, (size_t)c->z_dim * sizeof(float));
+            yb[k] = cls[idx[k]];
+        }
+        Generator *g = generator_of(l, ver[i]);
+        rc = generator_forward(g, zb, y ? yb : NULL, m);
+        for (int k = 0; !rc && k < m; k++)
+            memcpy(l->img + idx[k] * img, g->img + k * img, (size_t)img * sizeof(float));
+    }
+    return rc ? rc : features_compute(&l->feat, l->img, y, n, phi);
 }
 
 // The comparisons of one feedback on n frames with features phi (n, F) into a learner: frame 0
@@ -190,11 +259,12 @@ static int process(Learn *l, StoreItem *items, long left, uint64_t *events, uint
             for (int i = 0; i < end->n_frames; i++) {
                 memcpy(l->z + (long)(n + i) * Z, end->latents + (long)i * Z, (size_t)Z * sizeof(float));
                 l->cls[n + i] = end->frames[i].cls < 0 ? 0 : end->frames[i].cls;
+                l->ver[n + i] = end->frames[i].model_version;
             }
             n += end->n_frames;
         }
         if (end == items) end = items->next; // an item of more frames than a chunk: refused below
-        int frc = n > 0 ? frames_features(l, l->z, l->cls, n, l->phi) : KERNELS_EINVAL;
+        int frc = n > 0 ? frames_features(l, l->z, l->cls, l->ver, n, l->phi) : KERNELS_EINVAL;
         long off = 0;
         while (items != end) {
             StoreItem *it = items;
@@ -252,7 +322,8 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
     int rc = 0, Z = l->pool.z_dim;
     if (sqlite3_open_v2(db_path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db,
-                           "SELECT f.id, f.user, f.kind, f.value, f.tie, fr.class, fr.latent "
+                           "SELECT f.id, f.user, f.kind, f.value, f.tie, fr.class, fr.latent, "
+                           "fr.model_version "
                            "FROM feedback f JOIN feedback_frame fr ON fr.feedback = f.id "
                            "ORDER BY f.id, fr.rowid",
                            -1, &q, NULL) != SQLITE_OK) {
@@ -313,6 +384,7 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
         }
         if (it->n_frames < STORE_MAX_FRAMES && sqlite3_column_bytes(q, 6) == (int)(Z * sizeof(float))) {
             memcpy(it->latents + (long)it->n_frames * Z, sqlite3_column_blob(q, 6), (size_t)Z * sizeof(float));
+            it->frames[it->n_frames].model_version = (uint64_t)sqlite3_column_int64(q, 7);
             it->frames[it->n_frames++].cls = sqlite3_column_int(q, 5);
         }
     }
@@ -334,9 +406,11 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
     return rc;
 }
 
-int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
-               char *err, size_t errlen) {
+int learn_load(Learn *l, const char *ckpt, uint64_t version, const char *db_path, long pool_n,
+               long pop_every, char *err, size_t errlen) {
     memset(l, 0, sizeof *l);
+    l->base_version = version;
+    snprintf(l->db_path, sizeof l->db_path, "%s", db_path);
     l->max_comparisons = LEARN_MAX_COMPARISONS;
     l->pop_every = pop_every;
     l->pop_accuracy = NAN;
@@ -351,8 +425,10 @@ int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, lon
     float *images = malloc((size_t)pool_n * img * sizeof(float));
     l->phi = malloc((size_t)LEARN_CHUNK * F * sizeof(float));
     l->z = malloc((size_t)LEARN_CHUNK * Z * sizeof(float));
+    l->img = malloc((size_t)LEARN_CHUNK * img * sizeof(float));
+    l->ver = calloc(LEARN_CHUNK, sizeof(uint64_t));
     l->cls = malloc((size_t)LEARN_CHUNK * sizeof(int32_t));
-    if (!images || !l->phi || !l->z || !l->cls || policy_pool_alloc(&l->pool, pool_n, Z, C, F)) {
+    if (!images || !l->phi || !l->z || !l->cls || !l->img || !l->ver || policy_pool_alloc(&l->pool, pool_n, Z, C, F)) {
         free(images);
         snprintf(err, errlen, "out of memory for a policy pool of %ld frames", pool_n);
         return -1;
@@ -391,9 +467,9 @@ int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, lon
     return 0;
 }
 
-int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
-               uv_async_t *async, char *err, size_t errlen) {
-    if (learn_load(l, ckpt, db_path, pool_n, pop_every, err, errlen)) return -1;
+int learn_open(Learn *l, const char *ckpt, uint64_t version, const char *db_path, long pool_n,
+               long pop_every, uv_async_t *async, char *err, size_t errlen) {
+    if (learn_load(l, ckpt, version, db_path, pool_n, pop_every, err, errlen)) return -1;
     l->async = async;
     uv_async_send(async); // the loop installs the rebuilt policies before it takes a connection
     if (pthread_create(&l->thread, NULL, learn_main, l)) {
@@ -463,5 +539,12 @@ void learn_close(Learn *l) {
     free(l->phi);
     free(l->z);
     free(l->cls);
+    free(l->img);
+    free(l->ver);
+    for (int i = 0; i < l->n_models; i++)
+        if (l->models[i] != &l->g) {
+            generator_free(l->models[i]);
+            free(l->models[i]);
+        }
     memset(l, 0, sizeof *l);
 }

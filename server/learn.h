@@ -25,6 +25,7 @@
 #include "server/store.h"
 
 #define LEARN_PAIRS 4 // actively chosen pairs a snapshot carries for pair mode
+#define LEARN_MODELS 4 // generators of other model versions kept to redraw their frames
 
 // A published policy of one user, for the loop thread; user "" is the population's, which users
 // without feedback of their own draw from.
@@ -55,6 +56,15 @@ typedef struct {
     float *phi;   // (LEARN_CHUNK, F) features of a chunk of feedback frames
     float *z;     // (LEARN_CHUNK, Z) their latents
     int32_t *cls; // (LEARN_CHUNK) their classes
+    uint64_t *ver; // (LEARN_CHUNK) the model version that drew each
+    float *img;   // (LEARN_CHUNK, C, H, W) the frames, drawn again
+    // generators of other model versions (a hot swap's), loaded from the registry when their
+    // frames come back in feedback; base_version is the one learning opened with
+    uint64_t base_version;
+    char db_path[4096];
+    Generator *models[LEARN_MODELS];
+    uint64_t model_version[LEARN_MODELS];
+    int n_models, warned_version;
     LearnUser **users;
     int n_users, cap_users;
     pthread_t thread;
@@ -78,17 +88,19 @@ typedef struct {
     long rebuilt_events, rebuild_failures;
 } Learn;
 
-// Builds the pool (pool_n frames, seeded) with G and D of ckpt, rebuilds every user's learner (and
+// Builds the pool (pool_n frames, seeded) with G and D of ckpt (model version `version`; frames of
+// other versions are redrawn with their own G, found in the store's registry), rebuilds every
+// user's learner (and
 // the population model, refitted every pop_every feedback; 0 = none) from the store at db_path (if
 // it exists), queues their policies for learn_take, and starts the thread. Returns 0 or -1 with err
 // set (nothing left running; learn_close is still safe).
-int learn_open(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
-               uv_async_t *async, char *err, size_t errlen);
+int learn_open(Learn *l, const char *ckpt, uint64_t version, const char *db_path, long pool_n,
+               long pop_every, uv_async_t *async, char *err, size_t errlen);
 // What learn_open does before it starts the thread: the pool, and every learner (and the
 // population, which holds every user's latest comparisons) rebuilt from the store. For a tool that
 // needs the learned reward without serving (the fine-tuning worker); learn_close frees it.
-int learn_load(Learn *l, const char *ckpt, const char *db_path, long pool_n, long pop_every,
-               char *err, size_t errlen);
+int learn_load(Learn *l, const char *ckpt, uint64_t version, const char *db_path, long pool_n,
+               long pop_every, char *err, size_t errlen);
 // Hands a stored (not duplicate) feedback item to the thread, which frees it.
 void learn_submit(Learn *l, StoreItem *item);
 // Takes every published policy, oldest first; free each with learn_snap_free.

@@ -9,6 +9,7 @@
 // generator nothing more. Not here: TLS (run behind a proxy), HTTP/2, feedback and jobs (issues 4-5).
 #include "server/serve.h"
 
+#include <cblas.h>
 #include <errno.h>
 #include <math.h>
 #include <getopt.h>
@@ -1528,6 +1529,10 @@ int cli_serve(int argc, char **argv) {
     }
     if (sv->opt.origins && parse_origins(sv, sv->opt.origins)) return 2;
     signal(SIGPIPE, SIG_IGN);
+    // OpenBLAS (the learning thread's LAPACK and BLAS) on its own thread pool would deadlock: its
+    // fork handler shuts the pool down when the loop spawns a worker (uv_spawn forks) while the
+    // learning thread waits on it inside a call. The learning thread is meant to use one core.
+    openblas_set_num_threads(1);
     // Each connection is a descriptor: raise the soft limit to the hard one.
     struct rlimit rl;
     if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
@@ -1627,7 +1632,7 @@ int cli_serve(int argc, char **argv) {
     if (sv->opt.policy_pool > 0) {
         char db_path[4200];
         snprintf(db_path, sizeof db_path, "%s/steer.db", sv->opt.data_dir);
-        if (learn_open(&sv->learn, sv->serve_path, db_path, sv->opt.policy_pool,
+        if (learn_open(&sv->learn, sv->serve_path, sv->model.version, db_path, sv->opt.policy_pool,
                        sv->opt.population_every, &sv->learn_async, err, sizeof err)) {
             fprintf(stderr, "steer serve: learning: %s\n", err);
             generator_free(g);

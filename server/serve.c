@@ -1440,26 +1440,6 @@ static int read_token_file(const char *opt, const char *path, char *out) {
     return 0;
 }
 
-static int read_token(Server *sv, const char *path) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "steer serve: cannot read --token-file %s: %s\n", path, strerror(errno));
-        return -1;
-    }
-    char line[PROTO_TOKEN_MAX + 2] = {0};
-    if (!fgets(line, sizeof line, f)) line[0] = 0;
-    fclose(f);
-    line[strcspn(line, "\r\n")] = 0;
-    if (!line[0] || strlen(line) > PROTO_TOKEN_MAX) {
-        fprintf(stderr, "steer serve: --token-file %s: the first line must be a token of 1..%d bytes\n",
-                path, PROTO_TOKEN_MAX);
-        return -1;
-    }
-    memcpy(sv->token, line, strlen(line) + 1);
-    sv->has_token = 1;
-    return 0;
-}
-
 static int parse_origins(Server *sv, const char *list) {
     if (strlen(list) >= sizeof sv->origin_buf) {
         fprintf(stderr, "steer serve: --origin list too long\n");
@@ -1522,7 +1502,10 @@ int cli_serve(int argc, char **argv) {
     Server *sv = &server;
     int rc = parse_options(&sv->opt, argc, argv);
     if (rc) return rc == 1 ? 0 : rc;
-    if (sv->opt.token_file && read_token(sv, sv->opt.token_file)) return 2;
+    if (sv->opt.token_file) {
+        if (read_token_file("--token-file", sv->opt.token_file, sv->token)) return 2;
+        sv->has_token = 1;
+    }
     if (sv->opt.admin_token_file) {
         if (read_token_file("--admin-token-file", sv->opt.admin_token_file, sv->admin_token)) return 2;
         sv->has_admin_token = 1;

@@ -3,7 +3,8 @@
 // opens one stream at a time (a gallery of independent samples, a walk through latent space, or A/B
 // pairs to choose between) and shows its PNG frames, gallery and walk paced to a target rate. What the
 // user thinks of the frames goes back as `feedback` (thumbs, "more/less like this", "A or B?"), and
-// the Learning panel shows what the server's policy made of it (`policy` messages).
+// the Learning panel shows what the server's policy made of it (`policy` messages). The Training tab
+// (dashboard.js) is the admin's: this file hands it the `job` and `model` messages and job errors.
 //
 // Flow control: a gallery or walk stream holds at most `creditWindow()` frames granted-but-unreceived
 // plus received-but-unpainted. Credit is handed back only when a frame is painted, so a tab that stops
@@ -50,6 +51,7 @@
         pairsAnswered: 0,
         policy: null, // the last `policy` message: how learning from this user goes
         policyHistory: [], // every `policy` message of the page's life, oldest first
+        // dashboard.js adds admin, jobs, jobLoss, models, servedVersion, dashError, ... (see there)
     };
     window.steer = steer;
 
@@ -418,7 +420,7 @@
     function noteShown(f, mode) {
         steer.framesShown++;
         steer.lastFrame = { stream: f.stream, frame: f.frame, seq: f.seq, class: f.class, mode,
-            policy_version: f.policy_version };
+            policy_version: f.policy_version, model_version: f.model_version };
         if (typeof f.model_version === 'number' && f.model_version !== steer.modelVersion) {
             steer.modelVersion = f.model_version;
             el.modelVersion.textContent = String(f.model_version);
@@ -651,7 +653,8 @@
             if (/^[A-Za-z0-9_.@-]{1,64}$/.test(user)) hello.user = user;
             else showError('client', 'bad_user', 'user must be 1..64 of A-Z a-z 0-9 _ . @ -; using anonymous');
         }
-        const token = new URLSearchParams(location.hash.slice(1)).get('token');
+        let token = new URLSearchParams(location.hash.slice(1)).get('token');
+        if (dashboard) token = dashboard.helloToken(token); // the admin token also admits
         if (token) hello.token = token;
         return hello;
     }
@@ -685,6 +688,7 @@
             setState('live', 'session ' + msg.session + ', ' + msg.user);
             resendFeedback();
             openStream();
+            if (dashboard) dashboard.onWelcome(msg);
             break;
         case 'frame':
             onFrame(msg);
@@ -695,12 +699,28 @@
         case 'policy':
             onPolicy(msg);
             break;
+        case 'model':
+            onModel(msg);
+            break;
+        case 'job':
+            if (dashboard) dashboard.onJob(msg);
+            break;
         case 'error':
+            if (dashboard) dashboard.onError(msg, welcome !== null); // shown there as well as here
             showError('server', msg.code, msg.msg, msg.ref);
             break;
         default:
             break; // `stopped`, and message types newer than this page, need nothing from it
         }
+    }
+
+    // The served generator changed: frames drawn from now on carry this version.
+    function onModel(m) {
+        if (!isNum(m.version)) return;
+        steer.modelVersion = m.version;
+        if (steer.model) steer.model.version = m.version;
+        el.modelVersion.textContent = String(m.version);
+        if (dashboard) dashboard.onModel(m);
     }
 
     function scheduleReconnect() {
@@ -736,16 +756,32 @@
         };
         sock.onclose = (ev) => {
             if (sock !== ws) return;
-            ws = null;
-            welcome = null;
-            if (stream) releaseStream(stream);
-            stream = null;
-            if (steer.mode === 'pair') pairWaiting('waiting for a pair');
+            dropSocket();
             steer.closeCode = ev.code;
             scheduleReconnect();
         };
         // An error is always followed by close, which reconnects.
         sock.onerror = () => {};
+    }
+
+    // Forgets the current socket and what streamed on it; its later events are ignored.
+    function dropSocket() {
+        ws = null;
+        welcome = null;
+        if (stream) releaseStream(stream);
+        stream = null;
+        if (steer.mode === 'pair') pairWaiting('waiting for a pair');
+        if (dashboard) dashboard.onClose();
+    }
+
+    // A new session at once (the admin token changed): the old socket is closed, not waited for.
+    function reconnectNow() {
+        clearTimeout(reconnectTimer);
+        const old = ws;
+        dropSocket();
+        if (old) old.close(1000);
+        backoffMs = BACKOFF_MIN_MS;
+        connect();
     }
 
     // ---- controls ----
@@ -776,6 +812,9 @@
         ev.preventDefault();
         pairAnswerSend(answer);
     });
+
+    const dashboard = window.SteerDashboard ? window.SteerDashboard.create({ steer, send, reconnect: reconnectNow,
+        niceCeil, cssVar }) : null;
 
     el.walk.append(feedbackButtons(() => walkFrame, [['More like this', 1, 'rate the image on screen +1', 'walk-more'],
         ['Less like this', -1, 'rate the image on screen -1', 'walk-less']]));

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 
 export const ROOT = process.env.STEER_ROOT ||
     path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const BIN = process.env.STEER_BIN || path.join(ROOT, 'build', 'steer');
+export const BIN = process.env.STEER_BIN || path.join(ROOT, 'build', 'steer');
 
 export class Tap {
     constructor() { this.n = 0; this.failed = 0; }

@@ -533,4 +533,4 @@ TESTS = [test_malformed, test_max_message, test_rate_flood, test_max_connections
          test_idle_and_ping]
 
 if __name__ == "__main__":
-    h.run(TESTS, timeout=45)
+    h.run(TESTS, timeout=120)  # per test; test_idle_and_ping starts two servers and waits on pings

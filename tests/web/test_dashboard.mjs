@@ -89,10 +89,26 @@ try {
 
     // The jobs of a page's window.steer, and a wait on one of them.
     const job = (id) => page.evaluate((k) => window.steer.jobs.find((j) => j.id === k) || null, id);
-    const waitJob = (id, pred, timeout = T_JOB) => page.waitForFunction(([k, src]) => {
-        const j = window.steer.jobs.find((x) => x.id === k);
-        return j && (0, eval)(src)(j); // eslint-disable-line no-eval
-    }, [id, pred.toString()], { timeout });
+    const waitJob = async (id, pred, timeout = T_JOB) => {
+        try {
+            await page.waitForFunction(([k, src]) => {
+                const j = window.steer.jobs.find((x) => x.id === k);
+                return j && (0, eval)(src)(j); // eslint-disable-line no-eval
+            }, [id, pred.toString()], { timeout });
+        } catch (e) { // say where the job stood
+            throw new Error(`job ${id} never met ${pred}: ${JSON.stringify(await job(id))}; ${e.message}`);
+        }
+    };
+    // Click a job's button and see its op leave on the WebSocket (a click that missed fails here, not
+    // as a wait on the job's state).
+    const clickOp = async (id, op) => {
+        const before = jobSent.admin.filter((m) => m.op === op && m.id === id).length;
+        await page.click(`#jobs tr[data-job="${id}"] button[data-op="${op}"]`);
+        for (let t = 0; t < T && jobSent.admin.filter((m) => m.op === op && m.id === id).length === before; t += 50)
+            await sleep(50);
+        tap.ok(jobSent.admin.filter((m) => m.op === op && m.id === id).length > before,
+            `the ${op} button of job ${id} sent ${op}`, await job(id));
+    };
     const visibleOps = (id) => page.$$eval(`#jobs tr[data-job="${id}"] button[data-op]`,
         (bs) => bs.filter((b) => !b.hidden).map((b) => b.dataset.op));
     const served = (p, v) => p.waitForFunction((want) => window.steer.servedVersion === want &&
@@ -252,7 +268,7 @@ try {
         'a done job that is not promoted shows only Promote', await job(c));
     tap.ok(/promote: false/.test(await page.textContent(`#jobs tr[data-job="${c}"] .c-message`)),
         'its message says why it was not promoted', await page.textContent(`#jobs tr[data-job="${c}"] .c-message`));
-    await page.click(`#jobs tr[data-job="${c}"] button[data-op="promote"]`);
+    await clickOp(c, 'promote');
     await waitJob(c, (j) => j.model_version === 3);
     await served(page, 3);
     tap.ok(await page.isVisible('#models tr[data-version="3"].served'), 'Promote: version 3 is registered and served');
@@ -264,16 +280,16 @@ try {
     const l = await page.evaluate(() => window.steer.lastSubmitted);
     await waitJob(l, (j) => j.state === 'running' && j.message.startsWith('checkpoint'));
     tap.eq(JSON.stringify(await visibleOps(l)), '["pause","cancel"]', 'a running job shows Pause and Cancel');
-    await page.click(`#jobs tr[data-job="${l}"] button[data-op="pause"]`);
+    await clickOp(l, 'pause');
     await waitJob(l, (j) => j.state === 'paused');
     const paused = await job(l);
     tap.ok(paused.step >= 10 && await page.textContent(`#jobs tr[data-job="${l}"] .c-state`) === 'paused',
         'Pause: the job is paused after its checkpoint', paused);
     tap.eq(JSON.stringify(await visibleOps(l)), '["resume","cancel"]', 'a paused job shows Resume and Cancel');
-    await page.click(`#jobs tr[data-job="${l}"] button[data-op="resume"]`);
+    await clickOp(l, 'resume');
     await waitJob(l, (j) => j.state === 'running' && j.message.startsWith('running from step'));
     tap.eq((await job(l)).step, paused.step, 'Resume: it runs again from its checkpoint');
-    await page.click(`#jobs tr[data-job="${l}"] button[data-op="cancel"]`);
+    await clickOp(l, 'cancel');
     await waitJob(l, (j) => j.state === 'cancelled');
     tap.ok(await page.textContent(`#jobs tr[data-job="${l}"] .c-state`) === 'cancelled' &&
         JSON.stringify(await visibleOps(l)) === '[]', 'Cancel: the job is cancelled, no button left');

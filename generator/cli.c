@@ -279,6 +279,10 @@ int cli_train(int argc, char **argv) {
             fprintf(stderr, "steer train: %s\n", err);
             return 2;
         }
+    if (gan_hparams_check(&hp, err, sizeof err)) {
+        fprintf(stderr, "steer train: %s\n", err);
+        return 2;
+    }
     if (resume) {
         if ((rc = gan_load(&t, resume, &hp, err, sizeof err))) {
             fprintf(stderr, "steer train: %s\n", err);
@@ -369,6 +373,10 @@ int cli_train(int argc, char **argv) {
             if (t.hp.r1_gamma > 0 || t.hp.gp_lambda > 0 || t.hp.ortho_beta > 0 || t.hp.l1_act > 0)
                 snprintf(extra, sizeof extra, "  penalty_d %.4f  reg_g %.4f", t.penalty_d,
                          t.reg_g);
+            if (t.cfg.prog) {
+                size_t k = strlen(extra);
+                snprintf(extra + k, sizeof extra - k, "  res %d alpha %.2f", 4 << t.level, t.alpha);
+            }
             printf("step %ld/%ld  loss_d %.4f  loss_g %.4f%s  %.0f images/s  eta %s\n", t.step,
                    iters, t.loss_d, t.loss_g, extra, ips, eta);
             fflush(stdout);

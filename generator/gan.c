@@ -28,7 +28,7 @@
 void gan_hparams_default(GanHparams *hp) {
     *hp = (GanHparams){.lr_g = 1e-4f, .lr_d = 4e-4f, .beta1 = 0.0f, .beta2 = 0.9f, .eps = 1e-8f,
                        .batch = 64, .sn_g = 1, .sn_d = 1, .penalty_every = 1,
-                       .penalty_fd_step = 0.1f};
+                       .penalty_fd_step = 0.1f, .prog_from = 8};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -73,6 +73,12 @@ static const HpKey HP_KEYS[] = {
      "dropout rate on D's last features (0: off)"},
     {"ema_decay", HP_FLOAT, HP(ema_decay), 0, 0.999999, 0, 0, "EMA decay of G (0: off)"},
     {"ema_start", HP_LONG, HP(ema_start), 0, 1e15, 0, 0, "steps before the EMA starts averaging"},
+    {"prog_stable", HP_LONG, HP(prog_stable), 0, 1e15, 0, 0,
+     "progressive growing: steps at each resolution (0: off)"},
+    {"prog_fade", HP_LONG, HP(prog_fade), 0, 1e15, 0, 0,
+     "progressive growing: steps of each fade-in"},
+    {"prog_from", HP_INT, HP(prog_from), 8, 1024, 0, 0,
+     "progressive growing: the first resolution (8, 16, ...)"},
     {"freeze_d", HP_INT, HP(freeze_d), 0, SAGAN_MAX_STAGES + 2, 0, 0,
      "D layers frozen from the input side (FreezeD)"},
 };
@@ -100,7 +106,8 @@ int gan_hparams_set(GanHparams *hp, const char *key, const char *value, char *er
     if (!k) {
         snprintf(err, errlen, "unknown training switch '%s' (known: lr_g, lr_d, beta1, beta2, eps, "
                  "batch, weight_decay[_g|_d], sn_g, sn_d, r1_gamma, gp_lambda, penalty_every, "
-                 "penalty_fd_step, ortho_beta, l1_act, d_dropout, ema_decay, ema_start, freeze_d)",
+                 "penalty_fd_step, ortho_beta, l1_act, d_dropout, ema_decay, ema_start, freeze_d, "
+                 "prog_stable, prog_fade, prog_from)",
                  key ? key : "(null)");
         return -1;
     }
@@ -175,6 +182,52 @@ static int hparams_from_meta(const StFile *f, GanHparams *h, char *err, size_t e
             return snprintf(err, errlen, "%s: metadata: %s", f->path, why), -1;
     }
     return 0;
+}
+
+int gan_hparams_check(const GanHparams *hp, char *err, size_t errlen) {
+    if (hp->prog_stable > 0 && (hp->r1_gamma > 0.0f || hp->gp_lambda > 0.0f || hp->freeze_d > 0)) {
+        snprintf(err, errlen, "progressive growing (prog_stable) does not go with %s",
+                 hp->freeze_d > 0 ? "freeze_d" : "r1_gamma or gp_lambda");
+        return -1;
+    }
+    if (hp->prog_stable > 0 && (hp->prog_from & (hp->prog_from - 1))) {
+        snprintf(err, errlen, "prog_from %d: must be a power of two (8, 16, ...)", hp->prog_from);
+        return -1;
+    }
+    return 0;
+}
+
+// The schedule: prog_stable steps at the first level, then for each next level prog_fade steps
+// of fade-in (alpha = (i + 1) / prog_fade at its i-th step) and prog_stable steps at it; the last
+// level lasts for ever.
+void gan_prog_level(const GanHparams *hp, int n_stages, long step, int *level, float *alpha) {
+    *level = n_stages;
+    *alpha = 1.0f;
+    if (hp->prog_stable <= 0) return;
+    int L = 1;
+    while (L < n_stages && (4 << L) < hp->prog_from) L++;
+    long t = step;
+    for (;; L++) {
+        if (L >= n_stages) return;
+        if (t < hp->prog_stable) {
+            *level = L;
+            return;
+        }
+        t -= hp->prog_stable;
+        if (t < hp->prog_fade) {
+            *level = L + 1;
+            *alpha = (float)((double)(t + 1) / (double)hp->prog_fade);
+            return;
+        }
+        t -= hp->prog_fade;
+    }
+}
+
+long gan_prog_steps(const GanHparams *hp, int n_stages) {
+    if (hp->prog_stable <= 0) return 0;
+    int L = 1;
+    while (L < n_stages && (4 << L) < hp->prog_from) L++;
+    return (long)(n_stages - L) * (hp->prog_stable + hp->prog_fade);
 }
 
 int gan_hparams_load(GanHparams *hp, const char *path, char *err, size_t errlen) {
@@ -257,12 +310,16 @@ void gan_penalty_buffers_free(GanPenaltyBuffers *pb) {
     memset(pb, 0, sizeof *pb);
 }
 
-int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64_t seed) {
+int gan_init(GanTrainer *t, const SaganConfig *cfg_in, const GanHparams *hp, uint64_t seed) {
     memset(t, 0, sizeof *t);
-    t->cfg = *cfg;
+    t->cfg = *cfg_in;
+    if (hp->prog_stable > 0) t->cfg.prog = 1;
+    const SaganConfig *cfg = &t->cfg;
     t->hp = *hp;
     int B = hp->batch;
     long img = (long)cfg->channels * cfg->img * cfg->img;
+    t->level = sagan_stages(cfg);
+    t->alpha = 1.0f;
     // Three independent streams from one seed: G's init, D's init, and training's draws.
     if (generator_init(&t->G, cfg, B, seed * 3 + 1)) return -1;
     if (discriminator_init(&t->D, cfg, 2 * B, seed * 3 + 2)) return -1;
@@ -278,6 +335,12 @@ int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64
     t->dlogits = params_zalloc(sizeof(float) * 2 * B);
     t->dimg = params_zalloc(sizeof(float) * B * img);
     if (!t->z || !t->y || !t->x || !t->dlogits || !t->dimg) return -1;
+    if (cfg->prog) {
+        t->real = params_zalloc(sizeof(float) * B * img);
+        t->pool_a = params_zalloc(sizeof(float) * B * img);
+        t->pool_b = params_zalloc(sizeof(float) * B * img);
+        if (!t->real || !t->pool_a || !t->pool_b) return -1;
+    }
     if (gan_penalty_buffers_init(&t->pen, &t->D, B)) return -1;
     // The techniques' buffers are small beside the activations, so they exist whatever the
     // switches say and a switch can be turned on at any step.
@@ -314,6 +377,10 @@ void gan_free(GanTrainer *t) {
     free(t->ema_u);
     free(t->ema_v);
     free(t->ema_w_sn);
+    free(t->real);
+    free(t->pool_a);
+    free(t->pool_b);
+    t->real = t->pool_a = t->pool_b = NULL;
     t->z = t->x = t->dlogits = t->dimg = NULL;
     t->y = NULL;
     t->ortho_scratch = t->ema = t->ema_u = t->ema_v = t->ema_w_sn = NULL;
@@ -466,6 +533,39 @@ static void gan_ema_update(GanTrainer *t) {
     }
 }
 
+// Sets G's and D's level for the current step (progressive growing; the full networks else).
+static int gan_set_level(GanTrainer *t) {
+    gan_prog_level(&t->hp, t->G.n_stages, t->step, &t->level, &t->alpha);
+    if (generator_set_level(&t->G, t->level, t->alpha) ||
+        discriminator_set_level(&t->D, t->level, t->alpha))
+        return KERNELS_EINVAL; // a schedule without the progressive layers (cfg.prog)
+    return 0;
+}
+
+// The real batch in t->real (B, C, img, img) brought down to resolution R into out: 2x2 average
+// pools, and while R fades in the blend alpha x_R + (1 - alpha) upsample(avgpool(x_R)), what G
+// makes at that point (PGGAN fades the real images in as it fades in G's layer).
+static void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alpha) {
+    int C = t->cfg.channels, r = t->cfg.img;
+    const float *src = t->real;
+    float *bufs[2] = {t->pool_a, t->pool_b};
+    int w = 0;
+    while (r > R) {
+        float *dst = r / 2 == R ? out : bufs[w];
+        avgpool2x_forward(dst, src, B, C, r, r);
+        src = dst;
+        r /= 2;
+        w ^= 1;
+    }
+    long n = (long)B * C * R * R;
+    if (src != out) memcpy(out, src, n * sizeof(float));
+    if (alpha < 1.0f) {
+        avgpool2x_forward(t->pool_a, out, B, C, R, R);
+        upsample2x_forward(t->pool_b, t->pool_a, B, C, R / 2, R / 2);
+        lerp_forward(out, out, t->pool_b, alpha, n);
+    }
+}
+
 int gan_d_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
     const GanHparams *h = &t->hp;
@@ -475,19 +575,26 @@ int gan_d_step(GanTrainer *t, const Dataset *data) {
         return KERNELS_EINVAL;
     if (c->n_classes && !data->labels) return KERNELS_EINVAL;
     if (B > t->G.max_B || h->penalty_every < 1) return KERNELS_EINVAL;
+    char why[160];
+    if (gan_hparams_check(h, why, sizeof why)) return KERNELS_EINVAL;
+    CHECK(gan_set_level(t));
+    int R = generator_resolution(&t->G), grow = c->prog && (R < c->img || t->alpha < 1.0f);
+    long imgR = (long)c->channels * R * R;
     const int32_t *ycond = c->n_classes ? t->y : NULL;
     gan_apply_switches(t);
 
     // D step: real batch (uniform draws with replacement, so the RNG is the whole data state).
+    float *real = grow ? t->real : t->x;
     for (int b = 0; b < B; b++) {
         uint32_t i = rng_below(&t->rng, (uint32_t)data->n);
-        memcpy(t->x + b * img, data->images + (long)i * img, img * sizeof(float));
+        memcpy(real + b * img, data->images + (long)i * img, img * sizeof(float));
         t->y[b] = data->labels ? data->labels[i] : 0;
     }
+    if (grow) gan_real_at_level(t, t->x, B, R, t->alpha);
     draw_fakes(t, t->y + B, B);
     paramset_sn_forward(&t->G.ps, 1);
     CHECK(generator_forward(&t->G, t->z, c->n_classes ? t->y + B : NULL, B));
-    memcpy(t->x + B * img, t->G.img, B * img * sizeof(float));
+    memcpy(t->x + B * imgR, generator_output(&t->G), B * imgR * sizeof(float));
     paramset_sn_forward(&t->D.ps, 1);
     t->D.train = 1;
     CHECK(discriminator_forward(&t->D, t->x, ycond, 2 * B));
@@ -517,16 +624,17 @@ int gan_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
     const GanHparams *h = &t->hp;
     int B = h->batch;
-    long img = (long)c->channels * c->img * c->img;
     CHECK(gan_d_step(t, data));
+    int R = generator_resolution(&t->G);
+    long imgR = (long)c->channels * R * R;
 
     // G step: fresh latents; D's parameters get no gradient, only its input does.
     draw_fakes(t, t->y + B, B);
     CHECK(generator_forward(&t->G, t->z, c->n_classes ? t->y + B : NULL, B));
     paramset_sn_forward(&t->D.ps, 1);
-    CHECK(discriminator_forward(&t->D, t->G.img, c->n_classes ? t->y + B : NULL, B));
+    CHECK(discriminator_forward(&t->D, generator_output(&t->G), c->n_classes ? t->y + B : NULL, B));
     t->loss_g = hinge_g_loss(t->dlogits, t->D.out, B);
-    memset(t->dimg, 0, B * img * sizeof(float));
+    memset(t->dimg, 0, B * imgR * sizeof(float));
     CHECK(discriminator_backward(&t->D, t->dlogits, B, 0, t->dimg));
     t->D.train = 0;
     paramset_zero_grad(&t->G.ps);
@@ -627,7 +735,7 @@ int gan_save(const GanTrainer *t, const char *path, char *err, size_t errlen) {
     list_add(&l, "", "train.rng", "", ST_U64, 1, &four, t->rng.s);
     list_add(&l, "", "train.dropout_seed", "", ST_U64, 1, &one, &t->D.dropout_seed);
     const SaganConfig *c = &t->cfg;
-    enum { NV = 8 + HP_NKEYS };
+    enum { NV = 12 + HP_NKEYS };
     char v[NV][32];
     const char *meta[2 * NV + 8];
     int nm = 0, nv = 0;
@@ -642,6 +750,15 @@ int gan_save(const GanTrainer *t, const char *path, char *err, size_t errlen) {
     META("channels", "%d", c->channels);
     META("n_classes", "%d", c->n_classes);
     META("attn_res", "%d", c->attn_res);
+    if (c->prog) {
+        // the layers' flag, and (for people reading the file) where the schedule stands
+        int level;
+        float alpha;
+        gan_prog_level(&t->hp, sagan_stages(c), t->step, &level, &alpha);
+        META("prog", "%d", c->prog);
+        META("prog_resolution", "%d", 4 << level);
+        META("prog_alpha", "%.9g", alpha);
+    }
 #undef META
     for (int i = 0; i < HP_NKEYS; i++) {
         if (HP_KEYS[i].alias) continue;
@@ -685,6 +802,8 @@ static int read_config(const StFile *f, SaganConfig *c, char *err, size_t errlen
         meta_int(f, "n_classes", 0, 1 << 20, &c->n_classes, err, errlen) ||
         meta_int(f, "attn_res", 0, 1 << 20, &c->attn_res, err, errlen))
         return -1;
+    // optional: files without progressive layers (all older ones) leave it out
+    if (safetensors_meta(f, "prog") && meta_int(f, "prog", 0, 1, &c->prog, err, errlen)) return -1;
     char why[256];
     if (sagan_config_check(c, why, sizeof why))
         return snprintf(err, errlen, "%s: bad model config: %s", f->path, why), -1;
@@ -759,6 +878,13 @@ int gan_load(GanTrainer *t, const char *path, const GanHparams *hp, char *err, s
     if ((rc = read_config(&f, &cfg, err, errlen))) goto fail;
     if ((rc = hparams_from_meta(&f, &h, err, errlen))) goto fail;
     if (hp) h = *hp;
+    if ((rc = gan_hparams_check(&h, err, errlen))) goto fail;
+    if (h.prog_stable > 0 && !cfg.prog) {
+        rc = -1;
+        snprintf(err, errlen, "%s: progressive growing needs the model's progressive layers, and "
+                 "this checkpoint has none: start a progressive run from scratch", path);
+        goto fail;
+    }
     if ((rc = gan_init(t, &cfg, &h, 0))) {
         snprintf(err, errlen, "%s: out of memory building the model", path);
         goto fail;
@@ -826,9 +952,33 @@ static int network_load(const char *path, int which, int max_B, Generator *g, Di
         snprintf(err, errlen, "%s: metadata: %s", path, why);
         goto fail;
     }
+    // and a progressive run's schedule, to load the networks at the level the run had reached
+    static const char *const prog_keys[] = {"prog_stable", "prog_fade", "prog_from"};
+    for (int i = 0; i < 3; i++) {
+        const char *v = safetensors_meta(&f, prog_keys[i]);
+        if (v && gan_hparams_set(&h, prog_keys[i], v, why, sizeof why)) {
+            rc = -1;
+            snprintf(err, errlen, "%s: metadata: %s", path, why);
+            goto fail;
+        }
+    }
+    int64_t one = 1, step = 0;
+    if (cfg.prog && safetensors_find(&f, "train.step") &&
+        (rc = load_tensor(&f, "train.step", ST_I64, 1, &one, &step, err, errlen)))
+        goto fail;
     if ((rc = g ? generator_init(g, &cfg, max_B, 0) : discriminator_init(d, &cfg, max_B, 0))) {
         snprintf(err, errlen, "%s: out of memory building the model", path);
         goto fail;
+    }
+    if (cfg.prog) {
+        int level;
+        float alpha;
+        gan_prog_level(&h, sagan_stages(&cfg), (long)step, &level, &alpha);
+        if (g ? generator_set_level(g, level, alpha) : discriminator_set_level(d, level, alpha)) {
+            rc = -1;
+            snprintf(err, errlen, "%s: progressive schedule at a level the model cannot take", path);
+            goto fail;
+        }
     }
     ParamSet *ps = g ? &g->ps : &d->ps;
     const char *prefix = g ? "G." : "D.";

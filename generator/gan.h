@@ -35,6 +35,13 @@ typedef struct {
     float ema_decay;    // 0: off; EMA of G's weights (e.g. 0.999)
     long ema_start;     // 0: the EMA copies G until this many steps are done, then averages
     int freeze_d;       // 0: off; k: D's first k layers are not updated (FreezeD)
+    // Progressive growing (PGGAN, Karras et al. 2018), off while prog_stable is 0: training starts
+    // at resolution prog_from (8) for prog_stable steps, then each next resolution fades in over
+    // prog_fade steps and trains prog_stable steps, up to the model's; the model then needs its
+    // progressive layers (SaganConfig.prog: gan_init adds them). gan_prog_level says where a step is.
+    long prog_stable;   // 0: off
+    long prog_fade;     // steps of each fade-in (0: a new resolution starts at once)
+    int prog_from;      // 8: first resolution (a power of two in [8, img])
 } GanHparams;
 
 void gan_hparams_default(GanHparams *hp);
@@ -49,6 +56,15 @@ int gan_hparams_get(const GanHparams *hp, const char *key, char *buf, size_t len
 // The i-th key gan_hparams_set knows (aliases excluded), with a one-line description in *help
 // (if not NULL); NULL past the last.
 const char *gan_hparams_key(int i, const char **help);
+// Checks the switches against each other: progressive growing does not go with R1/WGAN-GP (their
+// double backward holds D's full-resolution pattern) or FreezeD (which counts full-size layers).
+// Returns 0, or -1 with a message in err.
+int gan_hparams_check(const GanHparams *hp, char *err, size_t errlen);
+// The progressive level (1..n_stages, resolution 4 << level) and fade-in alpha in (0, 1] of a
+// model with n_stages stages after step steps; level n_stages, alpha 1 when growing is off.
+void gan_prog_level(const GanHparams *hp, int n_stages, long step, int *level, float *alpha);
+// Steps until the schedule reaches the full resolution (0 when off).
+long gan_prog_steps(const GanHparams *hp, int n_stages);
 // Reads the hyperparameters recorded in a checkpoint's metadata (keys absent from older
 // checkpoints keep their defaults). Returns 0 or a negative code with a message in err.
 int gan_hparams_load(GanHparams *hp, const char *path, char *err, size_t errlen);
@@ -87,9 +103,15 @@ typedef struct {
     float *ema_u, *ema_v; // (G.ps.u_total), (G.ps.v_total)
     float *ema_w_sn;   // (G.ps.total) scratch for the power iteration
     int ema_live;      // the EMA buffers follow G (0 after a step with the EMA off: restart)
+    // Progressive growing: the real batch at full size and two scratch buffers for pooling it
+    // (only with cfg.prog); the level and fade-in of the last step.
+    float *real, *pool_a, *pool_b;
+    int level;
+    float alpha;
 } GanTrainer;
 
-// A fresh trainer: G and D initialized from seed, Adam state zero, step 0.
+// A fresh trainer: G and D initialized from seed, Adam state zero, step 0. With progressive
+// growing on in hp, the model gets its progressive layers (t->cfg.prog = 1).
 // Returns 0 or -1 (out of memory; safe to gan_free).
 int gan_init(GanTrainer *t, const SaganConfig *cfg, const GanHparams *hp, uint64_t seed);
 void gan_free(GanTrainer *t);

@@ -25,13 +25,13 @@
 // configs
 
 static const SaganConfig CONFIGS[] = {
-    {"fmnist32", 32, 128, 32, 1, 0, 16},
-    {"fmnist32c", 32, 128, 32, 1, 10, 16},
-    {"tiny", 8, 16, 32, 1, 0, 16},
-    {"tinyc", 8, 16, 32, 1, 10, 16},
-    {"tiny64", 16, 16, 64, 3, 4, 16},
-    {"rgb32", 32, 128, 32, 3, 0, 16},
-    {"rgb64", 32, 128, 64, 3, 0, 16},
+    {"fmnist32", 32, 128, 32, 1, 0, 16, 0},
+    {"fmnist32c", 32, 128, 32, 1, 10, 16, 0},
+    {"tiny", 8, 16, 32, 1, 0, 16, 0},
+    {"tinyc", 8, 16, 32, 1, 10, 16, 0},
+    {"tiny64", 16, 16, 64, 3, 4, 16, 0},
+    {"rgb32", 32, 128, 32, 3, 0, 16, 0},
+    {"rgb64", 32, 128, 64, 3, 0, 16, 0},
 };
 
 int sagan_config_lookup(SaganConfig *c, const char *name) {
@@ -144,6 +144,13 @@ static void generator_carve(Generator *g, Carver *cv) {
     }
     g->pre = carve(cv, B * c->channels * r * r);
     g->img = carve(cv, B * c->channels * r * r);
+    if (c->prog) {
+        long full = B * c->channels * r * r;
+        g->img_lo = carve(cv, full / 4);
+        g->pre_old = carve(cv, full / 4);
+        g->pre_old_up = carve(cv, full);
+        g->pre_mix = carve(cv, full);
+    }
 }
 
 int generator_init(Generator *g, const SaganConfig *cfg, int max_B, uint64_t seed) {
@@ -178,6 +185,18 @@ int generator_init(Generator *g, const SaganConfig *cfg, int max_B, uint64_t see
                        &g->p_gamma);
     int so[4] = {cfg->channels, g->chan[g->n_stages], 3, 3};
     decl(ps, &g->p_out_w, &g->p_out_b, "out", 4, so, 1, g->chan[g->n_stages] * 9);
+    // progressive growing: toRGB of each level below the last, declared last so that the other
+    // parameters draw the same initial values as without them
+    for (int L = 0; L < SAGAN_MAX_STAGES; L++) g->p_rgb_w[L] = g->p_rgb_b[L] = -1;
+    if (cfg->prog)
+        for (int L = 1; L < g->n_stages; L++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "torgb.%d", 4 << L);
+            int sr[4] = {cfg->channels, g->chan[L], 1, 1};
+            decl(ps, &g->p_rgb_w[L], &g->p_rgb_b[L], nm, 4, sr, 1, g->chan[L]);
+        }
+    g->level = g->n_stages;
+    g->alpha = 1.0f;
     if (paramset_alloc(ps)) return -1;
     Rng rng;
     rng_seed(&rng, seed);
@@ -234,10 +253,55 @@ static void generator_l1_backward(Generator *g, int s, int B) {
     l1_backward(GRAD(g, a), a, (float)(g->l1_act / (double)n), n);
 }
 
+// Levels: see sagan.h. A level is valid for a network with n stages when it is in [1, n], alpha
+// in (0, 1] (1 at level 1: there is no level 0 to fade from), and a level below n or a fade has
+// the layers of progressive growing.
+static int level_ok(const SaganConfig *c, int n, int level, float alpha) {
+    if (level < 1 || level > n || !(alpha > 0.0f && alpha <= 1.0f)) return 0;
+    if (alpha < 1.0f && level < 2) return 0;
+    return c->prog || (level == n && alpha == 1.0f);
+}
+
+int generator_set_level(Generator *g, int level, float alpha) {
+    if (!level_ok(&g->cfg, g->n_stages, level, alpha)) return -1;
+    g->level = level;
+    g->alpha = alpha;
+    return 0;
+}
+
+int generator_resolution(const Generator *g) { return 4 << g->level; }
+
+const float *generator_output(const Generator *g) {
+    return g->level < g->n_stages ? g->img_lo : g->img;
+}
+
+// The image layer of level L: the `out` conv (3x3) at the last level, toRGB L (1x1) below it.
+static int generator_rgb_forward(Generator *g, float *pre, int L, int B) {
+    const SaganConfig *c = &g->cfg;
+    int r = 4 << L, last = L == g->n_stages;
+    const float *x = generator_stage_input(g, L);
+    return conv2d_forward(pre, x, W(g, last ? g->p_out_w : g->p_rgb_w[L]),
+                          W(g, last ? g->p_out_b : g->p_rgb_b[L]), B, g->chan[L], r, r,
+                          c->channels, last ? 3 : 1, 1, last ? 1 : 0);
+}
+
+static int generator_rgb_backward(Generator *g, const float *dpre, int L, int B) {
+    const SaganConfig *c = &g->cfg;
+    int r = 4 << L, last = L == g->n_stages;
+    const float *x = generator_stage_input(g, L);
+    int w = last ? g->p_out_w : g->p_rgb_w[L], b = last ? g->p_out_b : g->p_rgb_b[L];
+    return conv2d_backward(GRAD(g, x), DW(g, w), DW(g, b), dpre, x, W(g, w), B, g->chan[L], r, r,
+                           c->channels, last ? 3 : 1, 1, last ? 1 : 0);
+}
+
+// The pre-tanh image of the last forward (the blend while fading in).
+static float *generator_pre_out(const Generator *g) { return g->alpha < 1.0f ? g->pre_mix : g->pre; }
+
 static int generator_forward_threads(Generator *g, const float *z, const int32_t *y, int B) {
     const SaganConfig *c = &g->cfg;
     if (B < 1 || B > g->max_B) return KERNELS_EINVAL;
-    int Z = c->z_dim, C0 = g->chan[0];
+    if (!level_ok(c, g->n_stages, g->level, g->alpha)) return KERNELS_EINVAL;
+    int Z = c->z_dim, C0 = g->chan[0], L = g->level;
     g->zin = z;
     g->labels = y;
     if (c->n_classes) {
@@ -253,7 +317,7 @@ static int generator_forward_threads(Generator *g, const float *z, const int32_t
     pixelnorm_forward(g->pn0, g->rn0, g->fc, B, C0, 16);
     const float *x = g->pn0;
     int r = 4;
-    for (int s = 0; s < g->n_stages; s++) {
+    for (int s = 0; s < L; s++) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         upsample2x_forward(g->up[s], x, B, Ci, r, r);
         r *= 2;
@@ -269,12 +333,19 @@ static int generator_forward_threads(Generator *g, const float *z, const int32_t
             x = g->att;
         }
     }
-    CHECK(conv2d_forward(g->pre, x, W(g, g->p_out_w), W(g, g->p_out_b), B, g->chan[g->n_stages], r,
-                         r, c->channels, 3, 1, 1));
-    tanh_forward(g->img, g->pre, (long)B * c->channels * r * r);
+    long n_img = (long)B * c->channels * r * r;
+    CHECK(generator_rgb_forward(g, g->pre, L, B));
+    if (g->alpha < 1.0f) { // PGGAN's fade-in: the previous level's image, upsampled, blended
+        CHECK(generator_rgb_forward(g, g->pre_old, L - 1, B));
+        upsample2x_forward(g->pre_old_up, g->pre_old, B, c->channels, r / 2, r / 2);
+        lerp_forward(g->pre_mix, g->pre, g->pre_old_up, g->alpha, n_img);
+    }
+    float *out = (float *)generator_output(g);
+    tanh_forward(out, generator_pre_out(g), n_img);
+    if (L < g->n_stages) upsample_nearest_forward(g->img, out, B, c->channels, r, r, c->img / r);
     g->l1_value = 0.0;
     if (g->l1_act > 0.0f)
-        for (int s = 0; s <= g->n_stages; s++) {
+        for (int s = 0; s <= L; s++) {
             long n = generator_block_numel(g, s, B);
             g->l1_value += g->l1_act * l1_forward(generator_stage_input(g, s), n) / (double)n;
         }
@@ -296,14 +367,21 @@ int generator_forward(Generator *g, const float *z, const int32_t *y, int B) {
 int generator_backward(Generator *g, const float *dimg, int B) {
     const SaganConfig *c = &g->cfg;
     if (B < 1 || B > g->max_B) return KERNELS_EINVAL;
-    int Z = c->z_dim, C0 = g->chan[0], n_st = g->n_stages, r = c->img;
+    int Z = c->z_dim, C0 = g->chan[0], L = g->level, r = generator_resolution(g);
+    long n_img = (long)B * c->channels * r * r;
     memset(g->dacts, 0, g->acts_total * sizeof(float));
-    tanh_backward(GRAD(g, g->pre), dimg, g->img, (long)B * c->channels * r * r);
-    const float *x = generator_stage_input(g, n_st);
-    CHECK(conv2d_backward(GRAD(g, x), DW(g, g->p_out_w), DW(g, g->p_out_b), GRAD(g, g->pre), x,
-                          W(g, g->p_out_w), B, g->chan[n_st], r, r, c->channels, 3, 1, 1));
-    generator_l1_backward(g, n_st, B);
-    for (int s = n_st - 1; s >= 0; s--) {
+    float *pre = generator_pre_out(g);
+    tanh_backward(GRAD(g, pre), dimg, generator_output(g), n_img);
+    if (g->alpha < 1.0f) {
+        lerp_backward(GRAD(g, g->pre), GRAD(g, g->pre_old_up), GRAD(g, g->pre_mix), g->alpha,
+                      n_img);
+        upsample2x_backward(GRAD(g, g->pre_old), GRAD(g, g->pre_old_up), B, c->channels, r / 2,
+                            r / 2);
+        CHECK(generator_rgb_backward(g, GRAD(g, g->pre_old), L - 1, B));
+    }
+    CHECK(generator_rgb_backward(g, GRAD(g, g->pre), L, B));
+    generator_l1_backward(g, L, B);
+    for (int s = L - 1; s >= 0; s--) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         long n = (long)B * Co * r * r;
         if (s == g->attn_stage)
@@ -348,6 +426,15 @@ static void discriminator_carve(Discriminator *d, Carver *cv) {
             d->att_scratch = carve(cv, attention_scratch_floats(d->max_B, C, N));
         }
     }
+    if (d->cfg.prog) {
+        // the old path of a fade into level L reads x pooled to R/2 (at most img/2) and makes
+        // chan[k0 + 1] maps there (k0 = n_stages - L >= 0): largest at k0 = 0
+        int h = d->cfg.img / 2;
+        d->xpool = carve(cv, B * d->cfg.channels * h * h);
+        d->old_pre = carve(cv, B * d->chan[1] * h * h);
+        d->old_act = carve(cv, B * d->chan[1] * h * h);
+        d->blend = carve(cv, B * d->chan[1] * h * h);
+    }
     d->out = carve(cv, B);
     d->proj = carve(cv, B * d->chan[d->n_stages] * 16);
     d->feat_drop = carve(cv, B * d->chan[d->n_stages] * 16);
@@ -386,6 +473,16 @@ int discriminator_init(Discriminator *d, const SaganConfig *cfg, int max_B, uint
         int se[2] = {cfg->n_classes, F};
         d->p_embed = paramset_add(ps, "embed.weight_orig", 2, se, 1, PARAMS_INIT_NORMAL, 1, 0);
     }
+    for (int L = 0; L < SAGAN_MAX_STAGES; L++) d->p_rgb_w[L] = d->p_rgb_b[L] = -1;
+    if (cfg->prog)
+        for (int L = 1; L < d->n_stages; L++) {
+            char nm[32];
+            snprintf(nm, sizeof nm, "fromrgb.%d", 4 << L);
+            int sr[4] = {d->chan[d->n_stages - L], cfg->channels, 1, 1};
+            decl(ps, &d->p_rgb_w[L], &d->p_rgb_b[L], nm, 4, sr, 1, cfg->channels);
+        }
+    d->level = d->n_stages;
+    d->alpha = 1.0f;
     if (paramset_alloc(ps)) return -1;
     Rng rng;
     rng_seed(&rng, seed);
@@ -414,10 +511,30 @@ void discriminator_free(Discriminator *d) {
     d->acts = d->dacts = NULL;
 }
 
-// The tensor that feeds stage k (k == n_stages: the flattened features).
+// The first stage D runs at its level: n_stages - level (0 at the last level).
+static int discriminator_first_stage(const Discriminator *d) { return d->n_stages - d->level; }
+
+// The output of stage k (after its attention block, if any).
+static const float *discriminator_stage_output(const Discriminator *d, int k) {
+    return k == d->attn_stage ? d->att : d->act[k];
+}
+
+// The tensor that feeds stage k (k == n_stages: the flattened features). Below the last level the
+// first stage k0 reads fromRGB's output, kept in act[k0 - 1] (stage k0 - 1 does not run); while a
+// level fades in, stage k0 + 1 reads the blend.
 static const float *discriminator_stage_input(const Discriminator *d, int k) {
+    int k0 = discriminator_first_stage(d);
     if (k == 0) return d->a0;
-    return (k - 1 == d->attn_stage) ? d->att : d->act[k - 1];
+    if (k == k0) return d->act[k - 1];
+    if (k == k0 + 1 && d->alpha < 1.0f) return d->blend;
+    return discriminator_stage_output(d, k - 1);
+}
+
+int discriminator_set_level(Discriminator *d, int level, float alpha) {
+    if (!level_ok(&d->cfg, d->n_stages, level, alpha)) return -1;
+    d->level = level;
+    d->alpha = alpha;
+    return 0;
 }
 
 const float *discriminator_features(const Discriminator *d, int *F) {
@@ -478,9 +595,41 @@ static void discriminator_lrelu_backward(const Discriminator *d, int l, float *d
         leaky_relu_backward(dinp + b * n, dout + b * n, d->lrelu_ref + b * S + off, D_SLOPE, n);
 }
 
+// D's image layer at its level: conv0 (3x3) at the last level, else fromRGB of the level (1x1)
+// into act[k0 - 1], with its LReLU (pattern layer k0: the same shape).
+static int discriminator_rgb_forward(Discriminator *d, const float *x, int B) {
+    const SaganConfig *c = &d->cfg;
+    int k0 = discriminator_first_stage(d), r = c->img >> k0, L = d->level;
+    if (k0 == 0) {
+        CHECK(conv2d_forward(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
+                             d->chan[0], 3, 1, 1));
+        discriminator_lrelu_forward(d, 0, d->a0, d->c0, B);
+        return 0;
+    }
+    CHECK(conv2d_forward(d->conv[k0 - 1], x, W(d, d->p_rgb_w[L]), W(d, d->p_rgb_b[L]), B,
+                         c->channels, r, r, d->chan[k0], 1, 1, 0));
+    discriminator_lrelu_forward(d, k0, d->act[k0 - 1], d->conv[k0 - 1], B);
+    return 0;
+}
+
+// The fade-in's old path: x pooled to R/2, through fromRGB of level L - 1 and its LReLU, blended
+// with stage k0's output into d->blend.
+static int discriminator_fade_forward(Discriminator *d, const float *x, int B) {
+    const SaganConfig *c = &d->cfg;
+    int k0 = discriminator_first_stage(d), r = c->img >> k0, L = d->level, Co = d->chan[k0 + 1];
+    long n = (long)B * Co * (r / 2) * (r / 2);
+    avgpool2x_forward(d->xpool, x, B, c->channels, r, r);
+    CHECK(conv2d_forward(d->old_pre, d->xpool, W(d, d->p_rgb_w[L - 1]), W(d, d->p_rgb_b[L - 1]), B,
+                         c->channels, r / 2, r / 2, Co, 1, 1, 0));
+    discriminator_lrelu_forward(d, k0 + 1, d->old_act, d->old_pre, B);
+    lerp_forward(d->blend, discriminator_stage_output(d, k0), d->old_act, d->alpha, n);
+    return 0;
+}
+
 int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B) {
     const SaganConfig *c = &d->cfg;
     if (B < 1 || B > d->max_B) return KERNELS_EINVAL;
+    if (!level_ok(c, d->n_stages, d->level, d->alpha)) return KERNELS_EINVAL;
     if (c->n_classes) {
         if (!y) return KERNELS_EINVAL;
         for (int b = 0; b < B; b++)
@@ -488,11 +637,9 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
     }
     d->x = x;
     d->labels = y;
-    int r = c->img;
-    CHECK(conv2d_forward(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
-                         d->chan[0], 3, 1, 1));
-    discriminator_lrelu_forward(d, 0, d->a0, d->c0, B);
-    for (int k = 0; k < d->n_stages; k++) {
+    int k0 = discriminator_first_stage(d), r = c->img >> k0;
+    CHECK(discriminator_rgb_forward(d, x, B));
+    for (int k = k0; k < d->n_stages; k++) {
         const float *in = discriminator_stage_input(d, k);
         int Ci = d->chan[k], Co = d->chan[k + 1];
         CHECK(conv2d_forward(d->conv[k], in, W(d, d->p_conv_w[k]), W(d, d->p_conv_b[k]), B, Ci, r,
@@ -502,6 +649,7 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
         if (k == d->attn_stage)
             CHECK(attention_forward(d->att, &d->att_saved, d->act[k], W(d, d->p_f), W(d, d->p_g),
                                     W(d, d->p_h), W(d, d->p_o), W(d, d->p_gamma)[0], B, Co, r * r));
+        if (k == k0 && d->alpha < 1.0f) CHECK(discriminator_fade_forward(d, x, B));
     }
     const float *feat = discriminator_stage_input(d, d->n_stages);
     int F = d->chan[d->n_stages] * 16;
@@ -525,14 +673,26 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
     return 0;
 }
 
-// From the gradient of the last stage's map (in its GRAD slot) back through every stage to the
-// image: parameter gradients when pg, and dx (accumulated) when not NULL.
+// From the gradient of the last stage's map (in its GRAD slot) back through every stage of the
+// level to the image: parameter gradients when pg, and dx (accumulated) when not NULL.
 static int backward_stages(Discriminator *d, int B, int pg, float *dx) {
     const SaganConfig *c = &d->cfg;
-    int n_st = d->n_stages;
+    int n_st = d->n_stages, k0 = discriminator_first_stage(d), L = d->level;
     int r = c->img >> n_st;
-    for (int k = n_st - 1; k >= 0; k--) {
+    for (int k = n_st - 1; k >= k0; k--) {
         int Ci = d->chan[k], Co = d->chan[k + 1];
+        if (k == k0 && d->alpha < 1.0f) { // the blend's gradient to stage k0 and the old path
+            long n = (long)B * Co * r * r;
+            lerp_backward(GRAD(d, discriminator_stage_output(d, k0)), GRAD(d, d->old_act),
+                          GRAD(d, d->blend), d->alpha, n);
+            discriminator_lrelu_backward(d, k0 + 1, GRAD(d, d->old_pre), GRAD(d, d->old_act),
+                                         d->old_pre, B);
+            CHECK(conv2d_backward(dx ? GRAD(d, d->xpool) : NULL, pg ? DW(d, d->p_rgb_w[L - 1]) : NULL,
+                                  pg ? DW(d, d->p_rgb_b[L - 1]) : NULL, GRAD(d, d->old_pre),
+                                  d->xpool, W(d, d->p_rgb_w[L - 1]), B, c->channels, r, r, Co, 1,
+                                  1, 0));
+            if (dx) avgpool2x_backward(dx, GRAD(d, d->xpool), B, c->channels, 2 * r, 2 * r);
+        }
         if (k == d->attn_stage)
             CHECK(attention_backward(GRAD(d, d->act[k]), pg ? DW(d, d->p_f) : NULL,
                                      pg ? DW(d, d->p_g) : NULL, pg ? DW(d, d->p_h) : NULL,
@@ -548,11 +708,20 @@ static int backward_stages(Discriminator *d, int B, int pg, float *dx) {
                               W(d, d->p_conv_w[k]), B, Ci, r * 2, r * 2, Co, 4, 2, 1));
         r *= 2;
     }
-    discriminator_lrelu_backward(d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B);
+    if (k0 == 0) {
+        discriminator_lrelu_backward(d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B);
+        if (dx || pg)
+            CHECK(conv2d_backward(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
+                                  GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
+                                  d->chan[0], 3, 1, 1));
+        return 0;
+    }
+    discriminator_lrelu_backward(d, k0, GRAD(d, d->conv[k0 - 1]), GRAD(d, d->act[k0 - 1]),
+                                 d->conv[k0 - 1], B);
     if (dx || pg)
-        CHECK(conv2d_backward(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
-                              GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
-                              d->chan[0], 3, 1, 1));
+        CHECK(conv2d_backward(dx, pg ? DW(d, d->p_rgb_w[L]) : NULL, pg ? DW(d, d->p_rgb_b[L]) : NULL,
+                              GRAD(d, d->conv[k0 - 1]), d->x, W(d, d->p_rgb_w[L]), B, c->channels,
+                              r, r, d->chan[k0], 1, 1, 0));
     return 0;
 }
 

@@ -22,6 +22,9 @@ typedef struct {
     int channels;  // image channels: 1 or 3
     int n_classes; // 0: unconditional; else class embedding in G, projection in D
     int attn_res;  // resolution of the self-attention block (16), 0 for none
+    int prog;      // 1: the extra layers of progressive growing (PGGAN, Karras et al. 2018): a
+                   // toRGB 1x1 conv in G and a fromRGB 1x1 conv in D for every resolution below
+                   // img (8, 16, ...); 0 (every named config): none
 } SaganConfig;
 
 // Fills *c for a named config ("fmnist32", "fmnist32c", "rgb64", ...). Returns 0 or -1 (unknown).
@@ -31,6 +34,15 @@ int sagan_config_check(const SaganConfig *c, char *err, size_t errlen);
 // Number of up (G) / down (D) stages: log2(img / 4).
 int sagan_stages(const SaganConfig *c);
 
+// Progressive growing. A network at level L (1..n_stages) works at resolution 4 << L: G runs its
+// first L stages and turns their output into an image with toRGB L (the `out` conv at the last
+// level), D reads such an image with fromRGB L (`conv0` at the last level) and runs its last L
+// stages. While a level fades in (alpha < 1, level >= 2), both networks blend the new top layer
+// with the previous level's path (PGGAN's fade-in): G's image (before tanh) is
+// alpha * new + (1 - alpha) * upsample(toRGB(L-1)), D's features after its first stage are
+// alpha * new + (1 - alpha) * fromRGB(L-1)(avgpool(x)). Level n_stages with alpha 1 (the default)
+// is the ordinary full network.
+
 typedef struct {
     SaganConfig cfg;
     int max_B, n_stages, attn_stage; // attn_stage: stage after which attention sits, or -1
@@ -38,6 +50,9 @@ typedef struct {
     ParamSet ps;
     int p_embed, p_fc_w, p_fc_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
     int p_f, p_g, p_h, p_o, p_gamma, p_out_w, p_out_b;
+    int p_rgb_w[SAGAN_MAX_STAGES], p_rgb_b[SAGAN_MAX_STAGES]; // toRGB of level L (cfg.prog), else -1
+    int level;                       // progressive level (n_stages: full)
+    float alpha;                     // fade-in of that level, (0, 1]
     // Activations, carved from one buffer; the gradient twins from `dacts` at the same offsets.
     float *acts, *dacts;
     long acts_total;
@@ -54,7 +69,11 @@ typedef struct {
     float *att_saved_buf, *att_scratch;
     AttentionSaved att_saved;
     float *pre;                      // (B, channels, img, img) before tanh
-    float *img;                      // (B, channels, img, img) the output
+    float *img;                      // (B, channels, img, img) the output (at full size always)
+    // progressive growing only (cfg.prog): the image at a level below the last (R = 4 << level),
+    // the previous level's toRGB output and its 2x upsample, and the faded-in blend
+    float *img_lo;                   // (B, channels, R, R) generator_output below the last level
+    float *pre_old, *pre_old_up, *pre_mix;
     const float *zin;                // borrowed: the linear layer's input of the last forward
     const int32_t *labels;           // borrowed: labels of the last forward
     // L1 activation sparsity (0: off): forward adds l1_act * mean|a| over each block output a
@@ -71,6 +90,9 @@ typedef struct {
     ParamSet ps;
     int p_in_w, p_in_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
     int p_f, p_g, p_h, p_o, p_gamma, p_fc_w, p_fc_b, p_embed;
+    int p_rgb_w[SAGAN_MAX_STAGES], p_rgb_b[SAGAN_MAX_STAGES]; // fromRGB of level L (cfg.prog)
+    int level;                      // progressive level (n_stages: full)
+    float alpha;                    // fade-in of that level, (0, 1]
     float *acts, *dacts;
     long acts_total;
     float *c0, *a0;                 // (B, chan0, img, img) first conv, then after LReLU
@@ -79,6 +101,9 @@ typedef struct {
     float *att;                     // attention output
     float *att_saved_buf, *att_scratch;
     AttentionSaved att_saved;
+    // progressive growing only: the fading level's old path, the pooled image through the
+    // previous level's fromRGB, and the blend that feeds the next stage
+    float *xpool, *old_pre, *old_act, *blend;
     float *out;                     // (B) logits
     float *proj;                    // (B, F) class embedding rows used by the projection
     float *feat_drop, *drop_mask;   // (B, F) features after dropout, and the mask (0 or 1/(1-p))
@@ -108,11 +133,22 @@ int generator_forward(Generator *g, const float *z, const int32_t *y, int B);
 // Backpropagates dimg (B, channels, img, img) through the last forward; accumulates into
 // g->ps's gradient slots (call paramset_sn_backward after to fold SN gradients).
 int generator_backward(Generator *g, const float *dimg, int B);
+// Sets the progressive level and fade-in (see above). Returns 0, or -1 for a level outside
+// [1, n_stages], alpha outside (0, 1], a fade at level 1, or a level below the last without
+// cfg.prog's layers (nothing changed then).
+int generator_set_level(Generator *g, int level, float alpha);
+// Resolution of G's current level, and the image its last forward made there: g->img at the last
+// level, else g->img_lo (B, channels, R, R) (g->img then holds it upsampled to full size).
+// generator_backward takes the gradient w.r.t. this image.
+int generator_resolution(const Generator *g);
+const float *generator_output(const Generator *g);
 
 int discriminator_init(Discriminator *d, const SaganConfig *cfg, int max_B, uint64_t seed);
 void discriminator_free(Discriminator *d);
 // x (B, channels, img, img), y (B) or NULL (borrowed until backward). Logits in d->out (B).
 int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, int B);
+// As generator_set_level; x is then (B, channels, R, R) with R = 4 << level.
+int discriminator_set_level(Discriminator *d, int level, float alpha);
 // The features the last forward fed its final linear layer: (B, *F), the last stage's (chan, 4, 4)
 // map flattened per image (before the projection). Valid until the next forward.
 const float *discriminator_features(const Discriminator *d, int *F);

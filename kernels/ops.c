@@ -162,6 +162,80 @@ void upsample2x_forward(float *out, const float *inp, int B, int C, int H, int W
     }
 }
 
+void upsample_nearest_forward(float *out, const float *inp, int B, int C, int H, int W, int f) {
+    long planes = (long)B * C;
+    long OW = (long)W * f;
+#pragma omp parallel for schedule(static) if (planes * H * W * f * f >= OPS_PARALLEL_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        const float *x = inp + pl * H * W;
+        float *o = out + pl * H * W * f * f;
+        for (int i = 0; i < H; i++) {
+            float *row = o + (long)i * f * OW;
+            for (long j = 0; j < OW; j++) row[j] = x[(long)i * W + j / f];
+            for (int k = 1; k < f; k++) memcpy(row + k * OW, row, sizeof(float) * OW);
+        }
+    }
+}
+
+void avgpool2x_forward(float *out, const float *inp, int B, int C, int H, int W) {
+    long planes = (long)B * C;
+    int H2 = H / 2, W2 = W / 2;
+#pragma omp parallel for schedule(static) if (planes * H * W >= OPS_PARALLEL_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        const float *x = inp + pl * H * W;
+        float *o = out + pl * H2 * W2;
+        for (int i = 0; i < H2; i++) {
+            const float *x0 = x + (long)(2 * i) * W, *x1 = x0 + W;
+            float *orow = o + (long)i * W2;
+#pragma omp simd
+            for (int j = 0; j < W2; j++)
+                orow[j] = 0.25f * ((x0[2 * j] + x0[2 * j + 1]) + (x1[2 * j] + x1[2 * j + 1]));
+        }
+    }
+}
+
+// Each output averaged four inputs: each input gets a quarter of its output's gradient.
+void avgpool2x_backward(float *dinp, const float *dout, int B, int C, int H, int W) {
+    long planes = (long)B * C;
+    int H2 = H / 2, W2 = W / 2;
+#pragma omp parallel for schedule(static) if (planes * H * W >= OPS_PARALLEL_MIN)
+    for (long pl = 0; pl < planes; pl++) {
+        float *dx = dinp + pl * H * W;
+        const float *d = dout + pl * H2 * W2;
+        for (int i = 0; i < H2; i++) {
+            float *d0 = dx + (long)(2 * i) * W, *d1 = d0 + W;
+            const float *drow = d + (long)i * W2;
+#pragma omp simd
+            for (int j = 0; j < W2; j++) {
+                float g = 0.25f * drow[j];
+                d0[2 * j] += g;
+                d0[2 * j + 1] += g;
+                d1[2 * j] += g;
+                d1[2 * j + 1] += g;
+            }
+        }
+    }
+}
+
+void lerp_forward(float *out, const float *a, const float *b, float alpha, long n) {
+    float beta = 1.0f - alpha;
+#pragma omp parallel for simd schedule(static) if (parallel : n >= OPS_PARALLEL_MIN)
+    for (long i = 0; i < n; i++)
+        out[i] = alpha * a[i] + beta * b[i];
+}
+
+void lerp_backward(float *da, float *db, const float *dout, float alpha, long n) {
+    float beta = 1.0f - alpha;
+    if (da)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= OPS_PARALLEL_MIN)
+        for (long i = 0; i < n; i++)
+            da[i] += alpha * dout[i];
+    if (db)
+#pragma omp parallel for simd schedule(static) if (parallel : n >= OPS_PARALLEL_MIN)
+        for (long i = 0; i < n; i++)
+            db[i] += beta * dout[i];
+}
+
 // Each input pixel fed four outputs, so its gradient is their sum.
 void upsample2x_backward(float *dinp, const float *dout, int B, int C, int H, int W) {
     long planes = (long)B * C;

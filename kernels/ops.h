@@ -32,6 +32,20 @@ void pixelnorm_backward(float *dinp, const float *dout, const float *out, const 
 void upsample2x_forward(float *out, const float *inp, int B, int C, int H, int W);
 void upsample2x_backward(float *dinp, const float *dout, int B, int C, int H, int W);
 
+// Nearest-neighbour upsample by an integer factor f: out (B, C, f H, f W). Forward only (shows
+// a progressive G's low-resolution image at the model's full size).
+void upsample_nearest_forward(float *out, const float *inp, int B, int C, int H, int W, int f);
+
+// 2x2 average pool (stride 2): out (B, C, H/2, W/2), inp (B, C, H, W), H and W even. PGGAN's
+// downsampling of images and of D's faded-in input (Karras et al. 2018).
+void avgpool2x_forward(float *out, const float *inp, int B, int C, int H, int W);
+void avgpool2x_backward(float *dinp, const float *dout, int B, int C, int H, int W);
+
+// Fade-in blend (PGGAN): out = alpha * a + (1 - alpha) * b. Backward accumulates alpha * dout
+// into da and (1 - alpha) * dout into db (either may be NULL).
+void lerp_forward(float *out, const float *a, const float *b, float alpha, long n);
+void lerp_backward(float *da, float *db, const float *dout, float alpha, long n);
+
 // Hinge losses (Lim & Ye 2017; Miyato et al. 2018). Logits are (B). Each returns the mean loss and
 // writes (not accumulates) the gradient of that mean into dlogits (B) when dlogits is not NULL.
 // D: mean(relu(1 - real)) over the real batch, mean(relu(1 + fake)) over the fake batch.

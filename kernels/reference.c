@@ -85,6 +85,24 @@ void upsample2x_backward_ref(double *dinp, const double *dout, int B, int C, int
                 dinp[(pl * H + y / 2) * W + x / 2] += dout[(pl * 2 * H + y) * 2 * W + x];
 }
 
+void avgpool2x_forward_ref(double *out, const double *inp, int B, int C, int H, int W) {
+    for (long pl = 0; pl < (long)B * C; pl++)
+        for (int y = 0; y < H / 2; y++)
+            for (int x = 0; x < W / 2; x++) {
+                double s = 0.0;
+                for (int a = 0; a < 2; a++)
+                    for (int e = 0; e < 2; e++) s += inp[(pl * H + 2 * y + a) * W + 2 * x + e];
+                out[(pl * (H / 2) + y) * (W / 2) + x] = s / 4.0;
+            }
+}
+
+void avgpool2x_backward_ref(double *dinp, const double *dout, int B, int C, int H, int W) {
+    for (long pl = 0; pl < (long)B * C; pl++)
+        for (int y = 0; y < H; y++)
+            for (int x = 0; x < W; x++)
+                dinp[(pl * H + y) * W + x] += dout[(pl * (H / 2) + y / 2) * (W / 2) + x / 2] / 4.0;
+}
+
 // Hinge losses; the gradient (of the mean) is written, with 0 at the kink as relu's backward.
 double hinge_d_real_loss_ref(double *dlogits, const double *logits, int B) {
     double sum = 0.0;

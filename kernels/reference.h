@@ -31,6 +31,8 @@ void pixelnorm_backward_ref(double *dinp, const double *dout, const double *out,
 
 void upsample2x_forward_ref(double *out, const double *inp, int B, int C, int H, int W);
 void upsample2x_backward_ref(double *dinp, const double *dout, int B, int C, int H, int W);
+void avgpool2x_forward_ref(double *out, const double *inp, int B, int C, int H, int W);
+void avgpool2x_backward_ref(double *dinp, const double *dout, int B, int C, int H, int W);
 
 double hinge_d_real_loss_ref(double *dlogits, const double *logits, int B);
 double hinge_d_fake_loss_ref(double *dlogits, const double *logits, int B);

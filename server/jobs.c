@@ -398,6 +398,8 @@ static void on_worker_message(Jobs *js, Job *j, const msgpack_object *o) {
             else if (!strcmp(key, "parent_reward")) j->parent_reward = v;
             else if (!strcmp(key, "gen_images_per_s")) j->gen_speed = v;
             else if (!strcmp(key, "parent_gen_images_per_s")) j->parent_gen_speed = v;
+            else if (!strcmp(key, "resolution")) j->resolution = (long)v;
+            else if (!strcmp(key, "alpha")) j->alpha = v;
         }
     }
     if (step >= 0) j->step = (long)step;
@@ -624,7 +626,8 @@ static Job *job_add(Jobs *js, long id) {
     if (!j) return NULL;
     j->jobs = js;
     j->id = id;
-    j->loss_d = j->loss_g = j->images_per_s = j->fd = j->parent_fd = NAN;
+    j->loss_d = j->loss_g = j->images_per_s = j->fd = j->parent_fd = j->alpha = NAN;
+    j->resolution = 0;
     j->reward = j->parent_reward = j->gen_speed = j->parent_gen_speed = NAN;
     j->promote = 1;
     j->fd_margin = 0.05;
@@ -668,7 +671,7 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
                                         "steps", "batch", "seed", "save_every", "log_every",
                                         "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
                                         "store", "teacher", "beta", "lambda", "w_pix", "w_feat",
-                                        "w_adv", "reward_n", "ch", "eval_every", NULL};
+                                        "w_adv", "reward_n", "ch", "eval_every", "seconds", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {

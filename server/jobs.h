@@ -40,6 +40,8 @@ typedef struct Job {
     double loss_d, loss_g, images_per_s, fd, parent_fd; // NaN while unknown
     double reward, parent_reward;     // finetune: the users' reward after and before (NaN: none)
     double gen_speed, parent_gen_speed; // distill: G images/s of the student and the teacher
+    long resolution;  // progressive growing: the resolution of the last progress (0: none)
+    double alpha;     // and its fade-in (NaN: none)
     char message[512];
     long model_version; // the version it was promoted as (0: none)
     int promote;        // spec: promote when the gate passes (default 1)

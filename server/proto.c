@@ -611,7 +611,7 @@ static void pack_kv_num(msgpack_packer *pk, const char *k, double v) {
 }
 
 static void pack_job_map(msgpack_packer *pk, const ProtoJob *j) {
-    msgpack_pack_map(pk, 11);
+    msgpack_pack_map(pk, 13);
     pack_kv_int(pk, "id", j->id);
     pack_kv_str(pk, "state", j->state);
     pack_kv_int(pk, "step", j->step);
@@ -621,6 +621,10 @@ static void pack_job_map(msgpack_packer *pk, const ProtoJob *j) {
     pack_kv_num(pk, "images_per_s", j->images_per_s);
     pack_kv_num(pk, "fd", j->fd);
     pack_kv_num(pk, "parent_fd", j->parent_fd);
+    pack_cstr(pk, "resolution");
+    if (j->resolution > 0) msgpack_pack_int64(pk, j->resolution);
+    else msgpack_pack_nil(pk);
+    pack_kv_num(pk, "alpha", j->alpha);
     size_t ml = strlen(j->message);
     pack_cstr(pk, "message");
     msgpack_pack_str_with_body(pk, j->message, ml < PROTO_JOB_MESSAGE_MAX ? ml : PROTO_JOB_MESSAGE_MAX);

@@ -146,6 +146,8 @@ typedef struct {
     long id, step, steps, model_version;
     const char *state, *message;
     double loss_d, loss_g, images_per_s, fd, parent_fd; // NaN: nil
+    long resolution; // progressive growing: the resolution trained at (0: not progressive: nil)
+    double alpha;    // and its fade-in (NaN: nil)
 } ProtoJob;
 // message is cut at PROTO_JOB_MESSAGE_MAX bytes so that the reply fits a session's reply slot.
 #define PROTO_JOB_MESSAGE_MAX 300

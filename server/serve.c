@@ -238,7 +238,8 @@ static ProtoJob proto_job_of(const Job *j) {
     return (ProtoJob){.id = j->id, .step = j->step, .steps = j->steps,
                       .model_version = j->model_version, .state = job_state_name(j->state),
                       .message = j->message, .loss_d = j->loss_d, .loss_g = j->loss_g,
-                      .images_per_s = j->images_per_s, .fd = j->fd, .parent_fd = j->parent_fd};
+                      .images_per_s = j->images_per_s, .fd = j->fd, .parent_fd = j->parent_fd,
+                      .resolution = j->resolution, .alpha = j->alpha};
 }
 
 static void reply_job(Server *sv, Session *s, const char *op, const Job *j) {

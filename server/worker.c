@@ -44,6 +44,7 @@ typedef struct {
     Kind k;
     long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit, reward_n, ch, eval_every;
     double beta, lambda, w_pix, w_feat, w_adv;
+    double seconds; // 0: no limit; else the training loop stops (as done) after this long
     int classes[16], n_classes; // keep only these labels of the data (0: all)
     json_t *set; // object of training switches, or NULL
 } Spec;
@@ -138,6 +139,7 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                        : !strcmp(key, "w_pix")  ? &s->w_pix
                        : !strcmp(key, "w_feat") ? &s->w_feat
                        : !strcmp(key, "w_adv")  ? &s->w_adv
+                       : !strcmp(key, "seconds") ? &s->seconds
                                                 : NULL;
         if (str) {
             if (!json_is_string(v)) {
@@ -425,7 +427,11 @@ static int run(const char *dir) {
     GanHparams hp;
     gan_hparams_default(&hp);
     if (s.batch) hp.batch = (int)s.batch;
-    if (apply_set(&hp, s.set, err, sizeof err)) goto fail;
+    if (apply_set(&hp, s.set, err, sizeof err) || gan_hparams_check(&hp, err, sizeof err)) goto fail;
+    if (hp.prog_stable > 0 && s.k != KIND_TRAIN) {
+        snprintf(err, sizeof err, "progressive growing (set.prog_stable) is for train jobs only");
+        goto fail;
+    }
     int resumed = access(latest, F_OK) == 0;
     if (s.k == KIND_DISTILL && distill_init(&dist, s.teacher, hp.batch, err, sizeof err)) goto fail;
     if (s.k == KIND_DISTILL && !resumed) { // a fresh student: the teacher's shape, a smaller width
@@ -486,7 +492,8 @@ static int run(const char *dir) {
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
     double t_log = cli_now_s(), t_start = t_log;
     long log_start = t.step;
-    while (t.step < s.steps && !stop_requested) {
+    int out_of_time = 0;
+    while (t.step < s.steps && !stop_requested && !out_of_time) {
         if (s.fail_at >= 0 && t.step == s.fail_at) {
             fprintf(stderr, "steer worker: fail_at %ld reached: aborting as asked\n", s.fail_at);
             abort();
@@ -507,8 +514,13 @@ static int run(const char *dir) {
         }
         if (t.step % s.log_every == 0 || t.step == s.steps) {
             double now = cli_now_s();
-            msg_begin(&m, "progress", 5 + (s.k == KIND_FINETUNE) + 2 * (s.k == KIND_DISTILL));
+            msg_begin(&m, "progress", 5 + (s.k == KIND_FINETUNE) + 2 * (s.k == KIND_DISTILL) +
+                                          2 * t.cfg.prog);
             kv_int(&m, "step", t.step);
+            if (t.cfg.prog) { // where progressive growing stands (of the step just done)
+                kv_int(&m, "resolution", 4 << t.level);
+                kv_num(&m, "alpha", t.alpha);
+            }
             kv_int(&m, "steps", s.steps);
             kv_num(&m, "loss_d", t.loss_d);
             kv_num(&m, "loss_g", t.loss_g);
@@ -539,7 +551,8 @@ static int run(const char *dir) {
             msg_send(&m);
             fprintf(stderr, "steer worker: step %ld FD %.3f%s%s\n", t.step, fd_now, why[0] ? ": " : "", why);
         }
-        if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps) {
+        out_of_time = s.seconds > 0 && cli_now_s() - t_start >= s.seconds;
+        if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps && !out_of_time) {
             if (gan_save(&t, latest, err, sizeof err)) goto fail;
             msg_begin(&m, "checkpoint", 2);
             kv_int(&m, "step", t.step);
@@ -547,6 +560,7 @@ static int run(const char *dir) {
             msg_send(&m);
         }
     }
+    double t_end = cli_now_s(); // the training loop's end (the final FD not included)
     if (gan_save(&t, latest, err, sizeof err)) goto fail;
     if (stop_requested && t.step < s.steps) {
         msg_begin(&m, "stopped", 2);
@@ -578,8 +592,9 @@ static int run(const char *dir) {
         speed = gen_speed(final);
         parent_speed = gen_speed(s.teacher);
     }
-    msg_begin(&m, "done", 9);
+    msg_begin(&m, "done", 10);
     kv_int(&m, "step", t.step);
+    kv_num(&m, "seconds", t_end - t_start);
     kv_str(&m, "path", final);
     kv_num(&m, "fd", fd);
     kv_num(&m, "parent_fd", parent_fd);

@@ -96,6 +96,13 @@ static double upsample_loss(const double *x, long n, void *p) {
     return dot_d(c->weights, c->scratch, c->out_n);
 }
 
+static double avgpool_loss(const double *x, long n, void *p) {
+    (void)n;
+    OpCtx *c = p;
+    avgpool2x_forward_ref(c->scratch, x, c->B, c->C, c->H, c->W);
+    return dot_d(c->weights, c->scratch, c->out_n);
+}
+
 static double embedding_loss(const double *table, long n, void *p) {
     (void)n;
     OpCtx *c = p;
@@ -184,6 +191,25 @@ static void test_fd_upsample(void **state) {
     memset(dx, 0, sizeof(double) * n);
     upsample2x_backward_ref(dx, R, B, C, H, W);
     int bad = fd_check("upsample2x_backward_ref", dx, upsample_loss, x, n, &c);
+    free(x), free(R), free(dx), free(scratch);
+    assert_int_equal(bad, 0);
+}
+
+static void test_fd_avgpool(void **state) {
+    (void)state;
+    Rng r;
+    rng_seed(&r, 31);
+    int B = 2, C = 2, H = 4, W = 6;
+    long n = (long)B * C * H * W, out_n = n / 4;
+    double *x = CHECK_ALLOC(double, n), *R = CHECK_ALLOC(double, out_n),
+           *dx = CHECK_ALLOC(double, n);
+    double *scratch = CHECK_ALLOC(double, out_n);
+    check_fill_uniform(&r, NULL, x, n, -1, 1);
+    check_fill_uniform(&r, NULL, R, out_n, -1, 1);
+    OpCtx c = {.weights = R, .out_n = out_n, .scratch = scratch, .B = B, .C = C, .H = H, .W = W};
+    memset(dx, 0, sizeof(double) * n);
+    avgpool2x_backward_ref(dx, R, B, C, H, W);
+    int bad = fd_check("avgpool2x_backward_ref", dx, avgpool_loss, x, n, &c);
     free(x), free(R), free(dx), free(scratch);
     assert_int_equal(bad, 0);
 }
@@ -422,6 +448,63 @@ static void test_upsample(void **state) {
     int bad = check_upsample(2, 3, 4, 5);
     bad += check_upsample(1, 128, 4, 4);
     bad += check_upsample(64, 32, 16, 16);
+    assert_int_equal(bad, 0);
+}
+
+static int check_avgpool(int B, int C, int H, int W) {
+    long n = (long)B * C * H * W, out_n = n / 4;
+    Rng r;
+    rng_seed(&r, 70 + n);
+    float *x = CHECK_ALLOC(float, n), *out = CHECK_ALLOC(float, out_n),
+          *dout = CHECK_ALLOC(float, out_n), *dx = CHECK_ALLOC(float, n);
+    double *xd = CHECK_ALLOC(double, n), *outd = CHECK_ALLOC(double, out_n),
+           *doutd = CHECK_ALLOC(double, out_n), *dxd = CHECK_ALLOC(double, n);
+    check_fill_uniform(&r, x, xd, n, -1, 1);
+    check_fill_uniform(&r, dout, doutd, out_n, -1, 1);
+    avgpool2x_forward(out, x, B, C, H, W);
+    avgpool2x_forward_ref(outd, xd, B, C, H, W);
+    int bad = check_compare_f("avgpool2x_forward", out, outd, out_n, ATOL, RTOL);
+    memset(dx, 0, sizeof(float) * n), memset(dxd, 0, sizeof(double) * n);
+    avgpool2x_backward(dx, dout, B, C, H, W); // twice: it accumulates
+    avgpool2x_backward(dx, dout, B, C, H, W);
+    avgpool2x_backward_ref(dxd, doutd, B, C, H, W);
+    scale_d(dxd, 2.0, n);
+    bad += check_compare_f("avgpool2x_backward x2", dx, dxd, n, ATOL, RTOL);
+    if (bad) printf("# avgpool2x B=%d C=%d H=%d W=%d\n", B, C, H, W);
+    free(x), free(out), free(dout), free(dx), free(xd), free(outd), free(doutd), free(dxd);
+    return bad;
+}
+
+static void test_avgpool_lerp(void **state) {
+    (void)state;
+    int bad = check_avgpool(2, 3, 4, 6);
+    bad += check_avgpool(64, 3, 64, 64); // threaded
+    // lerp: out = a a + (1 - a) b; the backward accumulates a dout and (1 - a) dout
+    enum { N = 70000 };
+    float *a = CHECK_ALLOC(float, N), *b = CHECK_ALLOC(float, N), *o = CHECK_ALLOC(float, N),
+          *da = CHECK_ALLOC(float, N), *db = CHECK_ALLOC(float, N);
+    for (long i = 0; i < N; i++) a[i] = (float)(i % 7) - 3.0f, b[i] = (float)(i % 5), da[i] = 1.0f;
+    lerp_forward(o, a, b, 0.25f, N);
+    lerp_backward(da, db, b, 0.25f, N);
+    for (long i = 0; i < N; i++) {
+        bad += fabsf(o[i] - (0.25f * a[i] + 0.75f * b[i])) > 1e-6f;
+        bad += fabsf(da[i] - (1.0f + 0.25f * b[i])) > 1e-6f || fabsf(db[i] - 0.75f * b[i]) > 1e-6f;
+    }
+    free(a), free(b), free(o), free(da), free(db);
+    // upsample_nearest by 2 is upsample2x; by 4 it is upsample2x twice
+    enum { UB = 3, UC = 2, UH = 5, UW = 6 };
+    long un = UB * UC * UH * UW;
+    float *u = CHECK_ALLOC(float, un), *u2 = CHECK_ALLOC(float, 4 * un),
+          *u4 = CHECK_ALLOC(float, 16 * un), *w2 = CHECK_ALLOC(float, 4 * un),
+          *w4 = CHECK_ALLOC(float, 16 * un);
+    for (long i = 0; i < un; i++) u[i] = (float)i;
+    upsample2x_forward(u2, u, UB, UC, UH, UW);
+    upsample2x_forward(u4, u2, UB, UC, 2 * UH, 2 * UW);
+    upsample_nearest_forward(w2, u, UB, UC, UH, UW, 2);
+    upsample_nearest_forward(w4, u, UB, UC, UH, UW, 4);
+    bad += memcmp(u2, w2, sizeof(float) * 4 * un) != 0;
+    bad += memcmp(u4, w4, sizeof(float) * 16 * un) != 0;
+    free(u), free(u2), free(u4), free(w2), free(w4);
     assert_int_equal(bad, 0);
 }
 
@@ -720,6 +803,8 @@ int main(void) {
         cmocka_unit_test(test_elementwise_large),
         cmocka_unit_test(test_pixelnorm),
         cmocka_unit_test(test_upsample),
+        cmocka_unit_test(test_fd_avgpool),
+        cmocka_unit_test(test_avgpool_lerp),
         cmocka_unit_test(test_losses),
         cmocka_unit_test(test_embedding),
         cmocka_unit_test(test_adamw),

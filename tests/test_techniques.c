@@ -76,6 +76,7 @@ static void trainer(GanTrainer *t, const char *config, const GanHparams *hp, int
     }
 }
 
+static void expect_meta(const char *path, const char *key, const char *want);
 static int same(const float *a, const float *b, long n) { return !memcmp(a, b, n * sizeof(float)); }
 
 // The state a run carries (and a checkpoint holds); with outputs set, also what the last step
@@ -1110,6 +1111,164 @@ static void test_resume_all_switches(void **state) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// progressive growing
+
+static void expect_level(const GanHparams *hp, int n, long step, int level, float alpha) {
+    int l;
+    float a;
+    gan_prog_level(hp, n, step, &l, &a);
+    if (l != level || fabsf(a - alpha) > 1e-6f)
+        fail_msg("step %ld: level %d alpha %g, want %d %g", step, l, a, level, alpha);
+}
+
+// The schedule: stable at prog_from, then per resolution a fade of prog_fade steps and
+// prog_stable steps; the switches that do not go with it are refused.
+static void test_prog_schedule(void **state) {
+    (void)state;
+    GanHparams hp = tiny_hp();
+    expect_level(&hp, 3, 0, 3, 1.0f); // off: the full network
+    assert_int_equal(gan_prog_steps(&hp, 3), 0);
+    set(&hp, "prog_stable", "3");
+    set(&hp, "prog_fade", "2");
+    for (long s = 0; s < 3; s++) expect_level(&hp, 3, s, 1, 1.0f);
+    expect_level(&hp, 3, 3, 2, 0.5f);
+    expect_level(&hp, 3, 4, 2, 1.0f);
+    for (long s = 5; s < 8; s++) expect_level(&hp, 3, s, 2, 1.0f);
+    expect_level(&hp, 3, 8, 3, 0.5f);
+    expect_level(&hp, 3, 9, 3, 1.0f);
+    expect_level(&hp, 3, 1000, 3, 1.0f);
+    assert_int_equal(gan_prog_steps(&hp, 3), 10);
+    expect_level(&hp, 4, 13, 4, 0.5f); // 64x64: one more resolution
+    set(&hp, "prog_from", "16");
+    expect_level(&hp, 3, 0, 2, 1.0f);
+    expect_level(&hp, 3, 3, 3, 0.5f);
+    assert_int_equal(gan_prog_steps(&hp, 3), 5);
+    set(&hp, "prog_fade", "0"); // no fade: the next resolution at once
+    expect_level(&hp, 3, 3, 3, 1.0f);
+    char err[256];
+    assert_int_equal(gan_hparams_check(&hp, err, sizeof err), 0);
+    GanHparams bad = hp;
+    set(&bad, "r1_gamma", "1");
+    assert_int_equal(gan_hparams_check(&bad, err, sizeof err), -1);
+    assert_non_null(strstr(err, "r1_gamma"));
+    bad = hp;
+    set(&bad, "freeze_d", "1");
+    assert_int_equal(gan_hparams_check(&bad, err, sizeof err), -1);
+    bad = hp;
+    set(&bad, "prog_from", "24");
+    assert_int_equal(gan_hparams_check(&bad, err, sizeof err), -1);
+}
+
+// One parameter's values differ between two copies of a ParamSet's parameters.
+static int param_moved(const ParamSet *ps, const float *before, const char *name) {
+    for (int i = 0; i < ps->n; i++)
+        if (!strcmp(ps->p[i].name, name))
+            return !same(ps->params + ps->p[i].offset, before + ps->p[i].offset, ps->p[i].numel);
+    fail_msg("no parameter %s", name);
+    return 0;
+}
+
+// A progressive run: each step at the level the schedule says, the real images pooled (and faded)
+// to it, only the layers of that level trained; a checkpoint mid-fade resumes bit for bit and
+// loads for sampling at its level, shown at full size.
+static void test_progressive_training(void **state) {
+    (void)state;
+    GanHparams hp = tiny_hp();
+    set(&hp, "prog_stable", "3");
+    set(&hp, "prog_fade", "2");
+    set(&hp, "ema_decay", "0.9"); // the EMA averages the progressive layers too
+    SaganConfig cfg;
+    assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
+    GanTrainer a, b;
+    assert_int_equal(gan_init(&a, &cfg, &hp, 5), 0);
+    assert_int_equal(a.cfg.prog, 1); // the progressive layers came with the schedule
+    float *g0 = malloc(sizeof(float) * a.G.ps.total), *d0 = malloc(sizeof(float) * a.D.ps.total);
+    memcpy(g0, a.G.ps.params, sizeof(float) * a.G.ps.total);
+    memcpy(d0, a.D.ps.params, sizeof(float) * a.D.ps.total);
+    int B = hp.batch;
+    for (int s = 0; s < 3; s++) { // 8x8
+        assert_int_equal(gan_step(&a, &data), 0);
+        assert_true(a.level == 1 && a.alpha == 1.0f && generator_resolution(&a.G) == 8);
+        // the real half of D's batch: the full-size real images pooled twice
+        double *full = malloc(sizeof(double) * B * 32 * 32), *half = malloc(sizeof(double) * B * 256),
+               *q = malloc(sizeof(double) * B * 64);
+        for (long i = 0; i < (long)B * 1024; i++) full[i] = a.real[i];
+        avgpool2x_forward_ref(half, full, B, 1, 32, 32);
+        avgpool2x_forward_ref(q, half, B, 1, 16, 16);
+        assert_true(check_compare_f("real at 8x8", a.x, q, (long)B * 64, 1e-6, 1e-5) == 0);
+        free(full), free(half), free(q);
+    }
+    assert_true(param_moved(&a.G.ps, g0, "torgb.8.weight_orig"));
+    assert_true(param_moved(&a.D.ps, d0, "fromrgb.8.weight_orig"));
+    assert_false(param_moved(&a.G.ps, g0, "blocks.1.conv.weight_orig")); // 16x16: not yet
+    assert_false(param_moved(&a.G.ps, g0, "out.weight_orig"));
+    assert_false(param_moved(&a.D.ps, d0, "conv0.weight_orig"));
+    assert_false(param_moved(&a.D.ps, d0, "blocks.0.conv.weight_orig"));
+    assert_int_equal(gan_step(&a, &data), 0); // step 3: fading into 16x16
+    assert_true(a.level == 2 && a.alpha == 0.5f);
+    {   // real: 0.5 x_16 + 0.5 upsample(x_8)
+        double *full = malloc(sizeof(double) * B * 1024), *x16 = malloc(sizeof(double) * B * 256),
+               *x8 = malloc(sizeof(double) * B * 64), *up = malloc(sizeof(double) * B * 256);
+        for (long i = 0; i < (long)B * 1024; i++) full[i] = a.real[i];
+        avgpool2x_forward_ref(x16, full, B, 1, 32, 32);
+        avgpool2x_forward_ref(x8, x16, B, 1, 16, 16);
+        upsample2x_forward_ref(up, x8, B, 1, 8, 8);
+        for (long i = 0; i < (long)B * 256; i++) x16[i] = 0.5 * x16[i] + 0.5 * up[i];
+        assert_true(check_compare_f("real fading into 16x16", a.x, x16, (long)B * 256, 1e-6, 1e-5) ==
+                    0);
+        free(full), free(x16), free(x8), free(up);
+    }
+    assert_true(param_moved(&a.G.ps, g0, "blocks.1.conv.weight_orig"));
+    assert_true(param_moved(&a.G.ps, g0, "torgb.16.weight_orig"));
+    // a checkpoint mid-fade (step 4 comes next: alpha 1 at 16x16) resumes bit for bit
+    char path[256], err[512];
+    path_of(path, sizeof path, "prog.safetensors");
+    assert_int_equal(gan_save(&a, path, err, sizeof err), 0);
+    expect_meta(path, "prog", "1");
+    expect_meta(path, "prog_resolution", "16");
+    assert_int_equal(gan_load(&b, path, NULL, err, sizeof err), 0);
+    assert_int_equal(b.cfg.prog, 1);
+    assert_true(trainers_equal_as(&a, &b, 0));
+    Generator g;
+    assert_int_equal(generator_load(&g, path, 2, err, sizeof err), 0);
+    float z[2 * 16];
+    int32_t y[2] = {1, 7};
+    gan_sample_latents(&g.cfg, 3, 2, -1, z, NULL);
+    assert_int_equal(generator_forward(&g, z, y, 2), 0);
+    // the level the run had reached after step 3 (the schedule at step 4: 16x16, alpha 1)
+    assert_true(g.level == 2 && g.alpha == 1.0f);
+    const float *lo = generator_output(&g);
+    int blocks = 1;
+    for (int i = 0; i < 2 * 32 * 32; i++) {
+        int img = i / 1024, p = i % 1024, yy = p / 32, xx = p % 32;
+        blocks &= g.img[i] == lo[img * 256 + (yy / 2) * 16 + xx / 2];
+    }
+    assert_true(blocks);
+    generator_free(&g);
+    for (int s = 4; s < 12; s++) { // on through the fade into 32x32 and past it
+        assert_int_equal(gan_step(&a, &data), 0);
+        assert_int_equal(gan_step(&b, &data), 0);
+        assert_true(trainers_equal(&a, &b));
+    }
+    assert_true(a.level == 3 && a.alpha == 1.0f);
+    assert_true(param_moved(&a.G.ps, g0, "out.weight_orig"));
+    assert_true(param_moved(&a.D.ps, d0, "conv0.weight_orig"));
+    // a checkpoint without progressive layers cannot start a progressive run
+    GanHparams plain = tiny_hp();
+    GanTrainer c;
+    trainer(&c, "tinyc", &plain, 1);
+    path_of(path, sizeof path, "plain.safetensors");
+    assert_int_equal(gan_save(&c, path, err, sizeof err), 0);
+    gan_free(&c);
+    assert_int_not_equal(gan_load(&c, path, &hp, err, sizeof err), 0);
+    assert_non_null(strstr(err, "progressive layers"));
+    gan_free(&c);
+    free(g0), free(d0);
+    gan_free(&a);
+    gan_free(&b);
+}
+
+// ---------------------------------------------------------------------------------------------
 // steer train --set
 
 static const char *bin = "build/steer";
@@ -1192,6 +1351,8 @@ int main(void) {
         cmocka_unit_test(test_ema),
         cmocka_unit_test(test_freeze_d),
         cmocka_unit_test(test_resume_all_switches),
+        cmocka_unit_test(test_prog_schedule),
+        cmocka_unit_test(test_progressive_training),
         cmocka_unit_test(test_cli_set),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

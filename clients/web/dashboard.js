@@ -184,7 +184,11 @@
             const step = isNum(j.step) ? j.step : 0;
             c.bar.max = steps || 1;
             c.bar.value = Math.min(step, steps || 1);
-            c.steps.textContent = step + '/' + (steps || '?');
+            // progressive growing: the resolution the job trains at, and its fade-in
+            const grow = isNum(j.resolution) ? ' ' + j.resolution + 'px' +
+                (isNum(j.alpha) && j.alpha < 1 ? ' α' + j.alpha.toFixed(2) : '') : '';
+            c.steps.textContent = step + '/' + (steps || '?') + grow;
+            c.progress.title = c.steps.textContent;
             c.ips.textContent = fmt(j.images_per_s, 0);
             c.lossD.textContent = fmt(j.loss_d, 3);
             c.lossG.textContent = fmt(j.loss_g, 3);

@@ -3,7 +3,7 @@
 (frames switch to the new model_version with no gap), the model registry, pause / resume, cancel,
 a worker killed with SIGKILL then resumed from its checkpoint, a corrupted checkpoint refused with the
 served model kept, rollback, and a restart that resumes an interrupted job and keeps serving the
-promoted version. Uses the tiny config so each job takes seconds. Prints TAP.
+promoted version; a progressive-growing job, a wall-clock budget. Uses the tiny config so each job takes seconds. Prints TAP.
 """
 import asyncio
 import json
@@ -307,10 +307,69 @@ async def test_finetune_distill(tap, root):
         srv.stop_ok(tap)
 
 
+async def test_progressive(tap, root):
+    """A progressive-growing job from scratch (8x8, fading into 16x16, then 32x32) reports where its
+    schedule stands, finishes, and is swapped in; a wall-clock budget ends a job as done; switches
+    that do not go with growing, and growing from a checkpoint without its layers, fail the job
+    with a message that says so."""
+    base = os.path.join(root, "base", "final.safetensors")
+    tok = os.path.join(root, "admin.token")
+    args = ("--model", base, "--admin-token-file", tok, "--data", os.path.join(root, "data-prog"),
+            "--policy-pool", "0", "--batch", "8")
+    with h.Server(*args) as srv:
+        async with connect(srv.ws_url, user="admin", token=TOKEN) as a:
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "config": "tiny", "steps": 40, "batch": 16, "log_every": 2, "save_every": 0,
+                "eval_n": 300, "fd_margin": 1000, "set": {"prog_stable": 10, "prog_fade": 6}}})
+            jid = (await job_reply(a, "submit"))["job"]["id"]
+            seen = []
+            while True:
+                m = await wait_job(a, jid, lambda j: True)
+                j = m["job"]
+                if j["resolution"] is not None:
+                    seen.append((j["step"], j["resolution"], j["alpha"]))
+                if j["state"] in ("done", "failed", "cancelled") and (j["model_version"] or
+                                                                     j["state"] != "done"):
+                    break
+            res = [r for _, r, _ in seen]
+            tap.ok(res and res[0] == 8 and 16 in res and res[-1] == 32 and res == sorted(res),
+                   "progress: the resolution grows 8 -> 16 -> 32", seen)
+            tap.ok(any(r == 16 and 0 < al < 1 for _, r, al in seen) and
+                   any(r == 32 and 0 < al < 1 for _, r, al in seen) and seen[-1][2] == 1,
+                   "16x16 and 32x32 fade in (alpha < 1), then alpha 1", seen)
+            tap.ok(j["state"] == "done" and j["model_version"] == 2 and j["fd"] is not None,
+                   "the grown model is done, with FD, and promoted as version 2", j)
+            async with connect(srv.ws_url, user="viewer") as v:
+                await v.stream(1, n=2, format="raw8")
+                fs = [await v.next_frame(T) for _ in range(2)]
+                tap.ok(all(f.model_version == 2 and len(f.data) == 32 * 32 for f in fs),
+                       "frames come from it at 32x32", [(f.model_version, len(f.data)) for f in fs])
+            # a wall-clock budget: far more steps than 3 s allow; done, with the step it reached
+            await a.send({"t": "job", "op": "submit", "spec": {
+                "config": "tiny", "steps": 1000000, "batch": 16, "save_every": 0, "eval_n": 0,
+                "seconds": 3}})
+            jid = (await job_reply(a, "submit"))["job"]["id"]
+            m = await wait_job(a, jid, lambda j: j["state"] in ("done", "failed", "cancelled"))
+            tap.ok(m["job"]["state"] == "done" and 0 < m["job"]["step"] < 1000000,
+                   "seconds: the job ends as done at the step its budget allowed", m["job"])
+            for spec, want in (({"config": "tiny", "steps": 5, "set": {"prog_stable": 2, "r1_gamma": 1}},
+                                "does not go with r1_gamma"),
+                               ({"init": base, "steps": 5, "set": {"prog_stable": 2}},
+                                "progressive layers")):
+                await a.send({"t": "job", "op": "submit", "spec": spec})
+                jid = (await job_reply(a, "submit"))["job"]["id"]
+                m = await wait_job(a, jid, lambda j: j["state"] in ("done", "failed", "cancelled"))
+                tap.ok(m["job"]["state"] == "failed" and want in m["job"]["message"],
+                       f"growing with {sorted(spec['set'])} / init {'init' in spec}: failed, "
+                       f"saying '{want}'", m["job"])
+        srv.stop_ok(tap)
+
+
 async def main():
     tap = h.Tap()
     with tempfile.TemporaryDirectory(prefix="steer-jobs-") as root:
         await test_jobs(tap, root)
+        await test_progressive(tap, root)
         await test_finetune_distill(tap, root)
     tap.done()
 

@@ -12,8 +12,11 @@
 CC      ?= cc
 BUILD   ?= build
 OPT     ?= -O2
-CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -ffp-contract=fast -fopenmp -I. $(EXTRA_CFLAGS)
-LDLIBS  += -lsqlite3 -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lcrypto -lpng -lz -lm -lpthread
+# OpenMPI (data-parallel training, generator/dist.c): only called when launched by mpirun.
+MPI_CFLAGS := $(shell pkg-config --cflags ompi-c 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi-c 2>/dev/null || echo -lmpi)
+CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-math-errno -ffp-contract=fast -fopenmp -I. $(MPI_CFLAGS) $(EXTRA_CFLAGS)
+LDLIBS  += -lsqlite3 -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lcrypto -lpng -lz $(MPI_LIBS) -lm -lpthread
 LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
 
 PARTS    := kernels generator env policy server

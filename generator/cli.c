@@ -13,6 +13,7 @@
 
 #include "env/fmnist.h"
 #include "env/imageio.h"
+#include "generator/dist.h"
 #include "generator/gan.h"
 #include "kernels/kernels.h"
 
@@ -139,7 +140,10 @@ static void train_usage(FILE *f) {
             "                     the same as --set r1_gamma=GAMMA, gp_lambda=..., ortho_beta=...,\n"
             "                     l1_act=..., d_dropout=..., ema_decay=..., freeze_d=...,\n"
             "                     weight_decay=..., sn_g=0, sn_d=0\n"
-            "SIGINT/SIGTERM stop after the current iteration and save a checkpoint.\n");
+            "SIGINT/SIGTERM stop after the current iteration and save a checkpoint.\n"
+            "Data parallel: `mpirun -np P steer train ...` splits each step's --batch over P\n"
+            "processes (it must divide) and averages their gradients (MPI all-reduce); rank 0\n"
+            "logs and writes the checkpoints. The same run as one process, up to float rounding.\n");
 }
 
 // A hyperparameter given on the command line, applied in order over the defaults (or, with
@@ -170,7 +174,24 @@ static int train_set_add(TrainSet *sets, int *n, const char *opt, const char *ke
     return 0;
 }
 
+static int train_main(int argc, char **argv, Dist *dist);
+
 int cli_train(int argc, char **argv) {
+    Dist dist;
+    char err[256];
+    if (dist_init(&dist, err, sizeof err)) {
+        fprintf(stderr, "steer train: %s\n", err);
+        return 1;
+    }
+    if (dist.rank > 0) { // one voice: the other processes say only what goes wrong
+        if (!freopen("/dev/null", "w", stdout)) return 1;
+    }
+    int rc = train_main(argc, argv, &dist);
+    dist_free(&dist);
+    return rc;
+}
+
+static int train_main(int argc, char **argv, Dist *dist) {
     const char *config = "fmnist32c", *data_dir = FMNIST_DIR, *resume = NULL, *out = NULL;
     char ckpt_dir[PATH_MAX] = "";
     long iters = 20000, seed = 1, save_every = 1000, log_every = 100, sample_every = 1000, v;
@@ -309,6 +330,17 @@ int cli_train(int argc, char **argv) {
             return 1;
         }
     }
+    if (t.hp.batch % dist->size) {
+        fprintf(stderr, "steer train: batch %d does not split over %d processes\n", t.hp.batch,
+                dist->size);
+        gan_free(&t);
+        return 2;
+    }
+    t.dp_rank = dist->rank;
+    t.dp_size = dist->size;
+    t.grad_reduce = dist_grad_reduce;
+    t.reduce_ctx = dist;
+    int lead = dist->rank == 0; // logs, samples and checkpoints
     if (!ckpt_dir[0]) snprintf(ckpt_dir, sizeof ckpt_dir, "runs/%s", t.cfg.name);
     if (mkdir_p(ckpt_dir)) {
         fprintf(stderr, "steer train: cannot create %s: %s\n", ckpt_dir, strerror(errno));
@@ -330,10 +362,14 @@ int cli_train(int argc, char **argv) {
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
-            t.cfg.name, t.cfg.ch, t.cfg.z_dim, t.cfg.n_classes ? "conditional" : "unconditional",
-            iters, t.hp.batch, ckpt_dir);
-    {
+    if (lead)
+        fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
+                t.cfg.name, t.cfg.ch, t.cfg.z_dim,
+                t.cfg.n_classes ? "conditional" : "unconditional", iters, t.hp.batch, ckpt_dir);
+    if (lead && dist->size > 1)
+        fprintf(stderr, "data parallel: %d processes, %d images each per step\n", dist->size,
+                t.hp.batch / dist->size);
+    if (lead) {
         // The switches that differ from the defaults, so a log says how the run was trained.
         GanHparams def;
         gan_hparams_default(&def);
@@ -352,7 +388,8 @@ int cli_train(int argc, char **argv) {
     double t0 = cli_now_s(), t_log = t0;
     long start = t.step, log_start = t.step;
     int status = 0;
-    while (t.step < iters && !stop_requested) {
+    int stop = 0;
+    while (t.step < iters && !stop) {
         if ((rc = gan_step(&t, &data))) {
             fprintf(stderr, "steer train: step %ld failed: %s\n", t.step, kernels_strerror(rc));
             status = 1;
@@ -383,22 +420,25 @@ int cli_train(int argc, char **argv) {
             t_log = now;
             log_start = t.step;
         }
-        if (sample_every && t.step % sample_every == 0) {
+        if (lead && sample_every && t.step % sample_every == 0) {
             snprintf(path, sizeof path, "%s/samples_%07ld.png", ckpt_dir, t.step);
             if (write_grid(&t, path, 100, err, sizeof err))
                 fprintf(stderr, "steer train: sample grid: %s\n", err);
         }
-        if (save_every && t.step % save_every == 0 && t.step < iters) {
+        if (lead && save_every && t.step % save_every == 0 && t.step < iters) {
             snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
             if (gan_save(&t, path, err, sizeof err)) {
                 fprintf(stderr, "steer train: %s\n", err);
                 status = 1;
-                break;
             }
         }
+        // every process stops at the same step: on a signal any of them got, or the lead's failure
+        stop = dist_any(dist, stop_requested || status) != 0;
     }
     snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
-    if (gan_save(&t, path, err, sizeof err) || (out && gan_save(&t, out, err, sizeof err))) {
+    if (!lead) {
+        // the lead saves
+    } else if (gan_save(&t, path, err, sizeof err) || (out && gan_save(&t, out, err, sizeof err))) {
         fprintf(stderr, "steer train: %s\n", err);
         status = 1;
     } else {

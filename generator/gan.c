@@ -320,6 +320,7 @@ int gan_init(GanTrainer *t, const SaganConfig *cfg_in, const GanHparams *hp, uin
     long img = (long)cfg->channels * cfg->img * cfg->img;
     t->level = sagan_stages(cfg);
     t->alpha = 1.0f;
+    t->dp_size = 1;
     // Three independent streams from one seed: G's init, D's init, and training's draws.
     if (generator_init(&t->G, cfg, B, seed * 3 + 1)) return -1;
     if (discriminator_init(&t->D, cfg, 2 * B, seed * 3 + 2)) return -1;
@@ -392,11 +393,31 @@ void gan_free(GanTrainer *t) {
         if (rc_) return rc_;                                                                       \
     } while (0)
 
-// Latents and (conditional) labels for B fakes, from the trainer's stream.
-static void draw_fakes(GanTrainer *t, int32_t *y, int B) {
-    rng_normal(&t->rng, t->z, (long)B * t->cfg.z_dim);
+// This process's share of a step's batch (data parallel: hp.batch / dp_size), and where its slice
+// starts in the whole batch.
+static int gan_local_batch(const GanTrainer *t) { return t->hp.batch / t->dp_size; }
+static int gan_local_first(const GanTrainer *t) { return t->dp_rank * gan_local_batch(t); }
+
+// Latents and (conditional) labels for the whole batch's fakes, from the trainer's stream; y gets
+// this process's slice of the labels. Returns this process's slice of the latents (in t->z).
+static const float *draw_fakes(GanTrainer *t, int32_t *y) {
+    int B_all = t->hp.batch, first = gan_local_first(t), B = gan_local_batch(t);
+    rng_normal(&t->rng, t->z, (long)B_all * t->cfg.z_dim);
     if (t->cfg.n_classes)
-        for (int b = 0; b < B; b++) y[b] = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
+        for (int b = 0; b < B_all; b++) {
+            int32_t k = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
+            if (b >= first && b < first + B) y[b - first] = k;
+        }
+    return t->z + (long)first * t->cfg.z_dim;
+}
+
+// Averages a network's gradient (and the step's losses) over the data-parallel processes.
+static int gan_reduce(GanTrainer *t, ParamSet *ps, float *losses, int n_losses) {
+    if (t->dp_size <= 1 || !t->grad_reduce) return 0;
+    if (t->grad_reduce(t->reduce_ctx, ps->grads, ps->total) ||
+        (n_losses && t->grad_reduce(t->reduce_ctx, losses, n_losses)))
+        return KERNELS_EINVAL;
+    return 0;
 }
 
 // The finite-difference double backward. With g_b = grad_x D(x_b) held fixed,
@@ -469,7 +490,7 @@ done:
 // match.
 static int gan_d_penalties(GanTrainer *t) {
     const GanHparams *h = &t->hp;
-    int B = h->batch;
+    int B = gan_local_batch(t), first = gan_local_first(t);
     long img = (long)t->cfg.channels * t->cfg.img * t->cfg.img;
     const int32_t *y = t->cfg.n_classes ? t->y : NULL;
     float scale = (float)h->penalty_every;
@@ -481,8 +502,10 @@ static int gan_d_penalties(GanTrainer *t) {
         t->penalty_d += (float)v;
     }
     if (h->gp_lambda > 0.0f) {
-        for (int b = 0; b < B; b++) {
+        for (int bb = 0; bb < h->batch; bb++) { // the whole batch's mixes: the RNGs stay equal
             float a = rng_uniform(&t->rng);
+            int b = bb - first;
+            if (b < 0 || b >= B) continue;
             const float *xr = t->x + b * img, *xf = t->x + (B + b) * img;
             float *xh = t->pen.x_hat + b * img;
             for (long i = 0; i < img; i++) xh[i] = a * xr[i] + (1.0f - a) * xf[i];
@@ -569,12 +592,14 @@ static void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alp
 int gan_d_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
     const GanHparams *h = &t->hp;
-    int B = h->batch;
+    int B_all = h->batch, B = gan_local_batch(t), first = gan_local_first(t);
     long img = (long)c->channels * c->img * c->img;
     if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
         return KERNELS_EINVAL;
     if (c->n_classes && !data->labels) return KERNELS_EINVAL;
-    if (B > t->G.max_B || h->penalty_every < 1) return KERNELS_EINVAL;
+    if (B_all > t->G.max_B || h->penalty_every < 1) return KERNELS_EINVAL;
+    if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size || B_all % t->dp_size)
+        return KERNELS_EINVAL;
     char why[160];
     if (gan_hparams_check(h, why, sizeof why)) return KERNELS_EINVAL;
     CHECK(gan_set_level(t));
@@ -583,17 +608,20 @@ int gan_d_step(GanTrainer *t, const Dataset *data) {
     const int32_t *ycond = c->n_classes ? t->y : NULL;
     gan_apply_switches(t);
 
-    // D step: real batch (uniform draws with replacement, so the RNG is the whole data state).
+    // D step: real batch (uniform draws with replacement, so the RNG is the whole data state;
+    // data parallel: every process draws the whole batch and copies its slice).
     float *real = grow ? t->real : t->x;
-    for (int b = 0; b < B; b++) {
+    for (int bb = 0; bb < B_all; bb++) {
         uint32_t i = rng_below(&t->rng, (uint32_t)data->n);
+        int b = bb - first;
+        if (b < 0 || b >= B) continue;
         memcpy(real + b * img, data->images + (long)i * img, img * sizeof(float));
         t->y[b] = data->labels ? data->labels[i] : 0;
     }
     if (grow) gan_real_at_level(t, t->x, B, R, t->alpha);
-    draw_fakes(t, t->y + B, B);
+    const float *z = draw_fakes(t, t->y + B);
     paramset_sn_forward(&t->G.ps, 1);
-    CHECK(generator_forward(&t->G, t->z, c->n_classes ? t->y + B : NULL, B));
+    CHECK(generator_forward(&t->G, z, c->n_classes ? t->y + B : NULL, B));
     memcpy(t->x + B * imgR, generator_output(&t->G), B * imgR * sizeof(float));
     paramset_sn_forward(&t->D.ps, 1);
     t->D.train = 1;
@@ -607,6 +635,10 @@ int gan_d_step(GanTrainer *t, const Dataset *data) {
     if ((h->r1_gamma > 0.0f || h->gp_lambda > 0.0f) && t->step % h->penalty_every == 0)
         CHECK(gan_d_penalties(t));
     paramset_sn_backward(&t->D.ps);
+    float losses[2] = {t->loss_d, t->penalty_d};
+    CHECK(gan_reduce(t, &t->D.ps, losses, 2));
+    t->loss_d = losses[0];
+    t->penalty_d = losses[1];
     paramset_adam(&t->D.ps, h->lr_d, h->beta1, h->beta2, h->eps, h->weight_decay_d);
     return 0;
 }
@@ -623,14 +655,13 @@ void gan_g_step_done(GanTrainer *t) {
 int gan_step(GanTrainer *t, const Dataset *data) {
     const SaganConfig *c = &t->cfg;
     const GanHparams *h = &t->hp;
-    int B = h->batch;
     CHECK(gan_d_step(t, data));
-    int R = generator_resolution(&t->G);
+    int B = gan_local_batch(t), R = generator_resolution(&t->G);
     long imgR = (long)c->channels * R * R;
 
     // G step: fresh latents; D's parameters get no gradient, only its input does.
-    draw_fakes(t, t->y + B, B);
-    CHECK(generator_forward(&t->G, t->z, c->n_classes ? t->y + B : NULL, B));
+    const float *z = draw_fakes(t, t->y + B);
+    CHECK(generator_forward(&t->G, z, c->n_classes ? t->y + B : NULL, B));
     paramset_sn_forward(&t->D.ps, 1);
     CHECK(discriminator_forward(&t->D, generator_output(&t->G), c->n_classes ? t->y + B : NULL, B));
     t->loss_g = hinge_g_loss(t->dlogits, t->D.out, B);
@@ -640,8 +671,11 @@ int gan_step(GanTrainer *t, const Dataset *data) {
     paramset_zero_grad(&t->G.ps);
     CHECK(generator_backward(&t->G, t->dimg, B));
     paramset_sn_backward(&t->G.ps);
-    t->reg_g = (float)t->G.l1_value;
-    if (h->ortho_beta > 0.0f) CHECK(gan_ortho(t));
+    float losses[2] = {t->loss_g, (float)t->G.l1_value};
+    CHECK(gan_reduce(t, &t->G.ps, losses, 2));
+    t->loss_g = losses[0];
+    t->reg_g = losses[1];
+    if (h->ortho_beta > 0.0f) CHECK(gan_ortho(t)); // on the weights: the same in every process
     paramset_adam(&t->G.ps, h->lr_g, h->beta1, h->beta2, h->eps, h->weight_decay_g);
     gan_g_step_done(t);
     return 0;

@@ -108,6 +108,15 @@ typedef struct {
     float *real, *pool_a, *pool_b;
     int level;
     float alpha;
+    // Data parallel (generator/dist.h): dp_size processes share each step's batch of hp.batch;
+    // this one takes images [dp_rank * b, (dp_rank + 1) * b) with b = hp.batch / dp_size. Every
+    // process draws the whole batch's random numbers (so the RNGs stay equal) and keeps its slice;
+    // grad_reduce(reduce_ctx, grads, n) replaces each network's gradient by the mean over the
+    // processes before the optimizer step. dp_size 1 (gan_init's): one process, no reduce. The
+    // losses reported are this process's, averaged by grad_reduce too.
+    int dp_rank, dp_size;
+    int (*grad_reduce)(void *ctx, float *grads, long n);
+    void *reduce_ctx;
 } GanTrainer;
 
 // A fresh trainer: G and D initialized from seed, Adam state zero, step 0. With progressive

@@ -4,7 +4,7 @@ set -euo pipefail
 pkgs=(build-essential libdnnl-dev liblapacke-dev libopenblas-dev libjansson-dev libpng-dev
       zlib1g-dev libcmocka-dev dataset-fashion-mnist python3-torch python3-numpy
       libuv1-dev libwebsockets-dev libwebsockets-evlib-uv libmsgpack-dev libsqlite3-dev libssl-dev
-      python3-websockets python3-msgpack python3-pil chromium nodejs npm)
+      python3-websockets python3-msgpack python3-pil chromium nodejs npm libopenmpi-dev openmpi-bin)
 missing=()
 for p in "${pkgs[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -491,6 +491,7 @@ static int run(const char *dir) {
     fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
     double t_log = cli_now_s(), t_start = t_log;
+    double t_eval = 0; // time spent in FD evaluations: not training time (seconds, `eval`, `done`)
     long log_start = t.step;
     int out_of_time = 0;
     while (t.step < s.steps && !stop_requested && !out_of_time) {
@@ -536,6 +537,7 @@ static int run(const char *dir) {
         }
         if (s.eval_every && s.eval_n > 0 && t.step % s.eval_every == 0 && t.step < s.steps) {
             // an FD curve: the model as it is now, against the same test images as at the end
+            double e0 = cli_now_s();
             char why[512] = "", mid[PATH_MAX + 32];
             snprintf(mid, sizeof mid, "%s/eval.safetensors", dir);
             if (!judge.ready && judge_init(&judge, &s, why, sizeof why)) judge.ready = -1;
@@ -547,11 +549,12 @@ static int run(const char *dir) {
             msg_begin(&m, "eval", 3);
             kv_int(&m, "step", t.step);
             kv_num(&m, "fd", fd_now);
-            kv_num(&m, "seconds", cli_now_s() - t_start);
+            t_eval += cli_now_s() - e0;
+            kv_num(&m, "seconds", cli_now_s() - t_start - t_eval);
             msg_send(&m);
             fprintf(stderr, "steer worker: step %ld FD %.3f%s%s\n", t.step, fd_now, why[0] ? ": " : "", why);
         }
-        out_of_time = s.seconds > 0 && cli_now_s() - t_start >= s.seconds;
+        out_of_time = s.seconds > 0 && cli_now_s() - t_start - t_eval >= s.seconds;
         if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps && !out_of_time) {
             if (gan_save(&t, latest, err, sizeof err)) goto fail;
             msg_begin(&m, "checkpoint", 2);
@@ -594,7 +597,7 @@ static int run(const char *dir) {
     }
     msg_begin(&m, "done", 10);
     kv_int(&m, "step", t.step);
-    kv_num(&m, "seconds", t_end - t_start);
+    kv_num(&m, "seconds", t_end - t_start - t_eval);
     kv_str(&m, "path", final);
     kv_num(&m, "fd", fd);
     kv_num(&m, "parent_fd", parent_fd);

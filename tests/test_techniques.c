@@ -1268,6 +1268,43 @@ static void test_progressive_training(void **state) {
     gan_free(&b);
 }
 
+// 64x64 RGB grows 8 -> 16 -> 32 -> 64 (tiny64, conditional, on colour images made here: the
+// Fashion-MNIST digits of this file are gray 32x32), every level and fade in turn.
+static void test_progressive_rgb64(void **state) {
+    (void)state;
+    enum { N = 24 };
+    Dataset rgb = {.n = N, .c = 3, .h = 64, .w = 64, .n_classes = 4};
+    rgb.images = CHECK_ALLOC(float, (long)N * 3 * 64 * 64);
+    rgb.labels = CHECK_ALLOC(int32_t, N);
+    for (int i = 0; i < N; i++) { // a disc of one colour per class on a dark ground
+        rgb.labels[i] = i % 4;
+        for (int ch = 0; ch < 3; ch++)
+            for (int y = 0; y < 64; y++)
+                for (int x = 0; x < 64; x++) {
+                    int in = (x - 32) * (x - 32) + (y - 32) * (y - 32) < (10 + i) * (10 + i);
+                    rgb.images[(((long)i * 3 + ch) * 64 + y) * 64 + x] =
+                        in ? (ch == rgb.labels[i] % 3 ? 0.9f : -0.2f) : -1.0f;
+                }
+    }
+    GanHparams hp = tiny_hp();
+    set(&hp, "prog_stable", "2");
+    set(&hp, "prog_fade", "2");
+    SaganConfig cfg;
+    assert_int_equal(sagan_config_lookup(&cfg, "tiny64"), 0);
+    GanTrainer t;
+    assert_int_equal(gan_init(&t, &cfg, &hp, 3), 0);
+    int want_level[14] = {1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4};
+    for (int s = 0; s < 14; s++) {
+        assert_int_equal(gan_step(&t, &rgb), 0);
+        assert_true(isfinite(t.loss_d) && isfinite(t.loss_g));
+        if (t.level != want_level[s]) fail_msg("step %d: level %d, want %d", s, t.level, want_level[s]);
+    }
+    assert_true(t.level == 4 && t.alpha == 1.0f && generator_resolution(&t.G) == 64);
+    gan_free(&t);
+    free(rgb.images);
+    free(rgb.labels);
+}
+
 // ---------------------------------------------------------------------------------------------
 // steer train --set
 
@@ -1353,6 +1390,7 @@ int main(void) {
         cmocka_unit_test(test_resume_all_switches),
         cmocka_unit_test(test_prog_schedule),
         cmocka_unit_test(test_progressive_training),
+        cmocka_unit_test(test_progressive_rgb64),
         cmocka_unit_test(test_cli_set),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

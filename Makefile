@@ -7,7 +7,9 @@
 #                   beside the bare generator's (bench/serve.sh)
 #   make asan       build with AddressSanitizer/UBSan into build-asan/ (make test runs the
 #                   server's protocol tests against it too)
-#   make CUDA=1     reserved for the CUDA backend (issue 6)
+#   make CUDA=1     also build the CUDA backend (kernels/cuda/*.cu, nvcc) into libsteer.a and its
+#                   op test $(BUILD)/tests/cuda/test_cuda_ops (skips without a GPU); docs/gpu.md.
+#                   Use another BUILD for it (make CUDA=1 BUILD=build-cuda): build/ stays CPU-only.
 
 CC      ?= cc
 BUILD   ?= build
@@ -28,15 +30,43 @@ TEST_SRC := $(wildcard tests/test_*.c)
 CHECK_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/check.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
+# The CUDA backend, only with CUDA=1: nvcc compiles kernels/cuda/*.cu for Ampere (sm_80, which
+# also runs on sm_86/sm_89) and Hopper (sm_90, the H100/H200), plus sm_90 PTX that newer GPUs
+# compile at load time. C code sees STEER_CUDA=1. Without CUDA=1 none of this applies.
+comma         := ,
+CUDA_SRC      :=
+CUDA_OBJ      :=
+CUDA_TEST_BIN :=
+ifeq ($(CUDA),1)
+CUDA_HOME ?= /usr/local/cuda
+NVCC      ?= $(CUDA_HOME)/bin/nvcc
+CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+NVCCFLAGS := -O2 -g -lineinfo -std=c++17 -Xcompiler -Wall,-Wextra $(CUDA_ARCH) -I. -DSTEER_CUDA=1 \
+             $(EXTRA_NVCCFLAGS)
+CUDA_LIBDIRS  := $(sort $(wildcard $(CUDA_HOME)/lib64 $(CUDA_HOME)/lib /usr/local/cuda-13.0/lib))
+CUDA_SRC      := $(wildcard kernels/cuda/*.cu)
+CUDA_OBJ      := $(CUDA_SRC:%.cu=$(BUILD)/%.o)
+CUDA_TEST_BIN := $(patsubst tests/%.c,$(BUILD)/tests/%,$(wildcard tests/cuda/test_*.c))
+LIB_OBJ       += $(CUDA_OBJ)
+CFLAGS  += -DSTEER_CUDA=1 -I$(CUDA_HOME)/include
+LDFLAGS += $(addprefix -L,$(CUDA_LIBDIRS)) $(addprefix -Wl$(comma)-rpath$(comma),$(CUDA_LIBDIRS))
+LDLIBS  += -lcudnn -lcublas -lcudart -lstdc++
+endif
+
 CLIENT_SRC := $(wildcard clients/c/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
 
 .PHONY: all deps run test test-only bench asan clean
-all: $(BUILD)/steer $(BUILD)/steer-client
+all: $(BUILD)/steer $(BUILD)/steer-client $(CUDA_TEST_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(BUILD)/%.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
 
 $(BUILD)/libsteer.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -77,7 +107,7 @@ asan:
 	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer build-asan/steer-client
 
 clean:
-	rm -rf build build-asan
+	rm -rf build build-asan build-cuda
 
--include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d)
+-include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d) $(CUDA_TEST_BIN:=.d)
 .SECONDARY:

@@ -5,7 +5,8 @@
 #define KERNELS_ERRNO_MAP(X)                                                                       \
     X(EDNN, -1, "oneDNN refused the operation")                                                   \
     X(ENOMEM, -2, "out of memory")                                                                 \
-    X(EINVAL, -3, "invalid argument")
+    X(EINVAL, -3, "invalid argument")                                                              \
+    X(ECUDA, -8, "the CUDA runtime, cuBLAS or cuDNN refused the operation")
 
 enum {
 #define X(name, code, msg) KERNELS_##name = code,

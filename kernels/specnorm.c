@@ -9,9 +9,6 @@
 
 #include <math.h>
 
-// torch.nn.functional.normalize's default eps, which spectral_norm uses.
-#define SPECNORM_EPS 1e-12
-
 // sum_j a[j] * b[j] in double, so sigma and the norms do not lose digits over long rows.
 static double dot_f(const float *a, const float *b, int n) {
     double acc = 0.0;

@@ -5,6 +5,10 @@
 #ifndef KERNELS_SPECNORM_H
 #define KERNELS_SPECNORM_H
 
+// Vectors are normalized as x / max(||x||, SPECNORM_EPS): torch.nn.functional.normalize's
+// default eps, which spectral_norm uses.
+#define SPECNORM_EPS 1e-12
+
 // update != 0 (training): one power iteration from u: v = normalize(W^T u), u' = normalize(W v),
 // u is overwritten with u', sigma = u'^T W v.
 // update == 0 (sampling, or a second forward in the same step): no iteration: v = normalize(W^T u),

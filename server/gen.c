@@ -75,6 +75,15 @@ int gen_init(Gen *gen, Generator *g, const GenOptions *opt, Metrics *metrics, uv
     }
     gen->locks_ready = 1;
     gen->g = g;
+#ifdef STEER_CUDA
+    if (opt->device == DEVICE_CUDA) {
+        char why[512];
+        if (generator_cuda_init(&gen->gc, g, opt->batch_max, why, sizeof why))
+            fprintf(stderr, "steer: generation stays on the CPU: %s\n", why);
+        else
+            gen->on_gpu = 1;
+    }
+#endif
     return 0;
 nomem:
     snprintf(err, errlen, "out of memory sizing the generation queue (%zu frames of %zu bytes)",
@@ -117,6 +126,33 @@ static void frame_encode(Gen *gen, int i, uint8_t *scratch) {
     f->len = b.overflow ? 0 : b.len;
 }
 
+// One batch through G: on the GPU when it has a copy of G, into gen->g->img either way.
+static int gen_forward(Gen *gen, int n) {
+#ifdef STEER_CUDA
+    if (gen->on_gpu)
+        return generator_cuda_forward(&gen->gc, gen->zb, gen->classes ? gen->yb : NULL, n,
+                                      gen->g->img);
+#endif
+    return generator_forward(gen->g, gen->zb, gen->classes ? gen->yb : NULL, n);
+}
+
+// After a hot swap: the GPU's copy of G follows (a new copy when the shapes changed, the CPU
+// when that fails).
+static void gen_follow_swap(Gen *gen) {
+#ifdef STEER_CUDA
+    if (!gen->on_gpu || !generator_cuda_upload(&gen->gc, gen->g)) return;
+    generator_cuda_free(&gen->gc);
+    char why[512];
+    if (generator_cuda_init(&gen->gc, gen->g, gen->opt.batch_max, why, sizeof why)) {
+        fprintf(stderr, "steer: generation moves to the CPU: %s\n", why);
+        generator_cuda_free(&gen->gc);
+        gen->on_gpu = 0;
+    }
+#else
+    (void)gen;
+#endif
+}
+
 static void *gen_main(void *arg) {
     Gen *gen = arg;
     int Z = gen->z_dim;
@@ -126,8 +162,7 @@ static void *gen_main(void *arg) {
     if (gen->opt.warmup) {
         memset(gen->zb, 0, sizeof(float) * (size_t)gen->opt.batch_max * Z);
         memset(gen->yb, 0, sizeof(int32_t) * (size_t)gen->opt.batch_max);
-        for (int b = gen->opt.batch_max; b >= 1 && !gen->stop; b--)
-            generator_forward(gen->g, gen->zb, gen->classes ? gen->yb : NULL, b);
+        for (int b = gen->opt.batch_max; b >= 1 && !gen->stop; b--) gen_forward(gen, b);
     }
     pthread_mutex_lock(&gen->lock);
     for (;;) {
@@ -175,10 +210,11 @@ static void *gen_main(void *arg) {
         if (retired) {
             generator_free(retired);
             free(retired);
+            gen_follow_swap(gen);
         }
 
         double t0 = cli_now_s();
-        int rc = generator_forward(gen->g, gen->zb, gen->classes ? gen->yb : NULL, (int)n);
+        int rc = gen_forward(gen, (int)n);
         if (rc) {
             for (size_t i = 0; i < n; i++) gen->outs[i]->len = 0, gen->outs[i]->req = gen->batch[i];
         } else {
@@ -304,6 +340,9 @@ void gen_stop(Gen *gen) {
 }
 
 void gen_free(Gen *gen) {
+#ifdef STEER_CUDA
+    if (gen->on_gpu) generator_cuda_free(&gen->gc);
+#endif
     if (gen->pending) {
         generator_free(gen->pending);
         free(gen->pending);

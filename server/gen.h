@@ -13,6 +13,8 @@
 #include <uv.h>
 
 #include "generator/sagan.h"
+#include "generator/sagan_cuda.h"
+#include "kernels/device.h"
 #include "server/metrics.h"
 
 typedef struct {
@@ -42,6 +44,7 @@ typedef struct {
     size_t pad;            // bytes reserved before each message (LWS_PRE)
     uint64_t model_version;
     int warmup;            // run every batch size once before serving (builds oneDNN primitives)
+    Device device;         // DEVICE_CUDA: draw on the GPU (a CUDA build); the CPU otherwise
 } GenOptions;
 
 typedef struct {
@@ -75,6 +78,10 @@ typedef struct {
     int n_scratch;       // per-OpenMP-thread encode scratch
     uint8_t **scratch;   // [n_scratch] (scratch_size)
     size_t scratch_size;
+    int on_gpu;          // batches are drawn by gc (the device copy of g)
+#ifdef STEER_CUDA
+    GeneratorCuda gc;
+#endif
 } Gen;
 
 // Takes ownership of g (a loaded generator with max_B >= opt.batch_max). Allocates everything.

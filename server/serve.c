@@ -51,6 +51,7 @@
 typedef struct {
     const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir, *admin_token_file;
     int workers;
+    Device device; // --device: where generation runs (auto: the GPU when there is one)
     int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
     int sndbuf, max_unread;
     long max_message, policy_pool, population_every;
@@ -1327,6 +1328,9 @@ static void usage(FILE *f) {
             "  --data DIR              feedback store, DIR/steer.db (default data)\n"
             "  --batch N               largest generator batch (default 64)\n"
             "  --batch-deadline-ms MS  longest wait for a batch to fill (default 2)\n"
+            "  --device D              where frames are drawn: auto (default: the GPU when this\n"
+            "                          build has CUDA and a GPU is usable), cpu, cuda; a GPU that\n"
+            "                          cannot be used falls back to the CPU, saying why\n"
             "  --max-connections N     WebSocket connections at once (default 1024)\n"
             "  --max-message BYTES     largest message from a client (default 65536)\n"
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
@@ -1379,7 +1383,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
         {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
         {"workers", 1, 0, 'W'},       {"admin-token-file", 1, 0, 'A'},
-        {0, 0, 0, 0}};
+        {"device", 1, 0, 'V'},        {0, 0, 0, 0}};
     int ch;
     long v;
     float fv;
@@ -1409,6 +1413,12 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         case 'L': if (cli_parse_long("serve", optarg, 0, 1 << 20, "--policy-pool", &v)) return 2; o->policy_pool = v; break;
         case 'W': if (cli_parse_long("serve", optarg, 0, 64, "--workers", &v)) return 2; o->workers = (int)v; break;
         case 'A': o->admin_token_file = optarg; break;
+        case 'V':
+            if (device_parse(optarg, &o->device)) {
+                fprintf(stderr, "steer serve: --device '%s': expected auto, cpu or cuda\n", optarg);
+                return 2;
+            }
+            break;
         case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
@@ -1640,7 +1650,14 @@ int cli_serve(int argc, char **argv) {
                             "the store, left out of the policies)\n", sv->learn.rebuild_failures);
     }
     // Frames alive at once: every connection's queue, plus batches whose sessions went away.
-    GenOptions go = {.batch_max = sv->opt.batch,
+    char dev_why[300];
+    Device dev = device_choose(sv->opt.device, dev_why, sizeof dev_why);
+    if (!sv->opt.quiet || (sv->opt.device == DEVICE_CUDA && dev != DEVICE_CUDA))
+        fprintf(stderr, "steer: drawing frames on the %s (%s%s)\n", dev == DEVICE_CUDA ? "GPU" : "CPU",
+                sv->opt.device == DEVICE_CUDA && dev != DEVICE_CUDA ? "asked for cuda; " : "",
+                dev_why);
+    GenOptions go = {.device = dev,
+                     .batch_max = sv->opt.batch,
                      .deadline_s = sv->opt.deadline_ms / 1000.0,
                      .capacity = (size_t)n * sv->opt.queue_frames + 2 * (size_t)sv->opt.batch,
                      .pad = LWS_PRE,

@@ -6,6 +6,7 @@ formats, that credit is honoured exactly, stop/stopped, frame ids, and /healthz,
 Waits are generous timeouts or "nothing more arrives within a while"; no speed is asserted.
 """
 import asyncio
+import subprocess
 import time
 import traceback
 
@@ -489,6 +490,28 @@ async def main(tap):
                 tap.ok(False, "server still running", srv.stderr_tail())
                 break
         srv.stop_ok(tap)
+    await test_device(tap)
+
+
+async def test_device(tap):
+    """--device: cuda where it cannot be used (no CUDA build, or no GPU) draws on the CPU and says
+    why; a word other than auto, cpu or cuda is refused."""
+    with h.Server("--device", "cuda", "--policy-pool", "0") as srv:
+        async with connect(srv.ws_url) as c:
+            await c.stream(1, n=2, format="raw8")
+            frames = [await c.next_frame(T) for _ in range(2)]
+        log = srv.stderr_tail()
+        tap.ok(len(frames) == 2 and all(len(f.data) == 32 * 32 for f in frames),
+               "--device cuda here: frames are drawn")
+        tap.ok(("drawing frames on the CPU (asked for cuda; " in log and
+                ("no CUDA backend" in log or "no usable GPU" in log)) or
+               "drawing frames on the GPU" in log,
+               "--device cuda: the log says where frames are drawn, and why not on a GPU", log)
+        srv.stop_ok(tap)
+    out = subprocess.run([h.BIN, "serve", "--device", "tpu"], capture_output=True, text=True,
+                         timeout=30)
+    tap.ok(out.returncode == 2 and "expected auto, cpu or cuda" in out.stderr,
+           "--device tpu: refused with exit 2", out.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,157 @@
+// cuda_ops.h — the CUDA backend's face: the device query, the TF32 switch, and the CUDA twins of
+// the CPU kernels in kernels/ops.h, specnorm.h, gemm.h, conv.h and the softmax inside
+// attention.c. C-callable; built only with `make CUDA=1` (see docs/gpu.md).
+//
+// B batch, C channels, H, W spatial, N = H*W (or a softmax row's length), n a flat element count,
+// OC output channels, K kernel size, S stride, P padding, IN / OUT feature counts. NCHW float32.
+//
+// Every tensor pointer is DEVICE memory. Each `x_cuda` takes the arguments of its CPU twin `x`
+// in the same order with the same shapes and meaning, plus the stream last; forward functions
+// write their outputs, backward functions ACCUMULATE (+=) into d* buffers and the caller zeroes
+// them. Work is queued on the stream and the call returns without waiting: 0 means the work was
+// queued, and a fault met while it runs (a bad pointer, say) shows up at the caller's next
+// synchronizing call. On failure a negative KERNELS_E* code (kernels/kernels.h) is returned:
+// KERNELS_EINVAL for a bad shape, found before anything is queued; KERNELS_ECUDA or
+// KERNELS_ENOMEM when the runtime, cuBLAS or cuDNN refuses, in which case an op of several steps
+// may already have queued its earlier ones. Nothing here calls exit() or abort(), GPU or not.
+// Where a CPU twin returns a float (the hinge losses, sigma), the CUDA one writes it into a
+// device scalar instead, so no call waits on the GPU. Any thread may call any function; calls
+// that use cuBLAS or cuDNN on one stream take turns (a lock per stream), other streams proceed.
+// The first gemm or convolution on a stream creates its library handles, and the first use of a
+// convolution shape times the candidate algorithms, waiting for the stream (milliseconds to a
+// second or so, once per shape; warm up before timing anything).
+#ifndef KERNELS_CUDA_CUDA_OPS_H
+#define KERNELS_CUDA_CUDA_OPS_H
+
+#include <stddef.h>
+
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// --- the device ---------------------------------------------------------------------------------
+
+// 1 when this process can run the kernels here on its current CUDA device, with a line naming
+// the device written into why (len bytes, always NUL-terminated when len > 0); 0 when it cannot,
+// with the reason in why (no NVIDIA driver, a driver older than the runtime, no device, a device
+// this build has no code for). Safe to call from any thread, any number of times; allocates
+// nothing of the caller's.
+int cuda_device_available(char *why, size_t len);
+
+// TF32 tensor-core math for the cuBLAS and cuDNN calls (gemm, linear, conv2d): off (0, the
+// default) keeps them in full FP32 (cuBLAS default math, cuDNN FMA-only kernels), on (1) lets
+// them round inputs to TF32 (10-bit mantissa, ~1e-3 relative error; several times faster on
+// Ampere and Hopper). Process-wide; applies to calls made after it. The tests leave it off except
+// where they check TF32 itself.
+void cuda_tf32_set(int on);
+int cuda_tf32_get(void);
+
+// Frees everything cached: the cuBLAS and cuDNN handles and convolution workspace kept per
+// (device, stream), and the convolution algorithms chosen per shape. Call only when no work of
+// ours is queued or running on any stream (after a synchronize), e.g. at exit so leak checkers
+// stay quiet. The next call builds them again.
+void cuda_cache_clear(void);
+
+// --- element-wise and small layers (kernels/ops.h) ---------------------------------------------
+
+// out = x > 0 ? x : alpha*x; out may alias inp. Backward reads the forward input (or output).
+int leaky_relu_forward_cuda(float *out, const float *inp, float alpha, long n, cudaStream_t stream);
+int leaky_relu_backward_cuda(float *dinp, const float *dout, const float *inp, float alpha, long n,
+                             cudaStream_t stream);
+
+// out = tanh(x); out may alias inp. Backward reads the forward output.
+int tanh_forward_cuda(float *out, const float *inp, long n, cudaStream_t stream);
+int tanh_backward_cuda(float *dinp, const float *dout, const float *out, long n,
+                       cudaStream_t stream);
+
+// PixelNorm: out, inp (B, C, N); rnorm (B, N) = 1/sqrt(mean_c x^2 + PIXELNORM_EPS).
+int pixelnorm_forward_cuda(float *out, float *rnorm, const float *inp, int B, int C, int N,
+                           cudaStream_t stream);
+int pixelnorm_backward_cuda(float *dinp, const float *dout, const float *out, const float *rnorm,
+                            int B, int C, int N, cudaStream_t stream);
+
+// Nearest upsample x2: out (B, C, 2H, 2W), inp (B, C, H, W).
+int upsample2x_forward_cuda(float *out, const float *inp, int B, int C, int H, int W,
+                            cudaStream_t stream);
+int upsample2x_backward_cuda(float *dinp, const float *dout, int B, int C, int H, int W,
+                             cudaStream_t stream);
+
+// 2x2 average pool: out (B, C, H/2, W/2), inp (B, C, H, W), H and W even.
+int avgpool2x_forward_cuda(float *out, const float *inp, int B, int C, int H, int W,
+                           cudaStream_t stream);
+int avgpool2x_backward_cuda(float *dinp, const float *dout, int B, int C, int H, int W,
+                            cudaStream_t stream);
+
+// out = alpha a + (1 - alpha) b (n). Backward: da += alpha dout, db += (1 - alpha) dout; da or db
+// may be NULL.
+int lerp_forward_cuda(float *out, const float *a, const float *b, float alpha, long n,
+                      cudaStream_t stream);
+int lerp_backward_cuda(float *da, float *db, const float *dout, float alpha, long n,
+                       cudaStream_t stream);
+
+// Hinge losses on logits (B): *loss (one device float) receives the mean loss, and dlogits (B)
+// the gradient of that mean (written, not accumulated) when not NULL.
+int hinge_d_real_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
+                           cudaStream_t stream);
+int hinge_d_fake_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
+                           cudaStream_t stream);
+int hinge_g_loss_cuda(float *loss, float *dlogits, const float *logits, int B, cudaStream_t stream);
+
+// AdamW on params, grads, m, v (n); t is the 1-based step count after this update.
+int adamw_update_cuda(float *params, const float *grads, float *m, float *v, long n, float lr,
+                      float beta1, float beta2, float eps, float weight_decay, long t,
+                      cudaStream_t stream);
+
+// --- spectral norm (kernels/specnorm.h) ---------------------------------------------------------
+
+// One power iteration (update != 0) or none (update == 0), as specnorm_forward: w_sn (OUT, IN)
+// written, v_out (IN) the right vector saved for backward, u (OUT) the persistent left vector
+// (overwritten when update), *sigma (one device float) receives sigma. w_sn must not alias w.
+int specnorm_forward_cuda(float *w_sn, float *v_out, float *u, float *sigma, const float *w,
+                          int OUT, int IN, int update, cudaStream_t stream);
+// dw (OUT, IN) += (dw_sn - <dw_sn, w_sn> u v^T) / sigma, with u, v and *sigma as forward left them.
+int specnorm_backward_cuda(float *dw, const float *dw_sn, const float *w_sn, const float *u,
+                           const float *v, const float *sigma, int OUT, int IN,
+                           cudaStream_t stream);
+
+// --- the attention softmax (attention.c's row softmax) ----------------------------------------
+
+// attn (rows, N) = softmax of each row of scores (rows, N), max-subtracted; attn may alias
+// scores. In the SAGAN block rows = B*N and row j holds the scores of position j over all i.
+int attention_softmax_forward_cuda(float *attn, const float *scores, int rows, int N,
+                                   cudaStream_t stream);
+// dscores (rows, N) += attn * (dattn - <attn, dattn>) per row. dscores must not alias dattn.
+int attention_softmax_backward_cuda(float *dscores, const float *dattn, const float *attn, int rows,
+                                    int N, cudaStream_t stream);
+
+// --- matrix products on cuBLAS (kernels/gemm.h) -------------------------------------------------
+
+// Row-major C (M, N) = alpha op(A) op(B) + beta C, exactly gemm()'s contract.
+int gemm_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc, cudaStream_t stream);
+// out (B, OUT) = inp (B, IN) w^T + bias; w (OUT, IN); bias (OUT) or NULL.
+int linear_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
+                        int IN, int OUT, cudaStream_t stream);
+// Accumulates into dinp (B, IN), dw (OUT, IN), dbias (OUT); any may be NULL to skip it.
+int linear_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int B, int IN, int OUT, cudaStream_t stream);
+
+// --- convolution on cuDNN (kernels/conv.h) ------------------------------------------------------
+
+// out (B, OC, OH, OW) written; inp (B, C, H, W); w (OC, C, K, K); bias (OC) or NULL.
+// OH = (H + 2P - K)/S + 1, OW likewise. The algorithm of each pass is chosen once per shape
+// (cuDNN's measured search, the first time the shape is seen) and cached.
+int conv2d_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
+                        int C, int H, int W, int OC, int K, int S, int P, cudaStream_t stream);
+// Accumulates into dinp (B, C, H, W), dw (OC, C, K, K), dbias (OC); any may be NULL to skip it.
+int conv2d_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int B, int C, int H, int W, int OC, int K, int S, int P,
+                         cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

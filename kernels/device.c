@@ -1,0 +1,42 @@
+// device.c — the device choice (device.h). Not here: the CUDA query itself
+// (kernels/cuda/device_cuda.cu, cuda_device_available).
+#include "kernels/device.h"
+
+#include <stdio.h>
+#include <string.h>
+
+#ifdef STEER_CUDA
+#include "kernels/cuda/cuda_ops.h"
+#endif
+
+int device_parse(const char *s, Device *out) {
+    static const char *const names[] = {"auto", "cpu", "cuda"};
+    for (int i = 0; i < 3; i++)
+        if (s && !strcmp(s, names[i])) {
+            *out = (Device)i;
+            return 0;
+        }
+    return -1;
+}
+
+const char *device_name(Device d) {
+    return d == DEVICE_CUDA ? "cuda" : d == DEVICE_CPU ? "cpu" : "auto";
+}
+
+Device device_choose(Device want, char *why, size_t len) {
+    if (want == DEVICE_CPU) {
+        snprintf(why, len, "asked for the CPU");
+        return DEVICE_CPU;
+    }
+#ifdef STEER_CUDA
+    char what[256];
+    if (cuda_device_available(what, sizeof what)) {
+        snprintf(why, len, "%s", what);
+        return DEVICE_CUDA;
+    }
+    snprintf(why, len, "no usable GPU: %s", what);
+#else
+    snprintf(why, len, "this build has no CUDA backend (build it with make CUDA=1)");
+#endif
+    return DEVICE_CPU;
+}

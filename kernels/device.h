@@ -1,0 +1,21 @@
+// device.h — which device a command computes on: `--device cpu|cuda|auto`.
+//
+// The CUDA backend exists only in a CUDA build (make CUDA=1) and runs only where a GPU is usable;
+// anything else falls back to the CPU, and the reason is said (llama.cpp's way: the same binary
+// serves on both). Thread-safe; allocates nothing.
+#ifndef KERNELS_DEVICE_H
+#define KERNELS_DEVICE_H
+
+#include <stddef.h>
+
+typedef enum { DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA } Device;
+
+// "auto", "cpu" or "cuda" into *out. Returns 0, or -1 for another word.
+int device_parse(const char *s, Device *out);
+const char *device_name(Device d);
+// The device to use when asked for want: DEVICE_CUDA when it is asked (or auto) and usable here,
+// else DEVICE_CPU. why (len bytes) says what was found: the GPU's name, or why not (a build
+// without CUDA, no driver, no device). Never fails.
+Device device_choose(Device want, char *why, size_t len);
+
+#endif

@@ -63,14 +63,30 @@ static void carve_all(GeneratorCuda *gc, Carver *cv) {
     gc->pre = carve(cv, B * c->channels * r * r);
 }
 
+// Whether g is laid out as the Generator gc was built from (the config fixes every parameter's
+// offset, which gc keeps) and is at its last level, the only one drawn here. A hot swap may bring
+// a model of another config, or a progressive one at a lower level, with the same total.
+static int generator_cuda_fits(const GeneratorCuda *gc, const Generator *g) {
+    const SaganConfig *a = &gc->cfg, *b = &g->cfg;
+    return a->ch == b->ch && a->z_dim == b->z_dim && a->img == b->img &&
+           a->channels == b->channels && a->n_classes == b->n_classes &&
+           a->attn_res == b->attn_res && a->prog == b->prog && g->ps.total == gc->total &&
+           g->level == g->n_stages && g->alpha == 1.0f;
+}
+
 int generator_cuda_upload(GeneratorCuda *gc, const Generator *g) {
     const ParamSet *ps = &g->ps;
-    if (ps->total != gc->total) return KERNELS_EINVAL;
+    if (!generator_cuda_fits(gc, g)) return KERNELS_EINVAL;
     float *host = malloc(sizeof(float) * (size_t)ps->total);
     if (!host) return KERNELS_ENOMEM;
     for (int i = 0; i < ps->n; i++)
         memcpy(host + ps->p[i].offset, paramset_w(ps, i), sizeof(float) * ps->p[i].numel);
-    int rc = CUDA_OK(cudaMemcpy(gc->w, host, sizeof(float) * ps->total, cudaMemcpyHostToDevice));
+    // On gc's own stream, then waited for: a plain cudaMemcpy runs on the legacy default stream,
+    // which a non-blocking stream does not wait for, and may return from pageable memory before
+    // the copy has landed; work a failed forward left queued may still be reading gc->w.
+    int rc = CUDA_OK(cudaMemcpyAsync(gc->w, host, sizeof(float) * ps->total,
+                                     cudaMemcpyHostToDevice, gc->stream));
+    if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc->stream));
     if (!rc && gc->embed_host)
         memcpy(gc->embed_host, paramset_w(ps, g->p_embed),
                sizeof(float) * g->cfg.n_classes * g->cfg.z_dim);
@@ -129,9 +145,11 @@ int generator_cuda_init(GeneratorCuda *gc, const Generator *g, int max_B, char *
         carve_all(gc, &cv);
         rc = generator_cuda_upload(gc, g);
     }
-    if (rc)
+    if (rc) {
         snprintf(err, errlen, "cannot set up G on the GPU: %s (%.1f MB of activations)",
                  kernels_strerror(rc), cv.used * 4.0 / 1e6);
+        generator_cuda_free(gc); // the stream and buffers made so far; gc stays safe to free
+    }
     return rc;
 }
 

@@ -45,7 +45,8 @@ typedef struct {
 // Returns 0, or a negative KERNELS_E* code with a message in err (no GPU, out of device memory,
 // g not at its last level); gc is then safe to free.
 int generator_cuda_init(GeneratorCuda *gc, const Generator *g, int max_B, char *err, size_t errlen);
-// Copies g's effective weights again (same shapes): after a hot swap or a training step.
+// Copies g's effective weights again: after a hot swap or a training step. KERNELS_EINVAL when g
+// no longer fits this copy (another config or width, or a level below the last): build a new one.
 int generator_cuda_upload(GeneratorCuda *gc, const Generator *g);
 // z host (B, Z), y host (B) or NULL (unconditional); img host (B, channels, R, R) receives the
 // images. Waits for the GPU. Returns 0 or a negative KERNELS_E* code.

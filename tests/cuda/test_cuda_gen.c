@@ -19,6 +19,7 @@
 #include "generator/gan.h"
 #include "generator/sagan_cuda.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/kernels.h"
 #include "kernels/rng.h"
 #include "tests/check.h"
 
@@ -70,6 +71,10 @@ static void test_rgb64(void **state) {
     paramset_sn_forward(&g.ps, 0);
     assert_int_equal(generator_cuda_upload(&gc, &g), 0);
     assert_int_equal(compare("tiny64 after an upload", &g, &gc, 16, 12), 0);
+    // a model not at the level the copy draws (a progressive swap, say) is refused, not drawn
+    g.level--;
+    assert_int_equal(generator_cuda_upload(&gc, &g), KERNELS_EINVAL);
+    g.level++;
     generator_cuda_free(&gc);
     generator_free(&g);
 }

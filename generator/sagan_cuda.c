@@ -51,13 +51,10 @@ static void carve_all(GeneratorCuda *gc, Carver *cv) {
         gc->pn[s] = carve(cv, B * gc->chan[s + 1] * r * r);
         gc->rn[s] = carve(cv, B * r * r);
         if (s == gc->attn_stage) {
-            long C = gc->chan[s + 1], N = (long)r * r;
+            int C = gc->chan[s + 1], N = r * r;
             gc->att = carve(cv, B * C * N);
-            gc->af = carve(cv, B * C / 8 * N);
-            gc->ag = carve(cv, B * C / 8 * N);
-            gc->ah = carve(cv, B * C / 2 * N);
-            gc->ao = carve(cv, B * C / 2 * N);
-            gc->attn = carve(cv, B * N * N);
+            float *saved = carve(cv, attention_saved_floats(gc->max_B, C, N));
+            if (saved) attention_saved_carve(&gc->att_saved, saved, gc->max_B, C, N);
         }
     }
     gc->pre = carve(cv, B * c->channels * r * r);
@@ -90,7 +87,6 @@ int generator_cuda_upload(GeneratorCuda *gc, const Generator *g) {
     if (!rc && gc->embed_host)
         memcpy(gc->embed_host, paramset_w(ps, g->p_embed),
                sizeof(float) * g->cfg.n_classes * g->cfg.z_dim);
-    if (g->p_gamma >= 0) gc->gamma = paramset_w(ps, g->p_gamma)[0];
     free(host);
     return rc;
 }
@@ -126,6 +122,7 @@ int generator_cuda_init(GeneratorCuda *gc, const Generator *g, int max_B, char *
         gc->off_g = ps->p[g->p_g].offset;
         gc->off_h = ps->p[g->p_h].offset;
         gc->off_o = ps->p[g->p_o].offset;
+        gc->off_gamma = ps->p[g->p_gamma].offset;
     }
     gc->off_out_w = ps->p[g->p_out_w].offset;
     gc->off_out_b = ps->p[g->p_out_b].offset;
@@ -163,38 +160,6 @@ void generator_cuda_free(GeneratorCuda *gc) {
     memset(gc, 0, sizeof *gc);
 }
 
-// The SAGAN block, one item at a time (attention.c's attention_item_forward, as GEMMs):
-// f = Wf x, g = Wg x, h = Wh x; attn = softmax over i of g_j . f_i; o = h attn^T;
-// out = x + gamma Wo o.
-static int attention_forward_gpu(GeneratorCuda *gc, float *out, const float *x, int B, int C,
-                                 int N) {
-    int C8 = C / 8, C2 = C / 2;
-    const float *wf = gc->w + gc->off_f, *wg = gc->w + gc->off_g, *wh = gc->w + gc->off_h,
-                *wo = gc->w + gc->off_o;
-    cudaStream_t st = gc->stream;
-    for (int b = 0; b < B; b++) {
-        const float *xb = x + (long)b * C * N;
-        float *f = gc->af + (long)b * C8 * N, *g = gc->ag + (long)b * C8 * N;
-        float *h = gc->ah + (long)b * C2 * N, *s = gc->attn + (long)b * N * N;
-        CHECK(gemm_cuda(0, 0, C8, N, C, 1.0f, wf, C, xb, N, 0.0f, f, N, st));
-        CHECK(gemm_cuda(0, 0, C8, N, C, 1.0f, wg, C, xb, N, 0.0f, g, N, st));
-        CHECK(gemm_cuda(0, 0, C2, N, C, 1.0f, wh, C, xb, N, 0.0f, h, N, st));
-        CHECK(gemm_cuda(1, 0, N, N, C8, 1.0f, g, N, f, N, 0.0f, s, N, st)); // s[j][i] = g_j . f_i
-    }
-    CHECK(attention_softmax_forward_cuda(gc->attn, gc->attn, B * N, N, st));
-    if (cudaMemcpyAsync(out, x, sizeof(float) * (size_t)B * C * N, cudaMemcpyDeviceToDevice, st) !=
-        cudaSuccess)
-        return KERNELS_ECUDA;
-    for (int b = 0; b < B; b++) {
-        float *h = gc->ah + (long)b * C2 * N, *s = gc->attn + (long)b * N * N;
-        float *o = gc->ao + (long)b * C2 * N;
-        CHECK(gemm_cuda(0, 1, C2, N, N, 1.0f, h, N, s, N, 0.0f, o, N, st));
-        CHECK(gemm_cuda(0, 0, C, N, C2, gc->gamma, wo, C2, o, N, 1.0f, out + (long)b * C * N, N,
-                        st));
-    }
-    return 0;
-}
-
 int generator_cuda_forward(GeneratorCuda *gc, const float *z, const int32_t *y, int B, float *img) {
     const SaganConfig *c = &gc->cfg;
     if (B < 1 || B > gc->max_B || (c->n_classes && !y)) return KERNELS_EINVAL;
@@ -228,7 +193,10 @@ int generator_cuda_forward(GeneratorCuda *gc, const float *z, const int32_t *y, 
         CHECK(pixelnorm_forward_cuda(gc->pn[s], gc->rn[s], gc->conv[s], B, Co, r * r, st));
         x = gc->pn[s];
         if (s == gc->attn_stage) {
-            CHECK(attention_forward_gpu(gc, gc->att, x, B, Co, r * r));
+            // gamma: a device float, in the weight copy at its offset
+            CHECK(attention_forward_cuda(gc->att, &gc->att_saved, x, gc->w + gc->off_f,
+                                         gc->w + gc->off_g, gc->w + gc->off_h, gc->w + gc->off_o,
+                                         gc->w + gc->off_gamma, B, Co, r * r, st));
             x = gc->att;
         }
     }

@@ -27,8 +27,7 @@ typedef struct {
     long total;            // floats of the weight copy (the Generator's ParamSet layout)
     float *w;              // (total) effective weights
     long off_fc_w, off_fc_b, off_conv_w[SAGAN_MAX_STAGES], off_conv_b[SAGAN_MAX_STAGES];
-    long off_f, off_g, off_h, off_o, off_out_w, off_out_b;
-    float gamma;           // attention's residual scale (a host copy: a kernel argument)
+    long off_f, off_g, off_h, off_o, off_gamma, off_out_w, off_out_b;
     float *embed_host;     // host (n_classes, Z): the class embedding, added to z on the host
     float *zc_host;        // host (max_B, Z)
     float *act;            // one device buffer carved into the activations below
@@ -37,7 +36,8 @@ typedef struct {
     float *pn0, *rn0;      // (B, chan0, 16), (B, 16)
     float *up[SAGAN_MAX_STAGES], *conv[SAGAN_MAX_STAGES], *pn[SAGAN_MAX_STAGES];
     float *rn[SAGAN_MAX_STAGES];
-    float *att, *af, *ag, *ah, *attn, *ao; // attention: out (B,C,N), f,g (B,C/8,N), h,o (B,C/2,N), attn (B,N,N)
+    float *att;            // (B, C, N) the attention block's output
+    AttentionSaved att_saved; // its intermediates (kernels/attention.h), carved from act
     float *pre;            // (B, channels, R, R) before tanh; the image after it, in place
 } GeneratorCuda;
 

@@ -8,8 +8,8 @@
 #                                        # need that is neither CUDA's nor the C runtime's
 #   bash scripts/gpu_check.sh run [OUT]  # there, from the repo root with .gpu/ carried: the CUDA
 #                                        # tests (every op against the CPU references; G's forward
-#                                        # against the CPU's) and steer bench on the GPU build,
-#                                        # logs into OUT (default .gpu/out)
+#                                        # and the whole training step against the CPU's) and steer
+#                                        # serve on the GPU build, logs into OUT (default .gpu/out)
 #
 # CUDA's own libraries (cudart, cuBLAS, cuDNN) are not carried (cuBLASLt alone is 0.5 GB): `run`
 # finds them under /usr/local/cuda*/lib* or in the Python packages nvidia-* (pip's CUDA 13 wheels).
@@ -21,7 +21,11 @@ bundle)
     make -j2 CUDA=1 BUILD=build-cuda >/dev/null
     rm -rf .gpu
     mkdir -p .gpu/bin .gpu/lib
-    cp build-cuda/steer build-cuda/tests/cuda/test_cuda_ops build-cuda/tests/cuda/test_cuda_gen .gpu/bin/
+    cp build-cuda/steer build-cuda/tests/cuda/test_cuda_ops build-cuda/tests/cuda/test_cuda_gen \
+        build-cuda/tests/cuda/test_cuda_train .gpu/bin/
+    # test_cuda_train trains on the Fashion-MNIST test set, which the GPU machines lack (4.5 MB)
+    mkdir -p .gpu/fmnist
+    cp /usr/share/datasets/fashion-mnist/t10k-*-ubyte.gz .gpu/fmnist/
     for b in .gpu/bin/*; do
         ldd "$b" | awk '$3 ~ /^\// { print $3 }'
     done | sort -u | while read -r lib; do
@@ -34,8 +38,8 @@ bundle)
     done
     # OpenMPI loads plugins at MPI_Init only; the GPU checks never call it. Packed: the libraries
     # are about 100 MB (oneDNN, OpenBLAS), over what a run carries; xz makes them about 20 MB.
-    tar -C .gpu -cJf .gpu/bundle.tar.xz bin lib
-    rm -rf .gpu/bin .gpu/lib
+    tar -C .gpu -cJf .gpu/bundle.tar.xz bin lib fmnist
+    rm -rf .gpu/bin .gpu/lib .gpu/fmnist
     du -sh .gpu
     echo "gpu_check: .gpu/ is ready; carry it (name .gpu in the run's carry) and run: bash scripts/gpu_check.sh run \$OUT"
     ;;
@@ -65,7 +69,8 @@ PY
         for b in .gpu/bin/*; do echo "== ldd $b"; ldd "$b" | grep -E "not found|cublas|cudnn|cudart" || true; done
     } >"$out/env.txt" 2>&1
     rc=0
-    for t in test_cuda_ops test_cuda_gen; do
+    export STEER_FMNIST_DIR=$PWD/.gpu/fmnist
+    for t in test_cuda_ops test_cuda_gen test_cuda_train; do
         echo "== $t"
         CMOCKA_MESSAGE_OUTPUT=TAP timeout 300 .gpu/bin/$t >"$out/$t.txt" 2>&1 || rc=1
         tail -n 30 "$out/$t.txt"

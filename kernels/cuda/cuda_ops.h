@@ -1,6 +1,7 @@
 // cuda_ops.h — the CUDA backend's face: the device query, the TF32 switch, and the CUDA twins of
-// the CPU kernels in kernels/ops.h, specnorm.h, gemm.h, conv.h and the softmax inside
-// attention.c. C-callable; built only with `make CUDA=1` (see docs/gpu.md).
+// the CPU kernels in kernels/ops.h, specnorm.h, gemm.h, conv.h and attention.h (its row softmax,
+// and the whole block), plus the projection discriminator's product of generator/sagan.c.
+// C-callable; built only with `make CUDA=1` (see docs/gpu.md).
 //
 // B batch, C channels, H, W spatial, N = H*W (or a softmax row's length), n a flat element count,
 // OC output channels, K kernel size, S stride, P padding, IN / OUT feature counts. NCHW float32.
@@ -24,8 +25,11 @@
 #define KERNELS_CUDA_CUDA_OPS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include <cuda_runtime_api.h>
+
+#include "kernels/attention.h" // AttentionSaved (a plain struct; no CPU function is called here)
 
 #ifdef __cplusplus
 extern "C" {
@@ -149,6 +153,54 @@ int conv2d_forward_cuda(float *out, const float *inp, const float *w, const floa
 int conv2d_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                          const float *w, int B, int C, int H, int W, int OC, int K, int S, int P,
                          cudaStream_t stream);
+
+// --- the networks' own small layers and the attention block (model_cuda.cu) --------------------
+//
+// K classes (rows of an embedding table), D or F an embedding row's length. labels are DEVICE
+// int32 arrays whose values the caller has checked (each in [0, K)); nothing here reads them on
+// the host. Where a table row can receive the gradients of several batch items (two items with one
+// label), one thread owns a column of the table and adds the items in batch order, as the CPU's
+// serial loop does: no atomics, the same bits on every run.
+
+// out (n) += inp (n) (ops.h's add_inplace).
+int add_inplace_cuda(float *out, const float *inp, long n, cudaStream_t stream);
+
+// out (B, D) row b = table (K, D) row labels[b] (ops.h's embedding_forward).
+int embedding_forward_cuda(float *out, const float *table, const int32_t *labels, int B, int D,
+                           cudaStream_t stream);
+// dtable (K, D) row labels[b] += dout (B, D) row b, for b in order (ops.h's embedding_backward).
+int embedding_backward_cuda(float *dtable, const float *dout, const int32_t *labels, int B, int D,
+                            cudaStream_t stream);
+
+// The projection discriminator's inner product (Miyato & Koyama 2018; sagan.c's loop):
+// out (B) += <table (K, F) row labels[b], feat (B, F) row b>.
+int projection_forward_cuda(float *out, const float *table, const int32_t *labels,
+                            const float *feat, int B, int F, cudaStream_t stream);
+// dfeat (B, F) row b += dout[b] table row labels[b]; dtable (K, F) row labels[b] += dout[b] feat
+// row b (b in order). dout (B). dfeat or dtable may be NULL to skip it.
+int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, const float *table,
+                             const int32_t *labels, const float *feat, int B, int F,
+                             cudaStream_t stream);
+
+// The SAGAN block (kernels/attention.h: the same math, the same saved tensors, carved by
+// attention_saved_carve from device memory), as per-item gemm_cuda products around the row
+// softmax. One difference from the CPU twins: gamma is a DEVICE float (it is trained on the
+// device, and reading it on the host would wait for the stream). x, out, dx, dout (B, C, N),
+// C divisible by 8; out must not alias x.
+int attention_forward_cuda(float *out, AttentionSaved *s, const float *x, const float *wf,
+                           const float *wg, const float *wh, const float *wo, const float *gamma,
+                           int B, int C, int N, cudaStream_t stream);
+// Floats of the backward's scratch: one item's intermediate gradients (the items run in turn on
+// the stream, so they share it).
+long attention_scratch_floats_cuda(int C, int N);
+// Accumulates into dx (B, C, N), dwf, dwg (C/8, C), dwh (C/2, C), dwo (C, C/2) and *dgamma (one
+// device float); any of the weight gradients and dgamma may be NULL to skip it. scratch holds
+// attention_scratch_floats_cuda(C, N) device floats.
+int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float *dwo,
+                            float *dgamma, const float *dout, const AttentionSaved *s,
+                            const float *x, const float *wf, const float *wg, const float *wh,
+                            const float *wo, const float *gamma, float *scratch, int B, int C,
+                            int N, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

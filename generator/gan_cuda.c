@@ -1,0 +1,721 @@
+// gan_cuda.c — gan_step on the GPU (gan_cuda.h): the D step and the G step of gan.c's plain
+// SN-GAN, with G's and D's forward and backward as sagan.c runs them at the full level, on the
+// kernels of kernels/cuda/cuda_ops.h and one stream.
+//
+// What stays on the host: every random draw (the real batch's indices, the latents and the fake
+// labels come from t->rng in gan_step's order, so a run on the GPU draws what a run on the CPU
+// draws), the copy of the real images out of the dataset, the step counter and the losses. Each
+// step copies the batch up (B images, 2B labels, twice B x Z latents) and the three losses down,
+// and waits for the GPU once. Not here: the training techniques of docs/training.md (refused, see
+// gan_cuda_refuses), data parallel, progressive levels, checkpoints (download, then gan_save),
+// G's forward for serving (sagan_cuda.c). Compiled only in the CUDA build.
+//
+// B batch, Z latent, C channels, R = img, N = H*W, F = D's flattened 4x4 features.
+#ifdef STEER_CUDA
+
+#include "generator/gan_cuda.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/kernels.h"
+
+#define G_SLOPE 0.2f // sagan.c's
+#define D_SLOPE 0.1f
+
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        int rc_ = (x);                                                                             \
+        if (rc_) return rc_;                                                                       \
+    } while (0)
+#define CUDA_OK(x) ((x) == cudaSuccess ? 0 : KERNELS_ECUDA)
+
+// The gradient twin of activation pointer p, at the same offset in dacts (sagan.c's GRAD).
+#define GRAD(net, p) ((net)->dacts + ((p) - (net)->acts))
+#define W(net, i) params_cuda_w(&(net)->ps, (i))
+#define DW(net, i) params_cuda_dw(&(net)->ps, (i))
+
+typedef struct {
+    float *base; // NULL while counting
+    long used;
+} Carver;
+
+static float *carve(Carver *cv, long n) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (n + 63) & ~63L; // 256-byte aligned slices
+    return p;
+}
+
+// ---------------------------------------------------------------------------------------------
+// parameters: params.c's paramset_* on the device
+
+// The weight a layer reads (w_eff for SN params, params otherwise) and the slot its gradient goes
+// to (dw_eff, grads), as paramset_w / paramset_dw.
+static float *params_cuda_w(const GanCudaParams *pc, int i) {
+    const Param *p = &pc->p[i];
+    return (p->sn ? pc->w_eff : pc->params) + p->offset;
+}
+
+static float *params_cuda_dw(const GanCudaParams *pc, int i) {
+    const Param *p = &pc->p[i];
+    return (p->sn ? pc->dw_eff : pc->grads) + p->offset;
+}
+
+static void params_cuda_layout(GanCudaParams *pc, const ParamSet *ps) {
+    pc->n = ps->n;
+    memcpy(pc->p, ps->p, sizeof pc->p);
+    pc->total = ps->total;
+    pc->u_total = ps->u_total;
+    pc->v_total = ps->v_total;
+}
+
+static void params_cuda_carve(GanCudaParams *pc, Carver *cv) {
+    pc->params = carve(cv, pc->total);
+    pc->grads = carve(cv, pc->total);
+    pc->m = carve(cv, pc->total);
+    pc->v = carve(cv, pc->total);
+    pc->w_eff = carve(cv, pc->total);
+    pc->dw_eff = carve(cv, pc->total);
+    pc->sn_u = carve(cv, pc->u_total);
+    pc->sn_v = carve(cv, pc->v_total);
+    pc->sigma = carve(cv, pc->n);
+}
+
+static int params_cuda_alloc(GanCudaParams *pc) {
+    Carver cv = {0};
+    params_cuda_carve(pc, &cv);
+    if (cudaMalloc((void **)&pc->buf, sizeof(float) * (size_t)cv.used) != cudaSuccess)
+        return KERNELS_ENOMEM;
+    cv = (Carver){pc->buf, 0};
+    params_cuda_carve(pc, &cv);
+    return 0;
+}
+
+// Whether ps has the layout pc was built from.
+static int params_cuda_fits(const GanCudaParams *pc, const ParamSet *ps) {
+    if (ps->n != pc->n || ps->total != pc->total || ps->u_total != pc->u_total ||
+        ps->v_total != pc->v_total)
+        return 0;
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].offset != pc->p[i].offset || ps->p[i].numel != pc->p[i].numel ||
+            ps->p[i].sn != pc->p[i].sn)
+            return 0;
+    return 1;
+}
+
+// Host to device, one copy per buffer, then waits for st (the sources are pageable host memory,
+// one of them on this function's stack).
+static int params_cuda_upload(GanCudaParams *pc, const ParamSet *ps, cudaStream_t st) {
+    size_t t = sizeof(float) * (size_t)ps->total;
+    float sigma[PARAMS_MAX];
+    for (int i = 0; i < ps->n; i++) sigma[i] = ps->p[i].sigma;
+    const struct {
+        float *dev;
+        const float *host;
+        size_t bytes;
+    } copies[] = {
+        {pc->params, ps->params, t},
+        {pc->grads, ps->grads, t},
+        {pc->m, ps->m, t},
+        {pc->v, ps->v, t},
+        {pc->w_eff, ps->w_eff, t},
+        {pc->dw_eff, ps->dw_eff, t},
+        {pc->sn_u, ps->sn_u, sizeof(float) * (size_t)ps->u_total},
+        {pc->sn_v, ps->sn_v, sizeof(float) * (size_t)ps->v_total},
+        {pc->sigma, sigma, sizeof(float) * (size_t)ps->n},
+    };
+    for (size_t k = 0; k < sizeof copies / sizeof copies[0]; k++)
+        if (copies[k].bytes)
+            CHECK(CUDA_OK(cudaMemcpyAsync(copies[k].dev, copies[k].host, copies[k].bytes,
+                                          cudaMemcpyHostToDevice, st)));
+    pc->adam_t = ps->adam_t;
+    return CUDA_OK(cudaStreamSynchronize(st));
+}
+
+// Device to host, every buffer, then waits for st.
+static int params_cuda_download(const GanCudaParams *pc, ParamSet *ps, cudaStream_t st) {
+    size_t t = sizeof(float) * (size_t)ps->total;
+    float sigma[PARAMS_MAX];
+    const struct {
+        float *host;
+        const float *dev;
+        size_t bytes;
+    } copies[] = {
+        {ps->params, pc->params, t},
+        {ps->grads, pc->grads, t},
+        {ps->m, pc->m, t},
+        {ps->v, pc->v, t},
+        {ps->w_eff, pc->w_eff, t},
+        {ps->dw_eff, pc->dw_eff, t},
+        {ps->sn_u, pc->sn_u, sizeof(float) * (size_t)ps->u_total},
+        {ps->sn_v, pc->sn_v, sizeof(float) * (size_t)ps->v_total},
+        {sigma, pc->sigma, sizeof(float) * (size_t)ps->n},
+    };
+    for (size_t k = 0; k < sizeof copies / sizeof copies[0]; k++)
+        if (copies[k].bytes)
+            CHECK(CUDA_OK(cudaMemcpyAsync(copies[k].host, copies[k].dev, copies[k].bytes,
+                                          cudaMemcpyDeviceToHost, st)));
+    CHECK(CUDA_OK(cudaStreamSynchronize(st)));
+    for (int i = 0; i < ps->n; i++)
+        if (ps->p[i].sn) ps->p[i].sigma = sigma[i];
+    ps->adam_t = pc->adam_t;
+    return 0;
+}
+
+// paramset_sn_forward: one power iteration per SN parameter (update != 0 advances u), w_eff =
+// W / sigma, sigma kept on the device for the backward.
+static int params_cuda_sn_forward(GanCudaParams *pc, int update, cudaStream_t st) {
+    for (int i = 0; i < pc->n; i++) {
+        const Param *p = &pc->p[i];
+        if (!p->sn) continue;
+        CHECK(specnorm_forward_cuda(pc->w_eff + p->offset, pc->sn_v + p->v_offset,
+                                    pc->sn_u + p->u_offset, pc->sigma + i, pc->params + p->offset,
+                                    p->rows, p->cols, update, st));
+    }
+    return 0;
+}
+
+// paramset_sn_backward: folds dw_eff into grads through sigma, then zeroes dw_eff.
+static int params_cuda_sn_backward(GanCudaParams *pc, cudaStream_t st) {
+    for (int i = 0; i < pc->n; i++) {
+        const Param *p = &pc->p[i];
+        if (!p->sn) continue;
+        float *dw_eff = pc->dw_eff + p->offset;
+        CHECK(specnorm_backward_cuda(pc->grads + p->offset, dw_eff, pc->w_eff + p->offset,
+                                     pc->sn_u + p->u_offset, pc->sn_v + p->v_offset, pc->sigma + i,
+                                     p->rows, p->cols, st));
+        CHECK(CUDA_OK(cudaMemsetAsync(dw_eff, 0, sizeof(float) * (size_t)p->numel, st)));
+    }
+    return 0;
+}
+
+static int params_cuda_zero_grad(GanCudaParams *pc, cudaStream_t st) {
+    size_t t = sizeof(float) * (size_t)pc->total;
+    CHECK(CUDA_OK(cudaMemsetAsync(pc->grads, 0, t, st)));
+    return CUDA_OK(cudaMemsetAsync(pc->dw_eff, 0, t, st));
+}
+
+// paramset_adam without weight decay or frozen parameters (refused): one update over the whole
+// buffer, padding included (its gradients are 0, so it stays 0).
+static int params_cuda_adam(GanCudaParams *pc, float lr, float beta1, float beta2, float eps,
+                            cudaStream_t st) {
+    pc->adam_t++;
+    return adamw_update_cuda(pc->params, pc->grads, pc->m, pc->v, pc->total, lr, beta1, beta2, eps,
+                             0.0f, pc->adam_t, st);
+}
+
+// ---------------------------------------------------------------------------------------------
+// activations: sagan.c's carving at the full level, for G at B and D at 2B
+
+static void gen_carve(GanCudaGen *g, const SaganConfig *c, long B, Carver *cv) {
+    int r = 4;
+    g->zc = carve(cv, B * c->z_dim);
+    g->fc_pre = carve(cv, B * g->chan[0] * 16);
+    g->fc = carve(cv, B * g->chan[0] * 16);
+    g->pn0 = carve(cv, B * g->chan[0] * 16);
+    g->rn0 = carve(cv, B * 16);
+    for (int s = 0; s < g->n_stages; s++) {
+        r *= 2;
+        g->up[s] = carve(cv, B * g->chan[s] * r * r);
+        g->conv[s] = carve(cv, B * g->chan[s + 1] * r * r);
+        g->act[s] = carve(cv, B * g->chan[s + 1] * r * r);
+        g->pn[s] = carve(cv, B * g->chan[s + 1] * r * r);
+        g->rn[s] = carve(cv, B * r * r);
+        if (s == g->attn_stage) {
+            int C = g->chan[s + 1], N = r * r;
+            g->att = carve(cv, B * C * N);
+            float *saved = carve(cv, attention_saved_floats((int)B, C, N));
+            if (saved) attention_saved_carve(&g->att_saved, saved, (int)B, C, N);
+            g->att_scratch = carve(cv, attention_scratch_floats_cuda(C, N));
+        }
+    }
+    g->pre = carve(cv, B * c->channels * r * r);
+    g->img = carve(cv, B * c->channels * r * r);
+}
+
+static void disc_carve(GanCudaDisc *d, const SaganConfig *c, long B, Carver *cv) {
+    int r = c->img;
+    d->c0 = carve(cv, B * d->chan[0] * r * r);
+    d->a0 = carve(cv, B * d->chan[0] * r * r);
+    for (int k = 0; k < d->n_stages; k++) {
+        r /= 2;
+        d->conv[k] = carve(cv, B * d->chan[k + 1] * r * r);
+        d->act[k] = carve(cv, B * d->chan[k + 1] * r * r);
+        if (k == d->attn_stage) {
+            int C = d->chan[k + 1], N = r * r;
+            d->att = carve(cv, B * C * N);
+            float *saved = carve(cv, attention_saved_floats((int)B, C, N));
+            if (saved) attention_saved_carve(&d->att_saved, saved, (int)B, C, N);
+            d->att_scratch = carve(cv, attention_scratch_floats_cuda(C, N));
+        }
+    }
+    d->out = carve(cv, B);
+}
+
+static void batch_carve(GanCuda *gc, Carver *cv) {
+    const SaganConfig *c = &gc->cfg;
+    long B = gc->B, img = (long)c->channels * c->img * c->img;
+    gc->x = carve(cv, 2 * B * img);
+    gc->z = carve(cv, 2 * B * c->z_dim);
+    gc->dlogits = carve(cv, 2 * B);
+    gc->dimg = carve(cv, B * img);
+    gc->losses = carve(cv, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// G: generator_forward / generator_backward at the last level, without the L1 penalty
+
+// The tensor that feeds stage s (s == n_stages: the output conv).
+static const float *gen_stage_input(const GanCudaGen *g, int s) {
+    if (s == 0) return g->pn0;
+    return (s - 1 == g->attn_stage) ? g->att : g->pn[s - 1];
+}
+
+// z (B, Z), y (B) or NULL: device. The image in g->img.
+static int gen_forward(GanCuda *gc, const float *z, const int32_t *y, int B) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaGen *g = &gc->G;
+    cudaStream_t st = gc->stream;
+    int Z = c->z_dim, C0 = g->chan[0];
+    g->zin = z;
+    g->labels = y;
+    if (c->n_classes) {
+        CHECK(embedding_forward_cuda(g->zc, W(g, g->p_embed), y, B, Z, st));
+        CHECK(add_inplace_cuda(g->zc, z, (long)B * Z, st));
+        g->zin = g->zc;
+    }
+    CHECK(linear_forward_cuda(g->fc_pre, g->zin, W(g, g->p_fc_w), W(g, g->p_fc_b), B, Z, C0 * 16,
+                              st));
+    CHECK(leaky_relu_forward_cuda(g->fc, g->fc_pre, G_SLOPE, (long)B * C0 * 16, st));
+    CHECK(pixelnorm_forward_cuda(g->pn0, g->rn0, g->fc, B, C0, 16, st));
+    const float *x = g->pn0;
+    int r = 4;
+    for (int s = 0; s < g->n_stages; s++) {
+        int Ci = g->chan[s], Co = g->chan[s + 1];
+        CHECK(upsample2x_forward_cuda(g->up[s], x, B, Ci, r, r, st));
+        r *= 2;
+        long n = (long)B * Co * r * r;
+        CHECK(conv2d_forward_cuda(g->conv[s], g->up[s], W(g, g->p_conv_w[s]), W(g, g->p_conv_b[s]),
+                                  B, Ci, r, r, Co, 3, 1, 1, st));
+        CHECK(leaky_relu_forward_cuda(g->act[s], g->conv[s], G_SLOPE, n, st));
+        CHECK(pixelnorm_forward_cuda(g->pn[s], g->rn[s], g->act[s], B, Co, r * r, st));
+        x = g->pn[s];
+        if (s == g->attn_stage) {
+            CHECK(attention_forward_cuda(g->att, &g->att_saved, x, W(g, g->p_f), W(g, g->p_g),
+                                         W(g, g->p_h), W(g, g->p_o), W(g, g->p_gamma), B, Co,
+                                         r * r, st));
+            x = g->att;
+        }
+    }
+    long n_img = (long)B * c->channels * r * r;
+    CHECK(conv2d_forward_cuda(g->pre, x, W(g, g->p_out_w), W(g, g->p_out_b), B,
+                              g->chan[g->n_stages], r, r, c->channels, 3, 1, 1, st));
+    return tanh_forward_cuda(g->img, g->pre, n_img, st);
+}
+
+// dimg (B, C, R, R): the loss's gradient w.r.t. the last forward's image. Accumulates into G's
+// gradient slots (grads, and dw_eff for SN params).
+static int gen_backward(GanCuda *gc, const float *dimg, int B) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaGen *g = &gc->G;
+    cudaStream_t st = gc->stream;
+    int Z = c->z_dim, C0 = g->chan[0], r = c->img;
+    long n_img = (long)B * c->channels * r * r;
+    CHECK(CUDA_OK(cudaMemsetAsync(g->dacts, 0, sizeof(float) * (size_t)g->acts_total, st)));
+    CHECK(tanh_backward_cuda(GRAD(g, g->pre), dimg, g->img, n_img, st));
+    const float *xo = gen_stage_input(g, g->n_stages);
+    CHECK(conv2d_backward_cuda(GRAD(g, xo), DW(g, g->p_out_w), DW(g, g->p_out_b), GRAD(g, g->pre),
+                               xo, W(g, g->p_out_w), B, g->chan[g->n_stages], r, r, c->channels, 3,
+                               1, 1, st));
+    for (int s = g->n_stages - 1; s >= 0; s--) {
+        int Ci = g->chan[s], Co = g->chan[s + 1];
+        long n = (long)B * Co * r * r;
+        if (s == g->attn_stage)
+            CHECK(attention_backward_cuda(GRAD(g, g->pn[s]), DW(g, g->p_f), DW(g, g->p_g),
+                                          DW(g, g->p_h), DW(g, g->p_o), DW(g, g->p_gamma),
+                                          GRAD(g, g->att), &g->att_saved, g->pn[s], W(g, g->p_f),
+                                          W(g, g->p_g), W(g, g->p_h), W(g, g->p_o),
+                                          W(g, g->p_gamma), g->att_scratch, B, Co, r * r, st));
+        CHECK(pixelnorm_backward_cuda(GRAD(g, g->act[s]), GRAD(g, g->pn[s]), g->pn[s], g->rn[s], B,
+                                      Co, r * r, st));
+        CHECK(leaky_relu_backward_cuda(GRAD(g, g->conv[s]), GRAD(g, g->act[s]), g->conv[s],
+                                       G_SLOPE, n, st));
+        CHECK(conv2d_backward_cuda(GRAD(g, g->up[s]), DW(g, g->p_conv_w[s]), DW(g, g->p_conv_b[s]),
+                                   GRAD(g, g->conv[s]), g->up[s], W(g, g->p_conv_w[s]), B, Ci, r,
+                                   r, Co, 3, 1, 1, st));
+        r /= 2;
+        CHECK(upsample2x_backward_cuda(GRAD(g, gen_stage_input(g, s)), GRAD(g, g->up[s]), B, Ci, r,
+                                       r, st));
+    }
+    CHECK(pixelnorm_backward_cuda(GRAD(g, g->fc), GRAD(g, g->pn0), g->pn0, g->rn0, B, C0, 16, st));
+    CHECK(leaky_relu_backward_cuda(GRAD(g, g->fc_pre), GRAD(g, g->fc), g->fc_pre, G_SLOPE,
+                                   (long)B * C0 * 16, st));
+    CHECK(linear_backward_cuda(c->n_classes ? GRAD(g, g->zc) : NULL, DW(g, g->p_fc_w),
+                               DW(g, g->p_fc_b), GRAD(g, g->fc_pre), g->zin, W(g, g->p_fc_w), B, Z,
+                               C0 * 16, st));
+    if (c->n_classes)
+        CHECK(embedding_backward_cuda(DW(g, g->p_embed), GRAD(g, g->zc), g->labels, B, Z, st));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// D: discriminator_forward / discriminator_backward at the last level, without dropout
+
+// The tensor that feeds stage k (k == n_stages: the flattened features).
+static const float *disc_stage_input(const GanCudaDisc *d, int k) {
+    if (k == 0) return d->a0;
+    return (k - 1 == d->attn_stage) ? d->att : d->act[k - 1];
+}
+
+// x (B, C, R, R), y (B) or NULL: device, kept for the backward. Logits in d->out.
+static int disc_forward(GanCuda *gc, const float *x, const int32_t *y, int B) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaDisc *d = &gc->D;
+    cudaStream_t st = gc->stream;
+    int r = c->img, F = d->chan[d->n_stages] * 16;
+    d->x = x;
+    d->labels = y;
+    CHECK(conv2d_forward_cuda(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
+                              d->chan[0], 3, 1, 1, st));
+    CHECK(leaky_relu_forward_cuda(d->a0, d->c0, D_SLOPE, (long)B * d->chan[0] * r * r, st));
+    for (int k = 0; k < d->n_stages; k++) {
+        const float *in = disc_stage_input(d, k);
+        int Ci = d->chan[k], Co = d->chan[k + 1];
+        CHECK(conv2d_forward_cuda(d->conv[k], in, W(d, d->p_conv_w[k]), W(d, d->p_conv_b[k]), B,
+                                  Ci, r, r, Co, 4, 2, 1, st));
+        r /= 2;
+        CHECK(leaky_relu_forward_cuda(d->act[k], d->conv[k], D_SLOPE, (long)B * Co * r * r, st));
+        if (k == d->attn_stage)
+            CHECK(attention_forward_cuda(d->att, &d->att_saved, d->act[k], W(d, d->p_f),
+                                         W(d, d->p_g), W(d, d->p_h), W(d, d->p_o),
+                                         W(d, d->p_gamma), B, Co, r * r, st));
+    }
+    const float *feat = disc_stage_input(d, d->n_stages);
+    CHECK(linear_forward_cuda(d->out, feat, W(d, d->p_fc_w), W(d, d->p_fc_b), B, F, 1, st));
+    if (c->n_classes) // the projection: logit += <embed(y), features>
+        CHECK(projection_forward_cuda(d->out, W(d, d->p_embed), y, feat, B, F, st));
+    return 0;
+}
+
+// dout (B): the loss's gradient w.r.t. the logits. Parameter gradients when pg; dx (B, C, R, R),
+// if not NULL, accumulated.
+static int disc_backward(GanCuda *gc, const float *dout, int B, int pg, float *dx) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaDisc *d = &gc->D;
+    cudaStream_t st = gc->stream;
+    int n_st = d->n_stages, F = d->chan[n_st] * 16, r = c->img >> n_st;
+    CHECK(CUDA_OK(cudaMemsetAsync(d->dacts, 0, sizeof(float) * (size_t)d->acts_total, st)));
+    const float *feat = disc_stage_input(d, n_st);
+    float *dfeat = GRAD(d, feat);
+    CHECK(linear_backward_cuda(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL,
+                               dout, feat, W(d, d->p_fc_w), B, F, 1, st));
+    if (c->n_classes)
+        CHECK(projection_backward_cuda(dfeat, pg ? DW(d, d->p_embed) : NULL, dout,
+                                       W(d, d->p_embed), d->labels, feat, B, F, st));
+    for (int k = n_st - 1; k >= 0; k--) {
+        int Ci = d->chan[k], Co = d->chan[k + 1];
+        if (k == d->attn_stage)
+            CHECK(attention_backward_cuda(
+                GRAD(d, d->act[k]), pg ? DW(d, d->p_f) : NULL, pg ? DW(d, d->p_g) : NULL,
+                pg ? DW(d, d->p_h) : NULL, pg ? DW(d, d->p_o) : NULL,
+                pg ? DW(d, d->p_gamma) : NULL, GRAD(d, d->att), &d->att_saved, d->act[k],
+                W(d, d->p_f), W(d, d->p_g), W(d, d->p_h), W(d, d->p_o), W(d, d->p_gamma),
+                d->att_scratch, B, Co, r * r, st));
+        CHECK(leaky_relu_backward_cuda(GRAD(d, d->conv[k]), GRAD(d, d->act[k]), d->conv[k],
+                                       D_SLOPE, (long)B * Co * r * r, st));
+        const float *in = disc_stage_input(d, k);
+        CHECK(conv2d_backward_cuda(GRAD(d, in), pg ? DW(d, d->p_conv_w[k]) : NULL,
+                                   pg ? DW(d, d->p_conv_b[k]) : NULL, GRAD(d, d->conv[k]), in,
+                                   W(d, d->p_conv_w[k]), B, Ci, r * 2, r * 2, Co, 4, 2, 1, st));
+        r *= 2;
+    }
+    CHECK(leaky_relu_backward_cuda(GRAD(d, d->c0), GRAD(d, d->a0), d->c0, D_SLOPE,
+                                   (long)B * d->chan[0] * r * r, st));
+    if (dx || pg)
+        CHECK(conv2d_backward_cuda(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
+                                   GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
+                                   d->chan[0], 3, 1, 1, st));
+    return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// the trainer
+
+// Whether this step cannot do what gan_step would do with t: a technique switched on in t->hp, or
+// a trainer sharing its batch with other processes. Each of them changes the step's math (an
+// extra term, another optimizer, masks, a level below the last, an all-reduce) that only the CPU
+// step has. Returns 1 with the reason in why, or 0.
+static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
+    const GanHparams *h = &t->hp;
+    const char *no = NULL;
+    if (!h->sn_g || !h->sn_d)
+        no = "sn_g=0 or sn_d=0 (it spectral-normalizes both networks)";
+    else if (h->weight_decay_g != 0.0f || h->weight_decay_d != 0.0f)
+        no = "weight_decay (AdamW)";
+    else if (h->r1_gamma > 0.0f)
+        no = "r1_gamma (the R1 penalty)";
+    else if (h->gp_lambda > 0.0f)
+        no = "gp_lambda (WGAN-GP)";
+    else if (h->ortho_beta > 0.0f)
+        no = "ortho_beta (orthogonal regularization)";
+    else if (h->l1_act > 0.0f)
+        no = "l1_act (the L1 activation penalty)";
+    else if (h->d_dropout > 0.0f)
+        no = "d_dropout (dropout in D)";
+    else if (h->ema_decay > 0.0f)
+        no = "ema_decay (the EMA of G)";
+    else if (h->freeze_d > 0)
+        no = "freeze_d (FreezeD)";
+    else if (h->prog_stable > 0)
+        no = "prog_stable (progressive growing)";
+    else if (t->dp_size != 1)
+        no = "data-parallel training (dp_size > 1)";
+    if (!no) return 0;
+    snprintf(why, len, "the GPU training step does not do %s: train on the CPU", no);
+    return 1;
+}
+
+// Whether t is the trainer gc was built for: the same config (so the same parameter layout) and
+// batch.
+static int gan_cuda_fits(const GanCuda *gc, const GanTrainer *t) {
+    const SaganConfig *a = &gc->cfg, *b = &t->cfg;
+    return a->ch == b->ch && a->z_dim == b->z_dim && a->img == b->img &&
+           a->channels == b->channels && a->n_classes == b->n_classes &&
+           a->attn_res == b->attn_res && a->prog == b->prog && t->hp.batch == gc->B &&
+           params_cuda_fits(&gc->G.ps, &t->G.ps) && params_cuda_fits(&gc->D.ps, &t->D.ps);
+}
+
+static void gen_indices(GanCudaGen *g, const Generator *h) {
+    g->n_stages = h->n_stages;
+    g->attn_stage = h->attn_stage;
+    memcpy(g->chan, h->chan, sizeof g->chan);
+    g->p_embed = h->p_embed;
+    g->p_fc_w = h->p_fc_w;
+    g->p_fc_b = h->p_fc_b;
+    memcpy(g->p_conv_w, h->p_conv_w, sizeof g->p_conv_w);
+    memcpy(g->p_conv_b, h->p_conv_b, sizeof g->p_conv_b);
+    g->p_f = h->p_f;
+    g->p_g = h->p_g;
+    g->p_h = h->p_h;
+    g->p_o = h->p_o;
+    g->p_gamma = h->p_gamma;
+    g->p_out_w = h->p_out_w;
+    g->p_out_b = h->p_out_b;
+}
+
+static void disc_indices(GanCudaDisc *d, const Discriminator *h) {
+    d->n_stages = h->n_stages;
+    d->attn_stage = h->attn_stage;
+    memcpy(d->chan, h->chan, sizeof d->chan);
+    d->p_in_w = h->p_in_w;
+    d->p_in_b = h->p_in_b;
+    memcpy(d->p_conv_w, h->p_conv_w, sizeof d->p_conv_w);
+    memcpy(d->p_conv_b, h->p_conv_b, sizeof d->p_conv_b);
+    d->p_f = h->p_f;
+    d->p_g = h->p_g;
+    d->p_h = h->p_h;
+    d->p_o = h->p_o;
+    d->p_gamma = h->p_gamma;
+    d->p_fc_w = h->p_fc_w;
+    d->p_fc_b = h->p_fc_b;
+    d->p_embed = h->p_embed;
+}
+
+int gan_cuda_upload(GanCuda *gc, const GanTrainer *t) {
+    if (!gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
+    CHECK(CUDA_OK(cudaStreamSynchronize(gc->stream))); // nothing of ours still reads the copy
+    CHECK(params_cuda_upload(&gc->G.ps, &t->G.ps, gc->stream));
+    return params_cuda_upload(&gc->D.ps, &t->D.ps, gc->stream);
+}
+
+// Device memory for a net's activations and their gradient twins (the same size each).
+static int acts_alloc(float **acts, float **dacts, long n) {
+    if (cudaMalloc((void **)acts, sizeof(float) * (size_t)n) != cudaSuccess ||
+        cudaMalloc((void **)dacts, sizeof(float) * (size_t)n) != cudaSuccess)
+        return KERNELS_ENOMEM;
+    return 0;
+}
+
+int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen) {
+    memset(gc, 0, sizeof *gc);
+    char why[256];
+    if (gan_cuda_refuses(t, why, sizeof why)) {
+        snprintf(err, errlen, "%s", why);
+        return KERNELS_EINVAL;
+    }
+    if (t->G.level != t->G.n_stages || t->G.alpha != 1.0f || t->D.level != t->D.n_stages ||
+        t->D.alpha != 1.0f) {
+        snprintf(err, errlen, "the GPU training step runs at the model's full resolution only");
+        return KERNELS_EINVAL;
+    }
+    if (!cuda_device_available(why, sizeof why)) {
+        snprintf(err, errlen, "no GPU: %s", why);
+        return KERNELS_ECUDA;
+    }
+    gc->cfg = t->cfg;
+    gc->B = t->hp.batch;
+    gen_indices(&gc->G, &t->G);
+    disc_indices(&gc->D, &t->D);
+    params_cuda_layout(&gc->G.ps, &t->G.ps);
+    params_cuda_layout(&gc->D.ps, &t->D.ps);
+    Carver gcv = {0}, dcv = {0}, bcv = {0};
+    gen_carve(&gc->G, &gc->cfg, gc->B, &gcv);
+    disc_carve(&gc->D, &gc->cfg, 2L * gc->B, &dcv);
+    batch_carve(gc, &bcv);
+    gc->G.acts_total = gcv.used;
+    gc->D.acts_total = dcv.used;
+    int rc = CUDA_OK(cudaStreamCreateWithFlags(&gc->stream, cudaStreamNonBlocking));
+    if (!rc) rc = params_cuda_alloc(&gc->G.ps);
+    if (!rc) rc = params_cuda_alloc(&gc->D.ps);
+    if (!rc) rc = acts_alloc(&gc->G.acts, &gc->G.dacts, gcv.used);
+    if (!rc) rc = acts_alloc(&gc->D.acts, &gc->D.dacts, dcv.used);
+    long img = (long)gc->cfg.channels * gc->cfg.img * gc->cfg.img;
+    size_t B = (size_t)gc->B, Z = (size_t)gc->cfg.z_dim;
+    if (!rc && (cudaMalloc((void **)&gc->batch, sizeof(float) * (size_t)bcv.used) != cudaSuccess ||
+                cudaMalloc((void **)&gc->y, sizeof(int32_t) * 3 * B) != cudaSuccess ||
+                cudaMallocHost((void **)&gc->x_host, sizeof(float) * B * img) != cudaSuccess ||
+                cudaMallocHost((void **)&gc->z_host, sizeof(float) * 2 * B * Z) != cudaSuccess ||
+                cudaMallocHost((void **)&gc->y_host, sizeof(int32_t) * 3 * B) != cudaSuccess))
+        rc = KERNELS_ENOMEM;
+    if (!rc) {
+        gcv = (Carver){gc->G.acts, 0};
+        dcv = (Carver){gc->D.acts, 0};
+        bcv = (Carver){gc->batch, 0};
+        gen_carve(&gc->G, &gc->cfg, gc->B, &gcv);
+        disc_carve(&gc->D, &gc->cfg, 2L * gc->B, &dcv);
+        batch_carve(gc, &bcv);
+        rc = gan_cuda_upload(gc, t);
+    }
+    if (rc) {
+        double mb = 4.0 * (2.0 * (gcv.used + dcv.used) + bcv.used +
+                           6.0 * (t->G.ps.total + t->D.ps.total)) / 1e6;
+        snprintf(err, errlen,
+                 "cannot set up training on the GPU: %s (about %.0f MB of device memory)",
+                 kernels_strerror(rc), mb);
+        gan_cuda_free(gc);
+    }
+    return rc;
+}
+
+void gan_cuda_free(GanCuda *gc) {
+    if (gc->stream) cudaStreamSynchronize(gc->stream);
+    cudaFree(gc->G.ps.buf);
+    cudaFree(gc->D.ps.buf);
+    cudaFree(gc->G.acts);
+    cudaFree(gc->G.dacts);
+    cudaFree(gc->D.acts);
+    cudaFree(gc->D.dacts);
+    cudaFree(gc->batch);
+    cudaFree(gc->y);
+    cudaFreeHost(gc->x_host);
+    cudaFreeHost(gc->z_host);
+    cudaFreeHost(gc->y_host);
+    if (gc->stream) cudaStreamDestroy(gc->stream);
+    memset(gc, 0, sizeof *gc);
+}
+
+int gan_cuda_download(GanCuda *gc, GanTrainer *t) {
+    if (!gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
+    CHECK(params_cuda_download(&gc->G.ps, &t->G.ps, gc->stream));
+    return params_cuda_download(&gc->D.ps, &t->D.ps, gc->stream);
+}
+
+// gan.c's draw_fakes for one process: B latents into z, then (conditional) B labels into y.
+static void draw_fakes(GanTrainer *t, float *z, int32_t *y) {
+    int B = t->hp.batch;
+    rng_normal(&t->rng, z, (long)B * t->cfg.z_dim);
+    if (t->cfg.n_classes)
+        for (int b = 0; b < B; b++) y[b] = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
+}
+
+// Host to device on the step's stream, from gc's pinned buffers (which nothing writes again
+// before the step's final wait).
+static int upload(GanCuda *gc, void *dev, const void *host, size_t bytes) {
+    return CUDA_OK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, gc->stream));
+}
+
+int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
+    const SaganConfig *c = &gc->cfg;
+    const GanHparams *h = &t->hp;
+    int B = gc->B, Z = c->z_dim, cond = c->n_classes > 0;
+    long img = (long)c->channels * c->img * c->img;
+    cudaStream_t st = gc->stream;
+    char why[256];
+    if (gan_cuda_refuses(t, why, sizeof why) || !gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
+    if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
+        return KERNELS_EINVAL;
+    if (cond && !data->labels) return KERNELS_EINVAL;
+    // A step that failed part-way may have left copies from the pinned buffers queued.
+    CHECK(CUDA_OK(cudaStreamSynchronize(st)));
+
+    // Every draw of the step, in gan_step's order: the D step's real batch (uniform with
+    // replacement) and fakes, then the G step's fakes (nothing draws from t->rng in between).
+    // They go to pinned host buffers that only the step writes, and up in one copy each.
+    float *zd = gc->z_host, *zg = gc->z_host + (long)B * Z;
+    int32_t *yreal = gc->y_host, *yd = gc->y_host + B, *yg = gc->y_host + 2 * B;
+    for (int b = 0; b < B; b++) {
+        uint32_t i = rng_below(&t->rng, (uint32_t)data->n);
+        memcpy(gc->x_host + b * img, data->images + (long)i * img, img * sizeof(float));
+        yreal[b] = data->labels ? data->labels[i] : 0;
+    }
+    draw_fakes(t, zd, yd);
+    draw_fakes(t, zg, yg);
+    if (cond) // the kernels index tables by the labels: check them here, as sagan.c's forward does
+        for (int b = 0; b < 3 * B; b++)
+            if (gc->y_host[b] < 0 || gc->y_host[b] >= c->n_classes) return KERNELS_EINVAL;
+    CHECK(upload(gc, gc->x, gc->x_host, sizeof(float) * (size_t)(B * img)));
+    CHECK(upload(gc, gc->z, gc->z_host, sizeof(float) * 2 * (size_t)B * Z));
+    CHECK(upload(gc, gc->y, gc->y_host, sizeof(int32_t) * 3 * (size_t)B));
+
+    // D step (gan_d_step)
+    CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st));
+    CHECK(gen_forward(gc, gc->z, cond ? gc->y + B : NULL, B));
+    CHECK(CUDA_OK(cudaMemcpyAsync(gc->x + B * img, gc->G.img, sizeof(float) * (size_t)(B * img),
+                                  cudaMemcpyDeviceToDevice, st)));
+    CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
+    CHECK(disc_forward(gc, gc->x, cond ? gc->y : NULL, 2 * B));
+    CHECK(hinge_d_real_loss_cuda(gc->losses, gc->dlogits, gc->D.out, B, st));
+    CHECK(hinge_d_fake_loss_cuda(gc->losses + 1, gc->dlogits + B, gc->D.out + B, B, st));
+    CHECK(params_cuda_zero_grad(&gc->D.ps, st));
+    CHECK(disc_backward(gc, gc->dlogits, 2 * B, 1, NULL));
+    CHECK(params_cuda_sn_backward(&gc->D.ps, st));
+    CHECK(params_cuda_adam(&gc->D.ps, h->lr_d, h->beta1, h->beta2, h->eps, st));
+
+    // G step (gan_step): fresh latents and labels; D (after one more power iteration on its new
+    // weights) passes the gradient to its input only; G keeps the D step's effective weights.
+    CHECK(gen_forward(gc, gc->z + (long)B * Z, cond ? gc->y + 2 * B : NULL, B));
+    CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
+    CHECK(disc_forward(gc, gc->G.img, cond ? gc->y + 2 * B : NULL, B));
+    CHECK(hinge_g_loss_cuda(gc->losses + 2, gc->dlogits, gc->D.out, B, st));
+    CHECK(CUDA_OK(cudaMemsetAsync(gc->dimg, 0, sizeof(float) * (size_t)(B * img), st)));
+    CHECK(disc_backward(gc, gc->dlogits, B, 0, gc->dimg));
+    CHECK(params_cuda_zero_grad(&gc->G.ps, st));
+    CHECK(gen_backward(gc, gc->dimg, B));
+    CHECK(params_cuda_sn_backward(&gc->G.ps, st));
+    CHECK(params_cuda_adam(&gc->G.ps, h->lr_g, h->beta1, h->beta2, h->eps, st));
+
+    float losses[3];
+    CHECK(CUDA_OK(cudaMemcpyAsync(losses, gc->losses, sizeof losses, cudaMemcpyDeviceToHost, st)));
+    CHECK(CUDA_OK(cudaStreamSynchronize(st)));
+    // what gan_step leaves: the hinge losses (loss_d = real + fake, added in float as there), no
+    // penalty or regularizer, D out of training mode, the step counted, no EMA
+    t->loss_d = losses[0] + losses[1];
+    t->loss_g = losses[2];
+    t->penalty_d = 0.0f;
+    t->reg_g = 0.0f;
+    t->D.train = 0;
+    t->step++;
+    t->ema_live = 0;
+    // and the host batch buffers as gan_step leaves them (but for D's fake half of t->x)
+    memcpy(t->x, gc->x_host, sizeof(float) * (size_t)(B * img));
+    memcpy(t->z, zg, sizeof(float) * (size_t)B * Z);
+    memcpy(t->y, yreal, sizeof(int32_t) * (size_t)B);
+    memcpy(t->y + B, yg, sizeof(int32_t) * (size_t)B);
+    return 0;
+}
+
+#endif

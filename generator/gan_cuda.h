@@ -1,0 +1,139 @@
+// gan_cuda.h — gan_step on a GPU: the whole SN-GAN training step of the plain configuration
+// (the CUDA build: make CUDA=1).
+//
+// A GanCuda holds a device copy of a GanTrainer's training state (G's and D's raw parameters,
+// gradients, Adam moments, spectral-norm vectors and effective weights, in the ParamSet layout of
+// the host trainer, so each buffer moves with one copy) and the device activations of G (forward
+// and backward on B images) and D (forward and backward on 2B), for the trainer's batch B. Between
+// gan_cuda_init and gan_cuda_download the device copy is the truth; the host trainer keeps what
+// the GPU does not need (its RNG, step count and losses, which gan_cuda_step updates on the host;
+// the batch's random draws are made there, exactly as gan_step makes them). One thread uses a
+// GanCuda at a time.
+//
+// Covered: GanHparams' defaults with any learning rates, betas, epsilon and batch (SN on both
+// networks, hinge loss, Adam), one process (dp_size 1), at the model's full resolution, with
+// or without classes. Refused (KERNELS_EINVAL): every other switch of GanHparams (weight decay,
+// sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1 activations, D dropout, EMA, FreezeD, progressive
+// growing) and data-parallel trainers. B batch, Z latent, C channels, R = img. Host pointers are
+// marked host; the rest is device memory.
+#ifndef GENERATOR_GAN_CUDA_H
+#define GENERATOR_GAN_CUDA_H
+
+#ifdef STEER_CUDA
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda_runtime_api.h>
+
+#include "generator/gan.h"
+#include "kernels/attention.h"
+
+// A ParamSet's buffers on the device: the host table (offsets, SN shapes) copied at init, and the
+// device twins of its buffers at the same offsets. sigma holds each SN parameter's sigma from the
+// last power iteration (the host keeps it in Param.sigma).
+typedef struct {
+    int n;
+    Param p[PARAMS_MAX];    // the host ParamSet's table (p[i].sigma unused here)
+    long total, u_total, v_total;
+    long adam_t;            // Adam steps taken (host)
+    float *buf;             // the one device allocation carved into the buffers below
+    float *params, *grads, *m, *v, *w_eff, *dw_eff; // (total)
+    float *sn_u;            // (u_total)
+    float *sn_v;            // (v_total)
+    float *sigma;           // (n) sigma of param i at [i] (SN params only)
+} GanCudaParams;
+
+// G on the device: the Generator's parameter indices and widths, its parameters, and its
+// activations and their gradient twins (dacts, at the same offsets), as sagan.c carves them.
+typedef struct {
+    int n_stages, attn_stage;
+    int chan[SAGAN_MAX_STAGES + 1];
+    int p_embed, p_fc_w, p_fc_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
+    int p_f, p_g, p_h, p_o, p_gamma, p_out_w, p_out_b;
+    GanCudaParams ps;
+    float *acts, *dacts;
+    long acts_total;
+    float *zc;                      // (B, Z) z plus the class embedding
+    float *fc_pre, *fc;             // (B, chan0, 16) linear output, after LReLU
+    float *pn0, *rn0;               // (B, chan0, 16), (B, 16)
+    float *up[SAGAN_MAX_STAGES];    // (B, chan[s], r, r) upsampled input of stage s
+    float *conv[SAGAN_MAX_STAGES];  // (B, chan[s+1], r, r)
+    float *act[SAGAN_MAX_STAGES];   // (B, chan[s+1], r, r) after LReLU
+    float *pn[SAGAN_MAX_STAGES];    // (B, chan[s+1], r, r) PixelNorm out
+    float *rn[SAGAN_MAX_STAGES];    // (B, r*r)
+    float *att;                     // (B, chan[attn_stage+1], N) attention output
+    AttentionSaved att_saved;       // its intermediates
+    float *att_scratch;             // attention_scratch_floats_cuda
+    float *pre, *img;               // (B, channels, R, R) before and after tanh
+    const float *zin;               // the linear layer's input of the last forward (z or zc)
+    const int32_t *labels;          // (B) labels of the last forward, or NULL
+} GanCudaGen;
+
+// D on the device, likewise (activations for 2B images).
+typedef struct {
+    int n_stages, attn_stage;
+    int chan[SAGAN_MAX_STAGES + 1];
+    int p_in_w, p_in_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
+    int p_f, p_g, p_h, p_o, p_gamma, p_fc_w, p_fc_b, p_embed;
+    GanCudaParams ps;
+    float *acts, *dacts;
+    long acts_total;
+    float *c0, *a0;                 // (2B, chan0, R, R) first conv, after LReLU
+    float *conv[SAGAN_MAX_STAGES];  // (2B, chan[k+1], r, r)
+    float *act[SAGAN_MAX_STAGES];   // (2B, chan[k+1], r, r) after LReLU
+    float *att;                     // attention output
+    AttentionSaved att_saved;
+    float *att_scratch;
+    float *out;                     // (2B) logits
+    const float *x;                 // input of the last forward
+    const int32_t *labels;          // (2B) labels of the last forward, or NULL
+} GanCudaDisc;
+
+typedef struct {
+    SaganConfig cfg;
+    int B;                  // the batch (the trainer's hp.batch at init)
+    cudaStream_t stream;
+    GanCudaGen G;
+    GanCudaDisc D;
+    float *batch;           // one device allocation carved into the step's buffers below
+    float *x;               // (2B, C, R, R) D step's input: the real batch, then G's images
+    float *z;               // (2, B, Z) the D step's latents, then the G step's
+    float *dlogits;         // (2B)
+    float *dimg;            // (B, C, R, R) D's gradient w.r.t. G's images
+    float *losses;          // (3) hinge: D real, D fake, G
+    int32_t *y;             // (3B) real labels, the D step's fake labels, the G step's
+    // The step's draws on the host (pinned), copied up in one go: x_host (B, C, R, R) the real
+    // batch, z_host (2, B, Z), y_host (3B) laid out as z and y.
+    float *x_host, *z_host;
+    int32_t *y_host;
+} GanCuda;
+
+// Builds the device copy of t (its whole training state as it is now; sizes from t->hp.batch).
+// Returns 0, or a negative KERNELS_E* code with a message in err: KERNELS_EINVAL for a switch of
+// t->hp this step does not do (named in err) or a trainer that is not the plain one-process kind,
+// KERNELS_ECUDA or KERNELS_ENOMEM when there is no GPU or not enough device memory. gc is then
+// safe to gan_cuda_free. t is only read.
+int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen);
+// Copies t's training state to the device again (after t changed on the host: a CPU step, a
+// load). KERNELS_EINVAL when t no longer fits gc (another config or batch); waits for the GPU.
+int gan_cuda_upload(GanCuda *gc, const GanTrainer *t);
+// One training iteration on the GPU, gan_step's: a D step on a real batch from data and a fake
+// batch, then a G step, drawing every random number from t->rng on the host as gan_step does.
+// Updates t->rng, t->step, t->loss_d and t->loss_g (the hinge losses; penalty_d and reg_g are 0),
+// and t->z, t->y and the real half of t->x as gan_step leaves them; waits for the GPU once at
+// the end. The parameters in t are not touched: gan_cuda_download brings them back. Returns 0,
+// or a negative KERNELS_E* code: KERNELS_EINVAL, before anything is queued, for data of another
+// shape, labels out of range (the step's draws are then made) or a switch of t->hp this step
+// refuses (turned on after init; nothing drawn); after a kernel's failure the device state is
+// part-updated: treat it as fatal for the run.
+int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data);
+// Copies the device state into t (parameters, gradients, Adam moments and step count, SN vectors,
+// sigmas and effective weights), so that t is what gan_step would have left and gan_save works.
+// Waits for the GPU. Returns 0 or KERNELS_ECUDA (t is then partly updated).
+int gan_cuda_download(GanCuda *gc, GanTrainer *t);
+// Frees the device copy; safe on a zeroed or half-built gc.
+void gan_cuda_free(GanCuda *gc);
+
+#endif
+#endif

@@ -15,6 +15,7 @@
 #include "env/imageio.h"
 #include "generator/dist.h"
 #include "generator/gan.h"
+#include "generator/train_device.h"
 #include "kernels/kernels.h"
 
 double cli_now_s(void) {
@@ -128,6 +129,8 @@ static void train_usage(FILE *f) {
             "  --log-every N      progress line interval (default 100)\n"
             "  --sample-every N   PNG sample grid interval (default 1000, 0: never)\n"
             "  --out FILE         also write the final checkpoint here\n"
+            "  --device D         auto (default: the GPU when this is a CUDA build, a GPU is usable\n"
+            "                     and the GPU step covers the run's switches), cpu, cuda\n"
             "Training techniques (docs/training.md, \"Techniques\"; all off by default):\n"
             "  --set KEY=VALUE    any training switch, repeatable; the keys:\n",
             FMNIST_DIR);
@@ -195,6 +198,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
     const char *config = "fmnist32c", *data_dir = FMNIST_DIR, *resume = NULL, *out = NULL;
     char ckpt_dir[PATH_MAX] = "";
     long iters = 20000, seed = 1, save_every = 1000, log_every = 100, sample_every = 1000, v;
+    Device device = DEVICE_AUTO;
     long ch = 0, z_dim = 0;
     GanHparams hp;
     gan_hparams_default(&hp);
@@ -218,7 +222,8 @@ static int train_main(int argc, char **argv, Dist *dist) {
         {"set", 1, 0, 'k'},         {"r1", 1, 0, 256},           {"gp", 1, 0, 257},
         {"ortho", 1, 0, 258},       {"l1-act", 1, 0, 259},       {"dropout-d", 1, 0, 260},
         {"ema", 1, 0, 261},         {"freeze-d", 1, 0, 262},     {"weight-decay", 1, 0, 263},
-        {"no-sn-g", 0, 0, 264},     {"no-sn-d", 0, 0, 265},      {0, 0, 0, 0}};
+        {"no-sn-g", 0, 0, 264},     {"no-sn-d", 0, 0, 265},      {"device", 1, 0, 'V'},
+        {0, 0, 0, 0}};
     optind = 1;
     int o;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -278,6 +283,12 @@ static int train_main(int argc, char **argv, Dist *dist) {
         case 'O': out = optarg; break;
         case 'w': if (cli_parse_long("train", optarg, 8, 1024, "--ch", &ch)) return 2; break;
         case 'z': if (cli_parse_long("train", optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
+        case 'V':
+            if (device_parse(optarg, &device)) {
+                fprintf(stderr, "steer train: --device '%s': expected auto, cpu or cuda\n", optarg);
+                return 2;
+            }
+            break;
         case 'h': train_usage(stdout); return 0;
         default: train_usage(stderr); return 2;
         }
@@ -384,13 +395,17 @@ static int train_main(int argc, char **argv, Dist *dist) {
         }
         if (used) fprintf(stderr, "hyperparameters:%s\n", line);
     }
+    TrainDevice td;
+    char where[512];
+    train_device_init(&td, device, &t, where, sizeof where);
+    if (lead) fprintf(stderr, "%s\n", where);
     char path[PATH_MAX + 64], eta[32];
     double t0 = cli_now_s(), t_log = t0;
     long start = t.step, log_start = t.step;
     int status = 0;
     int stop = 0;
     while (t.step < iters && !stop) {
-        if ((rc = gan_step(&t, &data))) {
+        if ((rc = train_device_step(&td, &t, &data))) {
             fprintf(stderr, "steer train: step %ld failed: %s\n", t.step, kernels_strerror(rc));
             status = 1;
             break;
@@ -420,12 +435,19 @@ static int train_main(int argc, char **argv, Dist *dist) {
             t_log = now;
             log_start = t.step;
         }
-        if (lead && sample_every && t.step % sample_every == 0) {
+        int sample_now = lead && sample_every && t.step % sample_every == 0;
+        int save_now = lead && save_every && t.step % save_every == 0 && t.step < iters;
+        if ((sample_now || save_now) && (rc = train_device_sync(&td, &t))) {
+            fprintf(stderr, "steer train: step %ld: %s\n", t.step, kernels_strerror(rc));
+            status = 1;
+            sample_now = save_now = 0;
+        }
+        if (sample_now) {
             snprintf(path, sizeof path, "%s/samples_%07ld.png", ckpt_dir, t.step);
             if (write_grid(&t, path, 100, err, sizeof err))
                 fprintf(stderr, "steer train: sample grid: %s\n", err);
         }
-        if (lead && save_every && t.step % save_every == 0 && t.step < iters) {
+        if (save_now) {
             snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
             if (gan_save(&t, path, err, sizeof err)) {
                 fprintf(stderr, "steer train: %s\n", err);
@@ -436,7 +458,10 @@ static int train_main(int argc, char **argv, Dist *dist) {
         stop = dist_any(dist, stop_requested || status) != 0;
     }
     snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
-    if (!lead) {
+    if ((rc = train_device_sync(&td, &t))) {
+        fprintf(stderr, "steer train: %s\n", kernels_strerror(rc));
+        status = 1;
+    } else if (!lead) {
         // the lead saves
     } else if (gan_save(&t, path, err, sizeof err) || (out && gan_save(&t, out, err, sizeof err))) {
         fprintf(stderr, "steer train: %s\n", err);
@@ -446,6 +471,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
                 stop_requested ? "stopped" : "done", t.step, cli_now_s() - t0, path,
                 out ? " and " : "", out ? out : "");
     }
+    train_device_free(&td);
     dataset_free(&data);
     gan_free(&t);
     return status;

@@ -27,6 +27,7 @@
 #include "kernels/kernels.h"
 #include "server/distill.h"
 #include "server/finetune.h"
+#include "generator/train_device.h"
 
 #define WORKER_EVAL_MODEL "models/fmnist-eval.safetensors"
 #define WORKER_G_BATCH 64
@@ -40,7 +41,7 @@ static void on_signal(int sig) {
 typedef enum { KIND_TRAIN, KIND_FINETUNE, KIND_DISTILL } Kind;
 
 typedef struct {
-    const char *kind, *config, *data, *init, *parent, *eval_model, *store, *teacher;
+    const char *kind, *config, *data, *init, *parent, *eval_model, *store, *teacher, *device;
     Kind k;
     long steps, batch, seed, save_every, log_every, eval_n, fail_at, limit, reward_n, ch, eval_every;
     double beta, lambda, w_pix, w_feat, w_adv;
@@ -121,6 +122,7 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                            : !strcmp(key, "eval_model") ? &s->eval_model
                            : !strcmp(key, "store")      ? &s->store
                            : !strcmp(key, "teacher")    ? &s->teacher
+                           : !strcmp(key, "device")     ? &s->device
                                                         : NULL;
         long *num = !strcmp(key, "steps")        ? &s->steps
                     : !strcmp(key, "batch")      ? &s->batch
@@ -201,6 +203,11 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
     }
     if (s->k == KIND_DISTILL && !(s->teacher || s->parent)) {
         snprintf(err, errlen, "a distill job needs 'teacher' (or 'parent')");
+        return -1;
+    }
+    Device dev;
+    if (s->device && device_parse(s->device, &dev)) {
+        snprintf(err, errlen, "spec: device must be auto, cpu or cuda");
         return -1;
     }
     if (s->k == KIND_FINETUNE && !s->init) s->init = s->parent;
@@ -415,6 +422,7 @@ static int run(const char *dir) {
     Judge judge = {0};
     FinetuneReward fr;
     Distiller dist;
+    TrainDevice td = {0};
     memset(&fr, 0, sizeof fr);
     memset(&dist, 0, sizeof dist);
     float *theta0 = NULL;
@@ -490,6 +498,12 @@ static int run(const char *dir) {
     msg_send(&m);
     fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
+    // train jobs run on the GPU when there is one the step can use (finetune and distill: the CPU)
+    Device want = DEVICE_CPU;
+    if (s.k == KIND_TRAIN && (!s.device || device_parse(s.device, &want))) want = DEVICE_AUTO;
+    char where[512];
+    train_device_init(&td, want, &t, where, sizeof where);
+    fprintf(stderr, "steer worker: %s\n", where);
     double t_log = cli_now_s(), t_start = t_log;
     double t_eval = 0; // time spent in FD evaluations: not training time (seconds, `eval`, `done`)
     long log_start = t.step;
@@ -503,7 +517,7 @@ static int run(const char *dir) {
         DistillConfig dc = {.w_pix = s.w_pix, .w_feat = s.w_feat, .w_adv = s.w_adv};
         rc = s.k == KIND_FINETUNE ? finetune_step(&t, &fr, &fc, theta0, &data, &reward_now)
              : s.k == KIND_DISTILL ? distill_step(&t, &dist, &dc, &data, &pix, &featl)
-                                   : gan_step(&t, &data);
+                                   : train_device_step(&td, &t, &data);
         if (rc) {
             snprintf(err, sizeof err, "step %ld failed: %s", t.step, kernels_strerror(rc));
             goto fail;
@@ -542,7 +556,7 @@ static int run(const char *dir) {
             snprintf(mid, sizeof mid, "%s/eval.safetensors", dir);
             if (!judge.ready && judge_init(&judge, &s, why, sizeof why)) judge.ready = -1;
             double fd_now = NAN;
-            if (judge.ready == 1 && !gan_save(&t, mid, why, sizeof why)) {
+            if (judge.ready == 1 && !train_device_sync(&td, &t) && !gan_save(&t, mid, why, sizeof why)) {
                 int fixed = s.n_classes == 1 ? s.classes[0] : -1;
                 fd_now = judge_fd(&judge, mid, s.eval_n, fixed, why, sizeof why);
             }
@@ -556,6 +570,10 @@ static int run(const char *dir) {
         }
         out_of_time = s.seconds > 0 && cli_now_s() - t_start - t_eval >= s.seconds;
         if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps && !out_of_time) {
+            if ((rc = train_device_sync(&td, &t))) {
+                snprintf(err, sizeof err, "step %ld: %s", t.step, kernels_strerror(rc));
+                goto fail;
+            }
             if (gan_save(&t, latest, err, sizeof err)) goto fail;
             msg_begin(&m, "checkpoint", 2);
             kv_int(&m, "step", t.step);
@@ -564,6 +582,10 @@ static int run(const char *dir) {
         }
     }
     double t_end = cli_now_s(); // the training loop's end (the final FD not included)
+    if ((rc = train_device_sync(&td, &t))) {
+        snprintf(err, sizeof err, "step %ld: %s", t.step, kernels_strerror(rc));
+        goto fail;
+    }
     if (gan_save(&t, latest, err, sizeof err)) goto fail;
     if (stop_requested && t.step < s.steps) {
         msg_begin(&m, "stopped", 2);
@@ -620,6 +642,7 @@ static int run(const char *dir) {
 fail:
     send_failed(err);
 done:
+    train_device_free(&td);
     finetune_reward_free(&fr);
     distill_free(&dist);
     free(theta0);

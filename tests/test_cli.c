@@ -61,6 +61,19 @@ static long file_size(const char *path) {
     return stat(path, &st) ? -1 : (long)st.st_size;
 }
 
+// --device cuda where the GPU cannot be used (a CPU build, or no GPU) trains on the CPU and says
+// why; a GPU machine says it trains there.
+static void test_train_device(void **state) {
+    (void)state;
+    int rc = run("train --config tiny --iters 2 --batch 8 --device cuda --sample-every 0 "
+                 "--ckpt-dir %s/dev%.0s", dir, dir);
+    assert_int_equal(rc, 0);
+    if (!strstr(out, "training on the GPU (")) {
+        CHECK_ASSERT_HAS(out, "training on the CPU (asked for cuda; ");
+        assert_true(strstr(out, "no CUDA backend") || strstr(out, "no usable GPU"));
+    }
+}
+
 static void test_train_outputs(void **state) {
     (void)state;
     char p[256];
@@ -130,6 +143,7 @@ static void test_errors(void **state) {
     expect_error("--iters", "train --iters many --ckpt-dir %s/r%.0s", dir);
     expect_error("not a regular file", "train --resume /dev/null --ckpt-dir %s/r%.0s", dir);
     expect_error("dataset-fashion-mnist", "train --data %s/nodata --ckpt-dir %s/r", dir);
+    expect_error("expected auto, cpu or cuda", "train --device tpu --ckpt-dir %s/r%.0s", dir);
     // A folder that does not exist: the output cannot be written.
     expect_error("steer sample", "sample --ckpt %s/tiny.safetensors --n 2 --out %s/no/dir/x.npy",
                  dir);
@@ -138,6 +152,7 @@ static void test_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_outputs),
+        cmocka_unit_test(test_train_device),
         cmocka_unit_test(test_sample_deterministic),
         cmocka_unit_test(test_errors),
     };

@@ -10,6 +10,9 @@
 #   make CUDA=1     also build the CUDA backend (kernels/cuda/*.cu, nvcc) into libsteer.a and its
 #                   op test $(BUILD)/tests/cuda/test_cuda_ops (skips without a GPU); docs/gpu.md.
 #                   Use another BUILD for it (make CUDA=1 BUILD=build-cuda): build/ stays CPU-only.
+#   make cuda-shim  the CUDA build's C code (generator/gan_cuda.c, sagan_cuda.c) on a CPU stand-in
+#                   for the CUDA backend, checked bit for bit against the CPU (tests/cuda/shim/);
+#                   needs only the CUDA headers, and `make`'s build/.
 
 CC      ?= cc
 BUILD   ?= build
@@ -32,13 +35,14 @@ TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 
 # The CUDA backend, only with CUDA=1: nvcc compiles kernels/cuda/*.cu for Ampere (sm_80, which
 # also runs on sm_86/sm_89) and Hopper (sm_90, the H100/H200), plus sm_90 PTX that newer GPUs
-# compile at load time. C code sees STEER_CUDA=1. Without CUDA=1 none of this applies.
+# compile at load time. C code sees STEER_CUDA=1. Without CUDA=1 none of this applies (CUDA_HOME
+# is also where `make cuda-shim` looks for the headers).
 comma         := ,
+CUDA_HOME     ?= /usr/local/cuda
 CUDA_SRC      :=
 CUDA_OBJ      :=
 CUDA_TEST_BIN :=
 ifeq ($(CUDA),1)
-CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CUDA_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
              -gencode arch=compute_90,code=compute_90
@@ -57,7 +61,7 @@ endif
 CLIENT_SRC := $(wildcard clients/c/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test test-only bench asan clean
+.PHONY: all deps run test test-only bench asan cuda-shim clean
 all: $(BUILD)/steer $(BUILD)/steer-client $(CUDA_TEST_BIN)
 
 $(BUILD)/%.o: %.c
@@ -106,8 +110,39 @@ asan:
 	    EXTRA_CFLAGS="-fsanitize=address,undefined -fno-omit-frame-pointer" \
 	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer build-asan/steer-client
 
+# The CUDA build's orchestration without a GPU: generator/gan_cuda.c and sagan_cuda.c compiled by
+# the C compiler with STEER_CUDA=1 (the CUDA headers for the runtime's types; no nvcc, no CUDA
+# library) into $(BUILD)/cuda-shim/, linked with tests/cuda/shim/cuda_shim.c (every CUDA call on
+# its CPU twin) and the CPU build's libsteer.a, and checked against gan_step and generator_forward
+# by tests/cuda/shim/test_shim_exact.c. Nothing else reads $(BUILD)/cuda-shim/. Not with CUDA=1:
+# that libsteer.a holds the real backend, whose symbols the stand-in defines again.
+SHIM_DIR    := $(BUILD)/cuda-shim
+SHIM_SRC    := generator/gan_cuda.c generator/sagan_cuda.c tests/cuda/shim/cuda_shim.c \
+               tests/cuda/shim/test_shim_exact.c
+SHIM_OBJ    := $(SHIM_SRC:%.c=$(SHIM_DIR)/%.o)
+SHIM_CFLAGS  = $(CFLAGS) -DSTEER_CUDA=1 -I$(CUDA_HOME)/include
+
+cuda-shim:
+ifeq ($(CUDA),1)
+	@echo "cuda-shim: it links the CPU build's libsteer.a; run it without CUDA=1" >&2; exit 1
+else
+	@if [ ! -f "$(CUDA_HOME)/include/cuda_runtime_api.h" ]; then \
+	    echo "cuda-shim: skipped: no $(CUDA_HOME)/include/cuda_runtime_api.h (set CUDA_HOME)"; \
+	else \
+	    $(MAKE) --no-print-directory $(SHIM_DIR)/test_shim_exact && $(SHIM_DIR)/test_shim_exact; \
+	fi
+endif
+
+$(SHIM_DIR)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(SHIM_CFLAGS) -MMD -MP -c $< -o $@
+
+$(SHIM_DIR)/test_shim_exact: $(SHIM_OBJ) $(CHECK_OBJ) $(BUILD)/libsteer.a
+	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
+
 clean:
 	rm -rf build build-asan build-cuda
 
 -include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d) $(CUDA_TEST_BIN:=.d)
+-include $(SHIM_OBJ:.o=.d)
 .SECONDARY:

@@ -1,0 +1,314 @@
+// cuda_shim.c — a CPU stand-in for the CUDA runtime calls and the kernels/cuda/cuda_ops.h
+// functions that generator/gan_cuda.c and generator/sagan_cuda.c make, each one built on its CPU
+// twin, so that those two files (the GPU training step and G's forward for serving) can be run
+// and checked where there is no GPU: their buffer carving, layer order, spectral norm, Adam and
+// host RNG draws. With every op the CPU's own, gan_cuda_step must equal gan_step bit for bit
+// (tests/cuda/shim/test_shim_exact.c, `make cuda-shim`).
+//
+// What it is not: a model of the GPU. "Device" memory is host memory, streams are tokens and
+// every call finishes before it returns, so it cannot find a missing synchronize, a host read of
+// device memory, or anything wrong inside the kernels of kernels/cuda/*.cu (tests/cuda/
+// test_cuda_ops.c checks those on a GPU). It covers only the calls those two files make. It is
+// test code, linked only into the shim's test program: never into libsteer.a or steer, and never
+// beside the real CUDA backend (the same symbols).
+//
+// B batch, C channels, H, W spatial, N = H*W, n a flat element count, F feature length, D an
+// embedding row's length. Every pointer named device memory in cuda_ops.h is host memory here.
+#include <stdlib.h>
+#include <string.h>
+
+#include <cuda_runtime_api.h>
+
+#include "kernels/attention.h"
+#include "kernels/conv.h"
+#include "kernels/cuda/cuda_ops.h"
+#include "kernels/gemm.h"
+#include "kernels/kernels.h"
+#include "kernels/ops.h"
+#include "kernels/specnorm.h"
+
+// --- the runtime: host memory, and streams on which everything has already run -----------------
+
+cudaError_t cudaMalloc(void **ptr, size_t bytes) {
+    // Zeroed, and at least one byte, so that a read of memory the code never wrote shows up as
+    // the same zeros on every run instead of as noise.
+    *ptr = calloc(1, bytes ? bytes : 1);
+    return *ptr ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaMallocHost(void **ptr, size_t bytes) { return cudaMalloc(ptr, bytes); }
+
+cudaError_t cudaFree(void *ptr) {
+    free(ptr);
+    return cudaSuccess;
+}
+
+cudaError_t cudaFreeHost(void *ptr) {
+    free(ptr);
+    return cudaSuccess;
+}
+
+// memmove, not memcpy: the real call makes no promise for overlap either, but a copy that
+// overlaps should not turn into undefined behaviour of the stand-in.
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind) {
+    (void)kind;
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, enum cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+    (void)stream;
+    return cudaMemcpy(dst, src, bytes, kind);
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t stream) {
+    (void)stream;
+    memset(dst, value, bytes);
+    return cudaSuccess;
+}
+
+// A stream is a distinct one-byte allocation, so that two streams compare unequal and a stream
+// not destroyed shows up in a leak checker.
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned int flags) {
+    (void)flags;
+    *stream = malloc(1);
+    return *stream ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+
+cudaError_t cudaStreamDestroy(cudaStream_t stream) {
+    free(stream);
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
+    (void)stream;
+    return cudaSuccess;
+}
+
+// --- the backend (cuda_ops.h), each op its CPU twin --------------------------------------------
+
+int cuda_device_available(char *why, size_t len) {
+    if (len > 0) {
+        strncpy(why, "the CPU stand-in for the CUDA backend (tests/cuda/shim)", len - 1);
+        why[len - 1] = '\0';
+    }
+    return 1;
+}
+
+int leaky_relu_forward_cuda(float *out, const float *inp, float alpha, long n,
+                            cudaStream_t stream) {
+    (void)stream;
+    leaky_relu_forward(out, inp, alpha, n);
+    return 0;
+}
+
+int leaky_relu_backward_cuda(float *dinp, const float *dout, const float *inp, float alpha, long n,
+                             cudaStream_t stream) {
+    (void)stream;
+    leaky_relu_backward(dinp, dout, inp, alpha, n);
+    return 0;
+}
+
+int tanh_forward_cuda(float *out, const float *inp, long n, cudaStream_t stream) {
+    (void)stream;
+    tanh_forward(out, inp, n);
+    return 0;
+}
+
+int tanh_backward_cuda(float *dinp, const float *dout, const float *out, long n,
+                       cudaStream_t stream) {
+    (void)stream;
+    tanh_backward(dinp, dout, out, n);
+    return 0;
+}
+
+int pixelnorm_forward_cuda(float *out, float *rnorm, const float *inp, int B, int C, int N,
+                           cudaStream_t stream) {
+    (void)stream;
+    pixelnorm_forward(out, rnorm, inp, B, C, N);
+    return 0;
+}
+
+int pixelnorm_backward_cuda(float *dinp, const float *dout, const float *out, const float *rnorm,
+                            int B, int C, int N, cudaStream_t stream) {
+    (void)stream;
+    pixelnorm_backward(dinp, dout, out, rnorm, B, C, N);
+    return 0;
+}
+
+int upsample2x_forward_cuda(float *out, const float *inp, int B, int C, int H, int W,
+                            cudaStream_t stream) {
+    (void)stream;
+    upsample2x_forward(out, inp, B, C, H, W);
+    return 0;
+}
+
+int upsample2x_backward_cuda(float *dinp, const float *dout, int B, int C, int H, int W,
+                             cudaStream_t stream) {
+    (void)stream;
+    upsample2x_backward(dinp, dout, B, C, H, W);
+    return 0;
+}
+
+// The CUDA losses write into a device scalar what the CPU ones return.
+int hinge_d_real_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
+                           cudaStream_t stream) {
+    (void)stream;
+    *loss = hinge_d_real_loss(dlogits, logits, B);
+    return 0;
+}
+
+int hinge_d_fake_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
+                           cudaStream_t stream) {
+    (void)stream;
+    *loss = hinge_d_fake_loss(dlogits, logits, B);
+    return 0;
+}
+
+int hinge_g_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
+                      cudaStream_t stream) {
+    (void)stream;
+    *loss = hinge_g_loss(dlogits, logits, B);
+    return 0;
+}
+
+int adamw_update_cuda(float *params, const float *grads, float *m, float *v, long n, float lr,
+                      float beta1, float beta2, float eps, float weight_decay, long t,
+                      cudaStream_t stream) {
+    (void)stream;
+    adamw_update(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, t);
+    return 0;
+}
+
+// sigma is a device scalar on the CUDA side, a return value (forward) or argument (backward) on
+// the CPU's.
+int specnorm_forward_cuda(float *w_sn, float *v_out, float *u, float *sigma, const float *w,
+                          int OUT, int IN, int update, cudaStream_t stream) {
+    (void)stream;
+    *sigma = specnorm_forward(w_sn, v_out, u, w, OUT, IN, update);
+    return 0;
+}
+
+int specnorm_backward_cuda(float *dw, const float *dw_sn, const float *w_sn, const float *u,
+                           const float *v, const float *sigma, int OUT, int IN,
+                           cudaStream_t stream) {
+    (void)stream;
+    specnorm_backward(dw, dw_sn, w_sn, u, v, *sigma, OUT, IN);
+    return 0;
+}
+
+int linear_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
+                        int IN, int OUT, cudaStream_t stream) {
+    (void)stream;
+    return linear_forward(out, inp, w, bias, B, IN, OUT);
+}
+
+int linear_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int B, int IN, int OUT, cudaStream_t stream) {
+    (void)stream;
+    return linear_backward(dinp, dw, dbias, dout, inp, w, B, IN, OUT);
+}
+
+int conv2d_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
+                        int C, int H, int W, int OC, int K, int S, int P, cudaStream_t stream) {
+    (void)stream;
+    return conv2d_forward(out, inp, w, bias, B, C, H, W, OC, K, S, P);
+}
+
+int conv2d_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
+                         const float *w, int B, int C, int H, int W, int OC, int K, int S, int P,
+                         cudaStream_t stream) {
+    (void)stream;
+    return conv2d_backward(dinp, dw, dbias, dout, inp, w, B, C, H, W, OC, K, S, P);
+}
+
+// --- model_cuda.cu's layers ---------------------------------------------------------------------
+
+int add_inplace_cuda(float *out, const float *inp, long n, cudaStream_t stream) {
+    (void)stream;
+    add_inplace(out, inp, n);
+    return 0;
+}
+
+int embedding_forward_cuda(float *out, const float *table, const int32_t *labels, int B, int D,
+                           cudaStream_t stream) {
+    (void)stream;
+    embedding_forward(out, table, labels, B, D);
+    return 0;
+}
+
+int embedding_backward_cuda(float *dtable, const float *dout, const int32_t *labels, int B, int D,
+                            cudaStream_t stream) {
+    (void)stream;
+    embedding_backward(dtable, dout, labels, B, D);
+    return 0;
+}
+
+// The projection has no CPU function of its own: these are generator/sagan.c's loops in
+// discriminator_forward and discriminator_backward, in their order (one float sum per item, then
+// added to out; each table row's gradient summed over the items in batch order), so that the
+// sums round as the CPU's do.
+int projection_forward_cuda(float *out, const float *table, const int32_t *labels,
+                            const float *feat, int B, int F, cudaStream_t stream) {
+    (void)stream;
+    for (int b = 0; b < B; b++) {
+        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
+        float acc = 0.0f;
+        for (int i = 0; i < F; i++)
+            acc += e[i] * h[i];
+        out[b] += acc;
+    }
+    return 0;
+}
+
+int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, const float *table,
+                             const int32_t *labels, const float *feat, int B, int F,
+                             cudaStream_t stream) {
+    (void)stream;
+    for (int b = 0; b < B; b++) {
+        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
+        float g = dout[b];
+        if (dfeat)
+            for (int i = 0; i < F; i++)
+                dfeat[(long)b * F + i] += g * e[i];
+        if (dtable)
+            for (int i = 0; i < F; i++)
+                dtable[(long)labels[b] * F + i] += g * h[i];
+    }
+    return 0;
+}
+
+// The attention block is attention.c itself, not a port of model_cuda.cu's composition of it on
+// gemm_cuda: that composition sums the weight gradients in another order, and the point here is
+// that every op is the CPU's, so that any difference left is the orchestration's. gamma and
+// dgamma are "device" scalars, so host floats here.
+int attention_forward_cuda(float *out, AttentionSaved *s, const float *x, const float *wf,
+                           const float *wg, const float *wh, const float *wo, const float *gamma,
+                           int B, int C, int N, cudaStream_t stream) {
+    (void)stream;
+    return attention_forward(out, s, x, wf, wg, wh, wo, *gamma, B, C, N);
+}
+
+// The CUDA backward's scratch is one item's; the CPU's holds every item's, which depends on B,
+// which this size cannot see. So the backward below allocates its own and this size is only
+// what gan_cuda.c carves (any positive size would do).
+long attention_scratch_floats_cuda(int C, int N) { return (long)C * N; }
+
+// Allocates the CPU scratch per call: a test-only cost, against the house rule for real training
+// steps. KERNELS_ENOMEM when it cannot.
+int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float *dwo,
+                            float *dgamma, const float *dout, const AttentionSaved *s,
+                            const float *x, const float *wf, const float *wg, const float *wh,
+                            const float *wo, const float *gamma, float *scratch, int B, int C,
+                            int N, cudaStream_t stream) {
+    (void)stream;
+    (void)scratch;
+    float *cpu_scratch = malloc(sizeof(float) * (size_t)attention_scratch_floats(B, C, N));
+    if (!cpu_scratch)
+        return KERNELS_ENOMEM;
+    int rc = attention_backward(dx, dwf, dwg, dwh, dwo, dgamma, dout, s, x, wf, wg, wh, wo, *gamma,
+                                cpu_scratch, B, C, N);
+    free(cpu_scratch);
+    return rc;
+}

@@ -39,16 +39,9 @@
 #define W(net, i) params_cuda_w(&(net)->ps, (i))
 #define DW(net, i) params_cuda_dw(&(net)->ps, (i))
 
-typedef struct {
-    float *base; // NULL while counting
-    long used;
-} Carver;
+typedef ParamsCarver Carver;
 
-static float *carve(Carver *cv, long n) {
-    float *p = cv->base ? cv->base + cv->used : NULL;
-    cv->used += (n + 63) & ~63L; // 256-byte aligned slices
-    return p;
-}
+static float *carve(Carver *cv, long n) { return params_carve(cv, n, 64); } // 256-byte slices
 
 // ---------------------------------------------------------------------------------------------
 // parameters: params.c's paramset_* on the device

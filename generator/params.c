@@ -45,6 +45,12 @@ int paramset_add(ParamSet *ps, const char *name, int ndim, const int *shape, int
     return ps->n++;
 }
 
+float *params_carve(ParamsCarver *cv, long n, long align) {
+    float *p = cv->base ? cv->base + cv->used : NULL;
+    cv->used += (n + align - 1) & ~(align - 1);
+    return p;
+}
+
 void *params_zalloc(size_t bytes) {
     bytes = ((bytes ? bytes : 1) + 63) & ~(size_t)63;
     void *x = aligned_alloc(64, bytes);

@@ -51,6 +51,16 @@ typedef struct {
     int sn_off;        // 1: spectral norm switched off: w_eff = params (sigma = 1), same layout
 } ParamSet;
 
+// One activation buffer carved into slices (llm.c's pointer table): a first pass with base NULL
+// counts the floats a network needs (used), a second with base set hands out the same slices.
+// Each slice is rounded up to align floats (a power of two), so with an aligned base every slice
+// starts aligned.
+typedef struct {
+    float *base; // NULL while counting
+    long used;
+} ParamsCarver;
+float *params_carve(ParamsCarver *cv, long n, long align);
+
 // 64-byte aligned, zeroed memory for parameter and activation buffers (at least 1 byte);
 // NULL when out of memory; freed with free().
 void *params_zalloc(size_t bytes);

@@ -76,16 +76,9 @@ int sagan_config_check(const SaganConfig *c, char *err, size_t errlen) {
 // ---------------------------------------------------------------------------------------------
 // activation buffers: one pass to count, one to carve
 
-typedef struct {
-    float *base; // NULL while counting
-    long used;
-} Carver;
+typedef ParamsCarver Carver;
 
-static float *carve(Carver *cv, long n) {
-    float *p = cv->base ? cv->base + cv->used : NULL;
-    cv->used += (n + 15) & ~15L; // 64-byte aligned slices
-    return p;
-}
+static float *carve(Carver *cv, long n) { return params_carve(cv, n, 16); } // 64-byte slices
 
 static float *alloc_floats(long n) { return params_zalloc(sizeof(float) * (size_t)n); }
 

@@ -25,16 +25,9 @@
     } while (0)
 #define CUDA_OK(x) ((x) == cudaSuccess ? 0 : KERNELS_ECUDA)
 
-typedef struct {
-    float *base; // NULL while counting
-    long used;
-} Carver;
+typedef ParamsCarver Carver;
 
-static float *carve(Carver *cv, long n) {
-    float *p = cv->base ? cv->base + cv->used : NULL;
-    cv->used += (n + 63) & ~63L; // 256-byte aligned slices
-    return p;
-}
+static float *carve(Carver *cv, long n) { return params_carve(cv, n, 64); } // 256-byte slices
 
 static void carve_all(GeneratorCuda *gc, Carver *cv) {
     const SaganConfig *c = &gc->cfg;

@@ -13,6 +13,9 @@
 #   make cuda-shim  the CUDA build's C code (generator/gan_cuda.c, sagan_cuda.c) on a CPU stand-in
 #                   for the CUDA backend, checked bit for bit against the CPU (tests/cuda/shim/);
 #                   needs only the CUDA headers, and `make`'s build/.
+#   make cuda-emu   the whole CUDA build on cuemu, a CPU emulation of the CUDA runtime, cuBLAS,
+#                   cuDNN and kernel launches (tests/cuda/emu/), into build-cuemu/, and its three
+#                   CUDA tests run there: our .cu kernels checked without a GPU (slowly).
 
 CC      ?= cc
 BUILD   ?= build
@@ -57,20 +60,43 @@ CFLAGS  += -DSTEER_CUDA=1 -I$(CUDA_HOME)/include
 LDFLAGS += $(addprefix -L,$(CUDA_LIBDIRS)) $(addprefix -Wl$(comma)-rpath$(comma),$(CUDA_LIBDIRS))
 LDLIBS  += -lcudnn -lcublas -lcudart -lstdc++
 endif
+# CUDA_EMU=1 (with CUDA=1; what `make cuda-emu` does): the .cu files go through the C++ compiler
+# onto cuemu instead of nvcc, and cuemu's runtime replaces libcudart, libcublas and libcudnn.
+ifeq ($(CUDA)$(CUDA_EMU),11)
+CXX          ?= c++
+EMU_CXXFLAGS := $(OPT) -g -std=c++17 -Wall -Wextra -Wno-deprecated-declarations -I. \
+                -I$(CUDA_HOME)/include -DSTEER_CUDA=1 -include tests/cuda/emu/cuemu.h
+LIB_OBJ      += $(BUILD)/tests/cuda/emu/cuemu_rt.o
+LDFLAGS      := $(filter-out -L% -Wl$(comma)-rpath%,$(LDFLAGS))
+LDLIBS       := $(filter-out -lcudnn -lcublas -lcudart,$(LDLIBS))
+endif
 
 CLIENT_SRC := $(wildcard clients/c/*.c)
 CLIENT_OBJ := $(CLIENT_SRC:%.c=$(BUILD)/%.o)
 
-.PHONY: all deps run test test-only bench asan cuda-shim clean
+.PHONY: all deps run test test-only bench asan cuda-shim cuda-emu clean
 all: $(BUILD)/steer $(BUILD)/steer-client $(CUDA_TEST_BIN)
 
 $(BUILD)/%.o: %.c
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
+ifeq ($(CUDA_EMU),1)
+# cuemu: `k<<<grid, block, shmem, stream>>>(` becomes `CUEMU_LAUNCH(k, grid, block, shmem,
+# stream)(`, line for line, then the C++ compiler (tests/cuda/emu/cuemu.h).
+$(BUILD)/%.o: %.cu tests/cuda/emu/cuemu.h
+	@mkdir -p $(dir $@)
+	{ echo '#line 1 "$<"'; sed -E 's/([A-Za-z_][A-Za-z_0-9]*)<<<(.*)>>>\(/CUEMU_LAUNCH(\1, \2)(/' $<; } >$(@:.o=.emu.cc)
+	$(CXX) $(EMU_CXXFLAGS) -MMD -MP -MT $@ -c $(@:.o=.emu.cc) -o $@
+
+$(BUILD)/tests/cuda/emu/cuemu_rt.o: tests/cuda/emu/cuemu_rt.cc tests/cuda/emu/cuemu.h
+	@mkdir -p $(dir $@)
+	$(CXX) $(filter-out -include tests/cuda/emu/cuemu.h,$(EMU_CXXFLAGS)) -MMD -MP -c $< -o $@
+else
 $(BUILD)/%.o: %.cu
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVCCFLAGS) -MMD -MP -c $< -o $@
+endif
 
 $(BUILD)/libsteer.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -140,8 +166,20 @@ $(SHIM_DIR)/%.o: %.c
 $(SHIM_DIR)/test_shim_exact: $(SHIM_OBJ) $(CHECK_OBJ) $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ -lcmocka $(LDLIBS)
 
+# The CUDA build on cuemu (tests/cuda/emu/, docs/gpu.md "cuemu"): every .cu kernel, the cuBLAS and
+# cuDNN calls and the C code around them run on the CPU, and the three CUDA tests check them
+# against the CPU references as they would on a GPU. Its own build directory, build-cuemu/.
+cuda-emu:
+	@if [ ! -f "$(CUDA_HOME)/include/cuda_runtime_api.h" ]; then \
+	    echo "cuda-emu: skipped: no $(CUDA_HOME)/include/cuda_runtime_api.h (set CUDA_HOME)"; \
+	else \
+	    $(MAKE) --no-print-directory CUDA=1 CUDA_EMU=1 BUILD=build-cuemu \
+	        build-cuemu/steer $(patsubst tests/%.c,build-cuemu/tests/%,$(wildcard tests/cuda/test_*.c)) && \
+	    bash tests/cuda/emu/run.sh build-cuemu; \
+	fi
+
 clean:
-	rm -rf build build-asan build-cuda
+	rm -rf build build-asan build-cuda build-cuemu build-gpu
 
 -include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d) $(CUDA_TEST_BIN:=.d)
 -include $(SHIM_OBJ:.o=.d)

@@ -31,12 +31,21 @@ One training iteration (the C side mirrors it exactly):
 
 Data: Fashion-MNIST IDX gzip files from /usr/share/datasets/fashion-mnist (no torchvision), padded
 28 -> 32 with -1 (2 px each side) after scaling x / 127.5 - 1; shuffled batches, labels for fmnist32c.
+`bench --data DIR` reads another folder, the test set (t10k-*) when it holds no training set.
 
 Usage (run with Debian's interpreter, /usr/bin/python3, which has torch):
-  /usr/bin/python3 bench/torch_sagan.py bench [--iters N] [--warmup N]
+  /usr/bin/python3 bench/torch_sagan.py bench [--iters N] [--warmup N] [--batch 64] [--data DIR]
       prints `name value` lines: torch_threads, torch_train_images_per_s (fmnist32, batch 64, a
       full D+G iteration on real batches held in memory), torch_gen_b1_images_per_s,
       torch_gen_b64_images_per_s (G forward, eval mode, under torch.inference_mode).
+  python3 bench/torch_sagan.py bench --device cuda [--batch N] [--data DIR] [--tf32]
+      the same on the GPU, as `steer bench --device cuda` measures steer (docs/gpu.md,
+      "Measuring speed on the GPU"): PyTorch eager (no torch.compile), FP32 unless --tf32
+      (both of PyTorch's switches, cuBLAS's and cuDNN's, set and printed, since cuDNN's defaults
+      to TF32), cuDNN's algorithm search on (torch.backends.cudnn.benchmark; steer times its
+      algorithms too), synchronized before every clock read; prints torch_train_b{N}_images_per_s
+      and torch_gen_b{N}_images_per_s (G forward with the images copied to the host, as steer's
+      serving forward does).
   /usr/bin/python3 bench/torch_sagan.py train --config fmnist32|fmnist32c --iters N --seed S \
       --out DIR [--log-every K]
       trains and writes DIR/samples.npy: 10000 samples of the final G, float32 (N, 1, 32, 32) in
@@ -150,10 +159,10 @@ class Discriminator(nn.Module):
 
 
 class GAN:
-    def __init__(self, config):
+    def __init__(self, config, device="cpu"):
         cfg = CONFIGS[config]
-        self.cfg = cfg
-        self.G, self.D = Generator(**cfg), Discriminator(**cfg)
+        self.cfg, self.device = cfg, torch.device(device)
+        self.G, self.D = Generator(**cfg).to(self.device), Discriminator(**cfg).to(self.device)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=LR_G, betas=BETAS)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=LR_D, betas=BETAS)
         self.G.train()
@@ -162,7 +171,7 @@ class GAN:
     def _labels(self, b):
         if not self.cfg["n_classes"]:
             return None
-        return torch.randint(0, self.cfg["n_classes"], (b,))
+        return torch.randint(0, self.cfg["n_classes"], (b,), device=self.device)
 
     def step(self, real, y_real=None):
         """One training iteration: a D step then a G step. Returns (loss_D, loss_G) tensors."""
@@ -171,7 +180,7 @@ class GAN:
         # D step
         for p in D.parameters():
             p.requires_grad_(True)
-        z, yf = torch.randn(b, zd), self._labels(b)
+        z, yf = torch.randn(b, zd, device=self.device), self._labels(b)
         fake = G(z, yf).detach()
         loss_d = F.relu(1 - D(real, y_real)).mean() + F.relu(1 + D(fake, yf)).mean()
         self.opt_d.zero_grad(set_to_none=True)
@@ -180,7 +189,7 @@ class GAN:
         # G step (D frozen: its parameter gradients are not computed)
         for p in D.parameters():
             p.requires_grad_(False)
-        z, yf = torch.randn(b, zd), self._labels(b)
+        z, yf = torch.randn(b, zd, device=self.device), self._labels(b)
         loss_g = -D(G(z, yf), yf).mean()
         self.opt_g.zero_grad(set_to_none=True)
         loss_g.backward()
@@ -208,6 +217,15 @@ def load_fashion_mnist(split="train", data_dir=DATA_DIR):
     return np.ascontiguousarray(x), labels.astype(np.int64)
 
 
+def load_bench_images(data_dir):
+    """The training set's images from data_dir, or the test set's when the folder holds only
+    those (the lent GPU machines get the 10,000 t10k images, scripts/gpu_check.sh). Returns
+    (images, split)."""
+    has_train = os.path.exists(os.path.join(data_dir, "train-images-idx3-ubyte.gz"))
+    split = "train" if has_train else "t10k"
+    return load_fashion_mnist(split, data_dir)[0], split
+
+
 class Batches:
     """Endless shuffled batches (a fresh permutation each epoch, last partial batch dropped)."""
 
@@ -226,29 +244,93 @@ class Batches:
 
 # ---------------------------------------------------------------------------------------- bench
 
-def _timed(fn, warmup, iters, seconds):
+def _timed(fn, warmup, iters, seconds, sync=lambda: None):
     """Runs fn warmup times, then iters times (or, with iters 0, until `seconds` have passed,
-    at least 3 runs). Returns (runs, elapsed seconds)."""
+    at least 3 runs). sync() runs after the warm-up and after each timed run, before the clock is
+    read (torch.cuda.synchronize on the GPU, whose work is queued asynchronously). Returns
+    (runs, elapsed seconds)."""
     for _ in range(warmup):
         fn()
+    sync()
     n, t0 = 0, time.perf_counter()
     while True:
         fn()
+        sync()
         n += 1
         el = time.perf_counter() - t0
         if (iters and n >= iters) or (not iters and n >= 3 and el >= seconds):
             return n, el
 
 
+def set_tf32(on):
+    """TF32 for cuBLAS's matrix products and cuDNN's convolutions, on or off, through the API this
+    PyTorch has. Returns the `name value` pairs PyTorch reports afterwards. cuDNN's switch defaults
+    to TF32, so full FP32 must be asked for. PyTorch >= 2.9 has fp32_precision ('ieee' is FP32) and
+    raises when it is mixed with the older allow_tf32 flags, so only one API is used; every cuDNN
+    level (cudnn, cudnn.conv, cudnn.rnn) is set alike, since a top-level setting does not reach conv
+    and a conv/rnn mismatch raises too (pytorch/pytorch#179445)."""
+    # A failure is reported and the run goes on (a lent GPU's minutes are scarce): the values read
+    # back, printed beside the figures, say what was measured.
+    def read(get):
+        try:
+            return get()
+        except Exception as e:  # noqa: BLE001 — any failure is reported, not raised
+            return f"unreadable({type(e).__name__})"
+
+    new_api = torch.__version__ >= "2.9"  # a TorchVersion: compared as a version
+    try:
+        if new_api:
+            mode = "tf32" if on else "ieee"
+            for mod in (torch.backends.cuda.matmul, torch.backends.cudnn,
+                        torch.backends.cudnn.conv, torch.backends.cudnn.rnn):
+                mod.fp32_precision = mode
+        else:
+            torch.backends.cuda.matmul.allow_tf32 = bool(on)
+            torch.backends.cudnn.allow_tf32 = bool(on)
+    except Exception as e:  # noqa: BLE001
+        print(f"torch_sagan.py bench: setting TF32 {'on' if on else 'off'} failed: {e!r}",
+              file=sys.stderr)
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if new_api:
+        return [("torch_matmul_fp32_precision", read(lambda: matmul.fp32_precision)),
+                ("torch_cudnn_conv_fp32_precision", read(lambda: cudnn.conv.fp32_precision))]
+    return [("torch_matmul_allow_tf32", read(lambda: int(matmul.allow_tf32))),
+            ("torch_cudnn_allow_tf32", read(lambda: int(cudnn.allow_tf32)))]
+
+
+def bench_setup_cuda(args):
+    """Checks the GPU and sets the math: the lines saying which, or exits 1 without a GPU."""
+    if not torch.cuda.is_available():
+        print("torch_sagan.py bench: --device cuda: PyTorch sees no GPU "
+              f"(torch {torch.__version__}, CUDA {torch.version.cuda})", file=sys.stderr)
+        sys.exit(1)
+    lines = [("torch_version", torch.__version__), ("torch_device", torch.cuda.get_device_name()),
+             ("torch_tf32", int(args.tf32))]
+    lines += set_tf32(args.tf32)
+    torch.backends.cudnn.benchmark = True  # times cuDNN's algorithms per shape, as steer does
+    lines.append(("torch_cudnn_benchmark", int(torch.backends.cudnn.benchmark)))
+    return lines
+
+
 def cmd_bench(args):
+    cuda = args.device == "cuda"
+    if args.tf32 and not cuda:
+        print("torch_sagan.py bench: --tf32 is a GPU setting (--device cuda)", file=sys.stderr)
+        sys.exit(2)
+    for name, value in bench_setup_cuda(args) if cuda else []:
+        print(f"{name} {value}", flush=True)
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     torch.manual_seed(args.seed)
-    gan = GAN("fmnist32")
-    x, y = load_fashion_mnist("train")
-    # Real batches held in memory: a fixed set of pre-shuffled, contiguous batches.
+    gan = GAN("fmnist32", args.device)
+    B = args.batch
+    x, split = load_bench_images(args.data)
+    # Real batches held in memory (on the device): a fixed set of pre-shuffled, contiguous batches.
     rng = np.random.default_rng(args.seed)
-    nb = 32
-    idx = rng.permutation(len(x))[: nb * BATCH]
-    real = [torch.from_numpy(np.ascontiguousarray(x[idx[i * BATCH:(i + 1) * BATCH]]))
+    nb = max(1, min(32, len(x) // B))
+    idx = rng.permutation(len(x))[: nb * B]
+    if len(idx) < B:  # fewer images than one batch: draw with replacement
+        idx = rng.integers(0, len(x), B)
+    real = [torch.from_numpy(np.ascontiguousarray(x[idx[i * B:(i + 1) * B]])).to(gan.device)
             for i in range(nb)]
     k = [0]
 
@@ -256,23 +338,27 @@ def cmd_bench(args):
         gan.step(real[k[0] % nb])
         k[0] += 1
 
-    n, el = _timed(train_once, args.warmup, args.iters, args.train_seconds)
-    train_ips = n * BATCH / el
-    print(f"# train: {n} iterations in {el:.2f} s", file=sys.stderr)
+    n, el = _timed(train_once, args.warmup, args.iters, args.train_seconds, sync)
+    train_ips = n * B / el
+    print(f"# train: {n} iterations of batch {B} in {el:.2f} s ({split} images)", file=sys.stderr)
 
     G = gan.G.eval()
     res = {}
-    for b in (1, 64):
-        z = torch.randn(b, CONFIGS["fmnist32"]["z_dim"])
+    for b in ((B,) if cuda else (1, 64)):
+        z = torch.randn(b, CONFIGS["fmnist32"]["z_dim"], device=gan.device)
 
         def gen_once():
             with torch.inference_mode():
-                G(z)
+                G(z).cpu()  # the images on the host, as a server needs them (a no-op on the CPU)
 
-        n, el = _timed(gen_once, max(args.warmup, 3), args.iters, args.gen_seconds)
+        n, el = _timed(gen_once, max(args.warmup, 3), args.iters, args.gen_seconds, sync)
         res[b] = n * b / el
         print(f"# gen b{b}: {n} forwards in {el:.2f} s", file=sys.stderr)
 
+    if cuda:
+        print(f"torch_train_b{B}_images_per_s {train_ips:.2f}")
+        print(f"torch_gen_b{B}_images_per_s {res[B]:.2f}")
+        return
     print(f"torch_threads {torch.get_num_threads()}")
     print(f"torch_train_images_per_s {train_ips:.2f}")
     print(f"torch_gen_b1_images_per_s {res[1]:.2f}")
@@ -379,6 +465,17 @@ def cmd_train(args):
           f"samples -> {os.path.join(args.out, 'samples.npy')}", flush=True)
 
 
+def _batch(text):
+    """argparse type of --batch: a whole number in [1, 4096], steer bench's range."""
+    try:
+        v = int(text)
+    except ValueError:
+        v = 0
+    if not 1 <= v <= 4096:
+        raise argparse.ArgumentTypeError(f"expected an integer in [1, 4096], got '{text}'")
+    return v
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -389,6 +486,14 @@ def main():
     b.add_argument("--train-seconds", type=float, default=20.0)
     b.add_argument("--gen-seconds", type=float, default=8.0)
     b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where to measure (default cpu; cuda: the GPU, lines named by --batch)")
+    b.add_argument("--batch", type=_batch, default=BATCH, help="training batch (default 64)")
+    b.add_argument("--data", default=DATA_DIR, metavar="DIR",
+                   help="Fashion-MNIST IDX gz folder (default Debian's); the test set if it has "
+                        "no training set")
+    b.add_argument("--tf32", action="store_true",
+                   help="on the GPU, TF32 matrix products and convolutions (default full FP32)")
     t = sub.add_parser("train", help="train a config and write DIR/samples.npy")
     t.add_argument("--config", choices=sorted(CONFIGS), required=True)
     t.add_argument("--iters", type=int, required=True)

@@ -1,4 +1,5 @@
-// test_cli.c — the `steer` binary as a user runs it: train, sample, and their errors.
+// test_cli.c — the `steer` binary as a user runs it: train, sample, bench's device choice, and
+// their errors.
 //
 // Runs build/steer (STEER_BIN overrides) in a shell and checks exit codes, messages and files:
 // a tiny training run writes a checkpoint and a grid; sampling is deterministic for a seed and
@@ -74,6 +75,34 @@ static void test_train_device(void **state) {
     }
 }
 
+// steer bench --device: cuda where the GPU cannot be used fails and says why (a benchmark asked
+// for the GPU must not report the CPU's figures); auto measures on the CPU and says why. On a GPU
+// machine both print the GPU's cuda_* lines instead. Only the lines are checked, never a speed.
+static void test_bench_device(void **state) {
+    (void)state;
+    const char *fig = "--config tiny --batch 8 --seconds 0.05";
+    int rc = run("bench --device cuda %s", fig);
+    if (rc == 0) {
+        CHECK_ASSERT_HAS(out, "cuda_device ");
+        CHECK_ASSERT_HAS(out, "cuda_train_b8_images_per_s ");
+        CHECK_ASSERT_HAS(out, "cuda_train_b8_peak_fraction ");
+        CHECK_ASSERT_HAS(out, "cuda_gen_b8_images_per_s ");
+    } else {
+        assert_int_equal(rc, 1);
+        CHECK_ASSERT_HAS(out, "steer bench: --device cuda: ");
+        assert_true(strstr(out, "no CUDA backend") || strstr(out, "no usable GPU"));
+        assert_null(strstr(out, "images_per_s"));
+    }
+    assert_int_equal(run("bench --device auto %s", fig), 0);
+    if (!strstr(out, "cuda_train_b8_images_per_s ")) {
+        CHECK_ASSERT_HAS(out, "steer bench: --device auto: measuring on the CPU (");
+        const char *line = strstr(out, "\ntrain_images_per_s ");
+        assert_non_null(line);
+        assert_true(strtod(line + strlen("\ntrain_images_per_s "), NULL) > 0);
+        CHECK_ASSERT_HAS(out, "gen_b64_images_per_s ");
+    }
+}
+
 static void test_train_outputs(void **state) {
     (void)state;
     char p[256];
@@ -144,6 +173,12 @@ static void test_errors(void **state) {
     expect_error("not a regular file", "train --resume /dev/null --ckpt-dir %s/r%.0s", dir);
     expect_error("dataset-fashion-mnist", "train --data %s/nodata --ckpt-dir %s/r", dir);
     expect_error("expected auto, cpu or cuda", "train --device tpu --ckpt-dir %s/r%.0s", dir);
+    expect_error("expected auto, cpu or cuda", "bench --device tpu%.0s%.0s", "");
+    expect_error("--batch '0': expected an integer in [1, 4096]", "bench --batch 0%.0s%.0s", "");
+    expect_error("--batch '5000'", "bench --device cuda --batch 5000%.0s%.0s", "");
+    expect_error("--batch 'x'", "bench --device auto --batch x%.0s%.0s", "");
+    expect_error("--tf32 is a GPU setting", "bench --tf32%.0s%.0s", "");
+    expect_error("unknown config", "bench --device cuda --config nope%.0s%.0s", "");
     // A folder that does not exist: the output cannot be written.
     expect_error("steer sample", "sample --ckpt %s/tiny.safetensors --n 2 --out %s/no/dir/x.npy",
                  dir);
@@ -153,6 +188,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_outputs),
         cmocka_unit_test(test_train_device),
+        cmocka_unit_test(test_bench_device),
         cmocka_unit_test(test_sample_deterministic),
         cmocka_unit_test(test_errors),
     };

@@ -61,14 +61,17 @@ LDFLAGS += $(addprefix -L,$(CUDA_LIBDIRS)) $(addprefix -Wl$(comma)-rpath$(comma)
 LDLIBS  += -lcudnn -lcublas -lcudart -lstdc++
 endif
 # CUDA_EMU=1 (with CUDA=1; what `make cuda-emu` does): the .cu files go through the C++ compiler
-# onto cuemu instead of nvcc, and cuemu's runtime replaces libcudart, libcublas and libcudnn.
+# onto cuemu instead of nvcc, and cuemu's runtime replaces libcudart, libcublas and libcudnn, and
+# libnccl, which the real build loads at run time (cuemu's NCCL is MPI on the host).
 ifeq ($(CUDA)$(CUDA_EMU),11)
 CXX          ?= c++
 EMU_CXXFLAGS := $(OPT) -g -std=c++17 -Wall -Wextra -Wno-deprecated-declarations -I. \
-                -I$(CUDA_HOME)/include -DSTEER_CUDA=1 -include tests/cuda/emu/cuemu.h
+                -I$(CUDA_HOME)/include $(MPI_CFLAGS) -DSTEER_CUDA=1 -include tests/cuda/emu/cuemu.h
 LIB_OBJ      += $(BUILD)/tests/cuda/emu/cuemu_rt.o
 LDFLAGS      := $(filter-out -L% -Wl$(comma)-rpath%,$(LDFLAGS))
 LDLIBS       := $(filter-out -lcudnn -lcublas -lcudart,$(LDLIBS))
+# dist_cuda.c looks NCCL up with dlsym before it dlopens libnccl: cuemu's stand-in is exported.
+LDFLAGS      += -Wl,--export-dynamic-symbol=nccl*
 endif
 
 CLIENT_SRC := $(wildcard clients/c/*.c)

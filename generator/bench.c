@@ -172,14 +172,10 @@ done:
 
 #define CUDA_OK(x) ((x) == cudaSuccess ? 0 : KERNELS_ECUDA)
 
-// Before a stream of ours is destroyed: waits for it and drops every cached cuBLAS/cuDNN handle
-// and workspace (cuda_cache_clear), which would otherwise stay bound to the dead stream
-// (docs/gpu.md, "Not yet": per-stream handles are kept for the life of the process). Each figure
-// runs alone on its stream, so nothing else is queued. A no-op for a NULL stream.
+// Before a stream of ours is destroyed: waits for it and drops its cached cuBLAS/cuDNN handles
+// and workspace (cuda_stream_forget). A no-op for a NULL stream.
 static void cuda_stream_retire(cudaStream_t st) {
-    if (!st) return;
-    cudaStreamSynchronize(st);
-    cuda_cache_clear();
+    if (st) cuda_stream_forget(st);
 }
 
 // The device's SGEMM peak through gemm_cuda (cuBLAS) in the math mode the TF32 switch sets now:

@@ -1,6 +1,6 @@
 // dist.c — MPI for data-parallel training (dist.h). Not here: which slice of a batch a process
 // takes (gan.c, from GanTrainer.dp_rank / dp_size) and who writes checkpoints (cli.c: rank 0).
-// NCCL's all-reduce for GPU buffers belongs to the CUDA backend (docs/gpu.md).
+// The all-reduce of GPU buffers (NCCL) is dist_cuda.c's.
 #include "generator/dist.h"
 
 #include <mpi.h>
@@ -52,5 +52,19 @@ int dist_any(Dist *d, int flag) {
     if (MPI_Allreduce(&flag, &out, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD) != MPI_SUCCESS) return -1;
     return out;
 }
+
+int dist_bcast(Dist *d, void *buf, int bytes) {
+    if (d->size <= 1) return 0;
+    return MPI_Bcast(buf, bytes, MPI_BYTE, 0, MPI_COMM_WORLD) == MPI_SUCCESS ? 0 : -1;
+}
+
+static int env_int(const char *name, int fallback) {
+    const char *v = getenv(name);
+    return v && *v ? atoi(v) : fallback;
+}
+
+int dist_local_rank(const Dist *d) { return env_int("OMPI_COMM_WORLD_LOCAL_RANK", d->rank); }
+
+int dist_local_size(const Dist *d) { return env_int("OMPI_COMM_WORLD_LOCAL_SIZE", d->size); }
 
 int dist_grad_reduce(void *ctx, float *grads, long n) { return dist_mean(ctx, grads, n); }

@@ -23,6 +23,12 @@ void dist_free(Dist *d);
 int dist_mean(Dist *d, float *buf, long n);
 // The largest of every process's flag (a stop any of them saw stops all). Returns it, or -1.
 int dist_any(Dist *d, int flag);
+// Rank 0's bytes of buf into every process's buf. 0 or -1.
+int dist_bcast(Dist *d, void *buf, int bytes);
+// This process's rank among those on its machine, and how many there are (OpenMPI's
+// OMPI_COMM_WORLD_LOCAL_RANK / _LOCAL_SIZE; without them, rank and size).
+int dist_local_rank(const Dist *d);
+int dist_local_size(const Dist *d);
 // The gradient all-reduce for GanTrainer.grad_reduce: ctx is the Dist.
 int dist_grad_reduce(void *ctx, float *grads, long n);
 

@@ -261,7 +261,7 @@ static int generator_is_ortho(const Generator *g, int i) {
 
 // Pushes the switches of t->hp into the networks (cheap; gan_step calls it every step, so a
 // caller may change t->hp between steps).
-static void gan_apply_switches(GanTrainer *t) {
+void gan_apply_switches(GanTrainer *t) {
     const GanHparams *h = &t->hp;
     if (t->G.ps.sn_off != !h->sn_g) {
         t->G.ps.sn_off = !h->sn_g;

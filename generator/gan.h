@@ -132,6 +132,9 @@ void gan_free(GanTrainer *t);
 // Returns 0, or a negative KERNELS_E* code from a kernel (the trainer is then unchanged only
 // up to that kernel: treat as fatal for this run).
 int gan_step(GanTrainer *t, const Dataset *data);
+// Pushes the switches of t->hp into the networks: SN on or off, G's L1 penalty, D's dropout, and
+// which D parameters FreezeD freezes (Param.frozen). Every step calls it (gan_cuda_step too).
+void gan_apply_switches(GanTrainer *t);
 
 // The two halves of gan_step, for training loops with their own G step (fine-tuning on users,
 // distillation: server/finetune.h, server/distill.h): gan_d_step is gan_step's D step (with R1/GP

@@ -7,8 +7,9 @@
 // draws), the copy of the real images out of the dataset, the step counter and the losses. Each
 // step copies the batch up (B images, 2B labels, twice B x Z latents) and the three losses down,
 // and waits for the GPU once. Not here: the training techniques of docs/training.md (refused, see
-// gan_cuda_refuses), data parallel, progressive levels, checkpoints (download, then gan_save),
-// G's forward for serving (sagan_cuda.c). Compiled only in the CUDA build.
+// gan_cuda_refuses), progressive levels, checkpoints (download, then gan_save), G's forward for
+// serving (sagan_cuda.c), the data-parallel all-reduce itself (GanCuda.reduce: dist_cuda.c).
+// Compiled only in the CUDA build.
 //
 // B batch, Z latent, C channels, R = img, N = H*W, F = D's flattened 4x4 features.
 #ifdef STEER_CUDA
@@ -194,11 +195,26 @@ static int params_cuda_zero_grad(GanCudaParams *pc, cudaStream_t st) {
 
 // paramset_adam without weight decay or frozen parameters (refused): one update over the whole
 // buffer, padding included (its gradients are 0, so it stays 0).
-static int params_cuda_adam(GanCudaParams *pc, float lr, float beta1, float beta2, float eps,
-                            cudaStream_t st) {
+// paramset_adam's update: one launch over the whole set, or, with weight decay or frozen
+// parameters (FreezeD), one per parameter, skipping the frozen and decaying all but biases. The
+// flags come from the host set (gan_apply_switches keeps them), whose table matches pc's.
+static int params_cuda_adam(GanCudaParams *pc, const ParamSet *host, float lr, float beta1,
+                            float beta2, float eps, float weight_decay, cudaStream_t st) {
     pc->adam_t++;
-    return adamw_update_cuda(pc->params, pc->grads, pc->m, pc->v, pc->total, lr, beta1, beta2, eps,
-                             0.0f, pc->adam_t, st);
+    int frozen = 0;
+    for (int i = 0; i < host->n; i++) frozen |= host->p[i].frozen;
+    if (weight_decay == 0.0f && !frozen)
+        return adamw_update_cuda(pc->params, pc->grads, pc->m, pc->v, pc->total, lr, beta1, beta2,
+                                 eps, 0.0f, pc->adam_t, st);
+    for (int i = 0; i < host->n; i++) {
+        const Param *p = &host->p[i];
+        if (p->frozen) continue;
+        long o = p->offset;
+        CHECK(adamw_update_cuda(pc->params + o, pc->grads + o, pc->m + o, pc->v + o, p->numel, lr,
+                                beta1, beta2, eps, p->is_bias ? 0.0f : weight_decay, pc->adam_t,
+                                st));
+    }
+    return 0;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,7 +239,7 @@ static void gen_carve(GanCudaGen *g, const SaganConfig *c, long B, Carver *cv) {
             g->att = carve(cv, B * C * N);
             float *saved = carve(cv, attention_saved_floats((int)B, C, N));
             if (saved) attention_saved_carve(&g->att_saved, saved, (int)B, C, N);
-            g->att_scratch = carve(cv, attention_scratch_floats_cuda(C, N));
+            g->att_scratch = carve(cv, attention_scratch_floats_cuda((int)B, C, N));
         }
     }
     g->pre = carve(cv, B * c->channels * r * r);
@@ -243,7 +259,7 @@ static void disc_carve(GanCudaDisc *d, const SaganConfig *c, long B, Carver *cv)
             d->att = carve(cv, B * C * N);
             float *saved = carve(cv, attention_saved_floats((int)B, C, N));
             if (saved) attention_saved_carve(&d->att_saved, saved, (int)B, C, N);
-            d->att_scratch = carve(cv, attention_scratch_floats_cuda(C, N));
+            d->att_scratch = carve(cv, attention_scratch_floats_cuda((int)B, C, N));
         }
     }
     d->out = carve(cv, B);
@@ -447,8 +463,6 @@ static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
     const char *no = NULL;
     if (!h->sn_g || !h->sn_d)
         no = "sn_g=0 or sn_d=0 (it spectral-normalizes both networks)";
-    else if (h->weight_decay_g != 0.0f || h->weight_decay_d != 0.0f)
-        no = "weight_decay (AdamW)";
     else if (h->r1_gamma > 0.0f)
         no = "r1_gamma (the R1 penalty)";
     else if (h->gp_lambda > 0.0f)
@@ -461,12 +475,11 @@ static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
         no = "d_dropout (dropout in D)";
     else if (h->ema_decay > 0.0f)
         no = "ema_decay (the EMA of G)";
-    else if (h->freeze_d > 0)
-        no = "freeze_d (FreezeD)";
     else if (h->prog_stable > 0)
         no = "prog_stable (progressive growing)";
-    else if (t->dp_size != 1)
-        no = "data-parallel training (dp_size > 1)";
+    else if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size ||
+             h->batch % t->dp_size)
+        no = "this data-parallel split of the batch";
     if (!no) return 0;
     snprintf(why, len, "the GPU training step does not do %s: train on the CPU", no);
     return 1;
@@ -478,7 +491,8 @@ static int gan_cuda_fits(const GanCuda *gc, const GanTrainer *t) {
     const SaganConfig *a = &gc->cfg, *b = &t->cfg;
     return a->ch == b->ch && a->z_dim == b->z_dim && a->img == b->img &&
            a->channels == b->channels && a->n_classes == b->n_classes &&
-           a->attn_res == b->attn_res && a->prog == b->prog && t->hp.batch == gc->B &&
+           a->attn_res == b->attn_res && a->prog == b->prog && t->hp.batch == gc->B_all &&
+           t->dp_size == gc->dp_size && t->dp_rank == gc->dp_rank &&
            params_cuda_fits(&gc->G.ps, &t->G.ps) && params_cuda_fits(&gc->D.ps, &t->D.ps);
 }
 
@@ -550,7 +564,11 @@ int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen) {
         return KERNELS_ECUDA;
     }
     gc->cfg = t->cfg;
-    gc->B = t->hp.batch;
+    // Data parallel: the device holds this process's share of the batch (gan.c's slices).
+    gc->B_all = t->hp.batch;
+    gc->dp_size = t->dp_size;
+    gc->dp_rank = t->dp_rank;
+    gc->B = gc->B_all / gc->dp_size;
     gen_indices(&gc->G, &t->G);
     disc_indices(&gc->D, &t->D);
     params_cuda_layout(&gc->G.ps, &t->G.ps);
@@ -607,7 +625,10 @@ void gan_cuda_free(GanCuda *gc) {
     cudaFreeHost(gc->x_host);
     cudaFreeHost(gc->z_host);
     cudaFreeHost(gc->y_host);
-    if (gc->stream) cudaStreamDestroy(gc->stream);
+    if (gc->stream) {
+        cuda_stream_forget(gc->stream);
+        cudaStreamDestroy(gc->stream);
+    }
     memset(gc, 0, sizeof *gc);
 }
 
@@ -617,12 +638,23 @@ int gan_cuda_download(GanCuda *gc, GanTrainer *t) {
     return params_cuda_download(&gc->D.ps, &t->D.ps, gc->stream);
 }
 
-// gan.c's draw_fakes for one process: B latents into z, then (conditional) B labels into y.
-static void draw_fakes(GanTrainer *t, float *z, int32_t *y) {
-    int B = t->hp.batch;
-    rng_normal(&t->rng, z, (long)B * t->cfg.z_dim);
+// gan.c's draw_fakes: the whole batch's latents into t->z (as gan.c leaves them) and its labels
+// drawn; this process's slice of both into z and y (B latents, B labels).
+static void draw_fakes(GanCuda *gc, GanTrainer *t, float *z, int32_t *y) {
+    int B_all = gc->B_all, B = gc->B, first = gc->dp_rank * gc->B, Z = t->cfg.z_dim;
+    rng_normal(&t->rng, t->z, (long)B_all * Z);
+    memcpy(z, t->z + (long)first * Z, sizeof(float) * (size_t)B * Z);
     if (t->cfg.n_classes)
-        for (int b = 0; b < B; b++) y[b] = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
+        for (int b = 0; b < B_all; b++) {
+            int32_t k = (int32_t)rng_below(&t->rng, t->cfg.n_classes);
+            if (b >= first && b < first + B) y[b - first] = k;
+        }
+}
+
+// Data parallel: replaces a device buffer by its mean over the processes (GanCuda.reduce).
+static int dp_mean(GanCuda *gc, float *dev, long n) {
+    if (gc->dp_size <= 1) return 0;
+    return gc->reduce(gc->reduce_ctx, dev, n, gc->stream);
 }
 
 // Host to device on the step's stream, from gc's pinned buffers (which nothing writes again
@@ -639,6 +671,8 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     cudaStream_t st = gc->stream;
     char why[256];
     if (gan_cuda_refuses(t, why, sizeof why) || !gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
+    if (gc->dp_size > 1 && !gc->reduce) return KERNELS_EINVAL;
+    gan_apply_switches(t); // FreezeD's flags, read by params_cuda_adam
     if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
         return KERNELS_EINVAL;
     if (cond && !data->labels) return KERNELS_EINVAL;
@@ -650,13 +684,17 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     // They go to pinned host buffers that only the step writes, and up in one copy each.
     float *zd = gc->z_host, *zg = gc->z_host + (long)B * Z;
     int32_t *yreal = gc->y_host, *yd = gc->y_host + B, *yg = gc->y_host + 2 * B;
-    for (int b = 0; b < B; b++) {
+    // Data parallel: every process draws the whole batch and keeps its slice, as gan.c does.
+    int first = gc->dp_rank * B;
+    for (int bb = 0; bb < gc->B_all; bb++) {
         uint32_t i = rng_below(&t->rng, (uint32_t)data->n);
+        int b = bb - first;
+        if (b < 0 || b >= B) continue;
         memcpy(gc->x_host + b * img, data->images + (long)i * img, img * sizeof(float));
         yreal[b] = data->labels ? data->labels[i] : 0;
     }
-    draw_fakes(t, zd, yd);
-    draw_fakes(t, zg, yg);
+    draw_fakes(gc, t, zd, yd);
+    draw_fakes(gc, t, zg, yg);
     if (cond) // the kernels index tables by the labels: check them here, as sagan.c's forward does
         for (int b = 0; b < 3 * B; b++)
             if (gc->y_host[b] < 0 || gc->y_host[b] >= c->n_classes) return KERNELS_EINVAL;
@@ -676,7 +714,12 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     CHECK(params_cuda_zero_grad(&gc->D.ps, st));
     CHECK(disc_backward(gc, gc->dlogits, 2 * B, 1, NULL));
     CHECK(params_cuda_sn_backward(&gc->D.ps, st));
-    CHECK(params_cuda_adam(&gc->D.ps, h->lr_d, h->beta1, h->beta2, h->eps, st));
+    // data parallel: D's gradient (after SN's fold) and the two D losses averaged, as gan.c's
+    // gan_reduce, before the identical Adam steps
+    CHECK(dp_mean(gc, gc->D.ps.grads, gc->D.ps.total));
+    CHECK(dp_mean(gc, gc->losses, 2));
+    CHECK(params_cuda_adam(&gc->D.ps, &t->D.ps, h->lr_d, h->beta1, h->beta2, h->eps,
+                           h->weight_decay_d, st));
 
     // G step (gan_step): fresh latents and labels; D (after one more power iteration on its new
     // weights) passes the gradient to its input only; G keeps the D step's effective weights.
@@ -689,7 +732,10 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     CHECK(params_cuda_zero_grad(&gc->G.ps, st));
     CHECK(gen_backward(gc, gc->dimg, B));
     CHECK(params_cuda_sn_backward(&gc->G.ps, st));
-    CHECK(params_cuda_adam(&gc->G.ps, h->lr_g, h->beta1, h->beta2, h->eps, st));
+    CHECK(dp_mean(gc, gc->G.ps.grads, gc->G.ps.total));
+    CHECK(dp_mean(gc, gc->losses + 2, 1));
+    CHECK(params_cuda_adam(&gc->G.ps, &t->G.ps, h->lr_g, h->beta1, h->beta2, h->eps,
+                           h->weight_decay_g, st));
 
     float losses[3];
     CHECK(CUDA_OK(cudaMemcpyAsync(losses, gc->losses, sizeof losses, cudaMemcpyDeviceToHost, st)));
@@ -705,7 +751,7 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     t->ema_live = 0;
     // and the host batch buffers as gan_step leaves them (but for D's fake half of t->x)
     memcpy(t->x, gc->x_host, sizeof(float) * (size_t)(B * img));
-    memcpy(t->z, zg, sizeof(float) * (size_t)B * Z);
+    // (t->z already holds the G step's latents, the whole batch's, from draw_fakes)
     memcpy(t->y, yreal, sizeof(int32_t) * (size_t)B);
     memcpy(t->y + B, yg, sizeof(int32_t) * (size_t)B);
     return 0;

@@ -11,10 +11,11 @@
 // GanCuda at a time.
 //
 // Covered: GanHparams' defaults with any learning rates, betas, epsilon and batch (SN on both
-// networks, hinge loss, Adam), one process (dp_size 1), at the model's full resolution, with
-// or without classes. Refused (KERNELS_EINVAL): every other switch of GanHparams (weight decay,
-// sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1 activations, D dropout, EMA, FreezeD, progressive
-// growing) and data-parallel trainers. B batch, Z latent, C channels, R = img. Host pointers are
+// networks, hinge loss, Adam), at the model's full resolution, with or without classes, in one
+// process or data parallel (dp_size > 1: this process's slice of each batch, gradients and losses
+// averaged by GanCuda.reduce, as gan.c does with grad_reduce). Refused (KERNELS_EINVAL): every
+// other switch of GanHparams (weight decay, sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1
+// activations, D dropout, EMA, FreezeD, progressive growing). B batch, Z latent, C channels, R = img. Host pointers are
 // marked host; the rest is device memory.
 #ifndef GENERATOR_GAN_CUDA_H
 #define GENERATOR_GAN_CUDA_H
@@ -92,7 +93,12 @@ typedef struct {
 
 typedef struct {
     SaganConfig cfg;
-    int B;                  // the batch (the trainer's hp.batch at init)
+    int B;                  // this process's batch: hp.batch / dp_size at init
+    int B_all, dp_rank, dp_size; // the trainer's hp.batch and data-parallel split at init
+    // Data parallel (dp_size > 1): replaces n floats of device memory by their mean over the
+    // processes, queued on stream (dist_cuda_mean; set by the caller before the first step).
+    int (*reduce)(void *ctx, float *dev, long n, cudaStream_t stream);
+    void *reduce_ctx;
     cudaStream_t stream;
     GanCudaGen G;
     GanCudaDisc D;

@@ -147,7 +147,10 @@ void generator_cuda_free(GeneratorCuda *gc) {
     if (gc->stream) cudaStreamSynchronize(gc->stream);
     cudaFree(gc->w);
     cudaFree(gc->act);
-    if (gc->stream) cudaStreamDestroy(gc->stream);
+    if (gc->stream) {
+        cuda_stream_forget(gc->stream);
+        cudaStreamDestroy(gc->stream);
+    }
     free(gc->zc_host);
     free(gc->embed_host);
     memset(gc, 0, sizeof *gc);

@@ -15,12 +15,15 @@
 typedef struct {
     int on_gpu;
     void *gc; // the GanCuda while on the GPU (CUDA builds)
+    void *dc; // data parallel on GPUs: the DistCuda (generator/dist_cuda.h)
 } TrainDevice;
 
 // Chooses the device for t's run (want: DEVICE_AUTO, _CPU or _CUDA) and, for the GPU, copies t's
 // state there. Never fails: anything that keeps the run off the GPU (no CUDA build, no GPU, a
-// switch or data parallelism the GPU step does not do, no memory) leaves it on the CPU, and line
-// (len bytes) says where it runs and why.
+// switch the GPU step does not do, no memory) leaves it on the CPU, and line (len bytes) says
+// where it runs and why. Data parallel (t->dp_size > 1, t->reduce_ctx the Dist of dist.h): every
+// process must call it; they agree (all on their GPUs, averaging through dist_cuda.h, or all on
+// the CPU).
 void train_device_init(TrainDevice *td, Device want, GanTrainer *t, char *line, size_t len);
 // One step where the run is. Returns gan_step's or gan_cuda_step's code.
 int train_device_step(TrainDevice *td, GanTrainer *t, const Dataset *data);

@@ -57,6 +57,14 @@ int cuda_tf32_get(void);
 // ours is queued or running on any stream (after a synchronize), e.g. at exit so leak checkers
 // stay quiet. The next call builds them again.
 void cuda_cache_clear(void);
+// Before a stream that went through these functions is destroyed: waits for it, then frees the
+// cuBLAS and cuDNN handles and the workspace kept for (current device, stream), so that a
+// destroyed stream leaves nothing behind and a new stream at the same address starts clean.
+// Other streams' contexts and the cached convolution algorithms stay. No call of ours may be
+// running on that stream meanwhile. 0 or KERNELS_ECUDA (the wait failed; nothing freed).
+int cuda_stream_forget(cudaStream_t stream);
+// How many (device, stream) contexts are cached (for tests).
+int cuda_stream_contexts(void);
 
 // --- element-wise and small layers (kernels/ops.h) ---------------------------------------------
 
@@ -135,6 +143,16 @@ int attention_softmax_backward_cuda(float *dscores, const float *dattn, const fl
 // Row-major C (M, N) = alpha op(A) op(B) + beta C, exactly gemm()'s contract.
 int gemm_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
               const float *B, int ldb, float beta, float *C, int ldc, cudaStream_t stream);
+// gemm_cuda on batch items in one launch: for i in [0, batch), row-major C_i = alpha op(A_i)
+// op(B_i) + beta C_i with A_i = A + i stride_a, B_i = B + i stride_b, C_i = C + i stride_c
+// (strides in floats). An input stride may be 0 (one matrix shared by every item, a weight);
+// items may interleave (C_i the i-th column block of a wide matrix: ldc = batch N, stride_c = N),
+// but no two items may write one element, so stride_c 0 with batch > 1 is KERNELS_EINVAL; so are
+// negative sizes or strides. beta 0 never reads C.
+int gemm_strided_batched_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                              int lda, long stride_a, const float *B, int ldb, long stride_b,
+                              float beta, float *C, int ldc, long stride_c, int batch,
+                              cudaStream_t stream);
 // out (B, OUT) = inp (B, IN) w^T + bias; w (OUT, IN); bias (OUT) or NULL.
 int linear_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
                         int IN, int OUT, cudaStream_t stream);
@@ -183,19 +201,20 @@ int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, con
                              cudaStream_t stream);
 
 // The SAGAN block (kernels/attention.h: the same math, the same saved tensors, carved by
-// attention_saved_carve from device memory), as per-item gemm_cuda products around the row
-// softmax. One difference from the CPU twins: gamma is a DEVICE float (it is trained on the
-// device, and reading it on the host would wait for the stream). x, out, dx, dout (B, C, N),
-// C divisible by 8; out must not alias x.
+// attention_saved_carve from device memory), as strided-batched products over the items around
+// the row softmax: a fixed number of launches whatever B is. One difference from the CPU twins:
+// gamma is a DEVICE float (it is trained on the device, and reading it on the host would wait for
+// the stream). x, out, dx, dout (B, C, N), C divisible by 8; out must not alias x.
 int attention_forward_cuda(float *out, AttentionSaved *s, const float *x, const float *wf,
                            const float *wg, const float *wh, const float *wo, const float *gamma,
                            int B, int C, int N, cudaStream_t stream);
-// Floats of the backward's scratch: one item's intermediate gradients (the items run in turn on
-// the stream, so they share it).
-long attention_scratch_floats_cuda(int C, int N);
+// Floats of the backward's scratch for B items: every item's intermediate gradients at once (the
+// items run together), B N (2 N + 15 C/4) floats. Size it for the largest batch; a smaller B
+// uses a prefix.
+long attention_scratch_floats_cuda(int B, int C, int N);
 // Accumulates into dx (B, C, N), dwf, dwg (C/8, C), dwh (C/2, C), dwo (C, C/2) and *dgamma (one
 // device float); any of the weight gradients and dgamma may be NULL to skip it. scratch holds
-// attention_scratch_floats_cuda(C, N) device floats.
+// attention_scratch_floats_cuda(B, C, N) device floats.
 int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float *dwo,
                             float *dgamma, const float *dout, const AttentionSaved *s,
                             const float *x, const float *wf, const float *wg, const float *wh,

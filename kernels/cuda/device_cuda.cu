@@ -3,8 +3,9 @@
 //
 // Not here: any kernel (ops_cuda.cu and its siblings), choosing a device (the caller's
 // cudaSetDevice decides; every call works on the current device) or creating streams (the
-// caller owns its streams; a context only remembers the stream's handle value). Contexts are
-// never evicted: a process uses a few long-lived streams, one context each.
+// caller owns its streams; a context only remembers the stream's handle value). A context lives
+// until its stream is forgotten (cuda_stream_forget, before the stream is destroyed) or the cache
+// is cleared.
 #include "kernels/cuda/cuda_ops.h"
 
 #include <stdio.h>
@@ -123,7 +124,7 @@ int cuda_ctx_acquire(CudaCtx **out, cudaStream_t stream) {
     if (!ctx)
         return KERNELS_ENOMEM;
     // The context is locked after the table is released, so a thread waiting for a busy stream
-    // does not hold up the others; contexts are freed only by cuda_cache_clear.
+    // does not hold up the others; contexts are freed by cuda_stream_forget and cuda_cache_clear.
     pthread_mutex_lock(&ctx->lock);
     *out = ctx;
     return 0;
@@ -201,6 +202,48 @@ int cuda_ctx_workspace(CudaCtx *ctx, size_t bytes, void **out) {
     return 0;
 }
 
+static void ctx_free(CudaCtx *ctx) {
+    if (ctx->cublas)
+        cublasDestroy(ctx->cublas);
+    if (ctx->cudnn)
+        cudnnDestroy(ctx->cudnn);
+    if (ctx->workspace)
+        cudaFree(ctx->workspace);
+    pthread_mutex_destroy(&ctx->lock);
+    free(ctx);
+}
+
+int cuda_stream_forget(cudaStream_t stream) {
+    int device;
+    if (cudaGetDevice(&device) != cudaSuccess || cudaStreamSynchronize(stream) != cudaSuccess) {
+        cudaGetLastError();
+        return KERNELS_ECUDA;
+    }
+    CudaCtx *ctx = NULL;
+    pthread_mutex_lock(&ctx_table_lock);
+    for (int i = 0; i < ctx_len && !ctx; i++)
+        if (ctx_table[i]->device == device && ctx_table[i]->stream == stream) {
+            ctx = ctx_table[i];
+            ctx_table[i] = ctx_table[--ctx_len]; // order does not matter
+        }
+    pthread_mutex_unlock(&ctx_table_lock);
+    if (ctx) {
+        // Out of the table, so nobody new finds it; a caller still inside one of our functions
+        // on this stream (the caller's bug) is waited for.
+        pthread_mutex_lock(&ctx->lock);
+        pthread_mutex_unlock(&ctx->lock);
+        ctx_free(ctx);
+    }
+    return 0;
+}
+
+int cuda_stream_contexts(void) {
+    pthread_mutex_lock(&ctx_table_lock);
+    int n = ctx_len;
+    pthread_mutex_unlock(&ctx_table_lock);
+    return n;
+}
+
 void cuda_cache_clear(void) {
     conv2d_cache_clear_cuda();
     pthread_mutex_lock(&ctx_table_lock);
@@ -211,14 +254,7 @@ void cuda_cache_clear(void) {
     for (int i = 0; i < ctx_len; i++) {
         CudaCtx *ctx = ctx_table[i];
         cudaSetDevice(ctx->device);
-        if (ctx->cublas)
-            cublasDestroy(ctx->cublas);
-        if (ctx->cudnn)
-            cudnnDestroy(ctx->cudnn);
-        if (ctx->workspace)
-            cudaFree(ctx->workspace);
-        pthread_mutex_destroy(&ctx->lock);
-        free(ctx);
+        ctx_free(ctx);
     }
     if (ctx_len)
         cudaSetDevice(current);

@@ -2,24 +2,36 @@
 // fully-connected layer on top of it.
 //
 // cuBLAS is column-major. A row-major C (M, N) with row stride ldc is, read column-major, C^T
-// (N, M) with leading dimension ldc, and C^T = op(B)^T op(A)^T: so gemm_cuda calls cublasSgemm
-// with the operands swapped (B first), the transposes kept as given, and M and N swapped. No
-// data moves. The handle is the stream's own (cuda_ctx_cublas), its math mode follows the TF32
-// switch. The bias add and the bias gradient are small kernels of ours. Nothing here allocates
-// (cuBLAS keeps its own workspace per handle). Not here: batched or strided-batched products,
-// other data types.
+// (N, M) with leading dimension ldc, and C^T = op(B)^T op(A)^T: so cuBLAS gets the operands
+// swapped (B first), the transposes kept as given, and M and N swapped. No data moves. The handle
+// is the stream's own (cuda_ctx_cublas), its math mode follows the TF32 switch. Both functions
+// go through cublasSgemmStridedBatched (gemm_cuda with one item): many products of one shape in
+// one launch, which is what the attention block's per-item products need
+// (hundreds of items, each product far too small to fill a GPU alone). The bias add and the bias
+// gradient are small kernels of ours. Nothing here allocates (cuBLAS keeps its own workspace per
+// handle). Not here: pointer-array batched products, other data types.
 //
 // B batch, IN input features, OUT output features.
 #include "kernels/cuda/cuda_ops.h"
 
 #include "kernels/cuda/cuda_internal.cuh"
 
-int gemm_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
-              const float *B, int ldb, float beta, float *C, int ldc, cudaStream_t stream) {
-    if (M < 0 || N < 0 || K < 0)
+static cublasOperation_t cublas_op(int transposed) {
+    return transposed ? CUBLAS_OP_T : CUBLAS_OP_N;
+}
+
+// gemm_cuda's swap, item by item: item i's row-major C_i^T = op(B_i)^T op(A_i)^T, so B and its
+// stride go first. A shared output (stride_c 0) is refused: the items would write one C at once.
+int gemm_strided_batched_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A,
+                              int lda, long stride_a, const float *B, int ldb, long stride_b,
+                              float beta, float *C, int ldc, long stride_c, int batch,
+                              cudaStream_t stream) {
+    if (M < 0 || N < 0 || K < 0 || batch < 0 || stride_a < 0 || stride_b < 0 || stride_c < 0)
         return KERNELS_EINVAL;
-    if (M == 0 || N == 0)
+    if (M == 0 || N == 0 || batch == 0)
         return 0;
+    if (stride_c == 0 && batch > 1)
+        return KERNELS_EINVAL;
     CudaCtx *ctx;
     int rc = cuda_ctx_acquire(&ctx, stream);
     if (rc)
@@ -27,11 +39,18 @@ int gemm_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A, 
     cublasHandle_t h;
     rc = cuda_ctx_cublas(ctx, &h);
     if (!rc)
-        rc = cublas_code(cublasSgemm(h, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                     ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb, A,
-                                     lda, &beta, C, ldc));
+        rc = cublas_code(cublasSgemmStridedBatched(h, cublas_op(tb), cublas_op(ta), N, M, K, &alpha,
+                                                   B, ldb, stride_b, A, lda, stride_a, &beta, C,
+                                                   ldc, stride_c, batch));
     cuda_ctx_release(ctx);
     return rc;
+}
+
+// One product: the batched call with one item (cuBLAS takes batch 1 as a plain GEMM).
+int gemm_cuda(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+              const float *B, int ldb, float beta, float *C, int ldc, cudaStream_t stream) {
+    return gemm_strided_batched_cuda(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0,
+                                     1, stream);
 }
 
 // out (B, OUT) rows = bias (OUT).

@@ -1,15 +1,17 @@
 // model_cuda.cu — the layers of G and D that are not generic kernels, on the GPU: the class
 // embedding (G), the projection discriminator's inner product (D), an in-place add, and the SAGAN
-// attention block composed from gemm_cuda and the row softmax of attention_cuda.cu. They are the
-// CUDA twins of ops.c's embedding_forward/backward and add_inplace, of the projection loop in
-// sagan.c, and of attention.c, with the same arguments plus the stream.
+// attention block composed from cuBLAS products and the row softmax of attention_cuda.cu. They
+// are the CUDA twins of ops.c's embedding_forward/backward and add_inplace, of the projection loop
+// in sagan.c, and of attention.c, with the same arguments plus the stream.
 //
 // Written for clarity first. Embedding and projection gradients are summed by one thread per table
 // column over the batch in order (rows may share a label), so no atomics and the same bits on every
-// run. The attention block runs item by item, as attention.c does, with the products on cuBLAS:
-// about 15 small launches per item in the backward. A strided-batched GEMM would fold the items
-// together; that is a speed question for later, not a correctness one. Not here: dropout, the
-// regularizers, anything with a host-side loop over the data.
+// run. The attention block does not loop over the items as attention.c does: each of its products
+// runs for the whole batch in one strided-batched GEMM (a weight shared with stride 0), and each
+// weight gradient, a sum over items and positions, as one GEMM whose inner dimension is B N. So a
+// forward and backward issue 18 cuBLAS calls and 9 other launches (our kernels, one memset)
+// whatever B is; item by item it was 18 B GEMMs, thousands per training step at batch 256. Not
+// here: dropout, the regularizers, anything with a host-side loop over the data.
 //
 // B batch, C channels, C8 = C/8, C2 = C/2, N = H*W positions, K classes, D or F a row's length.
 #include "kernels/cuda/cuda_ops.h"
@@ -50,12 +52,6 @@ __global__ void add_scaled_kernel(float *out, const float *x, const float *alpha
                                   long n) {
     float a = *alpha;
     CUDA_FOR(i, n) out[i] = x[i] + a * y[i];
-}
-
-// out (n) = *alpha inp (n), alpha a device float.
-__global__ void scale_kernel(float *out, const float *alpha, const float *inp, long n) {
-    float a = *alpha;
-    CUDA_FOR(i, n) out[i] = a * inp[i];
 }
 
 // One block: *acc += sum_k a[k] b[k] over n, summed in double in a fixed order (attention.c sums
@@ -180,53 +176,151 @@ int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, con
 }
 
 // --- the attention block ------------------------------------------------------------------------
+//
+// Each item's matrices are (rows, N) blocks: the saved tensors hold them item after item, (B, C',
+// N), as attention.c does. The backward also lays some out "wide", (C', B N): item b's block is
+// columns [b N, (b + 1) N) of one matrix. A product over one item's block then reads or writes
+// those columns (leading dimension B N, item stride N), and a sum over every item and position
+// (a weight gradient) is one product with inner dimension B N.
 
 static int attention_shape_ok(int B, int C, int N) {
     return B > 0 && C >= 8 && C % 8 == 0 && N > 0;
 }
 
-// attention.c's attention_item_forward per item, its products as GEMMs (the same ones sagan_cuda.c
-// used): f = Wf x, g = Wg x, h = Wh x; s[j][i] = g_j . f_i (into attn), the row softmax over the
-// whole batch at once; o = h attn^T, y = Wo o; out = x + gamma y.
+// dst (C, B N) = *alpha src (B, C, N), alpha a device float or NULL for 1: item b's (C, N) block
+// becomes columns [b N, (b + 1) N). Runs of N floats move together, so reads and writes are both
+// coalesced.
+__global__ void items_to_wide_kernel(float *dst, const float *alpha, const float *src, int B, int C,
+                                     int N) {
+    float a = alpha ? *alpha : 1.0f;
+    long n = (long)B * C * N;
+    CUDA_FOR(k, n) {
+        long i = k % N, row = k / N, c = row % C, b = row / C;
+        dst[(c * B + b) * N + i] = a * src[k];
+    }
+}
+
+static int items_to_wide(float *dst, const float *alpha, const float *src, int B, int C, int N,
+                         cudaStream_t stream) {
+    long n = (long)B * C * N;
+    items_to_wide_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(dst, alpha, src, B, C, N);
+    return cuda_launch_code();
+}
+
+// attention.c's attention_item_forward for every item at once, its products as strided-batched
+// GEMMs: f = Wf x, g = Wg x, h = Wh x (the weights shared, stride 0); s[j][i] = g_j . f_i (into
+// attn), the row softmax over all B N rows; o = h attn^T, y = Wo o; out = x + gamma y.
 int attention_forward_cuda(float *out, AttentionSaved *s, const float *x, const float *wf,
                            const float *wg, const float *wh, const float *wo, const float *gamma,
                            int B, int C, int N, cudaStream_t stream) {
     if (!attention_shape_ok(B, C, N) || !gamma || out == x)
         return KERNELS_EINVAL;
     int C8 = C / 8, C2 = C / 2;
-    long CN = (long)C * N, NN = (long)N * N;
-    for (int b = 0; b < B; b++) {
-        const float *xb = x + b * CN;
-        float *f = s->f + (long)b * C8 * N, *g = s->g + (long)b * C8 * N;
-        float *h = s->h + (long)b * C2 * N, *attn = s->attn + b * NN;
-        CHECK(gemm_cuda(0, 0, C8, N, C, 1.0f, wf, C, xb, N, 0.0f, f, N, stream));
-        CHECK(gemm_cuda(0, 0, C8, N, C, 1.0f, wg, C, xb, N, 0.0f, g, N, stream));
-        CHECK(gemm_cuda(0, 0, C2, N, C, 1.0f, wh, C, xb, N, 0.0f, h, N, stream));
-        CHECK(gemm_cuda(1, 0, N, N, C8, 1.0f, g, N, f, N, 0.0f, attn, N, stream));
-    }
+    long CN = (long)C * N, C8N = (long)C8 * N, C2N = (long)C2 * N, NN = (long)N * N;
+    CHECK(gemm_strided_batched_cuda(0, 0, C8, N, C, 1.0f, wf, C, 0, x, N, CN, 0.0f, s->f, N, C8N, B,
+                                    stream));
+    CHECK(gemm_strided_batched_cuda(0, 0, C8, N, C, 1.0f, wg, C, 0, x, N, CN, 0.0f, s->g, N, C8N, B,
+                                    stream));
+    CHECK(gemm_strided_batched_cuda(0, 0, C2, N, C, 1.0f, wh, C, 0, x, N, CN, 0.0f, s->h, N, C2N, B,
+                                    stream));
+    CHECK(gemm_strided_batched_cuda(1, 0, N, N, C8, 1.0f, s->g, N, C8N, s->f, N, C8N, 0.0f, s->attn,
+                                    N, NN, B, stream));
     CHECK(attention_softmax_forward_cuda(s->attn, s->attn, B * N, N, stream));
-    for (int b = 0; b < B; b++) {
-        const float *h = s->h + (long)b * C2 * N, *attn = s->attn + b * NN;
-        float *o = s->o + (long)b * C2 * N, *y = s->y + b * CN;
-        CHECK(gemm_cuda(0, 1, C2, N, N, 1.0f, h, N, attn, N, 0.0f, o, N, stream));
-        CHECK(gemm_cuda(0, 0, C, N, C2, 1.0f, wo, C2, o, N, 0.0f, y, N, stream));
-    }
+    CHECK(gemm_strided_batched_cuda(0, 1, C2, N, N, 1.0f, s->h, N, C2N, s->attn, N, NN, 0.0f, s->o,
+                                    N, C2N, B, stream));
+    CHECK(gemm_strided_batched_cuda(0, 0, C, N, C2, 1.0f, wo, C2, 0, s->o, N, C2N, 0.0f, s->y, N,
+                                    CN, B, stream));
     long n = (long)B * CN;
     add_scaled_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(out, x, gamma, s->y, n);
     return cuda_launch_code();
 }
 
-// One item's scratch, in this order: dy (C, N) = gamma dout, dO, dh (C2, N), df, dg (C8, N),
-// dattn, ds (N, N).
-long attention_scratch_floats_cuda(int C, int N) {
-    long C8 = C / 8, C2 = C / 2;
-    return (long)N * (C + 2 * C2 + 2 * C8) + 2L * N * N;
+// The backward's intermediate gradients for B items, carved from the scratch in this order. The
+// wide ones are (rows, B N); x and o are copied wide only when a weight gradient needs them.
+typedef struct {
+    float *dy;    // (C, B N)  gamma dout
+    float *xw;    // (C, B N)  x
+    float *ow;    // (C2, B N) o
+    float *dO;    // (C2, B N)
+    float *dh;    // (C2, B N)
+    float *df;    // (C8, B N)
+    float *dg;    // (C8, B N)
+    float *dattn; // (B, N, N)
+    float *ds;    // (B, N, N) the scores' gradient
+} AttentionGrads;
+
+long attention_scratch_floats_cuda(int B, int C, int N) {
+    long C8 = C / 8, C2 = C / 2, BN = (long)B * N;
+    return BN * (2 * C + 3 * C2 + 2 * C8) + 2 * BN * N;
 }
 
-// attention.c's attention_item_backward per item. Its GEMMs with alpha = gamma take gamma dout
-// (dy, made by a kernel that reads gamma on the device) with alpha 1 instead; the weight gradients
-// are accumulated item after item by the GEMMs' beta = 1 (attention.c sums them per item and then
-// over the items: the same sums in another order).
+static AttentionGrads attention_grads_carve(float *scratch, int B, int C, int N) {
+    long C8 = C / 8, C2 = C / 2, BN = (long)B * N;
+    AttentionGrads d;
+    d.dy = scratch;
+    d.xw = d.dy + C * BN;
+    d.ow = d.xw + C * BN;
+    d.dO = d.ow + C2 * BN;
+    d.dh = d.dO + C2 * BN;
+    d.df = d.dh + C2 * BN;
+    d.dg = d.df + C8 * BN;
+    d.dattn = d.dg + C8 * BN;
+    d.ds = d.dattn + BN * N;
+    return d;
+}
+
+// y = Wo o: dy = gamma dout (wide), dO = Wo^T dy and dWo += dy o^T, each one GEMM over all B N
+// columns.
+static int attention_backward_output(AttentionGrads *d, float *dwo, const float *dout,
+                                     const AttentionSaved *s, const float *wo, const float *gamma,
+                                     int B, int C, int N, cudaStream_t stream) {
+    int C2 = C / 2, BN = B * N;
+    CHECK(items_to_wide(d->dy, gamma, dout, B, C, N, stream));
+    CHECK(gemm_cuda(1, 0, C2, BN, C, 1.0f, wo, C2, d->dy, BN, 0.0f, d->dO, BN, stream));
+    if (!dwo)
+        return 0;
+    CHECK(items_to_wide(d->ow, NULL, s->o, B, C2, N, stream));
+    return gemm_cuda(0, 1, C, C2, BN, 1.0f, d->dy, BN, d->ow, BN, 1.0f, dwo, C2, stream);
+}
+
+// o = h attn^T: dattn[j][i] = sum_c dO[c][j] h[c][i], dh = dO attn; the row softmax over all B N
+// rows, ds = attn * (dattn - <attn, dattn>) (the kernel accumulates, so ds is zeroed first);
+// s = g^T f: df = g ds, dg = f ds^T. Item b's dO, dh, df, dg are its columns of the wide matrices.
+static int attention_backward_scores(AttentionGrads *d, const AttentionSaved *s, int B, int C,
+                                     int N, cudaStream_t stream) {
+    int C8 = C / 8, C2 = C / 2, BN = B * N;
+    long C8N = (long)C8 * N, C2N = (long)C2 * N, NN = (long)N * N;
+    CHECK(gemm_strided_batched_cuda(1, 0, N, N, C2, 1.0f, d->dO, BN, N, s->h, N, C2N, 0.0f,
+                                    d->dattn, N, NN, B, stream));
+    CHECK(gemm_strided_batched_cuda(0, 0, C2, N, N, 1.0f, d->dO, BN, N, s->attn, N, NN, 0.0f, d->dh,
+                                    BN, N, B, stream));
+    if (cudaMemsetAsync(d->ds, 0, sizeof(float) * (size_t)(B * NN), stream) != cudaSuccess)
+        return KERNELS_ECUDA;
+    CHECK(attention_softmax_backward_cuda(d->ds, d->dattn, s->attn, BN, N, stream));
+    CHECK(gemm_strided_batched_cuda(0, 0, C8, N, N, 1.0f, s->g, N, C8N, d->ds, N, NN, 0.0f, d->df,
+                                    BN, N, B, stream));
+    return gemm_strided_batched_cuda(0, 1, C8, N, N, 1.0f, s->f, N, C8N, d->ds, N, NN, 0.0f, d->dg,
+                                     BN, N, B, stream);
+}
+
+// The projections p = W x (p one of f, g, h with R rows): dx_b += W^T dp_b (W shared, dx item
+// after item, beta 1 keeps the +=), and dW += dp x^T (x wide), one GEMM over all B N columns.
+static int attention_backward_projection(float *dx, float *dw, const float *dp, const float *xw,
+                                         const float *w, int R, int B, int C, int N,
+                                         cudaStream_t stream) {
+    int BN = B * N;
+    CHECK(gemm_strided_batched_cuda(1, 0, C, N, R, 1.0f, w, C, 0, dp, BN, N, 1.0f, dx, N,
+                                    (long)C * N, B, stream));
+    if (!dw)
+        return 0;
+    return gemm_cuda(0, 1, R, C, BN, 1.0f, dp, BN, xw, BN, 1.0f, dw, C, stream);
+}
+
+// attention.c's attention_backward for every item at once. Its GEMMs with alpha = gamma take
+// gamma dout (dy, made by a kernel that reads gamma on the device) with alpha 1 instead. The weight
+// gradients are summed over items and positions inside one GEMM each (attention.c sums per item
+// and then over the items: the same sums in another order); no atomics, so the same bits on every
+// run.
 int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float *dwo,
                             float *dgamma, const float *dout, const AttentionSaved *s,
                             const float *x, const float *wf, const float *wg, const float *wh,
@@ -235,9 +329,8 @@ int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float
     if (!attention_shape_ok(B, C, N) || !gamma)
         return KERNELS_EINVAL;
     int C8 = C / 8, C2 = C / 2;
-    long CN = (long)C * N, NN = (long)N * N, n = (long)B * CN;
-    float *dy = scratch, *dO = dy + CN, *dh = dO + (long)C2 * N, *df = dh + (long)C2 * N;
-    float *dg = df + (long)C8 * N, *dattn = dg + (long)C8 * N, *ds = dattn + NN;
+    long n = (long)B * C * N;
+    AttentionGrads d = attention_grads_carve(scratch, B, C, N);
 
     // out = x + gamma y: dx += dout, dgamma += <dout, y>.
     CHECK(add_inplace_cuda(dx, dout, n, stream));
@@ -245,37 +338,11 @@ int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float
         dot_accumulate_kernel<<<1, 1024, 0, stream>>>(dgamma, dout, s->y, n);
         CHECK(cuda_launch_code());
     }
-    for (int b = 0; b < B; b++) {
-        const float *xb = x + b * CN, *f = s->f + (long)b * C8 * N, *g = s->g + (long)b * C8 * N;
-        const float *h = s->h + (long)b * C2 * N, *attn = s->attn + b * NN;
-        const float *o = s->o + (long)b * C2 * N;
-        float *dxb = dx + b * CN;
-        // y = Wo o: dy = gamma dout, dO = Wo^T dy, dWo += dy o^T.
-        scale_kernel<<<cuda_blocks(CN), CUDA_THREADS, 0, stream>>>(dy, gamma, dout + b * CN, CN);
-        CHECK(cuda_launch_code());
-        CHECK(gemm_cuda(1, 0, C2, N, C, 1.0f, wo, C2, dy, N, 0.0f, dO, N, stream));
-        if (dwo)
-            CHECK(gemm_cuda(0, 1, C, C2, N, 1.0f, dy, N, o, N, 1.0f, dwo, C2, stream));
-        // o = h attn^T: dattn[j][i] = sum_c dO[c][j] h[c][i], dh = dO attn.
-        CHECK(gemm_cuda(1, 0, N, N, C2, 1.0f, dO, N, h, N, 0.0f, dattn, N, stream));
-        CHECK(gemm_cuda(0, 0, C2, N, N, 1.0f, dO, N, attn, N, 0.0f, dh, N, stream));
-        // the row softmax: ds = attn * (dattn - <attn, dattn>) (the kernel accumulates)
-        if (cudaMemsetAsync(ds, 0, sizeof(float) * (size_t)NN, stream) != cudaSuccess)
-            return KERNELS_ECUDA;
-        CHECK(attention_softmax_backward_cuda(ds, dattn, attn, N, N, stream));
-        // s = g^T f: df = g ds, dg = f ds^T.
-        CHECK(gemm_cuda(0, 0, C8, N, N, 1.0f, g, N, ds, N, 0.0f, df, N, stream));
-        CHECK(gemm_cuda(0, 1, C8, N, N, 1.0f, f, N, ds, N, 0.0f, dg, N, stream));
-        // the projections: dx += W^T d(proj), dW += d(proj) x^T.
-        CHECK(gemm_cuda(1, 0, C, N, C8, 1.0f, wf, C, df, N, 1.0f, dxb, N, stream));
-        CHECK(gemm_cuda(1, 0, C, N, C8, 1.0f, wg, C, dg, N, 1.0f, dxb, N, stream));
-        CHECK(gemm_cuda(1, 0, C, N, C2, 1.0f, wh, C, dh, N, 1.0f, dxb, N, stream));
-        if (dwf)
-            CHECK(gemm_cuda(0, 1, C8, C, N, 1.0f, df, N, xb, N, 1.0f, dwf, C, stream));
-        if (dwg)
-            CHECK(gemm_cuda(0, 1, C8, C, N, 1.0f, dg, N, xb, N, 1.0f, dwg, C, stream));
-        if (dwh)
-            CHECK(gemm_cuda(0, 1, C2, C, N, 1.0f, dh, N, xb, N, 1.0f, dwh, C, stream));
-    }
-    return 0;
+    CHECK(attention_backward_output(&d, dwo, dout, s, wo, gamma, B, C, N, stream));
+    CHECK(attention_backward_scores(&d, s, B, C, N, stream));
+    if (dwf || dwg || dwh)
+        CHECK(items_to_wide(d.xw, NULL, x, B, C, N, stream));
+    CHECK(attention_backward_projection(dx, dwf, d.df, d.xw, wf, C8, B, C, N, stream));
+    CHECK(attention_backward_projection(dx, dwg, d.dg, d.xw, wg, C8, B, C, N, stream));
+    return attention_backward_projection(dx, dwh, d.dh, d.xw, wh, C2, B, C, N, stream);
 }

@@ -8,9 +8,9 @@
 // The ground truth is the double reference of kernels/reference*.c where one exists (conv,
 // linear, activations, PixelNorm, up- and down-sampling, hinge losses, spectral norm, AdamW),
 // which the CPU tests check by finite differences, and a double loop here where none does (gemm
-// with transposes, the fade-in blend, the row softmax). Each backward starts from random gradient
-// buffers, so the accumulate (+=) contract is checked with the values. Shapes: tiny odd ones
-// (tails, partial warps) and the fmnist32 training shapes at batch 64.
+// and its strided-batched form with transposes, the fade-in blend, the row softmax). Each backward
+// starts from random gradient buffers, so the accumulate (+=) contract is checked with the values.
+// Shapes: tiny odd ones (tails, partial warps) and the fmnist32 training shapes at batch 64.
 //
 // Tolerances, |gpu - ref| <= atol + rtol |ref| per element (check.c prints the worst pairs):
 //   element-wise, PixelNorm, softmax, losses, spectral norm, AdamW: atol 1e-5, rtol 1e-4 (the
@@ -239,6 +239,25 @@ static void test_default_stream(void **state) {
     conv_case(2, 3, 7, 6, 4, 3, 1, 1);
     CUDA_OK(cudaDeviceSynchronize());
     stream = created;
+}
+
+// A stream's cached handles and workspace go with cuda_stream_forget, and a new stream (which may
+// get the old one's address) computes right from a clean context.
+static void test_stream_forget(void **state) {
+    (void)state;
+    cudaStream_t kept = stream;
+    int base = cuda_stream_contexts();
+    for (int round = 0; round < 3; round++) {
+        CUDA_OK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+        gemm_case(3, 5, 7, 2);
+        conv_case(2, 3, 7, 6, 4, 3, 1, 1);
+        assert_int_equal(cuda_stream_contexts(), base + 1);
+        assert_int_equal(cuda_stream_forget(stream), 0);
+        assert_int_equal(cuda_stream_contexts(), base);
+        assert_int_equal(cuda_stream_forget(stream), 0); // nothing left: a no-op
+        CUDA_OK(cudaStreamDestroy(stream));
+    }
+    stream = kept;
 }
 
 static void pixelnorm_case(int B, int C, int N) {
@@ -471,7 +490,7 @@ static void test_attention_softmax(void **state) {
     softmax_case(16, 256, 80);     // scores far beyond expf's range unless the max is subtracted
 }
 
-// Row-major C (M, N) = alpha op(A) op(B) + beta C in double.
+// Row-major C (M, N) = alpha op(A) op(B) + beta C in double; beta 0 never reads C (BLAS's rule).
 static void gemm_ref(int ta, int tb, int M, int N, int K, double alpha, const double *A, int lda,
                      const double *B, int ldb, double beta, double *C, int ldc) {
     for (int i = 0; i < M; i++)
@@ -480,7 +499,8 @@ static void gemm_ref(int ta, int tb, int M, int N, int K, double alpha, const do
             for (int k = 0; k < K; k++)
                 sum += (ta ? A[(long)k * lda + i] : A[(long)i * lda + k]) *
                        (tb ? B[(long)j * ldb + k] : B[(long)k * ldb + j]);
-            C[(long)i * ldc + j] = alpha * sum + beta * C[(long)i * ldc + j];
+            double *c = &C[(long)i * ldc + j];
+            *c = alpha * sum + (beta == 0 ? 0.0 : beta * *c);
         }
 }
 
@@ -509,6 +529,98 @@ static void test_gemm(void **state) {
     gemm_case(3, 5, 7, 2);
     gemm_case(64, 2048, 128, 0); // G's linear at batch 64
     gemm_case(256, 256, 16, 0);  // attention scores: N x N over C/2
+}
+
+// One strided-batched layout: each operand's leading dimension and item stride (floats).
+typedef struct {
+    int lda, ldb, ldc;
+    long sa, sb, sc;
+} BatchLayout;
+
+// Floats spanned by batch items of a row-major (rows, cols) matrix with leading dimension ld and
+// item stride st: the last item's last element, plus one.
+static long batch_extent(int rows, int cols, int ld, long st, int batch) {
+    return (batch - 1) * st + (long)(rows - 1) * ld + cols;
+}
+
+// gemm_strided_batched_cuda against gemm_ref item by item, at alpha 0.5 and the given beta. The
+// buffers hold random values between and around the items (which must come back untouched); with
+// beta 0 every element of C's items starts as NaN, so a product that reads C fails.
+static void gemm_batched_case(int ta, int tb, int M, int N, int K, int batch, BatchLayout l,
+                              float beta) {
+    int arows = ta ? K : M, acols = ta ? M : K, brows = tb ? N : K, bcols = tb ? K : N;
+    long na = batch_extent(arows, acols, l.lda, l.sa, batch);
+    long nb = batch_extent(brows, bcols, l.ldb, l.sb, batch);
+    long nc = batch_extent(M, N, l.ldc, l.sc, batch);
+    double *ad, *bd, *cd;
+    float *a = fill(&ad, na, -1, 1), *b = fill(&bd, nb, -1, 1), *c = fill(&cd, nc, -1, 1);
+    for (int i = 0; beta == 0 && i < batch; i++)
+        for (int r = 0; r < M; r++)
+            for (int k = 0; k < N; k++)
+                c[i * l.sc + (long)r * l.ldc + k] = cd[i * l.sc + (long)r * l.ldc + k] = NAN;
+    float *da = dev_copy(a, na), *db = dev_copy(b, nb), *dc = dev_copy(c, nc);
+    assert_int_equal(gemm_strided_batched_cuda(ta, tb, M, N, K, 0.5f, da, l.lda, l.sa, db, l.ldb,
+                                               l.sb, beta, dc, l.ldc, l.sc, batch, stream),
+                     0);
+    for (int i = 0; i < batch; i++)
+        gemm_ref(ta, tb, M, N, K, 0.5, ad + i * l.sa, l.lda, bd + i * l.sb, l.ldb, beta,
+                 cd + i * l.sc, l.ldc);
+    char what[96];
+    snprintf(what, sizeof what, "gemm batched ta=%d tb=%d %dx%dx%d x%d beta=%g", ta, tb, M, N, K,
+             batch, beta);
+    ASSERT_PROD_CLOSE(what, dc, cd, nc, K);
+    dev_free(da), dev_free(db), dev_free(dc);
+    free(a), free(b), free(c), free(ad), free(bd), free(cd);
+}
+
+// Items apart (with a gap of 3 floats after each, and rows padded by pad), every transpose,
+// beta 0 and 1; then with A or B shared by every item (stride 0).
+static void gemm_batched_apart(int M, int N, int K, int batch, int pad) {
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++)
+            for (int beta = 0; beta < 2; beta++) {
+                BatchLayout l = {(ta ? M : K) + pad, (tb ? K : N) + pad, N + pad, 0, 0, 0};
+                l.sa = (long)(ta ? K : M) * l.lda + 3;
+                l.sb = (long)(tb ? N : K) * l.ldb + 3;
+                l.sc = (long)M * l.ldc + 3;
+                gemm_batched_case(ta, tb, M, N, K, batch, l, (float)beta);
+                long sa = l.sa;
+                l.sa = 0;
+                gemm_batched_case(ta, tb, M, N, K, batch, l, (float)beta);
+                l.sa = sa, l.sb = 0;
+                gemm_batched_case(ta, tb, M, N, K, batch, l, (float)beta);
+            }
+}
+
+static void test_gemm_strided_batched(void **state) {
+    (void)state;
+    gemm_batched_apart(3, 5, 7, 4, 2);
+    gemm_batched_apart(1, 1, 1, 1, 0);
+    // The attention block's uses at fmnist32's 16x16 (C 32, N 256), 6 items. Projections: a
+    // weight (stride 0) times each item's x (C, N).
+    int B = 6, C = 32, N = 256, BN = B * N;
+    gemm_batched_case(0, 0, C / 8, N, C, B, (BatchLayout){C, N, N, 0, (long)C * N, C / 8 * N}, 0);
+    // dattn_b = dO_b^T h_b with dO wide (C/2, B N): item b is columns [b N, (b+1) N).
+    gemm_batched_case(1, 0, N, N, C / 2, B,
+                      (BatchLayout){BN, N, N, N, (long)C / 2 * N, (long)N * N}, 0);
+    // dh_b = dO_b attn_b written into the wide dh, and dx_b += Wf^T df_b (beta 1, df wide).
+    gemm_batched_case(0, 0, C / 2, N, N, B, (BatchLayout){BN, N, BN, N, (long)N * N, N}, 0);
+    gemm_batched_case(1, 0, C, N, C / 8, B, (BatchLayout){C, BN, N, 0, N, (long)C * N}, 1);
+    // Sizes and a shared output are refused before anything is queued; empty products queue
+    // nothing.
+    float *x = dev_copy(NULL, 0);
+    assert_int_equal(
+        gemm_strided_batched_cuda(0, 0, 2, 2, 2, 1, x, 2, 0, x, 2, 0, 0, x, 2, 0, 2, stream),
+        KERNELS_EINVAL);
+    assert_int_equal(
+        gemm_strided_batched_cuda(0, 0, 2, 2, 2, 1, x, 2, -4, x, 2, 0, 0, x, 2, 4, 2, stream),
+        KERNELS_EINVAL);
+    assert_int_equal(
+        gemm_strided_batched_cuda(0, 0, 2, 2, 2, 1, x, 2, 0, x, 2, 0, 0, x, 2, 4, -1, stream),
+        KERNELS_EINVAL);
+    assert_int_equal(
+        gemm_strided_batched_cuda(0, 0, 2, 2, 2, 1, x, 2, 0, x, 2, 0, 0, x, 2, 4, 0, stream), 0);
+    dev_free(x);
 }
 
 static void linear_case(int B, int IN, int OUT, int bias, int skip_dinp) {
@@ -638,6 +750,7 @@ static int no_device_calls_fail(void) {
         specnorm_forward_cuda(y, x + 32, x + 48, s, x, 4, 4, 1, 0),
         attention_softmax_forward_cuda(y, x, 4, 4, 0),
         gemm_cuda(0, 0, 4, 4, 4, 1.0f, x, 4, x + 16, 4, 0.0f, y, 4, 0),
+        gemm_strided_batched_cuda(0, 0, 4, 4, 4, 1.0f, x, 4, 0, x + 16, 4, 0, 0.0f, y, 4, 16, 2, 0),
         conv2d_forward_cuda(y, x, x + 16, NULL, 1, 1, 4, 4, 1, 3, 1, 1, 0),
     };
     int ok = 1;
@@ -671,6 +784,7 @@ int main(void) {
         cmocka_unit_test(test_device_available),
         cmocka_unit_test(test_elementwise),
         cmocka_unit_test(test_default_stream),
+        cmocka_unit_test(test_stream_forget),
         cmocka_unit_test(test_pixelnorm),
         cmocka_unit_test(test_upsample_avgpool),
         cmocka_unit_test(test_hinge_losses),
@@ -678,6 +792,7 @@ int main(void) {
         cmocka_unit_test(test_specnorm),
         cmocka_unit_test(test_attention_softmax),
         cmocka_unit_test(test_gemm),
+        cmocka_unit_test(test_gemm_strided_batched),
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_conv_tiny),
         cmocka_unit_test(test_conv_fmnist32),

@@ -153,7 +153,7 @@ static int attention_case(int B, int C, int N) {
     float *d_dw = dev_copy(dw0, sizeof(float) * (2L * C8 * C + 2L * C2 * C));
     float *d_gamma = dev_copy(&gamma, sizeof(float)), *d_dgamma = dev_copy(&dgamma0, sizeof(float));
     float *d_saved = dev_copy(NULL, sizeof(float) * saved_n);
-    float *d_scratch = dev_copy(NULL, sizeof(float) * attention_scratch_floats_cuda(C, N));
+    float *d_scratch = dev_copy(NULL, sizeof(float) * attention_scratch_floats_cuda(B, C, N));
     AttentionSaved ds;
     attention_saved_carve(&ds, d_saved, B, C, N);
     float *d_dwf = d_dw, *d_dwg = d_dwf + C8 * C, *d_dwh = d_dwg + C8 * C, *d_dwo = d_dwh + C2 * C;
@@ -403,12 +403,16 @@ static void set_gamma(ParamSet *ps, int p_gamma, float v) {
 // Adam turns that into different steps for the near-zero gradients), so only the RNG, the step
 // count, losses within 1e-2 + 1e-2 |loss| and every parameter within the sign-flip bound of all
 // the steps are checked: the device state carried from step to step stays sane.
-static void train_case(const char *name, const Dataset *data, float gamma) {
+// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off).
+static void train_case(const char *name, const Dataset *data, float gamma, float wd,
+                       int freeze_d) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, name), 0);
     GanHparams hp;
     gan_hparams_default(&hp);
     hp.batch = BATCH;
+    hp.weight_decay_g = hp.weight_decay_d = wd;
+    hp.freeze_d = freeze_d;
     GanTrainer cpu, gpu;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&gpu, &cfg, &hp, 7), 0);
@@ -478,22 +482,28 @@ static void train_case(const char *name, const Dataset *data, float gamma) {
 
 static void test_train_tinyc(void **state) {
     (void)state;
-    train_case("tinyc", &fmnist, 0.5f);
+    train_case("tinyc", &fmnist, 0.5f, 0.0f, 0);
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    train_case("fmnist32c", &fmnist, 0.0f);
+    train_case("fmnist32c", &fmnist, 0.0f, 0.0f, 0);
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    train_case("tiny", &fmnist, 0.5f);
+    train_case("tiny", &fmnist, 0.5f, 0.0f, 0);
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    train_case("tiny64", &rgb, 0.5f);
+    train_case("tiny64", &rgb, 0.5f, 0.0f, 0);
+}
+
+// AdamW's decoupled weight decay (biases excluded) and FreezeD (D's first 2 layers not updated).
+static void test_train_wd_freezed(void **state) {
+    (void)state;
+    train_case("tinyc", &fmnist, 0.5f, 0.05f, 2);
 }
 
 // A switch the GPU step does not do is refused at init, naming it, and at a step when turned on
@@ -585,6 +595,7 @@ int main(void) {
         cmocka_unit_test(test_train_fmnist32c),
         cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_tiny64),
+        cmocka_unit_test(test_train_wd_freezed),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

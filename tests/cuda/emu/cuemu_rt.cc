@@ -29,6 +29,11 @@
 // non-deterministic one, a failed one, a tensor-op one and one that needs workspace, so the
 // caller's choice is exercised; every algorithm computes the same sums.
 //
+// NCCL's ncclAllReduce is MPI_Allreduce over MPI_COMM_WORLD on the (host) device memory, queued
+// on the stream like everything else; the communicator must span the MPI processes (the
+// unique id is checked to be the one rank 0 made). Unlike NCCL, several processes may share
+// cuemu's one device.
+//
 // Everything runs under one process-wide lock: kernels and library calls from several host
 // threads take turns. CUEMU_FIBERS=1 runs every kernel on fibers (see run_grid).
 //
@@ -37,6 +42,9 @@
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 #include <cudnn.h>
+#define OMPI_SKIP_MPICXX 1 // the C API only (no libmpi_cxx)
+#include <mpi.h>
+#include <nccl.h>
 
 #include <deque>
 #include <functional>
@@ -1274,4 +1282,65 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void *alpha, const cudnnTens
                     }
     });
     return CUDNN_STATUS_SUCCESS;
+}
+
+// --- NCCL ---------------------------------------------------------------------------------------
+
+struct ncclComm {
+    int rank, size;
+};
+
+static const char CUEMU_NCCL_ID[] = "cuemu nccl id";
+
+ncclResult_t ncclGetUniqueId(ncclUniqueId *id) {
+    memset(id, 0, sizeof *id);
+    memcpy(id->internal, CUEMU_NCCL_ID, sizeof CUEMU_NCCL_ID);
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommInitRank(ncclComm_t *comm, int nranks, ncclUniqueId id, int rank) {
+    int init = 0, size = 0, me = -1;
+    MPI_Initialized(&init);
+    if (!init)
+        fatal("ncclCommInitRank: cuemu's NCCL needs MPI (launch with mpirun)");
+    MPI_Comm_size(MPI_COMM_WORLD, &size);
+    MPI_Comm_rank(MPI_COMM_WORLD, &me);
+    if (memcmp(id.internal, CUEMU_NCCL_ID, sizeof CUEMU_NCCL_ID))
+        return ncclInvalidArgument; // not an id from ncclGetUniqueId (not broadcast?)
+    if (nranks != size || rank != me)
+        fatal("ncclCommInitRank(nranks %d, rank %d): cuemu's NCCL spans MPI_COMM_WORLD (%d "
+              "processes, this one %d)",
+              nranks, rank, size, me);
+    MPI_Barrier(MPI_COMM_WORLD); // it synchronizes the ranks, as NCCL's does
+    *comm = new ncclComm{rank, nranks};
+    return ncclSuccess;
+}
+
+ncclResult_t ncclCommDestroy(ncclComm_t comm) {
+    delete comm;
+    return ncclSuccess;
+}
+
+const char *ncclGetErrorString(ncclResult_t r) {
+    return r == ncclSuccess ? "no error" : "NCCL error (cuemu)";
+}
+
+ncclResult_t ncclAllReduce(const void *send, void *recv, size_t count, ncclDataType_t type,
+                           ncclRedOp_t op, ncclComm_t comm, cudaStream_t stream) {
+    LOCKED;
+    const char *what = "ncclAllReduce";
+    if (type != ncclFloat32 || (op != ncclSum && op != ncclAvg) || count > (size_t)INT32_MAX)
+        return ncclInvalidArgument; // all cuemu does; all we use
+    check_range(what, send, count * sizeof(float));
+    check_range(what, recv, count * sizeof(float));
+    int size = comm->size;
+    enqueue(what, stream, [=]() {
+        const void *in = send == recv ? MPI_IN_PLACE : send;
+        if (MPI_Allreduce(in, recv, (int)count, MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD) != MPI_SUCCESS)
+            fatal("ncclAllReduce: MPI_Allreduce failed");
+        if (op == ncclAvg)
+            for (size_t i = 0; i < count; i++)
+                ((float *)recv)[i] /= (float)size;
+    });
+    return ncclSuccess;
 }

@@ -14,7 +14,8 @@ mkdir -p "$dir"
 cd "$dir"
 git init -q 2>/dev/null; git add -A >/dev/null 2>&1; git -c user.name=p -c user.email=p@p commit -qm base >/dev/null 2>&1
 make CUDA=1 CUDA_EMU=1 BUILD=build-cuemu -j2 build-cuemu/tests/cuda/test_cuda_ops \
-    build-cuemu/tests/cuda/test_cuda_gen build-cuemu/tests/cuda/test_cuda_train >/dev/null 2>&1 ||
+    build-cuemu/tests/cuda/test_cuda_gen build-cuemu/tests/cuda/test_cuda_train \
+    build-cuemu/steer >/dev/null 2>&1 ||
     { echo "plants: the unplanted build fails"; exit 100; }
 
 missed=0
@@ -27,21 +28,26 @@ plant() {
         missed=$((missed + 1))
         return
     fi
-    if ! make CUDA=1 CUDA_EMU=1 BUILD=build-cuemu -j2 "build-cuemu/tests/cuda/$test" >/dev/null 2>&1; then
+    local target=build-cuemu/tests/cuda/$test run=("build-cuemu/tests/cuda/$test")
+    if [[ $test == dist ]]; then # tests/cuda/emu/dist.sh: steer train under mpirun
+        target=build-cuemu/steer
+        run=(bash tests/cuda/emu/dist.sh build-cuemu)
+    fi
+    if ! make CUDA=1 CUDA_EMU=1 BUILD=build-cuemu -j2 "$target" >/dev/null 2>&1; then
         echo "plant $name: does not build (update this script)"
         missed=$((missed + 1))
-    elif CMOCKA_MESSAGE_OUTPUT=TAP timeout 900 "build-cuemu/tests/cuda/$test" >"build-cuemu/plant-$name.log" 2>&1 &&
+    elif CMOCKA_MESSAGE_OUTPUT=TAP timeout 900 "${run[@]}" >"build-cuemu/plant-$name.log" 2>&1 &&
         ! grep -q '^not ok' "build-cuemu/plant-$name.log"; then
         echo "plant $name: MISSED by $test"
         missed=$((missed + 1))
     else
-        echo "plant $name: caught by $test: $(grep -m1 -E '^not ok|cuemu:' "build-cuemu/plant-$name.log")"
+        echo "plant $name: caught by $test: $(grep -m1 -E '^not ok|cuemu' "build-cuemu/plant-$name.log")"
     fi
     git checkout -q -- "$file"
 }
 
 # cuBLAS called with A's transpose flag dropped (the column-major convention wrong)
-plant gemm-transpose kernels/cuda/gemm_cublas.cu 's/ta ? CUBLAS_OP_T : CUBLAS_OP_N/CUBLAS_OP_N/' test_cuda_ops
+plant gemm-transpose kernels/cuda/gemm_cublas.cu 's/cublas_op(tb), cublas_op(ta)/cublas_op(tb), CUBLAS_OP_N/' test_cuda_ops
 # true convolution where cross-correlation is meant
 plant conv-mode kernels/cuda/conv_cudnn.cu 's/CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT/CUDNN_CONVOLUTION, CUDNN_DATA_FLOAT/' test_cuda_ops
 # a missing barrier: warps read v before every thread has scaled it
@@ -52,5 +58,7 @@ plant upload-stream generator/sagan_cuda.c 's/cudaMemcpyHostToDevice, gc->stream
 plant upload-swap generator/gan_cuda.c 's/cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice/cudaMemcpyAsync((void *)host, dev, bytes, cudaMemcpyHostToDevice/' test_cuda_train
 # the leaky ReLU's backward slope applied on the wrong side
 plant lrelu-backward kernels/cuda/ops_cuda.cu 's/inp\[i\] > 0.0f ? dout\[i\] : alpha \* dout\[i\]/inp[i] > 0.0f ? alpha * dout[i] : dout[i]/' test_cuda_ops
+# data parallel on GPUs: D's gradients not averaged over the processes
+plant dp-reduce generator/gan_cuda.c 's/^    CHECK(dp_mean(gc, gc->D.ps.grads, gc->D.ps.total));/    \/\/ no reduce/' dist
 echo "plants: $missed missed"
 exit $missed

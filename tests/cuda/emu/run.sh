@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests of a cuemu build (make cuda-emu): tests/cuda/test_cuda_{ops,gen,train} on
-# the CPU emulation. On cuemu a test must run, not skip: a SKIP line fails here. Each test's
+# the CPU emulation, then steer serve --device cuda serving a real client, then
+# tests/cuda/emu/dist.sh (mpirun -np 2 steer train --device cuda). On cuemu a test must run, not skip: a SKIP line fails here. Each test's
 # output goes to BUILD/<test>.log; the last lines of a failing one are printed.
 set -u
 build=${1:-build-cuemu}
@@ -25,4 +26,53 @@ for t in test_cuda_ops test_cuda_gen test_cuda_train; do
         echo "cuemu: $t passed ($oks checks), $((SECONDS - start)) s"
     fi
 done
+# the server drawing on the GPU: steer serve --device cuda, frames to a real client (steer-client,
+# the CPU build's; make builds it); the server's warm-up runs every batch size up to --batch, so
+# it is kept small
+start=$SECONDS
+data=$(mktemp -d)
+"$build/steer" serve --port 0 --device cuda --batch 4 --policy-pool 0 --data "$data" \
+    >"$build/serve.log" 2>&1 &
+serve=$!
+url=
+for _ in $(seq 1 120); do
+    url=$(grep -o 'http://[0-9.:]*/' "$build/serve.log" | head -1)
+    [[ -n $url ]] && break
+    sleep 1
+done
+client=build/steer-client
+if [[ -z $url ]]; then
+    echo "cuemu: steer serve --device cuda FAILED to start:"
+    tail -5 "$build/serve.log"
+    rc=1
+elif ! grep -q "drawing frames on the GPU" "$build/serve.log"; then
+    echo "cuemu: steer serve --device cuda did not draw on the (emulated) GPU:"
+    head -3 "$build/serve.log"
+    rc=1
+elif [[ ! -x $client ]]; then
+    echo "cuemu: serve check FAILED: no $client (run make first)"
+    rc=1
+elif out=$("$client" --url "$url" --frames 8 --window 4 --timeout 120 --quiet 2>&1) &&
+    [[ $out == "8 frames"* ]]; then
+    echo "cuemu: steer serve --device cuda passed ($out), $((SECONDS - start)) s"
+else
+    echo "cuemu: steer serve --device cuda FAILED: $out"
+    rc=1
+fi
+kill -9 "$serve" 2>/dev/null # (a clean stop would first finish the warm-up, a minute on cuemu)
+wait "$serve" 2>/dev/null
+rm -rf "$data"
+# data-parallel GPU training under mpirun (NCCL's path and the host's)
+if command -v mpirun >/dev/null; then
+    start=$SECONDS
+    if bash "$(dirname "$0")/dist.sh" "$build"; then
+        echo "cuemu: dist.sh passed, $((SECONDS - start)) s"
+    else
+        echo "cuemu: dist.sh FAILED"
+        rc=1
+    fi
+else
+    echo "cuemu: dist.sh FAILED: no mpirun (make deps installs openmpi-bin)"
+    rc=1
+fi
 exit $rc

@@ -88,6 +88,12 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
 
 // --- the backend (cuda_ops.h), each op its CPU twin --------------------------------------------
 
+// No handles are cached here.
+int cuda_stream_forget(cudaStream_t stream) {
+    (void)stream;
+    return 0;
+}
+
 int cuda_device_available(char *why, size_t len) {
     if (len > 0) {
         strncpy(why, "the CPU stand-in for the CUDA backend (tests/cuda/shim)", len - 1);
@@ -290,25 +296,18 @@ int attention_forward_cuda(float *out, AttentionSaved *s, const float *x, const 
     return attention_forward(out, s, x, wf, wg, wh, wo, *gamma, B, C, N);
 }
 
-// The CUDA backward's scratch is one item's; the CPU's holds every item's, which depends on B,
-// which this size cannot see. So the backward below allocates its own and this size is only
-// what gan_cuda.c carves (any positive size would do).
-long attention_scratch_floats_cuda(int C, int N) { return (long)C * N; }
+// Both scratches hold every item's intermediates, so gan_cuda.c's carving (sized for its largest
+// batch) can hold the CPU's: this size is the CPU's and the backward below uses it as given.
+long attention_scratch_floats_cuda(int B, int C, int N) {
+    return attention_scratch_floats(B, C, N);
+}
 
-// Allocates the CPU scratch per call: a test-only cost, against the house rule for real training
-// steps. KERNELS_ENOMEM when it cannot.
 int attention_backward_cuda(float *dx, float *dwf, float *dwg, float *dwh, float *dwo,
                             float *dgamma, const float *dout, const AttentionSaved *s,
                             const float *x, const float *wf, const float *wg, const float *wh,
                             const float *wo, const float *gamma, float *scratch, int B, int C,
                             int N, cudaStream_t stream) {
     (void)stream;
-    (void)scratch;
-    float *cpu_scratch = malloc(sizeof(float) * (size_t)attention_scratch_floats(B, C, N));
-    if (!cpu_scratch)
-        return KERNELS_ENOMEM;
-    int rc = attention_backward(dx, dwf, dwg, dwh, dwo, dgamma, dout, s, x, wf, wg, wh, wo, *gamma,
-                                cpu_scratch, B, C, N);
-    free(cpu_scratch);
-    return rc;
+    return attention_backward(dx, dwf, dwg, dwh, dwo, dgamma, dout, s, x, wf, wg, wh, wo, *gamma,
+                              scratch, B, C, N);
 }

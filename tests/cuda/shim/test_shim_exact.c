@@ -105,12 +105,15 @@ static void gamma_set(ParamSet *ps, int p_gamma, float value) {
 }
 
 // STEPS steps of config on data, both ways; returns the number of differences.
-static long train_differ(const char *config, const Dataset *data) {
+// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off).
+static long train_differ(const char *config, const Dataset *data, float wd, int freeze_d) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
     GanHparams hp;
     gan_hparams_default(&hp);
     hp.batch = BATCH;
+    hp.weight_decay_g = hp.weight_decay_d = wd;
+    hp.freeze_d = freeze_d;
     GanTrainer cpu, cuda;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&cuda, &cfg, &hp, 7), 0);
@@ -158,27 +161,34 @@ static long train_differ(const char *config, const Dataset *data) {
 
 static void test_train_tinyc(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tinyc", &fmnist), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0), 0);
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny", &fmnist), 0);
+    assert_int_equal(train_differ("tiny", &fmnist, 0.0f, 0), 0);
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32c", &fmnist), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.0f, 0), 0);
 }
 
 static void test_train_fmnist32(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32", &fmnist), 0);
+    assert_int_equal(train_differ("fmnist32", &fmnist, 0.0f, 0), 0);
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny64", &rgb), 0);
+    assert_int_equal(train_differ("tiny64", &rgb, 0.0f, 0), 0);
+}
+
+// AdamW's weight decay and FreezeD: params_cuda_adam's per-parameter path.
+static void test_train_wd_freezed(void **state) {
+    (void)state;
+    assert_int_equal(train_differ("tinyc", &fmnist, 0.05f, 2), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1), 0);
 }
 
 // G's forward at batch B, latents and labels drawn from seed, both ways; returns the number of
@@ -266,7 +276,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_tinyc),     cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_fmnist32c), cmocka_unit_test(test_train_fmnist32),
-        cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_forward_shipped),
+        cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed),
+        cmocka_unit_test(test_forward_shipped),
         cmocka_unit_test(test_forward_tiny64),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

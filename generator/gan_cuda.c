@@ -473,8 +473,6 @@ static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
         no = "l1_act (the L1 activation penalty)";
     else if (h->d_dropout > 0.0f)
         no = "d_dropout (dropout in D)";
-    else if (h->ema_decay > 0.0f)
-        no = "ema_decay (the EMA of G)";
     else if (h->prog_stable > 0)
         no = "prog_stable (progressive growing)";
     else if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size ||
@@ -532,11 +530,74 @@ static void disc_indices(GanCudaDisc *d, const Discriminator *h) {
     d->p_embed = h->p_embed;
 }
 
+// G's EMA buffers: ema and w_sn (G total each), u, v, one sigma.
+static int ema_alloc(GanCuda *gc) {
+    const GanCudaParams *g = &gc->G.ps;
+    long n = 2 * g->total + g->u_total + g->v_total + 1;
+    if (cudaMalloc((void **)&gc->ema_buf, sizeof(float) * (size_t)n) != cudaSuccess)
+        return KERNELS_ENOMEM;
+    gc->ema = gc->ema_buf;
+    gc->ema_w_sn = gc->ema + g->total;
+    gc->ema_u = gc->ema_w_sn + g->total;
+    gc->ema_v = gc->ema_u + g->u_total;
+    gc->ema_sigma = gc->ema_v + g->v_total;
+    return 0;
+}
+
+// t's EMA (ema, ema_u, ema_v; pageable host memory) to or from the device, then waits.
+static int ema_copy(GanCuda *gc, GanTrainer *t, int up) {
+    const GanCudaParams *g = &gc->G.ps;
+    struct {
+        float *dev, *host;
+        long n;
+    } b[] = {{gc->ema, t->ema, g->total}, {gc->ema_u, t->ema_u, g->u_total},
+             {gc->ema_v, t->ema_v, g->v_total}};
+    for (int k = 0; k < 3; k++) {
+        size_t bytes = sizeof(float) * (size_t)b[k].n;
+        if (!bytes) continue;
+        CHECK(CUDA_OK(up ? cudaMemcpyAsync(b[k].dev, b[k].host, bytes, cudaMemcpyHostToDevice,
+                                           gc->stream)
+                         : cudaMemcpyAsync(b[k].host, b[k].dev, bytes, cudaMemcpyDeviceToHost,
+                                           gc->stream)));
+    }
+    return CUDA_OK(cudaStreamSynchronize(gc->stream));
+}
+
+// gan.c's gan_ema_update after a step (t->step already counted): a copy of G until ema_start
+// steps are done (or after a step without the EMA), else ema = decay ema + (1 - decay) G (lerp's
+// formula is that expression) and one power iteration on the EMA's SN weights.
+static int ema_update(GanCuda *gc, GanTrainer *t) {
+    const GanCudaParams *g = &gc->G.ps;
+    cudaStream_t st = gc->stream;
+    if (!t->ema_live || t->step <= t->hp.ema_start) {
+        CHECK(CUDA_OK(cudaMemcpyAsync(gc->ema, g->params, sizeof(float) * (size_t)g->total,
+                                      cudaMemcpyDeviceToDevice, st)));
+        if (g->u_total)
+            CHECK(CUDA_OK(cudaMemcpyAsync(gc->ema_u, g->sn_u, sizeof(float) * (size_t)g->u_total,
+                                          cudaMemcpyDeviceToDevice, st)));
+        if (g->v_total)
+            CHECK(CUDA_OK(cudaMemcpyAsync(gc->ema_v, g->sn_v, sizeof(float) * (size_t)g->v_total,
+                                          cudaMemcpyDeviceToDevice, st)));
+        t->ema_live = 1;
+        return 0;
+    }
+    CHECK(lerp_forward_cuda(gc->ema, gc->ema, g->params, t->hp.ema_decay, g->total, st));
+    for (int i = 0; i < g->n; i++) {
+        const Param *p = &g->p[i];
+        if (!p->sn) continue;
+        CHECK(specnorm_forward_cuda(gc->ema_w_sn + p->offset, gc->ema_v + p->v_offset,
+                                    gc->ema_u + p->u_offset, gc->ema_sigma, gc->ema + p->offset,
+                                    p->rows, p->cols, 1, st));
+    }
+    return 0;
+}
+
 int gan_cuda_upload(GanCuda *gc, const GanTrainer *t) {
     if (!gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
     CHECK(CUDA_OK(cudaStreamSynchronize(gc->stream))); // nothing of ours still reads the copy
     CHECK(params_cuda_upload(&gc->G.ps, &t->G.ps, gc->stream));
-    return params_cuda_upload(&gc->D.ps, &t->D.ps, gc->stream);
+    CHECK(params_cuda_upload(&gc->D.ps, &t->D.ps, gc->stream));
+    return ema_copy(gc, (GanTrainer *)t, 1); // (only read)
 }
 
 // Device memory for a net's activations and their gradient twins (the same size each).
@@ -592,6 +653,7 @@ int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen) {
                 cudaMallocHost((void **)&gc->z_host, sizeof(float) * 2 * B * Z) != cudaSuccess ||
                 cudaMallocHost((void **)&gc->y_host, sizeof(int32_t) * 3 * B) != cudaSuccess))
         rc = KERNELS_ENOMEM;
+    if (!rc) rc = ema_alloc(gc);
     if (!rc) {
         gcv = (Carver){gc->G.acts, 0};
         dcv = (Carver){gc->D.acts, 0};
@@ -622,6 +684,7 @@ void gan_cuda_free(GanCuda *gc) {
     cudaFree(gc->D.dacts);
     cudaFree(gc->batch);
     cudaFree(gc->y);
+    cudaFree(gc->ema_buf);
     cudaFreeHost(gc->x_host);
     cudaFreeHost(gc->z_host);
     cudaFreeHost(gc->y_host);
@@ -635,7 +698,8 @@ void gan_cuda_free(GanCuda *gc) {
 int gan_cuda_download(GanCuda *gc, GanTrainer *t) {
     if (!gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
     CHECK(params_cuda_download(&gc->G.ps, &t->G.ps, gc->stream));
-    return params_cuda_download(&gc->D.ps, &t->D.ps, gc->stream);
+    CHECK(params_cuda_download(&gc->D.ps, &t->D.ps, gc->stream));
+    return ema_copy(gc, t, 0);
 }
 
 // gan.c's draw_fakes: the whole batch's latents into t->z (as gan.c leaves them) and its labels
@@ -741,19 +805,21 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     CHECK(CUDA_OK(cudaMemcpyAsync(losses, gc->losses, sizeof losses, cudaMemcpyDeviceToHost, st)));
     CHECK(CUDA_OK(cudaStreamSynchronize(st)));
     // what gan_step leaves: the hinge losses (loss_d = real + fake, added in float as there), no
-    // penalty or regularizer, D out of training mode, the step counted, no EMA
+    // penalty or regularizer, D out of training mode, the step counted (the EMA below)
     t->loss_d = losses[0] + losses[1];
     t->loss_g = losses[2];
     t->penalty_d = 0.0f;
     t->reg_g = 0.0f;
     t->D.train = 0;
     t->step++;
-    t->ema_live = 0;
     // and the host batch buffers as gan_step leaves them (but for D's fake half of t->x)
     memcpy(t->x, gc->x_host, sizeof(float) * (size_t)(B * img));
     // (t->z already holds the G step's latents, the whole batch's, from draw_fakes)
     memcpy(t->y, yreal, sizeof(int32_t) * (size_t)B);
     memcpy(t->y + B, yg, sizeof(int32_t) * (size_t)B);
+    // gan_g_step_done's EMA, queued after the wait: the next step's wait or a download orders it
+    if (h->ema_decay > 0.0f) return ema_update(gc, t);
+    t->ema_live = 0;
     return 0;
 }
 

@@ -13,10 +13,10 @@
 // Covered: GanHparams' defaults with any learning rates, betas, epsilon and batch (SN on both
 // networks, hinge loss, Adam), at the model's full resolution, with or without classes, in one
 // process or data parallel (dp_size > 1: this process's slice of each batch, gradients and losses
-// averaged by GanCuda.reduce, as gan.c does with grad_reduce). Refused (KERNELS_EINVAL): every
-// other switch of GanHparams (weight decay, sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1
-// activations, D dropout, EMA, FreezeD, progressive growing). B batch, Z latent, C channels, R = img. Host pointers are
-// marked host; the rest is device memory.
+// averaged by GanCuda.reduce, as gan.c does with grad_reduce), with AdamW's weight decay, FreezeD
+// and G's EMA as gan.c does them. Refused (KERNELS_EINVAL): every other switch of GanHparams
+// (sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1 activations, D dropout, progressive growing). B
+// batch, Z latent, C channels, R = img. Host pointers are marked host; the rest is device memory.
 #ifndef GENERATOR_GAN_CUDA_H
 #define GENERATOR_GAN_CUDA_H
 
@@ -113,6 +113,9 @@ typedef struct {
     // batch, z_host (2, B, Z), y_host (3B) laid out as z and y.
     float *x_host, *z_host;
     int32_t *y_host;
+    // G's EMA (hp.ema_decay > 0), gan.c's t->ema, ema_u, ema_v on the device, plus the power
+    // iteration's scratch (w_sn, one sigma): one allocation, ema_buf.
+    float *ema_buf, *ema, *ema_u, *ema_v, *ema_w_sn, *ema_sigma;
 } GanCuda;
 
 // Builds the device copy of t (its whole training state as it is now; sizes from t->hp.batch).
@@ -135,7 +138,8 @@ int gan_cuda_upload(GanCuda *gc, const GanTrainer *t);
 // part-updated: treat it as fatal for the run.
 int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data);
 // Copies the device state into t (parameters, gradients, Adam moments and step count, SN vectors,
-// sigmas and effective weights), so that t is what gan_step would have left and gan_save works.
+// sigmas and effective weights, G's EMA and its SN vectors), so that t is what gan_step would
+// have left and gan_save works.
 // Waits for the GPU. Returns 0 or KERNELS_ECUDA (t is then partly updated).
 int gan_cuda_download(GanCuda *gc, GanTrainer *t);
 // Frees the device copy; safe on a zeroed or half-built gc.

@@ -403,9 +403,10 @@ static void set_gamma(ParamSet *ps, int p_gamma, float v) {
 // Adam turns that into different steps for the near-zero gradients), so only the RNG, the step
 // count, losses within 1e-2 + 1e-2 |loss| and every parameter within the sign-flip bound of all
 // the steps are checked: the device state carried from step to step stays sane.
-// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off).
+// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off);
+// ema: G's EMA decay (0: off; the EMA averages from the second step, and is compared too).
 static void train_case(const char *name, const Dataset *data, float gamma, float wd,
-                       int freeze_d) {
+                       int freeze_d, float ema) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, name), 0);
     GanHparams hp;
@@ -413,6 +414,8 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     hp.batch = BATCH;
     hp.weight_decay_g = hp.weight_decay_d = wd;
     hp.freeze_d = freeze_d;
+    hp.ema_decay = ema;
+    hp.ema_start = 1;
     GanTrainer cpu, gpu;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&gpu, &cfg, &hp, 7), 0);
@@ -429,6 +432,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     for (int s = 1; s <= STEPS; s++) {
         gpu.rng = cpu.rng;
         gpu.step = cpu.step;
+        gpu.ema_live = cpu.ema_live;
         assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
         memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
         memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
@@ -442,6 +446,12 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
         bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
         snprintf(what, sizeof what, "%s step %d D", name, s);
         bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
+        if (ema > 0.0f) { // one step's worth of difference at most, as G's parameters
+            snprintf(what, sizeof what, "%s step %d G's EMA", name, s);
+            bad += compare_floats(what, gpu.ema, cpu.ema, cpu.G.ps.total,
+                                  2.0 * hp.lr_g * adam_max_step(hp.beta2, cpu.G.ps.adam_t) + 1e-6,
+                                  0.0);
+        }
         printf("# %s step %d from the same state: loss_d %.7f (CPU %.7f), loss_g %.7f (CPU %.7f)\n",
                name, s, gpu.loss_d, cpu.loss_d, gpu.loss_g, cpu.loss_g);
         StepErrors *e[2] = {&eg, &ed};
@@ -453,6 +463,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     // free running
     gpu.rng = cpu.rng;
     gpu.step = cpu.step;
+    gpu.ema_live = cpu.ema_live;
     assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
     double bound_g = 0.0, bound_d = 0.0;
     for (int s = 1; s <= STEPS; s++) {
@@ -472,6 +483,10 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     snprintf(what, sizeof what, "%s after %d free-running steps: D", name, STEPS);
     bad += compare_floats(what, gpu.D.ps.params, cpu.D.ps.params, cpu.D.ps.total,
                           bound_d * 1.01 + 1e-6, 0.0);
+    if (ema > 0.0f) { // a weighted mean of G's past parameters: within G's bound
+        snprintf(what, sizeof what, "%s after %d free-running steps: G's EMA", name, STEPS);
+        bad += compare_floats(what, gpu.ema, cpu.ema, cpu.G.ps.total, bound_g * 1.01 + 1e-6, 0.0);
+    }
     free(g0);
     free(d0);
     gan_cuda_free(&gc);
@@ -482,28 +497,29 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
 
 static void test_train_tinyc(void **state) {
     (void)state;
-    train_case("tinyc", &fmnist, 0.5f, 0.0f, 0);
+    train_case("tinyc", &fmnist, 0.5f, 0.0f, 0, 0.0f);
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    train_case("fmnist32c", &fmnist, 0.0f, 0.0f, 0);
+    train_case("fmnist32c", &fmnist, 0.0f, 0.0f, 0, 0.0f);
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    train_case("tiny", &fmnist, 0.5f, 0.0f, 0);
+    train_case("tiny", &fmnist, 0.5f, 0.0f, 0, 0.0f);
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    train_case("tiny64", &rgb, 0.5f, 0.0f, 0);
+    train_case("tiny64", &rgb, 0.5f, 0.0f, 0, 0.0f);
 }
 
-// AdamW's decoupled weight decay (biases excluded) and FreezeD (D's first 2 layers not updated).
-static void test_train_wd_freezed(void **state) {
+// AdamW's decoupled weight decay (biases excluded), FreezeD (D's first 2 layers not updated) and
+// G's EMA.
+static void test_train_wd_freezed_ema(void **state) {
     (void)state;
-    train_case("tinyc", &fmnist, 0.5f, 0.05f, 2);
+    train_case("tinyc", &fmnist, 0.5f, 0.05f, 2, 0.9f);
 }
 
 // A switch the GPU step does not do is refused at init, naming it, and at a step when turned on
@@ -525,11 +541,11 @@ static void test_refuses_switches(void **state) {
     gan_cuda_free(&gc);
     t.hp.r1_gamma = 0.0f;
     if (gan_cuda_init(&gc, &t, err, sizeof err)) fail_msg("%s", err);
-    t.hp.ema_decay = 0.999f;
+    t.hp.d_dropout = 0.1f;
     Rng before = t.rng;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), KERNELS_EINVAL);
     assert_memory_equal(&before, &t.rng, sizeof before);
-    t.hp.ema_decay = 0.0f;
+    t.hp.d_dropout = 0.0f;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), 0);
     assert_int_equal(t.step, 1);
     gan_cuda_free(&gc);
@@ -595,7 +611,7 @@ int main(void) {
         cmocka_unit_test(test_train_fmnist32c),
         cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_tiny64),
-        cmocka_unit_test(test_train_wd_freezed),
+        cmocka_unit_test(test_train_wd_freezed_ema),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

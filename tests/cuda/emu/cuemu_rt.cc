@@ -1123,6 +1123,48 @@ static size_t filter_bytes(const cudnnFilterStruct *f) {
 
 static float rd(const float *p, size_t i, bool round) { return round ? tf32(p[i]) : p[i]; }
 
+enum { PASS_FWD, PASS_BWD_DATA, PASS_BWD_FILTER };
+
+// One convolution pass, checked and queued: x (xd), w (wd) and y (yd) are the pass's three
+// operands, the one it writes blended as alpha * its sums + beta * itself (y forward, x backward
+// data, w backward filter), the other two read.
+template <int PASS>
+static cudnnStatus_t conv_pass(const char *what, cudnnHandle_t h, const cudnnConvolutionStruct *cd,
+                               const cudnnTensorStruct *xd, const void *x,
+                               const cudnnFilterStruct *wd, const void *w,
+                               const cudnnTensorStruct *yd, const void *y, int algo, void *ws,
+                               size_t ws_bytes, const void *alpha, const void *beta) {
+    Geometry g;
+    bool round;
+    cudnnStatus_t s = geometry(&g, cd, xd, wd, yd);
+    if (!s)
+        s = algo_check(what, cd, algo, ws, ws_bytes, &round);
+    if (s)
+        return s;
+    check_range(what, x, tensor_bytes(xd));
+    check_range(what, w, filter_bytes(wd));
+    check_range(what, y, tensor_bytes(yd));
+    const float *X = (const float *)x, *Wt = (const float *)w, *Y = (const float *)y;
+    float *out = (float *)(PASS == PASS_FWD ? y : PASS == PASS_BWD_DATA ? x : w);
+    size_t n = (PASS == PASS_BWD_FILTER ? filter_bytes(wd)
+                                        : tensor_bytes(PASS == PASS_FWD ? yd : xd)) /
+               sizeof(float);
+    float al = *(const float *)alpha, be = *(const float *)beta;
+    enqueue(what, h->stream, [=]() {
+        std::vector<double> acc(n);
+        each_term(g, [&](size_t xi, size_t wi, size_t yi) {
+            if constexpr (PASS == PASS_FWD)
+                acc[yi] += (double)rd(X, xi, round) * rd(Wt, wi, round);
+            else if constexpr (PASS == PASS_BWD_DATA)
+                acc[xi] += (double)rd(Y, yi, round) * rd(Wt, wi, round);
+            else
+                acc[wi] += (double)rd(X, xi, round) * rd(Y, yi, round);
+        });
+        blend(out, acc, al, be);
+    });
+    return CUDNN_STATUS_SUCCESS;
+}
+
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha,
                                       const cudnnTensorDescriptor_t xd, const void *x,
                                       const cudnnFilterDescriptor_t wd, const void *w,
@@ -1130,29 +1172,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha,
                                       cudnnConvolutionFwdAlgo_t algo, void *ws, size_t ws_bytes,
                                       const void *beta, const cudnnTensorDescriptor_t yd, void *y) {
     LOCKED;
-    const char *what = "cudnnConvolutionForward";
-    Geometry g;
-    bool round;
-    cudnnStatus_t s = geometry(&g, cd, xd, wd, yd);
-    if (!s)
-        s = algo_check(what, cd, (int)algo, ws, ws_bytes, &round);
-    if (s)
-        return s;
-    check_stream(what, h->stream);
-    check_range(what, x, tensor_bytes(xd));
-    check_range(what, w, filter_bytes(wd));
-    check_range(what, y, tensor_bytes(yd));
-    const float *X = (const float *)x, *Wt = (const float *)w;
-    size_t ny = tensor_bytes(yd) / sizeof(float);
-    float al = *(const float *)alpha, be = *(const float *)beta;
-    enqueue(what, h->stream, [=]() {
-        std::vector<double> acc(ny);
-        each_term(g, [&](size_t xi, size_t wi, size_t yi) {
-            acc[yi] += (double)rd(X, xi, round) * rd(Wt, wi, round);
-        });
-        blend((float *)y, acc, al, be);
-    });
-    return CUDNN_STATUS_SUCCESS;
+    return conv_pass<PASS_FWD>("cudnnConvolutionForward", h, cd, xd, x, wd, w, yd, y, (int)algo,
+                               ws, ws_bytes, alpha, beta);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha,
@@ -1163,29 +1184,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t h, const void *alpha,
                                            size_t ws_bytes, const void *beta,
                                            const cudnnTensorDescriptor_t dxd, void *dx) {
     LOCKED;
-    const char *what = "cudnnConvolutionBackwardData";
-    Geometry g;
-    bool round;
-    cudnnStatus_t s = geometry(&g, cd, dxd, wd, dyd);
-    if (!s)
-        s = algo_check(what, cd, (int)algo, ws, ws_bytes, &round);
-    if (s)
-        return s;
-    check_stream(what, h->stream);
-    check_range(what, w, filter_bytes(wd));
-    check_range(what, dy, tensor_bytes(dyd));
-    check_range(what, dx, tensor_bytes(dxd));
-    const float *DY = (const float *)dy, *Wt = (const float *)w;
-    size_t nx = tensor_bytes(dxd) / sizeof(float);
-    float al = *(const float *)alpha, be = *(const float *)beta;
-    enqueue(what, h->stream, [=]() {
-        std::vector<double> acc(nx);
-        each_term(g, [&](size_t xi, size_t wi, size_t yi) {
-            acc[xi] += (double)rd(DY, yi, round) * rd(Wt, wi, round);
-        });
-        blend((float *)dx, acc, al, be);
-    });
-    return CUDNN_STATUS_SUCCESS;
+    return conv_pass<PASS_BWD_DATA>("cudnnConvolutionBackwardData", h, cd, dxd, dx, wd, w, dyd, dy,
+                                    (int)algo, ws, ws_bytes, alpha, beta);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
@@ -1196,29 +1196,8 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t h, const void *alpha,
                                              size_t ws_bytes, const void *beta,
                                              const cudnnFilterDescriptor_t dwd, void *dw) {
     LOCKED;
-    const char *what = "cudnnConvolutionBackwardFilter";
-    Geometry g;
-    bool round;
-    cudnnStatus_t s = geometry(&g, cd, xd, dwd, dyd);
-    if (!s)
-        s = algo_check(what, cd, (int)algo, ws, ws_bytes, &round);
-    if (s)
-        return s;
-    check_stream(what, h->stream);
-    check_range(what, x, tensor_bytes(xd));
-    check_range(what, dy, tensor_bytes(dyd));
-    check_range(what, dw, filter_bytes(dwd));
-    const float *X = (const float *)x, *DY = (const float *)dy;
-    size_t nw = filter_bytes(dwd) / sizeof(float);
-    float al = *(const float *)alpha, be = *(const float *)beta;
-    enqueue(what, h->stream, [=]() {
-        std::vector<double> acc(nw);
-        each_term(g, [&](size_t xi, size_t wi, size_t yi) {
-            acc[wi] += (double)rd(X, xi, round) * rd(DY, yi, round);
-        });
-        blend((float *)dw, acc, al, be);
-    });
-    return CUDNN_STATUS_SUCCESS;
+    return conv_pass<PASS_BWD_FILTER>("cudnnConvolutionBackwardFilter", h, cd, xd, x, dwd, dw, dyd,
+                                      dy, (int)algo, ws, ws_bytes, alpha, beta);
 }
 
 cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t h, const void *alpha,

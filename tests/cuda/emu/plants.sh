@@ -41,7 +41,7 @@ plant() {
         echo "plant $name: MISSED by $test"
         missed=$((missed + 1))
     else
-        echo "plant $name: caught by $test: $(grep -m1 -E '^not ok|cuemu' "build-cuemu/plant-$name.log")"
+        echo "plant $name: caught by $test: $(grep -m1 -E '^not ok|^cuemu' "build-cuemu/plant-$name.log")"
     fi
     git checkout -q -- "$file"
 }

@@ -189,6 +189,13 @@ int adamw_update_cuda(float *params, const float *grads, float *m, float *v, lon
 
 // sigma is a device scalar on the CUDA side, a return value (forward) or argument (backward) on
 // the CPU's.
+int lerp_forward_cuda(float *out, const float *a, const float *b, float alpha, long n,
+                      cudaStream_t stream) {
+    (void)stream;
+    lerp_forward(out, a, b, alpha, n);
+    return 0;
+}
+
 int specnorm_forward_cuda(float *w_sn, float *v_out, float *u, float *sigma, const float *w,
                           int OUT, int IN, int update, cudaStream_t stream) {
     (void)stream;

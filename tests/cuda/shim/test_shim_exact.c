@@ -105,8 +105,10 @@ static void gamma_set(ParamSet *ps, int p_gamma, float value) {
 }
 
 // STEPS steps of config on data, both ways; returns the number of differences.
-// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off).
-static long train_differ(const char *config, const Dataset *data, float wd, int freeze_d) {
+// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off);
+// ema: G's EMA decay (0: off; copied on step 1, averaged after), its buffers compared too.
+static long train_differ(const char *config, const Dataset *data, float wd, int freeze_d,
+                         float ema) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
     GanHparams hp;
@@ -114,6 +116,8 @@ static long train_differ(const char *config, const Dataset *data, float wd, int 
     hp.batch = BATCH;
     hp.weight_decay_g = hp.weight_decay_d = wd;
     hp.freeze_d = freeze_d;
+    hp.ema_decay = ema;
+    hp.ema_start = 1;
     GanTrainer cpu, cuda;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&cuda, &cfg, &hp, 7), 0);
@@ -134,6 +138,13 @@ static long train_differ(const char *config, const Dataset *data, float wd, int 
         assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
         long k = paramset_differ("G", &cuda.G.ps, &cpu.G.ps) +
                  paramset_differ("D", &cuda.D.ps, &cpu.D.ps);
+        k += bits_differ("EMA", cuda.ema, cpu.ema, cpu.G.ps.total);
+        k += bits_differ("EMA u", cuda.ema_u, cpu.ema_u, cpu.G.ps.u_total);
+        k += bits_differ("EMA v", cuda.ema_v, cpu.ema_v, cpu.G.ps.v_total);
+        if (cuda.ema_live != cpu.ema_live) {
+            printf("#   ema_live %d (cuda) vs %d (cpu)\n", cuda.ema_live, cpu.ema_live);
+            k++;
+        }
         k += bits_differ("loss_d", &cuda.loss_d, &cpu.loss_d, 1);
         k += bits_differ("loss_g", &cuda.loss_g, &cpu.loss_g, 1);
         k += bits_differ("z", cuda.z, cpu.z, (long)BATCH * cfg.z_dim);
@@ -161,34 +172,36 @@ static long train_differ(const char *config, const Dataset *data, float wd, int 
 
 static void test_train_tinyc(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0, 0.0f), 0);
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny", &fmnist, 0.0f, 0), 0);
+    assert_int_equal(train_differ("tiny", &fmnist, 0.0f, 0, 0.0f), 0);
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.0f, 0), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.0f, 0, 0.0f), 0);
 }
 
 static void test_train_fmnist32(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32", &fmnist, 0.0f, 0), 0);
+    assert_int_equal(train_differ("fmnist32", &fmnist, 0.0f, 0, 0.0f), 0);
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny64", &rgb, 0.0f, 0), 0);
+    assert_int_equal(train_differ("tiny64", &rgb, 0.0f, 0, 0.0f), 0);
 }
 
-// AdamW's weight decay and FreezeD: params_cuda_adam's per-parameter path.
-static void test_train_wd_freezed(void **state) {
+// AdamW's weight decay and FreezeD (params_cuda_adam's per-parameter path) and G's EMA.
+static void test_train_wd_freezed_ema(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tinyc", &fmnist, 0.05f, 2), 0);
-    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, 0.05f, 2, 0.0f), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1, 0.0f), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0, 0.9f), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1, 0.99f), 0);
 }
 
 // G's forward at batch B, latents and labels drawn from seed, both ways; returns the number of
@@ -276,7 +289,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_tinyc),     cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_fmnist32c), cmocka_unit_test(test_train_fmnist32),
-        cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed),
+        cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed_ema),
         cmocka_unit_test(test_forward_shipped),
         cmocka_unit_test(test_forward_tiny64),
     };

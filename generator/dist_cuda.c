@@ -96,8 +96,8 @@ int dist_cuda_init(DistCuda *dc, Dist *d, char *describe, size_t dlen, char *err
         }
         want = 0;
     }
-    dc->nccl = want >= 0 ? want : !dist_any(d, local_size > count);
-    if (!dc->nccl) {
+    int use = want >= 0 ? want : !dist_any(d, local_size > count);
+    if (!use) {
         snprintf(describe, dlen,
                  "%d processes, %d GPU%s here: gradients averaged through the host (MPI)", d->size,
                  count, count == 1 ? "" : "s");
@@ -118,6 +118,7 @@ int dist_cuda_init(DistCuda *dc, Dist *d, char *describe, size_t dlen, char *err
         return -1;
     }
     dc->comm = comm;
+    dc->nccl = nccl;
     snprintf(describe, dlen, "NCCL over %d processes, GPU %d here", d->size, dc->device);
     return 0;
 }
@@ -151,16 +152,14 @@ int dist_cuda_mean(void *ctx, float *dev, long n, cudaStream_t stream) {
         return 0;
     if (!dc->nccl)
         return mean_via_host(dc, dev, n, stream);
-    char why[256];
-    const Nccl *nccl = nccl_load(why, sizeof why); // loaded: dist_cuda_init chose NCCL
+    const Nccl *nccl = dc->nccl;
     ncclResult_t r = nccl->all_reduce(dev, dev, (size_t)n, ncclFloat, ncclAvg,
                                       (ncclComm_t)dc->comm, stream);
     return r == ncclSuccess ? 0 : KERNELS_ECUDA;
 }
 
 void dist_cuda_free(DistCuda *dc) {
-    char why[256];
-    const Nccl *nccl = dc->comm ? nccl_load(why, sizeof why) : NULL;
+    const Nccl *nccl = dc->nccl;
     if (nccl)
         nccl->comm_destroy((ncclComm_t)dc->comm);
     cudaFreeHost(dc->host);

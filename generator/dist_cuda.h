@@ -20,7 +20,7 @@
 typedef struct {
     Dist *dist;
     int device;  // the GPU this process uses
-    int nccl;    // 1: NCCL; 0: through the host and MPI
+    const void *nccl; // NCCL's entry points (dist_cuda.c) when NCCL averages, NULL: the host
     void *comm;  // the ncclComm_t
     float *host; // pinned bounce buffer of the host path (host_floats)
     long host_floats;

@@ -544,8 +544,9 @@ static int ema_alloc(GanCuda *gc) {
     return 0;
 }
 
-// t's EMA (ema, ema_u, ema_v; pageable host memory) to or from the device, then waits.
-static int ema_copy(GanCuda *gc, GanTrainer *t, int up) {
+// t's EMA (ema, ema_u, ema_v; pageable host memory) to or from the device, then waits. (t's
+// buffers are written on the way down; the trainer itself is not.)
+static int ema_copy(GanCuda *gc, const GanTrainer *t, int up) {
     const GanCudaParams *g = &gc->G.ps;
     struct {
         float *dev, *host;
@@ -597,7 +598,7 @@ int gan_cuda_upload(GanCuda *gc, const GanTrainer *t) {
     CHECK(CUDA_OK(cudaStreamSynchronize(gc->stream))); // nothing of ours still reads the copy
     CHECK(params_cuda_upload(&gc->G.ps, &t->G.ps, gc->stream));
     CHECK(params_cuda_upload(&gc->D.ps, &t->D.ps, gc->stream));
-    return ema_copy(gc, (GanTrainer *)t, 1); // (only read)
+    return ema_copy(gc, t, 1);
 }
 
 // Device memory for a net's activations and their gradient twins (the same size each).

@@ -247,6 +247,15 @@ static int conv_begin(CudaCtx **ctx, cudnnHandle_t *h, ConvEntry **e, int B, int
     return rc;
 }
 
+// Pass which of entry e, ready to run on ctx's stream: its algorithm chosen (first use) and the
+// stream's workspace grown to what the algorithm needs (*ws).
+static int pass_ready(CudaCtx *ctx, ConvEntry *e, int which, cudnnHandle_t h, const ConvPass **p,
+                      void **ws) {
+    *p = &e->pass[which];
+    int rc = entry_pass(e, which, h);
+    return rc ? rc : cuda_ctx_workspace(ctx, (*p)->workspace, ws);
+}
+
 int conv2d_forward_cuda(float *out, const float *inp, const float *w, const float *bias, int B,
                         int C, int H, int W, int OC, int K, int S, int P, cudaStream_t stream) {
     CudaCtx *ctx;
@@ -256,11 +265,9 @@ int conv2d_forward_cuda(float *out, const float *inp, const float *w, const floa
     if (rc)
         return rc;
     const float one = 1.0f, zero = 0.0f;
-    const ConvPass *p = &e->pass[PASS_FWD];
+    const ConvPass *p;
     void *ws = NULL;
-    rc = entry_pass(e, PASS_FWD, h);
-    if (!rc)
-        rc = cuda_ctx_workspace(ctx, p->workspace, &ws);
+    rc = pass_ready(ctx, e, PASS_FWD, h, &p, &ws);
     if (!rc)
         rc = cudnn_code(cudnnConvolutionForward(h, &one, e->x, inp, e->w, w, p->conv,
                                                 (cudnnConvolutionFwdAlgo_t)p->algo, ws,
@@ -282,21 +289,16 @@ int conv2d_backward_cuda(float *dinp, float *dw, float *dbias, const float *dout
         return rc;
     const float one = 1.0f;
     void *ws = NULL;
+    const ConvPass *p;
     if (dinp) {
-        const ConvPass *p = &e->pass[PASS_BWD_DATA];
-        rc = entry_pass(e, PASS_BWD_DATA, h);
-        if (!rc)
-            rc = cuda_ctx_workspace(ctx, p->workspace, &ws);
+        rc = pass_ready(ctx, e, PASS_BWD_DATA, h, &p, &ws);
         if (!rc)
             rc = cudnn_code(cudnnConvolutionBackwardData(h, &one, e->w, w, e->y, dout, p->conv,
                                                          (cudnnConvolutionBwdDataAlgo_t)p->algo, ws,
                                                          p->workspace, &one, e->x, dinp));
     }
     if (!rc && dw) {
-        const ConvPass *p = &e->pass[PASS_BWD_FILTER];
-        rc = entry_pass(e, PASS_BWD_FILTER, h);
-        if (!rc)
-            rc = cuda_ctx_workspace(ctx, p->workspace, &ws);
+        rc = pass_ready(ctx, e, PASS_BWD_FILTER, h, &p, &ws);
         if (!rc)
             rc = cudnn_code(cudnnConvolutionBackwardFilter(h, &one, e->x, inp, e->y, dout, p->conv,
                                                            (cudnnConvolutionBwdFilterAlgo_t)p->algo,

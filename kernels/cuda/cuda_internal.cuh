@@ -39,6 +39,23 @@ static inline int cudnn_code(cudnnStatus_t s) {
     return KERNELS_ECUDA;
 }
 
+// Returns x's KERNELS_E* code from the enclosing function when it is not 0.
+#define CHECK(x)                                                                                   \
+    do {                                                                                           \
+        int rc_ = (x);                                                                             \
+        if (rc_)                                                                                   \
+            return rc_;                                                                            \
+    } while (0)
+
+// Checks a flat count, and launches nothing for n = 0 (a grid of 0 blocks is an error).
+#define CHECK_COUNT(n)                                                                             \
+    do {                                                                                           \
+        if ((n) < 0)                                                                               \
+            return KERNELS_EINVAL;                                                                 \
+        if ((n) == 0)                                                                              \
+            return 0;                                                                              \
+    } while (0)
+
 // The code for the launch just made: a bad configuration or a missing kernel image shows here;
 // faults while the kernel runs show at the caller's next synchronization instead.
 static inline int cuda_launch_code(void) { return cuda_code(cudaGetLastError()); }

@@ -18,22 +18,6 @@
 
 #include "kernels/cuda/cuda_internal.cuh"
 
-// Checks a flat count, and launches nothing for n = 0 (a grid of 0 blocks is an error).
-#define CHECK_COUNT(n)                                                                             \
-    do {                                                                                           \
-        if ((n) < 0)                                                                               \
-            return KERNELS_EINVAL;                                                                 \
-        if ((n) == 0)                                                                              \
-            return 0;                                                                              \
-    } while (0)
-
-#define CHECK(x)                                                                                   \
-    do {                                                                                           \
-        int rc_ = (x);                                                                             \
-        if (rc_)                                                                                   \
-            return rc_;                                                                            \
-    } while (0)
-
 // --- element-wise helpers -----------------------------------------------------------------------
 
 // out (n) += inp (n).

@@ -13,15 +13,6 @@
 #include "kernels/cuda/cuda_internal.cuh"
 #include "kernels/ops.h" // PIXELNORM_EPS
 
-// Checks a flat count, and launches nothing for n = 0 (a grid of 0 blocks is an error).
-#define CHECK_COUNT(n)                                                                             \
-    do {                                                                                           \
-        if ((n) < 0)                                                                               \
-            return KERNELS_EINVAL;                                                                 \
-        if ((n) == 0)                                                                              \
-            return 0;                                                                              \
-    } while (0)
-
 // --- activations --------------------------------------------------------------------------------
 
 // out, inp (n).

@@ -38,6 +38,7 @@
 #include "kernels/reference.h"
 #include "kernels/rng.h"
 #include "tests/check.h"
+#include "tests/cuda/cuda_check.h"
 
 #define ATOL 1e-5
 #define RTOL 1e-4
@@ -54,14 +55,6 @@ static Rng test_rng;
 static cudaStream_t stream; // every op runs on this one except in test_default_stream
 
 // --- device helpers -----------------------------------------------------------------------------
-
-// Fails the running test, naming the call, when a CUDA runtime call does not succeed.
-#define CUDA_OK(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess)                                                                     \
-            fail_msg("%s: %s", #call, cudaGetErrorString(e_));                                     \
-    } while (0)
 
 // A device copy of host (n floats); the caller frees it with dev_free.
 static float *dev_copy(const float *host, long n) {

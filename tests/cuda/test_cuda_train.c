@@ -70,6 +70,7 @@
 #include "kernels/kernels.h"
 #include "kernels/rng.h"
 #include "tests/check.h"
+#include "tests/cuda/cuda_check.h"
 
 #define STEPS 3
 #define BATCH 16
@@ -80,14 +81,6 @@ static Rng test_rng;
 static cudaStream_t stream; // the layer tests'
 
 // --- device helpers -----------------------------------------------------------------------------
-
-// Fails the running test, naming the call, when a CUDA runtime call does not succeed.
-#define CUDA_OK(call)                                                                              \
-    do {                                                                                           \
-        cudaError_t e_ = (call);                                                                   \
-        if (e_ != cudaSuccess)                                                                     \
-            fail_msg("%s: %s", #call, cudaGetErrorString(e_));                                     \
-    } while (0)
 
 // A device copy of bytes of host (zeroes when host is NULL); the caller frees it with cudaFree.
 static void *dev_copy(const void *host, size_t bytes) {

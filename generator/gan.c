@@ -252,9 +252,7 @@ static int discriminator_layer_of(const Discriminator *d, int i) {
     return d->n_stages + 1;
 }
 
-// The weights orthogonal regularization acts on: G's convolutions and linear layers (not biases,
-// gamma or the class embedding).
-static int generator_is_ortho(const Generator *g, int i) {
+int generator_is_ortho(const Generator *g, int i) {
     const Param *p = &g->ps.p[i];
     return !p->is_bias && p->ndim >= 2 && i != g->p_embed;
 }
@@ -442,31 +440,10 @@ int gan_penalty_backward(Discriminator *d, GanPenaltyBuffers *pb, GanPenaltyKind
     if ((rc = discriminator_forward(d, x, y, B)) ||
         (rc = discriminator_backward(d, pb->dout, B, 0, pb->grad)))
         goto done;
-    double P = 0.0;
-    for (int b = 0; b < B; b++) {
-        const float *g = pb->grad + b * img, *xb = x + b * img;
-        float *xp = pb->x2 + b * img, *xm = pb->x2 + (B + b) * img;
-        double n2 = 0.0;
-        for (long i = 0; i < img; i++) n2 += (double)g[i] * g[i];
-        double n = sqrt(n2), coef; // d P / d (1/2 ||g_b||^2)
-        if (kind == GAN_PENALTY_R1) {
-            P += 0.5 * n2 / B;
-            coef = 1.0 / B;
-        } else {
-            P += (n - 1.0) * (n - 1.0) / B;
-            coef = n > 0.0 ? 2.0 * (n - 1.0) / (n * B) : 0.0; // no direction at g = 0
-        }
-        if (!(n > 0.0) || !isfinite(n)) coef = 0.0;
-        float e = coef != 0.0 ? (float)(fd_step / n) : 0.0f;
-        for (long i = 0; i < img; i++) {
-            xp[i] = xb[i] + e * g[i];
-            xm[i] = xb[i] - e * g[i];
-        }
-        float o = coef != 0.0 ? (float)(weight * coef / (2.0 * e)) : 0.0f;
-        pb->dout[b] = o;
-        pb->dout[B + b] = -o;
-        if (y) pb->y2[b] = pb->y2[B + b] = y[b];
-    }
+    double v = grad_penalty_fd_prepare(pb->x2, pb->dout, pb->grad, x, kind == GAN_PENALTY_R1,
+                                       weight, fd_step, B, img);
+    if (y)
+        for (int b = 0; b < B; b++) pb->y2[b] = pb->y2[B + b] = y[b];
     // Both halves take the LReLU slopes of x: D is then smooth along the segment (where the
     // slopes of x +- e g could differ from x's at a few units, and each such kink would add
     // O(1 / e) to the difference quotient).
@@ -477,7 +454,7 @@ int gan_penalty_backward(Discriminator *d, GanPenaltyBuffers *pb, GanPenaltyKind
     if ((rc = discriminator_forward(d, pb->x2, y ? pb->y2 : NULL, 2 * B)) ||
         (rc = discriminator_backward(d, pb->dout, 2 * B, 1, NULL)))
         goto done;
-    if (value) *value = weight * P;
+    if (value) *value = v;
 done:
     d->lrelu_ref = NULL;
     d->train = train;

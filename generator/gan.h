@@ -135,6 +135,9 @@ int gan_step(GanTrainer *t, const Dataset *data);
 // Pushes the switches of t->hp into the networks: SN on or off, G's L1 penalty, D's dropout, and
 // which D parameters FreezeD freezes (Param.frozen). Every step calls it (gan_cuda_step too).
 void gan_apply_switches(GanTrainer *t);
+// Whether G's parameter i is one orthogonal regularization acts on: its convolutions and linear
+// layers (not biases, gamma or the class embedding).
+int generator_is_ortho(const Generator *g, int i);
 
 // The two halves of gan_step, for training loops with their own G step (fine-tuning on users,
 // distillation: server/finetune.h, server/distill.h): gan_d_step is gan_step's D step (with R1/GP

@@ -1,14 +1,17 @@
-// gan_cuda.c — gan_step on the GPU (gan_cuda.h): the D step and the G step of gan.c's plain
-// SN-GAN, with G's and D's forward and backward as sagan.c runs them at the full level, on the
-// kernels of kernels/cuda/cuda_ops.h and one stream.
+// gan_cuda.c — gan_step on the GPU (gan_cuda.h): the D step and the G step of gan.c, with its
+// techniques (SN on or off, R1 and WGAN-GP, orthogonal and L1 terms, dropout in D, weight decay,
+// FreezeD, G's EMA), G's and D's forward and backward as sagan.c runs them at the full level, on
+// the kernels of kernels/cuda/cuda_ops.h and one stream.
 //
 // What stays on the host: every random draw (the real batch's indices, the latents and the fake
 // labels come from t->rng in gan_step's order, so a run on the GPU draws what a run on the CPU
-// draws), the copy of the real images out of the dataset, the step counter and the losses. Each
-// step copies the batch up (B images, 2B labels, twice B x Z latents) and the three losses down,
-// and waits for the GPU once. Not here: the training techniques of docs/training.md (refused, see
-// gan_cuda_refuses), progressive levels, checkpoints (download, then gan_save), G's forward for
-// serving (sagan_cuda.c), the data-parallel all-reduce itself (GanCuda.reduce: dist_cuda.c).
+// draws, and WGAN-GP's interpolation weights where gan_step draws them), the copy of the real
+// images out of the dataset, the step counter and the losses; dropout's masks are drawn on the
+// device from keys the host draws from t->D.dropout_seed, as ops.c draws them. Each step copies
+// the batch up (B images, 2B labels, twice B x Z latents) and the losses down, and waits for the
+// GPU once. Not here: progressive levels (refused, see gan_cuda_refuses), checkpoints (download,
+// then gan_save), G's forward for serving (sagan_cuda.c), the data-parallel all-reduce itself
+// (GanCuda.reduce: dist_cuda.c).
 // Compiled only in the CUDA build.
 //
 // B batch, Z latent, C channels, R = img, N = H*W, F = D's flattened 4x4 features.
@@ -127,6 +130,7 @@ static int params_cuda_upload(GanCudaParams *pc, const ParamSet *ps, cudaStream_
             CHECK(CUDA_OK(cudaMemcpyAsync(copies[k].dev, copies[k].host, copies[k].bytes,
                                           cudaMemcpyHostToDevice, st)));
     pc->adam_t = ps->adam_t;
+    pc->sn_off = ps->sn_off;
     return CUDA_OK(cudaStreamSynchronize(st));
 }
 
@@ -155,17 +159,24 @@ static int params_cuda_download(const GanCudaParams *pc, ParamSet *ps, cudaStrea
                                           cudaMemcpyDeviceToHost, st)));
     CHECK(CUDA_OK(cudaStreamSynchronize(st)));
     for (int i = 0; i < ps->n; i++)
-        if (ps->p[i].sn) ps->p[i].sigma = sigma[i];
+        if (ps->p[i].sn) ps->p[i].sigma = ps->sn_off ? 1.0f : sigma[i];
     ps->adam_t = pc->adam_t;
     return 0;
 }
 
 // paramset_sn_forward: one power iteration per SN parameter (update != 0 advances u), w_eff =
-// W / sigma, sigma kept on the device for the backward.
+// W / sigma, sigma kept on the device for the backward; with SN off (sn_off), w_eff = W (sigma 1
+// is set on the host at download).
 static int params_cuda_sn_forward(GanCudaParams *pc, int update, cudaStream_t st) {
     for (int i = 0; i < pc->n; i++) {
         const Param *p = &pc->p[i];
         if (!p->sn) continue;
+        if (pc->sn_off) {
+            CHECK(CUDA_OK(cudaMemcpyAsync(pc->w_eff + p->offset, pc->params + p->offset,
+                                          sizeof(float) * (size_t)p->numel,
+                                          cudaMemcpyDeviceToDevice, st)));
+            continue;
+        }
         CHECK(specnorm_forward_cuda(pc->w_eff + p->offset, pc->sn_v + p->v_offset,
                                     pc->sn_u + p->u_offset, pc->sigma + i, pc->params + p->offset,
                                     p->rows, p->cols, update, st));
@@ -173,13 +184,17 @@ static int params_cuda_sn_forward(GanCudaParams *pc, int update, cudaStream_t st
     return 0;
 }
 
-// paramset_sn_backward: folds dw_eff into grads through sigma, then zeroes dw_eff.
+// paramset_sn_backward: folds dw_eff into grads through sigma (adds it with SN off), then
+// zeroes dw_eff.
 static int params_cuda_sn_backward(GanCudaParams *pc, cudaStream_t st) {
     for (int i = 0; i < pc->n; i++) {
         const Param *p = &pc->p[i];
         if (!p->sn) continue;
         float *dw_eff = pc->dw_eff + p->offset;
-        CHECK(specnorm_backward_cuda(pc->grads + p->offset, dw_eff, pc->w_eff + p->offset,
+        if (pc->sn_off)
+            CHECK(add_inplace_cuda(pc->grads + p->offset, dw_eff, p->numel, st));
+        else
+            CHECK(specnorm_backward_cuda(pc->grads + p->offset, dw_eff, pc->w_eff + p->offset,
                                      pc->sn_u + p->u_offset, pc->sn_v + p->v_offset, pc->sigma + i,
                                      p->rows, p->cols, st));
         CHECK(CUDA_OK(cudaMemsetAsync(dw_eff, 0, sizeof(float) * (size_t)p->numel, st)));
@@ -193,8 +208,6 @@ static int params_cuda_zero_grad(GanCudaParams *pc, cudaStream_t st) {
     return CUDA_OK(cudaMemsetAsync(pc->dw_eff, 0, t, st));
 }
 
-// paramset_adam without weight decay or frozen parameters (refused): one update over the whole
-// buffer, padding included (its gradients are 0, so it stays 0).
 // paramset_adam's update: one launch over the whole set, or, with weight decay or frozen
 // parameters (FreezeD), one per parameter, skipping the frozen and decaying all but biases. The
 // flags come from the host set (gan_apply_switches keeps them), whose table matches pc's.
@@ -263,6 +276,30 @@ static void disc_carve(GanCudaDisc *d, const SaganConfig *c, long B, Carver *cv)
         }
     }
     d->out = carve(cv, B);
+    long F = (long)d->chan[d->n_stages] * 16;
+    d->feat_drop = carve(cv, B * F);
+    d->drop_mask = carve(cv, B * F);
+}
+
+// D's LReLU layer l (0: c0 -> a0, k + 1: conv[k] -> act[k]): elements per image (sagan.c's
+// discriminator_lrelu_numel).
+static long disc_lrelu_numel(const GanCudaDisc *d, const SaganConfig *c, int l) {
+    long r = c->img >> l;
+    return (long)d->chan[l] * r * r;
+}
+
+// The penalties' buffers for batch B (the pattern for 2B images).
+static void pen_carve(GanCuda *gc, Carver *cv) {
+    const SaganConfig *c = &gc->cfg;
+    long B = gc->B, img = (long)c->channels * c->img * c->img;
+    gc->pen_grad = carve(cv, B * img);
+    gc->pen_x2 = carve(cv, 2 * B * img);
+    gc->pen_x_hat = carve(cv, B * img);
+    gc->pen_dout = carve(cv, 2 * B);
+    gc->pen_ones = carve(cv, B);
+    gc->pen_alpha = carve(cv, B);
+    for (int l = 0; l <= gc->D.n_stages; l++)
+        gc->D.pat[l] = carve(cv, 2 * B * disc_lrelu_numel(&gc->D, c, l));
 }
 
 static void batch_carve(GanCuda *gc, Carver *cv) {
@@ -272,11 +309,16 @@ static void batch_carve(GanCuda *gc, Carver *cv) {
     gc->z = carve(cv, 2 * B * c->z_dim);
     gc->dlogits = carve(cv, 2 * B);
     gc->dimg = carve(cv, B * img);
-    gc->losses = carve(cv, 3);
+    gc->losses = carve(cv, 5);
 }
 
+// The device doubles: the L1 sums (a block each), the orthogonal values (a G parameter each), the
+// two penalties' values, B per-image terms.
+enum { DV_L1 = 0, DV_ORTHO = DV_L1 + SAGAN_MAX_STAGES + 1, DV_PEN = DV_ORTHO + PARAMS_MAX,
+       DV_TERMS = DV_PEN + 2 };
+
 // ---------------------------------------------------------------------------------------------
-// G: generator_forward / generator_backward at the last level, without the L1 penalty
+// G: generator_forward / generator_backward at the last level
 
 // The tensor that feeds stage s (s == n_stages: the output conv).
 static const float *gen_stage_input(const GanCudaGen *g, int s) {
@@ -284,8 +326,15 @@ static const float *gen_stage_input(const GanCudaGen *g, int s) {
     return (s - 1 == g->attn_stage) ? g->att : g->pn[s - 1];
 }
 
-// z (B, Z), y (B) or NULL: device. The image in g->img.
-static int gen_forward(GanCuda *gc, const float *z, const int32_t *y, int B) {
+// Elements of stage input s for B images: block s's output, (B, chan[s], r, r).
+static long gen_block_numel(const GanCudaGen *g, int s, int B) {
+    long r = 4L << s;
+    return (long)B * g->chan[s] * r * r;
+}
+
+// z (B, Z), y (B) or NULL: device. The image in g->img. l1 > 0: also G's L1 activation value
+// (sagan.c's l1_value, l1 times the mean |a| of each block output, summed) into gc->losses[4].
+static int gen_forward(GanCuda *gc, const float *z, const int32_t *y, int B, float l1) {
     const SaganConfig *c = &gc->cfg;
     GanCudaGen *g = &gc->G;
     cudaStream_t st = gc->stream;
@@ -323,12 +372,27 @@ static int gen_forward(GanCuda *gc, const float *z, const int32_t *y, int B) {
     long n_img = (long)B * c->channels * r * r;
     CHECK(conv2d_forward_cuda(g->pre, x, W(g, g->p_out_w), W(g, g->p_out_b), B,
                               g->chan[g->n_stages], r, r, c->channels, 3, 1, 1, st));
-    return tanh_forward_cuda(g->img, g->pre, n_img, st);
+    CHECK(tanh_forward_cuda(g->img, g->pre, n_img, st));
+    if (l1 <= 0.0f) return 0;
+    long n[SAGAN_MAX_STAGES + 1];
+    for (int s = 0; s <= g->n_stages; s++) {
+        n[s] = gen_block_numel(g, s, B);
+        CHECK(l1_forward_cuda(gc->dv_l1 + s, gen_stage_input(g, s), n[s], st));
+    }
+    return l1_value_cuda(gc->losses + 4, gc->dv_l1, n, g->n_stages + 1, l1, st);
+}
+
+// The L1 penalty's gradient on block output s: l1 sign(a) / numel (sagan.c's).
+static int gen_l1_backward(GanCudaGen *g, int s, int B, float l1, cudaStream_t st) {
+    if (l1 <= 0.0f) return 0;
+    const float *a = gen_stage_input(g, s);
+    long n = gen_block_numel(g, s, B);
+    return l1_backward_cuda(GRAD(g, a), a, (float)(l1 / (double)n), n, st);
 }
 
 // dimg (B, C, R, R): the loss's gradient w.r.t. the last forward's image. Accumulates into G's
-// gradient slots (grads, and dw_eff for SN params).
-static int gen_backward(GanCuda *gc, const float *dimg, int B) {
+// gradient slots (grads, and dw_eff for SN params). l1 > 0: with the L1 penalty's gradient.
+static int gen_backward(GanCuda *gc, const float *dimg, int B, float l1) {
     const SaganConfig *c = &gc->cfg;
     GanCudaGen *g = &gc->G;
     cudaStream_t st = gc->stream;
@@ -340,6 +404,7 @@ static int gen_backward(GanCuda *gc, const float *dimg, int B) {
     CHECK(conv2d_backward_cuda(GRAD(g, xo), DW(g, g->p_out_w), DW(g, g->p_out_b), GRAD(g, g->pre),
                                xo, W(g, g->p_out_w), B, g->chan[g->n_stages], r, r, c->channels, 3,
                                1, 1, st));
+    CHECK(gen_l1_backward(g, g->n_stages, B, l1, st));
     for (int s = g->n_stages - 1; s >= 0; s--) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         long n = (long)B * Co * r * r;
@@ -359,6 +424,7 @@ static int gen_backward(GanCuda *gc, const float *dimg, int B) {
         r /= 2;
         CHECK(upsample2x_backward_cuda(GRAD(g, gen_stage_input(g, s)), GRAD(g, g->up[s]), B, Ci, r,
                                        r, st));
+        CHECK(gen_l1_backward(g, s, B, l1, st));
     }
     CHECK(pixelnorm_backward_cuda(GRAD(g, g->fc), GRAD(g, g->pn0), g->pn0, g->rn0, B, C0, 16, st));
     CHECK(leaky_relu_backward_cuda(GRAD(g, g->fc_pre), GRAD(g, g->fc), g->fc_pre, G_SLOPE,
@@ -372,7 +438,7 @@ static int gen_backward(GanCuda *gc, const float *dimg, int B) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// D: discriminator_forward / discriminator_backward at the last level, without dropout
+// D: discriminator_forward / discriminator_backward at the last level
 
 // The tensor that feeds stage k (k == n_stages: the flattened features).
 static const float *disc_stage_input(const GanCudaDisc *d, int k) {
@@ -380,52 +446,75 @@ static const float *disc_stage_input(const GanCudaDisc *d, int k) {
     return (k - 1 == d->attn_stage) ? d->att : d->act[k - 1];
 }
 
-// x (B, C, R, R), y (B) or NULL: device, kept for the backward. Logits in d->out.
-static int disc_forward(GanCuda *gc, const float *x, const int32_t *y, int B) {
+// LReLU layer l of D over B images, with its own slopes or (ref_on) the penalty's pattern.
+static int disc_lrelu_forward(GanCuda *gc, GanCudaDisc *d, int l, float *out, const float *inp,
+                              int B) {
+    long n = (long)B * disc_lrelu_numel(d, &gc->cfg, l);
+    if (d->ref_on)
+        return leaky_relu_pattern_forward_cuda(out, inp, d->pat[l], D_SLOPE, n, gc->stream);
+    return leaky_relu_forward_cuda(out, inp, D_SLOPE, n, gc->stream);
+}
+
+static int disc_lrelu_backward(GanCuda *gc, GanCudaDisc *d, int l, float *dinp, const float *dout,
+                               const float *inp, int B) {
+    long n = (long)B * disc_lrelu_numel(d, &gc->cfg, l);
+    return leaky_relu_backward_cuda(dinp, dout, d->ref_on ? d->pat[l] : inp, D_SLOPE, n,
+                                    gc->stream);
+}
+
+// D's layers up to its last map (disc_stage_input(d, n_stages), sagan.c's
+// discriminator_features), on x (B, C, R, R) (device, kept for the backward).
+static int disc_forward_stages(GanCuda *gc, GanCudaDisc *d, const float *x, int B) {
     const SaganConfig *c = &gc->cfg;
-    GanCudaDisc *d = &gc->D;
     cudaStream_t st = gc->stream;
-    int r = c->img, F = d->chan[d->n_stages] * 16;
+    int r = c->img;
     d->x = x;
-    d->labels = y;
     CHECK(conv2d_forward_cuda(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
                               d->chan[0], 3, 1, 1, st));
-    CHECK(leaky_relu_forward_cuda(d->a0, d->c0, D_SLOPE, (long)B * d->chan[0] * r * r, st));
+    CHECK(disc_lrelu_forward(gc, d, 0, d->a0, d->c0, B));
     for (int k = 0; k < d->n_stages; k++) {
         const float *in = disc_stage_input(d, k);
         int Ci = d->chan[k], Co = d->chan[k + 1];
         CHECK(conv2d_forward_cuda(d->conv[k], in, W(d, d->p_conv_w[k]), W(d, d->p_conv_b[k]), B,
                                   Ci, r, r, Co, 4, 2, 1, st));
         r /= 2;
-        CHECK(leaky_relu_forward_cuda(d->act[k], d->conv[k], D_SLOPE, (long)B * Co * r * r, st));
+        CHECK(disc_lrelu_forward(gc, d, k + 1, d->act[k], d->conv[k], B));
         if (k == d->attn_stage)
             CHECK(attention_forward_cuda(d->att, &d->att_saved, d->act[k], W(d, d->p_f),
                                          W(d, d->p_g), W(d, d->p_h), W(d, d->p_o),
                                          W(d, d->p_gamma), B, Co, r * r, st));
     }
+    return 0;
+}
+
+// x (B, C, R, R), y (B) or NULL: device, kept for the backward. Logits in d->out. drop > 0:
+// dropout at that rate on the features before the last layer, its key drawn from *seed (host).
+static int disc_forward(GanCuda *gc, GanCudaDisc *d, const float *x, const int32_t *y, int B,
+                        float drop, uint64_t *seed) {
+    const SaganConfig *c = &gc->cfg;
+    cudaStream_t st = gc->stream;
+    int F = d->chan[d->n_stages] * 16;
+    d->labels = y;
+    CHECK(disc_forward_stages(gc, d, x, B));
     const float *feat = disc_stage_input(d, d->n_stages);
+    d->dropped = drop > 0.0f;
+    if (d->dropped) {
+        CHECK(dropout_forward_cuda(d->feat_drop, d->drop_mask, feat, drop, seed, (long)B * F, st));
+        feat = d->feat_drop;
+    }
     CHECK(linear_forward_cuda(d->out, feat, W(d, d->p_fc_w), W(d, d->p_fc_b), B, F, 1, st));
     if (c->n_classes) // the projection: logit += <embed(y), features>
         CHECK(projection_forward_cuda(d->out, W(d, d->p_embed), y, feat, B, F, st));
     return 0;
 }
 
-// dout (B): the loss's gradient w.r.t. the logits. Parameter gradients when pg; dx (B, C, R, R),
-// if not NULL, accumulated.
-static int disc_backward(GanCuda *gc, const float *dout, int B, int pg, float *dx) {
+// From the gradient in GRAD(d, last map) down to the input: parameter gradients when pg; dx (B,
+// C, R, R), if not NULL, accumulated (sagan.c's backward_stages).
+static int disc_backward_stages(GanCuda *gc, GanCudaDisc *d, int B, int pg, float *dx) {
     const SaganConfig *c = &gc->cfg;
-    GanCudaDisc *d = &gc->D;
     cudaStream_t st = gc->stream;
-    int n_st = d->n_stages, F = d->chan[n_st] * 16, r = c->img >> n_st;
-    CHECK(CUDA_OK(cudaMemsetAsync(d->dacts, 0, sizeof(float) * (size_t)d->acts_total, st)));
-    const float *feat = disc_stage_input(d, n_st);
-    float *dfeat = GRAD(d, feat);
-    CHECK(linear_backward_cuda(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL,
-                               dout, feat, W(d, d->p_fc_w), B, F, 1, st));
-    if (c->n_classes)
-        CHECK(projection_backward_cuda(dfeat, pg ? DW(d, d->p_embed) : NULL, dout,
-                                       W(d, d->p_embed), d->labels, feat, B, F, st));
-    for (int k = n_st - 1; k >= 0; k--) {
+    int r = c->img >> d->n_stages;
+    for (int k = d->n_stages - 1; k >= 0; k--) {
         int Ci = d->chan[k], Co = d->chan[k + 1];
         if (k == d->attn_stage)
             CHECK(attention_backward_cuda(
@@ -434,16 +523,15 @@ static int disc_backward(GanCuda *gc, const float *dout, int B, int pg, float *d
                 pg ? DW(d, d->p_gamma) : NULL, GRAD(d, d->att), &d->att_saved, d->act[k],
                 W(d, d->p_f), W(d, d->p_g), W(d, d->p_h), W(d, d->p_o), W(d, d->p_gamma),
                 d->att_scratch, B, Co, r * r, st));
-        CHECK(leaky_relu_backward_cuda(GRAD(d, d->conv[k]), GRAD(d, d->act[k]), d->conv[k],
-                                       D_SLOPE, (long)B * Co * r * r, st));
+        CHECK(disc_lrelu_backward(gc, d, k + 1, GRAD(d, d->conv[k]), GRAD(d, d->act[k]),
+                                  d->conv[k], B));
         const float *in = disc_stage_input(d, k);
         CHECK(conv2d_backward_cuda(GRAD(d, in), pg ? DW(d, d->p_conv_w[k]) : NULL,
                                    pg ? DW(d, d->p_conv_b[k]) : NULL, GRAD(d, d->conv[k]), in,
                                    W(d, d->p_conv_w[k]), B, Ci, r * 2, r * 2, Co, 4, 2, 1, st));
         r *= 2;
     }
-    CHECK(leaky_relu_backward_cuda(GRAD(d, d->c0), GRAD(d, d->a0), d->c0, D_SLOPE,
-                                   (long)B * d->chan[0] * r * r, st));
+    CHECK(disc_lrelu_backward(gc, d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B));
     if (dx || pg)
         CHECK(conv2d_backward_cuda(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
                                    GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
@@ -451,29 +539,37 @@ static int disc_backward(GanCuda *gc, const float *dout, int B, int pg, float *d
     return 0;
 }
 
+// dout (B): the loss's gradient w.r.t. the logits. Parameter gradients when pg; dx (B, C, R, R),
+// if not NULL, accumulated.
+static int disc_backward(GanCuda *gc, GanCudaDisc *d, const float *dout, int B, int pg,
+                         float *dx) {
+    const SaganConfig *c = &gc->cfg;
+    cudaStream_t st = gc->stream;
+    int n_st = d->n_stages, F = d->chan[n_st] * 16;
+    CHECK(CUDA_OK(cudaMemsetAsync(d->dacts, 0, sizeof(float) * (size_t)d->acts_total, st)));
+    const float *feat = d->dropped ? d->feat_drop : disc_stage_input(d, n_st);
+    float *dfeat = GRAD(d, feat);
+    CHECK(linear_backward_cuda(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL,
+                               dout, feat, W(d, d->p_fc_w), B, F, 1, st));
+    if (c->n_classes)
+        CHECK(projection_backward_cuda(dfeat, pg ? DW(d, d->p_embed) : NULL, dout,
+                                       W(d, d->p_embed), d->labels, feat, B, F, st));
+    if (d->dropped)
+        CHECK(dropout_backward_cuda(GRAD(d, disc_stage_input(d, n_st)), dfeat, d->drop_mask,
+                                    (long)B * F, st));
+    return disc_backward_stages(gc, d, B, pg, dx);
+}
+
 // ---------------------------------------------------------------------------------------------
 // the trainer
 
-// Whether this step cannot do what gan_step would do with t: a technique switched on in t->hp, or
-// a trainer sharing its batch with other processes. Each of them changes the step's math (an
-// extra term, another optimizer, masks, a level below the last, an all-reduce) that only the CPU
-// step has. Returns 1 with the reason in why, or 0.
+// Whether this step cannot do what gan_step would do with t: progressive growing (levels below
+// the last, fades), or a data-parallel split that does not divide the batch. Returns 1 with the
+// reason in why, or 0.
 static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
     const GanHparams *h = &t->hp;
     const char *no = NULL;
-    if (!h->sn_g || !h->sn_d)
-        no = "sn_g=0 or sn_d=0 (it spectral-normalizes both networks)";
-    else if (h->r1_gamma > 0.0f)
-        no = "r1_gamma (the R1 penalty)";
-    else if (h->gp_lambda > 0.0f)
-        no = "gp_lambda (WGAN-GP)";
-    else if (h->ortho_beta > 0.0f)
-        no = "ortho_beta (orthogonal regularization)";
-    else if (h->l1_act > 0.0f)
-        no = "l1_act (the L1 activation penalty)";
-    else if (h->d_dropout > 0.0f)
-        no = "d_dropout (dropout in D)";
-    else if (h->prog_stable > 0)
+    if (h->prog_stable > 0)
         no = "prog_stable (progressive growing)";
     else if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size ||
              h->batch % t->dp_size)
@@ -583,6 +679,7 @@ static int ema_update(GanCuda *gc, GanTrainer *t) {
         return 0;
     }
     CHECK(lerp_forward_cuda(gc->ema, gc->ema, g->params, t->hp.ema_decay, g->total, st));
+    if (g->sn_off) return 0;
     for (int i = 0; i < g->n; i++) {
         const Param *p = &g->p[i];
         if (!p->sn) continue;
@@ -654,18 +751,49 @@ int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen) {
                 cudaMallocHost((void **)&gc->z_host, sizeof(float) * 2 * B * Z) != cudaSuccess ||
                 cudaMallocHost((void **)&gc->y_host, sizeof(int32_t) * 3 * B) != cudaSuccess))
         rc = KERNELS_ENOMEM;
-    if (!rc) rc = ema_alloc(gc);
+    if (!rc) { // labels stay 0 where an unconditional step draws none (finetune.c's)
+        memset(gc->y_host, 0, sizeof(int32_t) * 3 * B);
+        rc = ema_alloc(gc);
+    }
+    // the penalties' buffers, the device doubles, the orthogonal term's scratch
+    Carver pcv = {0};
+    pen_carve(gc, &pcv);
+    long ortho = 1;
+    for (int i = 0; i < t->G.ps.n; i++)
+        if (generator_is_ortho(&t->G, i)) {
+            const Param *p = &t->G.ps.p[i];
+            long k = ortho_scratch_floats_cuda(p->shape[0], (int)(p->numel / p->shape[0]));
+            if (k > ortho) ortho = k;
+        }
+    if (!rc && (cudaMalloc((void **)&gc->pen_buf, sizeof(float) * (size_t)pcv.used) != cudaSuccess ||
+                cudaMalloc((void **)&gc->y2, sizeof(int32_t) * 2 * B) != cudaSuccess ||
+                cudaMalloc((void **)&gc->dv, sizeof(double) * (DV_TERMS + B)) != cudaSuccess ||
+                cudaMalloc((void **)&gc->ortho_scratch, sizeof(float) * (size_t)ortho) !=
+                    cudaSuccess ||
+                cudaMallocHost((void **)&gc->alpha_host, sizeof(float) * B) != cudaSuccess))
+        rc = KERNELS_ENOMEM;
     if (!rc) {
         gcv = (Carver){gc->G.acts, 0};
         dcv = (Carver){gc->D.acts, 0};
         bcv = (Carver){gc->batch, 0};
+        pcv = (Carver){gc->pen_buf, 0};
         gen_carve(&gc->G, &gc->cfg, gc->B, &gcv);
         disc_carve(&gc->D, &gc->cfg, 2L * gc->B, &dcv);
         batch_carve(gc, &bcv);
-        rc = gan_cuda_upload(gc, t);
+        pen_carve(gc, &pcv);
+        gc->dv_l1 = gc->dv + DV_L1;
+        gc->dv_ortho = gc->dv + DV_ORTHO;
+        gc->dv_pen = gc->dv + DV_PEN;
+        gc->dv_terms = gc->dv + DV_TERMS;
+        // the penalties' output gradients of D's first pass: ones (alpha_host is free until a
+        // step draws into it; gan_cuda_upload waits for the copy)
+        for (size_t b = 0; b < B; b++) gc->alpha_host[b] = 1.0f;
+        rc = CUDA_OK(cudaMemcpyAsync(gc->pen_ones, gc->alpha_host, sizeof(float) * B,
+                                     cudaMemcpyHostToDevice, gc->stream));
+        if (!rc) rc = gan_cuda_upload(gc, t);
     }
     if (rc) {
-        double mb = 4.0 * (2.0 * (gcv.used + dcv.used) + bcv.used +
+        double mb = 4.0 * (2.0 * (gcv.used + dcv.used) + bcv.used + pcv.used + ortho +
                            6.0 * (t->G.ps.total + t->D.ps.total)) / 1e6;
         snprintf(err, errlen,
                  "cannot set up training on the GPU: %s (about %.0f MB of device memory)",
@@ -686,6 +814,11 @@ void gan_cuda_free(GanCuda *gc) {
     cudaFree(gc->batch);
     cudaFree(gc->y);
     cudaFree(gc->ema_buf);
+    cudaFree(gc->pen_buf);
+    cudaFree(gc->y2);
+    cudaFree(gc->dv);
+    cudaFree(gc->ortho_scratch);
+    cudaFreeHost(gc->alpha_host);
     cudaFreeHost(gc->x_host);
     cudaFreeHost(gc->z_host);
     cudaFreeHost(gc->y_host);
@@ -722,13 +855,71 @@ static int dp_mean(GanCuda *gc, float *dev, long n) {
     return gc->reduce(gc->reduce_ctx, dev, n, gc->stream);
 }
 
+// gan.c's gan_penalty_backward on the device: R1 (r1 = 1) or WGAN-GP (r1 = 0) at x (B images,
+// device), labels y (B) or NULL, with weight; its value into gc->dv_pen[slot]. D's gradient slots
+// accumulate weight grad_theta P (SN's fold comes after). D runs without dropout here; its
+// activations are left as the two-sided pass leaves them.
+static int pen_backward(GanCuda *gc, int r1, float weight, float fd_step, const float *x,
+                        const int32_t *y, int slot) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaDisc *d = &gc->D;
+    cudaStream_t st = gc->stream;
+    int B = gc->B;
+    long img = (long)c->channels * c->img * c->img;
+    // every g_b from one backward of sum_b D(x_b)
+    CHECK(CUDA_OK(cudaMemsetAsync(gc->pen_grad, 0, sizeof(float) * (size_t)(B * img), st)));
+    CHECK(disc_forward(gc, d, x, y, B, 0.0f, NULL));
+    CHECK(disc_backward(gc, d, gc->pen_ones, B, 0, gc->pen_grad));
+    CHECK(grad_penalty_fd_prepare_cuda(gc->pen_x2, gc->pen_dout, gc->dv_pen + slot, gc->dv_terms,
+                                       gc->pen_grad, x, r1, weight, fd_step, B, img, st));
+    for (int half = 0; half < 2; half++) {
+        if (y)
+            CHECK(CUDA_OK(cudaMemcpyAsync(gc->y2 + half * B, y, sizeof(int32_t) * (size_t)B,
+                                          cudaMemcpyDeviceToDevice, st)));
+        // both halves take the LReLU slopes of x (see gan.c)
+        for (int l = 0; l <= d->n_stages; l++) {
+            long n = (long)B * disc_lrelu_numel(d, c, l);
+            CHECK(CUDA_OK(cudaMemcpyAsync(d->pat[l] + half * n, l ? d->conv[l - 1] : d->c0,
+                                          sizeof(float) * (size_t)n, cudaMemcpyDeviceToDevice,
+                                          st)));
+        }
+    }
+    d->ref_on = 1;
+    int rc = disc_forward(gc, d, gc->pen_x2, y ? gc->y2 : NULL, 2 * B, 0.0f, NULL);
+    if (!rc) rc = disc_backward(gc, d, gc->pen_dout, 2 * B, 1, NULL);
+    d->ref_on = 0;
+    return rc;
+}
+
 // Host to device on the step's stream, from gc's pinned buffers (which nothing writes again
 // before the step's final wait).
 static int upload(GanCuda *gc, void *dev, const void *host, size_t bytes) {
     return CUDA_OK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, gc->stream));
 }
 
-int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
+// The frozen D's term of a tune step (gan_cuda_tune_step): its last maps of G's frames (device
+// gc->G.img, classes y_host) down to the host, the caller's loss there, its gradient up and back
+// through the frozen D into gc->dimg (sagan.c's discriminator_backward_features). Waits for the
+// GPU (the loss runs on the host).
+static int tune_term(GanCuda *gc, GanCudaTune *tu, const int32_t *y_host) {
+    GanCudaDisc *d = &tu->D;
+    cudaStream_t st = gc->stream;
+    int B = gc->B;
+    size_t bytes = sizeof(float) * (size_t)B * d->chan[d->n_stages] * 16;
+    CHECK(disc_forward_stages(gc, d, gc->G.img, B));
+    const float *map = disc_stage_input(d, d->n_stages);
+    CHECK(CUDA_OK(cudaMemcpyAsync(tu->feat_host, map, bytes, cudaMemcpyDeviceToHost, st)));
+    CHECK(CUDA_OK(cudaStreamSynchronize(st)));
+    CHECK(tu->loss(tu->ctx, tu->feat_host, y_host, B, tu->dfeat_host));
+    CHECK(CUDA_OK(cudaMemsetAsync(d->dacts, 0, sizeof(float) * (size_t)d->acts_total, st)));
+    CHECK(CUDA_OK(cudaMemcpyAsync(GRAD(d, map), tu->dfeat_host, bytes, cudaMemcpyHostToDevice, st)));
+    return disc_backward_stages(gc, d, B, 0, gc->dimg);
+}
+
+// gan_cuda_step, or with tu a tune step (gan_cuda_tune_step): the same D step and draws; its G
+// step adds tu's frozen-D term to D's gradient on the frames and the anchor to G's gradient, and
+// neither averages over processes nor adds the orthogonal term (finetune.c's G step).
+static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu) {
     const SaganConfig *c = &gc->cfg;
     const GanHparams *h = &t->hp;
     int B = gc->B, Z = c->z_dim, cond = c->n_classes > 0;
@@ -737,7 +928,12 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     char why[256];
     if (gan_cuda_refuses(t, why, sizeof why) || !gan_cuda_fits(gc, t)) return KERNELS_EINVAL;
     if (gc->dp_size > 1 && !gc->reduce) return KERNELS_EINVAL;
-    gan_apply_switches(t); // FreezeD's flags, read by params_cuda_adam
+    if (h->penalty_every < 1 || gan_hparams_check(h, why, sizeof why)) return KERNELS_EINVAL;
+    gan_apply_switches(t); // SN on or off, and FreezeD's flags, read by params_cuda_adam
+    gc->G.ps.sn_off = t->G.ps.sn_off;
+    gc->D.ps.sn_off = t->D.ps.sn_off;
+    int r1 = h->r1_gamma > 0.0f, gp = h->gp_lambda > 0.0f;
+    int pen_step = (r1 || gp) && t->step % h->penalty_every == 0;
     if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
         return KERNELS_EINVAL;
     if (cond && !data->labels) return KERNELS_EINVAL;
@@ -759,6 +955,12 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
         yreal[b] = data->labels ? data->labels[i] : 0;
     }
     draw_fakes(gc, t, zd, yd);
+    if (pen_step && gp) // WGAN-GP's interpolation weights, the whole batch's (gan_d_penalties)
+        for (int bb = 0; bb < gc->B_all; bb++) {
+            float a = rng_uniform(&t->rng);
+            int b = bb - first;
+            if (b >= 0 && b < B) gc->alpha_host[b] = a;
+        }
     draw_fakes(gc, t, zg, yg);
     if (cond) // the kernels index tables by the labels: check them here, as sagan.c's forward does
         for (int b = 0; b < 3 * B; b++)
@@ -766,51 +968,96 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     CHECK(upload(gc, gc->x, gc->x_host, sizeof(float) * (size_t)(B * img)));
     CHECK(upload(gc, gc->z, gc->z_host, sizeof(float) * 2 * (size_t)B * Z));
     CHECK(upload(gc, gc->y, gc->y_host, sizeof(int32_t) * 3 * (size_t)B));
+    if (pen_step && gp) CHECK(upload(gc, gc->pen_alpha, gc->alpha_host, sizeof(float) * (size_t)B));
 
     // D step (gan_d_step)
     CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st));
-    CHECK(gen_forward(gc, gc->z, cond ? gc->y + B : NULL, B));
+    CHECK(gen_forward(gc, gc->z, cond ? gc->y + B : NULL, B, 0.0f));
     CHECK(CUDA_OK(cudaMemcpyAsync(gc->x + B * img, gc->G.img, sizeof(float) * (size_t)(B * img),
                                   cudaMemcpyDeviceToDevice, st)));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
-    CHECK(disc_forward(gc, gc->x, cond ? gc->y : NULL, 2 * B));
+    CHECK(disc_forward(gc, &gc->D, gc->x, cond ? gc->y : NULL, 2 * B, h->d_dropout, &t->D.dropout_seed));
     CHECK(hinge_d_real_loss_cuda(gc->losses, gc->dlogits, gc->D.out, B, st));
     CHECK(hinge_d_fake_loss_cuda(gc->losses + 1, gc->dlogits + B, gc->D.out + B, B, st));
     CHECK(params_cuda_zero_grad(&gc->D.ps, st));
-    CHECK(disc_backward(gc, gc->dlogits, 2 * B, 1, NULL));
+    CHECK(disc_backward(gc, &gc->D, gc->dlogits, 2 * B, 1, NULL));
+    // R1 at the real half, WGAN-GP at interpolates of it with the fake half (gan_d_penalties),
+    // their values added into losses[2] as gan.c adds them into penalty_d
+    if (pen_step) {
+        float scale = (float)h->penalty_every;
+        const int32_t *yr = cond ? gc->y : NULL;
+        int k = 0;
+        if (r1)
+            CHECK(pen_backward(gc, 1, h->r1_gamma * scale, h->penalty_fd_step, gc->x, yr, k++));
+        if (gp) {
+            CHECK(lerp_items_cuda(gc->pen_x_hat, gc->x, gc->x + B * img, gc->pen_alpha, B, img,
+                                  st));
+            CHECK(pen_backward(gc, 0, h->gp_lambda * scale, h->penalty_fd_step, gc->pen_x_hat, yr,
+                               k++));
+        }
+        CHECK(float_sum_cuda(gc->losses + 2, gc->dv_pen, k, st));
+    } else {
+        CHECK(CUDA_OK(cudaMemsetAsync(gc->losses + 2, 0, sizeof(float), st)));
+    }
     CHECK(params_cuda_sn_backward(&gc->D.ps, st));
-    // data parallel: D's gradient (after SN's fold) and the two D losses averaged, as gan.c's
+    // data parallel: D's gradient (after SN's fold) and the D losses averaged, as gan.c's
     // gan_reduce, before the identical Adam steps
     CHECK(dp_mean(gc, gc->D.ps.grads, gc->D.ps.total));
-    CHECK(dp_mean(gc, gc->losses, 2));
+    CHECK(dp_mean(gc, gc->losses, 3));
     CHECK(params_cuda_adam(&gc->D.ps, &t->D.ps, h->lr_d, h->beta1, h->beta2, h->eps,
                            h->weight_decay_d, st));
 
     // G step (gan_step): fresh latents and labels; D (after one more power iteration on its new
     // weights) passes the gradient to its input only; G keeps the D step's effective weights.
-    CHECK(gen_forward(gc, gc->z + (long)B * Z, cond ? gc->y + 2 * B : NULL, B));
+    // (D stays in training mode: dropout on, as gan_step leaves D.train until the step ends)
+    CHECK(CUDA_OK(cudaMemsetAsync(gc->losses + 4, 0, sizeof(float), st))); // L1's, when off
+    if (tu) CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st)); // finetune.c's G step iterates again
+    CHECK(gen_forward(gc, gc->z + (long)B * Z, cond ? gc->y + 2 * B : NULL, B, h->l1_act));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
-    CHECK(disc_forward(gc, gc->G.img, cond ? gc->y + 2 * B : NULL, B));
-    CHECK(hinge_g_loss_cuda(gc->losses + 2, gc->dlogits, gc->D.out, B, st));
+    CHECK(disc_forward(gc, &gc->D, gc->G.img, cond ? gc->y + 2 * B : NULL, B, h->d_dropout,
+                       &t->D.dropout_seed));
+    CHECK(hinge_g_loss_cuda(gc->losses + 3, gc->dlogits, gc->D.out, B, st));
     CHECK(CUDA_OK(cudaMemsetAsync(gc->dimg, 0, sizeof(float) * (size_t)(B * img), st)));
-    CHECK(disc_backward(gc, gc->dlogits, B, 0, gc->dimg));
+    CHECK(disc_backward(gc, &gc->D, gc->dlogits, B, 0, gc->dimg));
+    if (tu) CHECK(tune_term(gc, tu, cond ? yg : NULL));
     CHECK(params_cuda_zero_grad(&gc->G.ps, st));
-    CHECK(gen_backward(gc, gc->dimg, B));
+    CHECK(gen_backward(gc, gc->dimg, B, h->l1_act));
     CHECK(params_cuda_sn_backward(&gc->G.ps, st));
-    CHECK(dp_mean(gc, gc->G.ps.grads, gc->G.ps.total));
-    CHECK(dp_mean(gc, gc->losses + 2, 1));
+    GanCudaParams *gps = &gc->G.ps;
+    if (tu) // the anchor lambda (theta - theta0) on the raw parameters
+        CHECK(anchor_grad_cuda(gps->grads, gps->params, tu->theta0, tu->lambda, gps->total, st));
+    else
+        CHECK(dp_mean(gc, gps->grads, gps->total));
+    CHECK(dp_mean(gc, gc->losses + 3, 2));
+    // orthogonal regularization on G's raw weights (the same in every process: after the mean)
+    int ortho = !tu && h->ortho_beta > 0.0f;
+    for (int i = 0; ortho && i < gps->n; i++) {
+        if (!generator_is_ortho(&t->G, i)) continue;
+        const Param *p = &gps->p[i];
+        int rows = p->shape[0], cols = (int)(p->numel / rows);
+        CHECK(ortho_reg_backward_cuda(gps->grads + p->offset, gc->dv_ortho + i,
+                                      gps->params + p->offset, h->ortho_beta, gc->ortho_scratch,
+                                      rows, cols, st));
+    }
     CHECK(params_cuda_adam(&gc->G.ps, &t->G.ps, h->lr_g, h->beta1, h->beta2, h->eps,
                            h->weight_decay_g, st));
 
-    float losses[3];
+    float losses[5];
+    double ortho_v[PARAMS_MAX];
     CHECK(CUDA_OK(cudaMemcpyAsync(losses, gc->losses, sizeof losses, cudaMemcpyDeviceToHost, st)));
+    if (ortho)
+        CHECK(CUDA_OK(cudaMemcpyAsync(ortho_v, gc->dv_ortho, sizeof(double) * (size_t)gps->n,
+                                      cudaMemcpyDeviceToHost, st)));
     CHECK(CUDA_OK(cudaStreamSynchronize(st)));
-    // what gan_step leaves: the hinge losses (loss_d = real + fake, added in float as there), no
-    // penalty or regularizer, D out of training mode, the step counted (the EMA below)
+    // what gan_step leaves: the hinge losses (loss_d = real + fake, added in float as there), the
+    // penalties, G's regularizers (L1's value, then each orthogonal term added in float), D out
+    // of training mode, the step counted (the EMA below)
     t->loss_d = losses[0] + losses[1];
-    t->loss_g = losses[2];
-    t->penalty_d = 0.0f;
-    t->reg_g = 0.0f;
+    t->penalty_d = losses[2];
+    t->loss_g = losses[3];
+    if (!tu) t->reg_g = losses[4]; // (finetune.c's step leaves reg_g as it was)
+    for (int i = 0; ortho && i < gps->n; i++)
+        if (generator_is_ortho(&t->G, i)) t->reg_g += (float)ortho_v[i];
     t->D.train = 0;
     t->step++;
     // and the host batch buffers as gan_step leaves them (but for D's fake half of t->x)
@@ -822,6 +1069,68 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
     if (h->ema_decay > 0.0f) return ema_update(gc, t);
     t->ema_live = 0;
     return 0;
+}
+
+int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
+    return step(gc, t, data, NULL);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tune steps: a loss on a frozen D's maps (the finetune job)
+
+int gan_cuda_tune_init(GanCudaTune *tu, GanCuda *gc, const Discriminator *frozen,
+                       const float *theta0, char *err, size_t errlen) {
+    memset(tu, 0, sizeof *tu);
+    const SaganConfig *a = &gc->cfg, *b = &frozen->cfg;
+    if (a->ch != b->ch || a->img != b->img || a->channels != b->channels ||
+        a->attn_res != b->attn_res || gc->dp_size != 1) {
+        snprintf(err, errlen, "the frozen D is of another config (%s) than the trainer's (%s)%s",
+                 b->name, a->name, gc->dp_size != 1 ? ", or the run is data parallel" : "");
+        return KERNELS_EINVAL;
+    }
+    GanCudaDisc *d = &tu->D;
+    disc_indices(d, frozen);
+    params_cuda_layout(&d->ps, &frozen->ps);
+    Carver cv = {0};
+    disc_carve(d, a, gc->B, &cv);
+    d->acts_total = cv.used;
+    size_t map = sizeof(float) * (size_t)gc->B * d->chan[d->n_stages] * 16;
+    size_t g = sizeof(float) * (size_t)gc->G.ps.total;
+    int rc = params_cuda_alloc(&d->ps);
+    if (!rc) rc = acts_alloc(&d->acts, &d->dacts, cv.used);
+    if (!rc && (cudaMalloc((void **)&tu->theta0, g) != cudaSuccess ||
+                cudaMallocHost((void **)&tu->feat_host, map) != cudaSuccess ||
+                cudaMallocHost((void **)&tu->dfeat_host, map) != cudaSuccess))
+        rc = KERNELS_ENOMEM;
+    if (!rc) {
+        cv = (Carver){d->acts, 0};
+        disc_carve(d, a, gc->B, &cv);
+        // its weights as they are (effective weights included: no power iteration here)
+        rc = params_cuda_upload(&d->ps, &frozen->ps, gc->stream);
+    }
+    if (!rc) rc = CUDA_OK(cudaMemcpyAsync(tu->theta0, theta0, g, cudaMemcpyHostToDevice, gc->stream));
+    if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc->stream));
+    if (rc) {
+        snprintf(err, errlen, "cannot set up the frozen D on the GPU: %s", kernels_strerror(rc));
+        gan_cuda_tune_free(tu, gc);
+    }
+    return rc;
+}
+
+void gan_cuda_tune_free(GanCudaTune *tu, GanCuda *gc) {
+    if (gc->stream) cudaStreamSynchronize(gc->stream);
+    cudaFree(tu->D.ps.buf);
+    cudaFree(tu->D.acts);
+    cudaFree(tu->D.dacts);
+    cudaFree(tu->theta0);
+    cudaFreeHost(tu->feat_host);
+    cudaFreeHost(tu->dfeat_host);
+    memset(tu, 0, sizeof *tu);
+}
+
+int gan_cuda_tune_step(GanCuda *gc, GanCudaTune *tu, GanTrainer *t, const Dataset *data) {
+    if (!tu->loss || gc->dp_size != 1) return KERNELS_EINVAL;
+    return step(gc, t, data, tu);
 }
 
 #endif

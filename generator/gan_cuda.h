@@ -1,5 +1,5 @@
-// gan_cuda.h — gan_step on a GPU: the whole SN-GAN training step of the plain configuration
-// (the CUDA build: make CUDA=1).
+// gan_cuda.h — gan_step on a GPU: the whole SN-GAN training step with its techniques (the CUDA
+// build: make CUDA=1).
 //
 // A GanCuda holds a device copy of a GanTrainer's training state (G's and D's raw parameters,
 // gradients, Adam moments, spectral-norm vectors and effective weights, in the ParamSet layout of
@@ -10,13 +10,16 @@
 // the batch's random draws are made there, exactly as gan_step makes them). One thread uses a
 // GanCuda at a time.
 //
-// Covered: GanHparams' defaults with any learning rates, betas, epsilon and batch (SN on both
-// networks, hinge loss, Adam), at the model's full resolution, with or without classes, in one
-// process or data parallel (dp_size > 1: this process's slice of each batch, gradients and losses
-// averaged by GanCuda.reduce, as gan.c does with grad_reduce), with AdamW's weight decay, FreezeD
-// and G's EMA as gan.c does them. Refused (KERNELS_EINVAL): every other switch of GanHparams
-// (sn_g/sn_d off, R1, WGAN-GP, orthogonal, L1 activations, D dropout, progressive growing). B
-// batch, Z latent, C channels, R = img. Host pointers are marked host; the rest is device memory.
+// Covered: every switch of GanHparams but progressive growing, as gan.c does it: any learning
+// rates, betas, epsilon and batch, hinge loss and Adam, SN on or off on either network, AdamW's
+// weight decay, FreezeD, G's EMA, R1 and WGAN-GP (the finite-difference double backward, lazily
+// every penalty_every steps), orthogonal regularization, the L1 activation penalty and dropout in
+// D (the CPU's masks, drawn on the device from the same seeds), at the model's full resolution,
+// with or without classes, in one process or data parallel (dp_size > 1: this process's slice of
+// each batch, gradients and losses averaged by GanCuda.reduce, as gan.c does with grad_reduce).
+// Refused (KERNELS_EINVAL): progressive growing (prog_stable), whose levels below the last only
+// the CPU step has. B batch, Z latent, C channels, R = img. Host pointers are marked host; the
+// rest is device memory.
 #ifndef GENERATOR_GAN_CUDA_H
 #define GENERATOR_GAN_CUDA_H
 
@@ -38,6 +41,7 @@ typedef struct {
     Param p[PARAMS_MAX];    // the host ParamSet's table (p[i].sigma unused here)
     long total, u_total, v_total;
     long adam_t;            // Adam steps taken (host)
+    int sn_off;             // the host set's sn_off at the step (w_eff = params, sigma 1)
     float *buf;             // the one device allocation carved into the buffers below
     float *params, *grads, *m, *v, *w_eff, *dw_eff; // (total)
     float *sn_u;            // (u_total)
@@ -87,6 +91,13 @@ typedef struct {
     AttentionSaved att_saved;
     float *att_scratch;
     float *out;                     // (2B) logits
+    float *feat_drop, *drop_mask;   // (2B, F) the features after dropout, and its mask
+    int dropped;                    // 1: the last forward applied dropout
+    // The gradient penalties' LReLU pattern: layer l's pre-activations at the B images the
+    // penalty is taken at, twice over (2B, n_l; carved in GanCuda.pen_buf); used instead of each
+    // layer's own input when ref_on.
+    float *pat[SAGAN_MAX_STAGES + 1];
+    int ref_on;
     const float *x;                 // input of the last forward
     const int32_t *labels;          // (2B) labels of the last forward, or NULL
 } GanCudaDisc;
@@ -107,12 +118,23 @@ typedef struct {
     float *z;               // (2, B, Z) the D step's latents, then the G step's
     float *dlogits;         // (2B)
     float *dimg;            // (B, C, R, R) D's gradient w.r.t. G's images
-    float *losses;          // (3) hinge: D real, D fake, G
+    float *losses;          // (5) D real, D fake (hinge), D's penalties, G (hinge), G's L1 value
     int32_t *y;             // (3B) real labels, the D step's fake labels, the G step's
     // The step's draws on the host (pinned), copied up in one go: x_host (B, C, R, R) the real
     // batch, z_host (2, B, Z), y_host (3B) laid out as z and y.
     float *x_host, *z_host;
     int32_t *y_host;
+    // The gradient penalties (gan.c's GanPenaltyBuffers), one allocation pen_buf: D's input
+    // gradient (B, C, R, R), the two-sided batch x2 (2B, ...) and its output gradients (2B), the
+    // interpolates (B, ...), B ones, the interpolation weights (B; alpha_host pinned, drawn on the
+    // host), D's LReLU pattern (GanCudaDisc.pat); y2 (2B) the labels twice.
+    float *pen_buf, *pen_grad, *pen_x2, *pen_dout, *pen_x_hat, *pen_ones, *pen_alpha;
+    float *alpha_host;
+    int32_t *y2;
+    // Device doubles (dv): the L1 penalty's per-block sums, each orthogonal term's value (by G's
+    // parameter index), the penalties' values and their per-image terms (B).
+    double *dv, *dv_l1, *dv_ortho, *dv_pen, *dv_terms;
+    float *ortho_scratch;   // the largest ortho_scratch_floats_cuda of G's weights
     // G's EMA (hp.ema_decay > 0), gan.c's t->ema, ema_u, ema_v on the device, plus the power
     // iteration's scratch (w_sn, one sigma): one allocation, ema_buf.
     float *ema_buf, *ema, *ema_u, *ema_v, *ema_w_sn, *ema_sigma;
@@ -120,8 +142,8 @@ typedef struct {
 
 // Builds the device copy of t (its whole training state as it is now; sizes from t->hp.batch).
 // Returns 0, or a negative KERNELS_E* code with a message in err: KERNELS_EINVAL for a switch of
-// t->hp this step does not do (named in err) or a trainer that is not the plain one-process kind,
-// KERNELS_ECUDA or KERNELS_ENOMEM when there is no GPU or not enough device memory. gc is then
+// t->hp this step does not do (named in err), a trainer below its full level or a data-parallel
+// split that does not divide the batch, KERNELS_ECUDA or KERNELS_ENOMEM when there is no GPU or not enough device memory. gc is then
 // safe to gan_cuda_free. t is only read.
 int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen);
 // Copies t's training state to the device again (after t changed on the host: a CPU step, a
@@ -129,7 +151,7 @@ int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen);
 int gan_cuda_upload(GanCuda *gc, const GanTrainer *t);
 // One training iteration on the GPU, gan_step's: a D step on a real batch from data and a fake
 // batch, then a G step, drawing every random number from t->rng on the host as gan_step does.
-// Updates t->rng, t->step, t->loss_d and t->loss_g (the hinge losses; penalty_d and reg_g are 0),
+// Updates t->rng, t->step, t->D.dropout_seed, t->loss_d, t->loss_g, t->penalty_d and t->reg_g,
 // and t->z, t->y and the real half of t->x as gan_step leaves them; waits for the GPU once at
 // the end. The parameters in t are not touched: gan_cuda_download brings them back. Returns 0,
 // or a negative KERNELS_E* code: KERNELS_EINVAL, before anything is queued, for data of another
@@ -144,6 +166,41 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data);
 int gan_cuda_download(GanCuda *gc, GanTrainer *t);
 // Frees the device copy; safe on a zeroed or half-built gc.
 void gan_cuda_free(GanCuda *gc);
+
+// --- tune steps: G trained on a loss through a frozen D's features (server/finetune.h) ----------
+
+// The caller's loss on the frozen D's last maps (sagan.c's discriminator_features) of G's frames:
+// feat (B, F, host) with the frames' classes y (B, host; NULL for an unconditional model); writes
+// dfeat (B, F, host), the loss's gradient w.r.t. feat. Returns 0 or a KERNELS_E* code.
+typedef int (*GanCudaFeatureLoss)(void *ctx, const float *feat, const int32_t *y, int B,
+                                  float *dfeat);
+
+// A frozen D on the device (its parameters and effective weights as given, never updated, no
+// power iteration), activations for the trainer's batch, the anchor theta0 (G's starting raw
+// parameters, device), and pinned host buffers for the maps and their gradient.
+typedef struct {
+    GanCudaDisc D;
+    float *theta0;
+    float *feat_host, *dfeat_host; // (B, F)
+    GanCudaFeatureLoss loss;       // set by the caller before a step
+    void *ctx;
+    float lambda;                  // the anchor's weight
+} GanCudaTune;
+
+// Builds tu for gc (one process, the same model config as frozen), copying frozen (host) and
+// theta0 (G's total floats, host) to the device. 0, or a KERNELS_E* code with err set (tu is then
+// freed). gan_cuda_tune_free before gan_cuda_free.
+int gan_cuda_tune_init(GanCudaTune *tu, GanCuda *gc, const Discriminator *frozen,
+                       const float *theta0, char *err, size_t errlen);
+void gan_cuda_tune_free(GanCudaTune *tu, GanCuda *gc);
+// server/finetune.c's finetune_step on the device: gan_cuda_step's D step and draws (the G
+// step's latents and classes are finetune.c's, the same draws), then G's step on the hinge G
+// loss against the training D, plus tu->loss through the frozen D's maps (the host computes it
+// between the frozen D's forward and backward: one more wait for the GPU), plus tu->lambda (theta
+// - theta0) on G's raw gradient; Adam, the step counted, the EMA. Leaves t->reg_g as it was.
+// Returns 0, KERNELS_EINVAL as gan_cuda_step (or for a tu without a loss), the loss's code, or a
+// kernel's.
+int gan_cuda_tune_step(GanCuda *gc, GanCudaTune *tu, GanTrainer *t, const Dataset *data);
 
 #endif
 #endif

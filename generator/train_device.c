@@ -93,6 +93,7 @@ void train_device_init(TrainDevice *td, Device want, GanTrainer *t, char *line, 
 #else
     (void)t;
     (void)dist;
+    (void)d;
 #endif
     snprintf(line, len, "training on the CPU (%s%s)", want == DEVICE_CUDA ? "asked for cuda; " : "",
              why);
@@ -115,6 +116,12 @@ int train_device_sync(TrainDevice *td, GanTrainer *t) {
     (void)td;
     (void)t;
     return 0;
+}
+
+int train_device_to_cpu(TrainDevice *td, GanTrainer *t) {
+    int rc = train_device_sync(td, t);
+    train_device_free(td);
+    return rc;
 }
 
 void train_device_free(TrainDevice *td) {

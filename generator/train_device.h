@@ -29,6 +29,10 @@ void train_device_init(TrainDevice *td, Device want, GanTrainer *t, char *line, 
 int train_device_step(TrainDevice *td, GanTrainer *t, const Dataset *data);
 // Makes t's parameters, optimizer and SN state the run's (a no-op on the CPU). 0 or a KERNELS_E*.
 int train_device_sync(TrainDevice *td, GanTrainer *t);
+// Moves a run on the GPU back to the CPU (its state downloaded into t, the device copy freed), for
+// a caller that cannot go on there. 0, or a KERNELS_E* code (the download failed; td is freed
+// and t may be partly updated). A no-op on the CPU.
+int train_device_to_cpu(TrainDevice *td, GanTrainer *t);
 void train_device_free(TrainDevice *td);
 
 #endif

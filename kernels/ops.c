@@ -336,11 +336,6 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *labels,
     }
 }
 
-// Elements per dropout chunk. Chunk k draws from its own xoshiro stream seeded with key + k
-// (splitmix64 seeding makes neighbouring seeds unrelated), so the mask is the same whatever the
-// thread count, and chunks can be filled in parallel.
-#define OPS_DROPOUT_CHUNK 4096L
-
 // Keep an element when u >= p (probability 1 - p) and scale kept ones by 1/(1 - p), so the
 // expected output equals the input (inverted dropout, as torch.nn.Dropout). From *seed, two
 // words are drawn: the key for this call's chunk streams and the next *seed, so successive calls

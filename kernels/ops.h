@@ -65,7 +65,10 @@ void embedding_forward(float *out, const float *table, const int32_t *labels, in
 void embedding_backward(float *dtable, const float *dout, const int32_t *labels, int B, int D);
 
 // Inverted dropout with keep mask: mask (n) gets 0 or 1/(1-p) from rng state *seed (advanced).
-// p = 0 copies. out may alias inp.
+// p = 0 copies. out may alias inp. Chunk k of OPS_DROPOUT_CHUNK elements draws from its own
+// xoshiro stream seeded with key + k (splitmix64 seeding makes neighbouring seeds unrelated), so
+// the mask is the same whatever the thread count (or on the GPU: dropout_forward_cuda).
+#define OPS_DROPOUT_CHUNK 4096L
 void dropout_forward(float *out, float *mask, const float *inp, float p, uint64_t *seed, long n);
 void dropout_backward(float *dinp, const float *dout, const float *mask, long n);
 

@@ -59,3 +59,32 @@ int ortho_reg_backward(float *dw, double *value, const float *w, float beta, flo
     if (value) *value = beta * r;
     return 0;
 }
+
+double grad_penalty_fd_prepare(float *x2, float *dout2, const float *grad, const float *x, int r1,
+                               float weight, float fd_step, int B, long n) {
+    double P = 0.0;
+    for (int b = 0; b < B; b++) {
+        const float *g = grad + b * n, *xb = x + b * n;
+        float *xp = x2 + b * n, *xm = x2 + (B + b) * n;
+        double n2 = 0.0;
+        for (long i = 0; i < n; i++) n2 += (double)g[i] * g[i];
+        double norm = sqrt(n2), coef; // d P / d (1/2 ||g_b||^2)
+        if (r1) {
+            P += 0.5 * n2 / B;
+            coef = 1.0 / B;
+        } else {
+            P += (norm - 1.0) * (norm - 1.0) / B;
+            coef = norm > 0.0 ? 2.0 * (norm - 1.0) / (norm * B) : 0.0; // no direction at g = 0
+        }
+        if (!(norm > 0.0) || !isfinite(norm)) coef = 0.0;
+        float e = coef != 0.0 ? (float)(fd_step / norm) : 0.0f;
+        for (long i = 0; i < n; i++) {
+            xp[i] = xb[i] + e * g[i];
+            xm[i] = xb[i] - e * g[i];
+        }
+        float o = coef != 0.0 ? (float)(weight * coef / (2.0 * e)) : 0.0f;
+        dout2[b] = o;
+        dout2[B + b] = -o;
+    }
+    return weight * P;
+}

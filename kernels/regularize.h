@@ -23,4 +23,14 @@ long ortho_scratch_floats(int OUT, int IN);
 int ortho_reg_backward(float *dw, double *value, const float *w, float beta, float *scratch,
                        int OUT, int IN);
 
+// The gradient penalties' finite-difference set-up (generator/gan.h's gan_penalty_backward): for
+// each image b of x (B, n) with D's input gradient g_b in grad (B, n), P_b = 1/2 ||g_b||^2 (r1 =
+// 1, R1) or (||g_b|| - 1)^2 (r1 = 0, WGAN-GP) and c_b = d(weight P / B) / d(1/2 ||g_b||^2); with
+// e_b = fd_step / ||g_b||, x2 (2B, n) gets x_b + e_b g_b (item b) and x_b - e_b g_b (item B + b),
+// and dout2 (2B) gets +-c_b / (2 e_b): the output gradients whose backward through D at x2 is
+// weight grad_theta P / B (a central difference). An image with g_b = 0 or not finite gets c_b =
+// 0 (no direction). Returns weight * mean_b P_b, summed in double in image order.
+double grad_penalty_fd_prepare(float *x2, float *dout2, const float *grad, const float *x, int r1,
+                               float weight, float fd_step, int B, long n);
+
 #endif

@@ -38,6 +38,18 @@ void features_free(Features *f) {
     memset(f, 0, sizeof *f);
 }
 
+// pooled (B, Dc): D's last maps feat (B, Fd) averaged over their positions.
+static void pool_maps(const Features *f, const float *feat, int Fd, int B, float *pooled) {
+    int hw = Fd / f->d_ch;
+    for (int b = 0; b < B; b++)
+        for (int ch = 0; ch < f->d_ch; ch++) {
+            const float *p = feat + (long)b * Fd + (long)ch * hw;
+            float s = 0;
+            for (int k = 0; k < hw; k++) s += p[k];
+            pooled[b * f->d_ch + ch] = s / (float)hw;
+        }
+}
+
 // pooled (n, Dc): D's last map averaged over its 16 positions, max_B frames at a time.
 static int features_pooled(Features *f, const float *images, const int32_t *y, long n,
                            float *pooled) {
@@ -52,16 +64,47 @@ static int features_pooled(Features *f, const float *images, const int32_t *y, l
         if (rc) return rc;
         int Fd;
         const float *feat = discriminator_features(&f->d, &Fd);
-        int hw = Fd / f->d_ch;
-        for (int b = 0; b < B; b++)
-            for (int ch = 0; ch < f->d_ch; ch++) {
-                const float *p = feat + (long)b * Fd + (long)ch * hw;
-                float s = 0;
-                for (int k = 0; k < hw; k++) s += p[k];
-                pooled[(i + b) * f->d_ch + ch] = s / (float)hw;
-            }
+        pool_maps(f, feat, Fd, B, pooled + i * f->d_ch);
     }
     return 0;
+}
+
+// phi (B, F) from pooled (B, Dc) and the classes y (B) or NULL.
+static void standardize(const Features *f, const float *pooled, const int32_t *y, long B,
+                        float *phi) {
+    float ds = f->d_scale / sqrtf((float)f->d_ch);
+    for (long b = 0; b < B; b++) {
+        float *row = phi + b * f->F;
+        for (int ch = 0; ch < f->d_ch; ch++)
+            row[ch] = ds * (pooled[b * f->d_ch + ch] - f->mean[ch]) * f->istd[ch];
+        for (int k = 0; k < f->classes; k++) row[f->d_ch + k] = 0;
+        if (f->classes && y) row[f->d_ch + y[b]] = f->class_scale;
+    }
+}
+
+int features_compute(Features *f, const float *images, const int32_t *y, long n, float *phi) {
+    for (long i = 0; i < n; i += f->max_B) {
+        long B = n - i < f->max_B ? n - i : f->max_B;
+        float pooled[f->max_B * f->d_ch];
+        const SaganConfig *c = &f->d.cfg;
+        long img = (long)c->channels * c->img * c->img;
+        int rc = features_pooled(f, images + i * img, y ? y + i : NULL, B, pooled);
+        if (rc) return rc;
+        standardize(f, pooled, y ? y + i : NULL, B, phi + i * f->F);
+    }
+    return 0;
+}
+
+void features_from_maps(const Features *f, const float *feat, const int32_t *y, int B,
+                        float *phi) {
+    int Fd;
+    discriminator_features(&f->d, &Fd);
+    for (int i = 0; i < B; i += f->max_B) {
+        int b = B - i < f->max_B ? B - i : f->max_B;
+        float pooled[f->max_B * f->d_ch];
+        pool_maps(f, feat + (long)i * Fd, Fd, b, pooled);
+        standardize(f, pooled, y ? y + i : NULL, b, phi + (long)i * f->F);
+    }
 }
 
 int features_calibrate(Features *f, const float *images, const int32_t *y, long n) {
@@ -84,25 +127,4 @@ int features_calibrate(Features *f, const float *images, const int32_t *y, long 
         }
     free(pooled);
     return rc;
-}
-
-int features_compute(Features *f, const float *images, const int32_t *y, long n, float *phi) {
-    // The pooled values go to the front of each phi row, then are standardized in place.
-    for (long i = 0; i < n; i += f->max_B) {
-        long B = n - i < f->max_B ? n - i : f->max_B;
-        float pooled[f->max_B * f->d_ch];
-        const SaganConfig *c = &f->d.cfg;
-        long img = (long)c->channels * c->img * c->img;
-        int rc = features_pooled(f, images + i * img, y ? y + i : NULL, B, pooled);
-        if (rc) return rc;
-        float ds = f->d_scale / sqrtf((float)f->d_ch);
-        for (long b = 0; b < B; b++) {
-            float *row = phi + (i + b) * f->F;
-            for (int ch = 0; ch < f->d_ch; ch++)
-                row[ch] = ds * (pooled[b * f->d_ch + ch] - f->mean[ch]) * f->istd[ch];
-            for (int k = 0; k < f->classes; k++) row[f->d_ch + k] = 0;
-            if (f->classes && y) row[f->d_ch + y[i + b]] = f->class_scale;
-        }
-    }
-    return 0;
 }

@@ -44,6 +44,11 @@ void features_free(Features *f);
 // phi (n, F) of images (n, C, H, W) in [-1, 1] with classes y (n; NULL when unconditional).
 int features_compute(Features *f, const float *images, const int32_t *y, long n, float *phi);
 
+// phi (B, F) from D's last maps feat (B, D's feature size; what discriminator_features returns
+// after a forward of the frames, computed elsewhere: the GPU) and their classes y (B) or NULL.
+void features_from_maps(const Features *f, const float *feat, const int32_t *y, int B,
+                        float *phi);
+
 // Sets mean and std of the pooled channels from n images (n >= 2). Returns 0 or a code.
 int features_calibrate(Features *f, const float *images, const int32_t *y, long n);
 

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generator/gan_cuda.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
 
@@ -55,19 +56,42 @@ void finetune_reward_free(FinetuneReward *r) {
     memset(r, 0, sizeof *r);
 }
 
-// Rewards of B <= max_B frames (img, classes y) into out (B): the Bradley-Terry probability that
-// the users prefer each frame to the average frame, sigma(w . phi(x) - w . neutral); D's last
-// forward is then theirs.
-static int rewards(FinetuneReward *r, const float *img, const int32_t *y, int B, double *out) {
-    Features *f = &r->learn.feat;
-    int rc = features_compute(f, img, y, B, r->phi);
-    if (rc) return rc;
+// The rewards of B frames whose features are in r->phi, into out (B): the Bradley-Terry
+// probability that the users prefer each frame to the average frame, sigma(w . phi(x) - w .
+// neutral).
+static void rewards_of_phi(const FinetuneReward *r, int B, double *out) {
+    const Features *f = &r->learn.feat;
     for (int b = 0; b < B; b++) {
         double s = -r->r0;
         for (int k = 0; k < f->F; k++) s += r->w[k] * r->phi[(long)b * f->F + k];
         out[b] = 1.0 / (1.0 + exp(-s));
     }
+}
+
+// Rewards of B <= max_B frames (img, classes y) into out (B); D's last forward is then theirs.
+static int rewards(FinetuneReward *r, const float *img, const int32_t *y, int B, double *out) {
+    int rc = features_compute(&r->learn.feat, img, y, B, r->phi);
+    if (rc) return rc;
+    rewards_of_phi(r, B, out);
     return 0;
+}
+
+// The reward term's gradient w.r.t. the reward D's last maps, dfeat (B, D's feature size), from
+// the frames' rewards rb (B): L_r = -beta mean log p, p = sigma(s), with s = sum_c w_c ds istd_c
+// (mean_k map_ck - mean_c) + class term - r0, so dL_r/dmap_ck = -beta / B (1 - p) w_c ds istd_c /
+// hw: a frame already clearly liked stops pulling (no runaway).
+static void reward_dfeat(const FinetuneReward *r, const FinetuneConfig *c, const double *rb, int B,
+                         float *dfeat) {
+    const Features *f = &r->learn.feat;
+    int Fd, Dc = f->d_ch;
+    discriminator_features(&f->d, &Fd);
+    int hw = Fd / Dc;
+    float ds = f->d_scale / sqrtf((float)Dc);
+    for (int b = 0; b < B; b++)
+        for (int ch = 0; ch < Dc; ch++) {
+            float g = (float)(-c->beta / B * (1.0 - rb[b]) * r->w[ch]) * ds * f->istd[ch] / (float)hw;
+            for (int k = 0; k < hw; k++) dfeat[(long)b * Fd + (long)ch * hw + k] = g;
+        }
 }
 
 int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_reward) {
@@ -119,22 +143,12 @@ int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, con
     t->loss_g = hinge_g_loss(t->dlogits, t->D.out, B);
     memset(t->dimg, 0, (size_t)B * img * sizeof(float));
     CHECK(discriminator_backward(&t->D, t->dlogits, B, 0, t->dimg));
-    // the reward term through the frozen reward D: L_r = -beta mean log p, p = sigma(s), with
-    // s = sum_c w_c ds istd_c (mean_k map_ck - mean_c) + class term - r0, so dL_r/dmap_ck =
-    // -beta / B (1 - p) w_c ds istd_c / hw: a frame already clearly liked stops pulling (no runaway)
+    // the reward term through the frozen reward D (reward_dfeat)
     double rb[B], sum = 0;
     CHECK(rewards(r, t->G.img, y, B, rb));
     for (int b = 0; b < B; b++) sum += rb[b];
     *reward = sum / B;
-    int Fd, Dc = f->d_ch;
-    discriminator_features(&f->d, &Fd);
-    int hw = Fd / Dc;
-    float ds = f->d_scale / sqrtf((float)Dc);
-    for (int b = 0; b < B; b++)
-        for (int ch = 0; ch < Dc; ch++) {
-            float g = (float)(-c->beta / B * (1.0 - rb[b]) * r->w[ch]) * ds * f->istd[ch] / (float)hw;
-            for (int k = 0; k < hw; k++) r->dfeat[(long)b * Fd + (long)ch * hw + k] = g;
-        }
+    reward_dfeat(r, c, rb, B, r->dfeat);
     CHECK(discriminator_backward_features(&f->d, r->dfeat, B, t->dimg));
     // G's gradient, plus the anchor lambda (theta - theta0) on the raw parameters
     paramset_zero_grad(&t->G.ps);
@@ -145,4 +159,75 @@ int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, con
     paramset_adam(&t->G.ps, t->hp.lr_g, t->hp.beta1, t->hp.beta2, t->hp.eps, t->hp.weight_decay_g);
     gan_g_step_done(t);
     return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// on the GPU
+
+#ifdef STEER_CUDA
+// gan_cuda_tune_step's loss: the reward term of finetune_step, from the reward D's maps of the
+// frames (computed on the device).
+static int reward_loss(void *ctx, const float *feat, const int32_t *y, int B, float *dfeat) {
+    FinetuneDevice *fd = ctx;
+    FinetuneReward *r = fd->r;
+    if (B > r->learn.feat.max_B) return KERNELS_EINVAL;
+    features_from_maps(&r->learn.feat, feat, y, B, r->phi);
+    double rb[B], sum = 0;
+    rewards_of_phi(r, B, rb);
+    for (int b = 0; b < B; b++) sum += rb[b];
+    fd->reward = sum / B;
+    reward_dfeat(r, &fd->c, rb, B, dfeat);
+    return 0;
+}
+#endif
+
+int finetune_device_init(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, FinetuneReward *r,
+                         const FinetuneConfig *c, const float *theta0, char *line, size_t len) {
+    memset(fd, 0, sizeof *fd);
+    fd->r = r;
+    fd->c = *c;
+    snprintf(line, len, "fine-tuning on the CPU");
+    if (!td->on_gpu) return 0;
+#ifdef STEER_CUDA
+    char err[400] = "out of memory";
+    GanCudaTune *tu = calloc(1, sizeof *tu);
+    if (tu && t->hp.batch <= r->learn.feat.max_B &&
+        !gan_cuda_tune_init(tu, td->gc, &r->learn.feat.d, theta0, err, sizeof err)) {
+        tu->loss = reward_loss;
+        tu->ctx = fd;
+        tu->lambda = (float)c->lambda;
+        fd->tu = tu;
+        snprintf(line, len, "fine-tuning on the GPU (the reward on the host)");
+        return 0;
+    }
+    if (tu && t->hp.batch > r->learn.feat.max_B) snprintf(err, sizeof err, "batch too large");
+    free(tu);
+    snprintf(line, len, "fine-tuning on the CPU (the reward D cannot go on the GPU: %s)", err);
+    return train_device_to_cpu(td, t);
+#else
+    (void)t, (void)theta0;
+    return 0;
+#endif
+}
+
+int finetune_device_step(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, const float *theta0,
+                         const Dataset *data, double *reward) {
+#ifdef STEER_CUDA
+    if (fd->tu && td->on_gpu) {
+        int rc = gan_cuda_tune_step(td->gc, fd->tu, t, data);
+        if (!rc) *reward = fd->reward;
+        return rc;
+    }
+#endif
+    (void)td;
+    return finetune_step(t, fd->r, &fd->c, theta0, data, reward);
+}
+
+void finetune_device_free(FinetuneDevice *fd, TrainDevice *td) {
+#ifdef STEER_CUDA
+    if (fd->tu && td->gc) gan_cuda_tune_free(fd->tu, td->gc);
+    free(fd->tu);
+#endif
+    (void)td;
+    memset(fd, 0, sizeof *fd);
 }

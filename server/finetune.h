@@ -23,6 +23,7 @@
 
 #include "env/fmnist.h"
 #include "generator/gan.h"
+#include "generator/train_device.h"
 #include "server/learn.h"
 
 typedef struct {
@@ -55,5 +56,27 @@ int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_rewar
 // raw parameters (t->G.ps.total floats). *reward receives the batch's mean reward.
 int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, const float *theta0,
                   const Dataset *data, double *reward);
+
+// finetune_step where a TrainDevice (generator/train_device.h) put the run: on the GPU (a CUDA
+// build), G, both of its losses' passes through the training D and the frozen reward D, the
+// anchor and Adam run on the device (generator/gan_cuda.h, gan_cuda_tune_step), and only the
+// reward itself, a few floats per frame from the reward D's pooled maps, on the host; on the CPU,
+// finetune_step. The two draw the same random numbers and compute the same step.
+typedef struct {
+    void *tu;             // the GanCudaTune while on the GPU
+    FinetuneReward *r;
+    FinetuneConfig c;
+    double reward;        // the last GPU step's mean reward
+} FinetuneDevice;
+
+// After train_device_init: on the GPU, builds the frozen reward D and the anchor there; if that
+// fails, moves the run back to the CPU (train_device_to_cpu). line (len bytes) says where the
+// steps run. Returns 0, or a KERNELS_E* code when even the move back failed.
+int finetune_device_init(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, FinetuneReward *r,
+                         const FinetuneConfig *c, const float *theta0, char *line, size_t len);
+// One fine-tuning iteration where the run is; *reward the batch's mean reward.
+int finetune_device_step(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, const float *theta0,
+                         const Dataset *data, double *reward);
+void finetune_device_free(FinetuneDevice *fd, TrainDevice *td);
 
 #endif

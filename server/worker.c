@@ -423,6 +423,7 @@ static int run(const char *dir) {
     FinetuneReward fr;
     Distiller dist;
     TrainDevice td = {0};
+    FinetuneDevice ftd = {0};
     memset(&fr, 0, sizeof fr);
     memset(&dist, 0, sizeof dist);
     float *theta0 = NULL;
@@ -498,12 +499,20 @@ static int run(const char *dir) {
     msg_send(&m);
     fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
-    // train jobs run on the GPU when there is one the step can use (finetune and distill: the CPU)
+    // train and finetune jobs run on the GPU when there is one the step can use (distill: the CPU)
     Device want = DEVICE_CPU;
-    if (s.k == KIND_TRAIN && (!s.device || device_parse(s.device, &want))) want = DEVICE_AUTO;
+    if (s.k != KIND_DISTILL && (!s.device || device_parse(s.device, &want))) want = DEVICE_AUTO;
     char where[512];
     train_device_init(&td, want, &t, where, sizeof where);
     fprintf(stderr, "steer worker: %s\n", where);
+    if (s.k == KIND_FINETUNE) { // the reward D beside it, or the whole run back on the CPU
+        FinetuneConfig fc = {.beta = s.beta, .lambda = s.lambda, .eval_n = s.reward_n};
+        if ((rc = finetune_device_init(&ftd, &td, &t, &fr, &fc, theta0, where, sizeof where))) {
+            snprintf(err, sizeof err, "moving the run back to the CPU: %s", kernels_strerror(rc));
+            goto fail;
+        }
+        fprintf(stderr, "steer worker: %s\n", where);
+    }
     double t_log = cli_now_s(), t_start = t_log;
     double t_eval = 0; // time spent in FD evaluations: not training time (seconds, `eval`, `done`)
     long log_start = t.step;
@@ -513,9 +522,8 @@ static int run(const char *dir) {
             fprintf(stderr, "steer worker: fail_at %ld reached: aborting as asked\n", s.fail_at);
             abort();
         }
-        FinetuneConfig fc = {.beta = s.beta, .lambda = s.lambda, .eval_n = s.reward_n};
         DistillConfig dc = {.w_pix = s.w_pix, .w_feat = s.w_feat, .w_adv = s.w_adv};
-        rc = s.k == KIND_FINETUNE ? finetune_step(&t, &fr, &fc, theta0, &data, &reward_now)
+        rc = s.k == KIND_FINETUNE ? finetune_device_step(&ftd, &td, &t, theta0, &data, &reward_now)
              : s.k == KIND_DISTILL ? distill_step(&t, &dist, &dc, &data, &pix, &featl)
                                    : train_device_step(&td, &t, &data);
         if (rc) {
@@ -642,6 +650,7 @@ static int run(const char *dir) {
 fail:
     send_failed(err);
 done:
+    finetune_device_free(&ftd, &td);
     train_device_free(&td);
     finetune_reward_free(&fr);
     distill_free(&dist);

@@ -73,6 +73,12 @@ int leaky_relu_forward_cuda(float *out, const float *inp, float alpha, long n, c
 int leaky_relu_backward_cuda(float *dinp, const float *dout, const float *inp, float alpha, long n,
                              cudaStream_t stream);
 
+// out = ref > 0 ? x : alpha*x: the slopes of another input's pattern (ops.h's
+// leaky_relu_pattern_forward; the gradient penalties hold D's slopes at x). Its backward is
+// leaky_relu_backward_cuda with inp = ref.
+int leaky_relu_pattern_forward_cuda(float *out, const float *inp, const float *ref, float alpha,
+                                    long n, cudaStream_t stream);
+
 // out = tanh(x); out may alias inp. Backward reads the forward output.
 int tanh_forward_cuda(float *out, const float *inp, long n, cudaStream_t stream);
 int tanh_backward_cuda(float *dinp, const float *dout, const float *out, long n,
@@ -115,6 +121,49 @@ int hinge_g_loss_cuda(float *loss, float *dlogits, const float *logits, int B, c
 int adamw_update_cuda(float *params, const float *grads, float *m, float *v, long n, float lr,
                       float beta1, float beta2, float eps, float weight_decay, long t,
                       cudaStream_t stream);
+
+// Inverted dropout (ops.h's dropout_forward, the same masks bit for bit): *seed is a HOST u64,
+// advanced on the host as the CPU twin advances it; each OPS_DROPOUT_CHUNK elements draw from
+// their own stream, one GPU thread per chunk. mask (n) gets 0 or 1/(1-p); out may alias inp.
+int dropout_forward_cuda(float *out, float *mask, const float *inp, float p, uint64_t *seed,
+                         long n, cudaStream_t stream);
+// dinp (n) += dout * mask.
+int dropout_backward_cuda(float *dinp, const float *dout, const float *mask, long n,
+                          cudaStream_t stream);
+
+// Per-item blend: out (B, n) item b = alpha[b] a_b + (1 - alpha[b]) b_b, alpha (B) DEVICE floats
+// (the interpolates of WGAN-GP, gan.c's loop).
+int lerp_items_cuda(float *out, const float *a, const float *b, const float *alpha, int B, long n,
+                    cudaStream_t stream);
+
+// --- regularizers (kernels/regularize.h) --------------------------------------------------------
+
+// *sum (one DEVICE double) = sum_i |inp[i]|, accumulated in double in a fixed order.
+int l1_forward_cuda(double *sum, const float *inp, long n, cudaStream_t stream);
+// dinp += scale * sign(inp) (sign(0) = 0).
+int l1_backward_cuda(float *dinp, const float *inp, float scale, long n, cudaStream_t stream);
+// Orthogonal regularization, regularize.h's ortho_reg_backward: dw (OUT, IN) += 4 beta (W W^T (.)
+// (1 - I)) W, *value (one DEVICE double, or NULL) = beta ||W W^T (.) (1 - I)||_F^2, formed
+// through W^T W for a tall W as there. scratch holds ortho_scratch_floats_cuda(OUT, IN) device
+// floats, 8-byte aligned (the Gram matrix, then doubles: one per row).
+long ortho_scratch_floats_cuda(int OUT, int IN);
+int ortho_reg_backward_cuda(float *dw, double *value, const float *w, float beta, float *scratch,
+                            int OUT, int IN, cudaStream_t stream);
+// The gradient penalties' finite-difference set-up (regularize.h's grad_penalty_fd_prepare, the
+// same formulas): from D's input gradients grad (B, n) at x (B, n), writes x2 (2B, n) = x +- e_b
+// g_b and dout2 (2B) = +-c_b, and *value (one DEVICE double) = weight * P. r1: 1 for R1, 0 for
+// WGAN-GP. terms holds B device doubles (each image's share of P, summed in order).
+int grad_penalty_fd_prepare_cuda(float *x2, float *dout2, double *value, double *terms,
+                                 const float *grad, const float *x, int r1, float weight,
+                                 float fd_step, int B, long n, cudaStream_t stream);
+// *out (one DEVICE float) = (float)(sum_k lambda terms[k] / n[k]) summed in double over k in
+// order (sagan.c's l1_value from the per-block sums l1_forward_cuda left in terms, k device
+// doubles); n (k) is a HOST array, k <= 16.
+int l1_value_cuda(float *out, const double *terms, const long *n, int k, float lambda,
+                  cudaStream_t stream);
+// *out (one DEVICE float) = 0.0f + (float)vals[0] + ... + (float)vals[k - 1], in float, in order
+// (how gan.c adds its penalties' double values into a float loss); vals k device doubles.
+int float_sum_cuda(float *out, const double *vals, int k, cudaStream_t stream);
 
 // --- spectral norm (kernels/specnorm.h) ---------------------------------------------------------
 
@@ -199,6 +248,10 @@ int projection_forward_cuda(float *out, const float *table, const int32_t *label
 int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, const float *table,
                              const int32_t *labels, const float *feat, int B, int F,
                              cudaStream_t stream);
+
+// grads (n) += lambda (params - theta0): the fine-tuning anchor's gradient (server/finetune.c).
+int anchor_grad_cuda(float *grads, const float *params, const float *theta0, float lambda, long n,
+                     cudaStream_t stream);
 
 // The SAGAN block (kernels/attention.h: the same math, the same saved tensors, carved by
 // attention_saved_carve from device memory), as strided-batched products over the items around

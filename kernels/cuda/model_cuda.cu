@@ -31,6 +31,20 @@ int add_inplace_cuda(float *out, const float *inp, long n, cudaStream_t stream) 
     return cuda_launch_code();
 }
 
+// grads, params, theta0 (n).
+__global__ void anchor_grad_kernel(float *grads, const float *params, const float *theta0,
+                                   float lambda, long n) {
+    CUDA_FOR(i, n) grads[i] += lambda * (params[i] - theta0[i]);
+}
+
+int anchor_grad_cuda(float *grads, const float *params, const float *theta0, float lambda, long n,
+                     cudaStream_t stream) {
+    CHECK_COUNT(n);
+    anchor_grad_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(grads, params, theta0, lambda,
+                                                                     n);
+    return cuda_launch_code();
+}
+
 // out (n) = x (n) + *alpha y (n), alpha a device float; out may alias x.
 __global__ void add_scaled_kernel(float *out, const float *x, const float *alpha, const float *y,
                                   long n) {

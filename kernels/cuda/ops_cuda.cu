@@ -6,12 +6,16 @@
 // element (or, for the backward of upsampling and pooling, one thread per input element, so the
 // gradient is summed by one thread in the CPU's order and no atomics are needed). The element
 // formulas are the CPU's, so results differ from it only by rounding (the device fuses
-// multiply-adds; tanhf differs by an ulp or two). Not here: dropout, embeddings, softmax
+// multiply-adds; tanhf differs by an ulp or two). Dropout draws its masks on the device from the
+// key the host draws, the CPU's masks exactly. Not here: embeddings (model_cuda.cu), softmax
 // cross-entropy (not on the GPU yet), spectral norm (specnorm_cuda.cu), the matrix layers.
 #include "kernels/cuda/cuda_ops.h"
 
 #include "kernels/cuda/cuda_internal.cuh"
-#include "kernels/ops.h" // PIXELNORM_EPS
+#include "kernels/ops.h" // PIXELNORM_EPS, OPS_DROPOUT_CHUNK
+extern "C" {
+#include "kernels/rng.h" // the dropout key, drawn on the host as ops.c draws it (C linkage)
+}
 
 // --- activations --------------------------------------------------------------------------------
 
@@ -41,6 +45,20 @@ int leaky_relu_backward_cuda(float *dinp, const float *dout, const float *inp, f
     CHECK_COUNT(n);
     leaky_relu_backward_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(dinp, dout, inp, alpha,
                                                                             n);
+    return cuda_launch_code();
+}
+
+// out, inp, ref (n): inp with the slopes of ref.
+__global__ void leaky_relu_pattern_forward_kernel(float *out, const float *inp, const float *ref,
+                                                  float alpha, long n) {
+    CUDA_FOR(i, n) out[i] = ref[i] > 0.0f ? inp[i] : alpha * inp[i];
+}
+
+int leaky_relu_pattern_forward_cuda(float *out, const float *inp, const float *ref, float alpha,
+                                    long n, cudaStream_t stream) {
+    CHECK_COUNT(n);
+    leaky_relu_pattern_forward_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(out, inp, ref,
+                                                                                   alpha, n);
     return cuda_launch_code();
 }
 
@@ -264,6 +282,117 @@ int lerp_backward_cuda(float *da, float *db, const float *dout, float alpha, lon
     if (!da && !db)
         return 0;
     lerp_backward_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(da, db, dout, alpha, n);
+    return cuda_launch_code();
+}
+
+// --- dropout ------------------------------------------------------------------------------------
+
+// rng.c's generator on the device: splitmix64 seeding, xoshiro256** (Blackman & Vigna 2018) and
+// the top 24 bits as a uniform float, the same bits as the host's.
+struct DevRng {
+    unsigned long long s[4];
+};
+
+__device__ unsigned long long dev_splitmix64(unsigned long long *x) {
+    unsigned long long z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+__device__ unsigned long long dev_rotl(unsigned long long x, int k) {
+    return (x << k) | (x >> (64 - k));
+}
+
+__device__ unsigned long long dev_rng_u64(DevRng *r) {
+    unsigned long long *s = r->s;
+    unsigned long long result = dev_rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = dev_rotl(s[3], 45);
+    return result;
+}
+
+// One thread per chunk of OPS_DROPOUT_CHUNK elements, seeded with key + chunk as ops.c seeds it
+// (a chunk's draws are sequential: the mask is ops.c's bit for bit). out, mask, inp (n).
+__global__ void dropout_forward_kernel(float *out, float *mask, const float *inp, float p,
+                                       float scale, unsigned long long key, long n) {
+    long chunks = (n + OPS_DROPOUT_CHUNK - 1) / OPS_DROPOUT_CHUNK;
+    CUDA_FOR(k, chunks) {
+        DevRng r;
+        unsigned long long x = key + (unsigned long long)k;
+        for (int i = 0; i < 4; i++)
+            r.s[i] = dev_splitmix64(&x);
+        long end = (k + 1) * OPS_DROPOUT_CHUNK < n ? (k + 1) * OPS_DROPOUT_CHUNK : n;
+        for (long i = k * OPS_DROPOUT_CHUNK; i < end; i++) {
+            float u = (float)(dev_rng_u64(&r) >> 40) * 0x1.0p-24f;
+            float m = u >= p ? scale : 0.0f;
+            mask[i] = m;
+            out[i] = inp[i] * m;
+        }
+    }
+}
+
+// dinp, dout, mask (n).
+__global__ void dropout_backward_kernel(float *dinp, const float *dout, const float *mask, long n) {
+    CUDA_FOR(i, n) dinp[i] += dout[i] * mask[i];
+}
+
+__global__ void dropout_copy_kernel(float *out, float *mask, const float *inp, long n) {
+    CUDA_FOR(i, n) {
+        mask[i] = 1.0f;
+        out[i] = inp[i];
+    }
+}
+
+int dropout_forward_cuda(float *out, float *mask, const float *inp, float p, uint64_t *seed,
+                         long n, cudaStream_t stream) {
+    if (n < 0)
+        return KERNELS_EINVAL;
+    if (p <= 0.0f) { // ops.c: a copy with mask 1, *seed untouched
+        CHECK_COUNT(n);
+        dropout_copy_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(out, mask, inp, n);
+        return cuda_launch_code();
+    }
+    // ops.c's two draws from *seed, whatever n: this call's key and the next seed
+    Rng base;
+    rng_seed(&base, *seed);
+    uint64_t key = rng_u64(&base);
+    *seed = rng_u64(&base);
+    CHECK_COUNT(n);
+    float scale = p < 1.0f ? 1.0f / (1.0f - p) : 0.0f;
+    long chunks = (n + OPS_DROPOUT_CHUNK - 1) / OPS_DROPOUT_CHUNK;
+    dropout_forward_kernel<<<cuda_blocks(chunks), CUDA_THREADS, 0, stream>>>(out, mask, inp, p,
+                                                                             scale, key, n);
+    return cuda_launch_code();
+}
+
+int dropout_backward_cuda(float *dinp, const float *dout, const float *mask, long n,
+                          cudaStream_t stream) {
+    CHECK_COUNT(n);
+    dropout_backward_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(dinp, dout, mask, n);
+    return cuda_launch_code();
+}
+
+// out, a, b (B, n); alpha (B).
+__global__ void lerp_items_kernel(float *out, const float *a, const float *b, const float *alpha,
+                                  long n, long total) {
+    CUDA_FOR(k, total) {
+        float t = alpha[k / n];
+        out[k] = t * a[k] + (1.0f - t) * b[k];
+    }
+}
+
+int lerp_items_cuda(float *out, const float *a, const float *b, const float *alpha, int B, long n,
+                    cudaStream_t stream) {
+    if (B < 0 || n < 0)
+        return KERNELS_EINVAL;
+    long total = (long)B * n;
+    CHECK_COUNT(total);
+    lerp_items_kernel<<<cuda_blocks(total), CUDA_THREADS, 0, stream>>>(out, a, b, alpha, n, total);
     return cuda_launch_code();
 }
 

@@ -8,16 +8,28 @@
 // The ground truth is the double reference of kernels/reference*.c where one exists (conv,
 // linear, activations, PixelNorm, up- and down-sampling, hinge losses, spectral norm, AdamW),
 // which the CPU tests check by finite differences, and a double loop here where none does (gemm
-// and its strided-batched form with transposes, the fade-in blend, the row softmax). Each backward
-// starts from random gradient buffers, so the accumulate (+=) contract is checked with the values.
-// Shapes: tiny odd ones (tails, partial warps) and the fmnist32 training shapes at batch 64.
+// and its strided-batched form with transposes, the fade-in blend and its per-item form, the row
+// softmax, L1, orthogonal regularization from its definition). Where the GPU must reproduce the
+// CPU twin itself (dropout's masks, the gradient penalties' set-up, the scalar combiners), that
+// twin is the ground truth. Each backward starts from random gradient buffers, so the accumulate
+// (+=) contract is checked with the values. Shapes: tiny odd ones (tails, partial warps) and the
+// fmnist32 training shapes at batch 64.
 //
 // Tolerances, |gpu - ref| <= atol + rtol |ref| per element (check.c prints the worst pairs):
-//   element-wise, PixelNorm, softmax, losses, spectral norm, AdamW: atol 1e-5, rtol 1e-4 (the
-//     CPU kernels' own tests use the same against the same references)
-//   products (gemm, linear, conv) in FP32: atol 1e-5 sqrt(k), rtol 1e-3, k the length of the sums
-//     behind the element: float rounding grows about as sqrt(k) over k terms of size O(1)
+//   element-wise, PixelNorm, softmax, losses, spectral norm, AdamW, the gradient penalties' x2 and
+//     dout2: atol 1e-5, rtol 1e-4 (the CPU kernels' own tests use the same against the same
+//     references)
+//   products (gemm, linear, conv, the orthogonal gradient) in FP32: atol 1e-5 sqrt(k), rtol 1e-3,
+//     k the length of the sums behind the element: float rounding grows about as sqrt(k) over k
+//     terms of size O(1)
 //   products with TF32 on: atol 2e-3 sqrt(k), rtol 1e-2 (inputs rounded to a 10-bit mantissa)
+//   sums kept in device doubles (the L1 sum, the gradient penalty's value): rtol 1e-12, atol 0
+//     (double sums of floats, only the order differs: about sqrt(n) 1e-16)
+//   the orthogonal value (a double sum of squares of an FP32 Gram matrix): rtol 1e-5, atol 0
+//     (each Gram entry carries FP32 rounding of about 1e-7 sqrt(k) relative; TF32: rtol 1e-2)
+//   exact, bit for bit: dropout's masks and outputs against dropout_forward (the same generator
+//     and one float product), and the scalar combiners l1_value_cuda and float_sum_cuda against
+//     their expression evaluated here (one thread, the same operations in the same order)
 // FP32 results that had silently used TF32 fail the FP32 tolerance at every training shape.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -35,7 +47,9 @@
 
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/kernels.h"
+#include "kernels/ops.h"
 #include "kernels/reference.h"
+#include "kernels/regularize.h"
 #include "kernels/rng.h"
 #include "tests/check.h"
 #include "tests/cuda/cuda_check.h"
@@ -46,6 +60,8 @@
 #define PROD_RTOL 1e-3
 #define TF32_ATOL 2e-3
 #define TF32_RTOL 1e-2
+#define SUM_RTOL 1e-12
+#define ORTHO_RTOL 1e-5
 
 // A full activation of the fmnist32 D at batch 64 (64 x 32 x 32 x 32), and an odd small count.
 #define SMALL 1001L
@@ -71,6 +87,35 @@ static void dev_free(float *dev) { CUDA_OK(cudaFree(dev)); }
 static void dev_read(float *host, const float *dev, long n) {
     CUDA_OK(cudaStreamSynchronize(stream));
     CUDA_OK(cudaMemcpy(host, dev, sizeof(float) * (size_t)n, cudaMemcpyDeviceToHost));
+}
+
+// bytes of device memory filled with 0xFF bytes (NaN as float or double), so an output left
+// unwritten, or scratch read before it is written, shows; the caller frees it with cudaFree.
+static void *dev_nan(size_t bytes) {
+    void *d = NULL;
+    CUDA_OK(cudaMalloc(&d, bytes ? bytes : 1));
+    CUDA_OK(cudaMemset(d, 0xFF, bytes ? bytes : 1));
+    return d;
+}
+
+// Waits for the stream, then returns the device double at dev.
+static double dev_read_double(const double *dev) {
+    double v;
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaMemcpy(&v, dev, sizeof v, cudaMemcpyDeviceToHost));
+    return v;
+}
+
+// Counts the i < n where got and want differ in any bit, and prints the first CHECK_WORST of them
+// under the label what, as check.c prints its pairs: for results that must be the CPU's exactly.
+static int compare_bits(const char *what, const float *got, const float *want, long n) {
+    long bad = 0;
+    for (long i = 0; i < n; i++)
+        if (memcmp(&got[i], &want[i], sizeof(float)) != 0 && bad++ < CHECK_WORST)
+            printf("#   %s [%ld] got %.9g want %.9g\n", what, i, got[i], want[i]);
+    if (bad)
+        printf("# %s: %ld of %ld differ in their bits\n", what, bad, n);
+    return bad > 1000000 ? 1000000 : (int)bad;
 }
 
 // Uniform [lo, hi) into a new float array and its double twin (the same values).
@@ -732,13 +777,345 @@ static void test_tf32(void **state) {
     assert_int_equal(cuda_tf32_get(), 0);
 }
 
+// --- the training techniques' ops (dropout, WGAN-GP's blend, the regularizers) ------------------
+
+// out = ref > 0 ? x : alpha x, ref with exact zeros (which take the slope alpha, as x = 0 does in
+// leaky_relu_forward).
+static void pattern_case(long n) {
+    double *xd, *rd;
+    float *x = fill(&xd, n, -2, 2), *r = fill(&rd, n, -2, 2);
+    for (long i = 0; i < n; i += 5)
+        r[i] = 0.0f, rd[i] = 0.0;
+    float *dx = dev_copy(x, n), *dr = dev_copy(r, n), *dout = dev_nan(sizeof(float) * n);
+    double *want = CHECK_ALLOC(double, n);
+    assert_int_equal(leaky_relu_pattern_forward_cuda(dout, dx, dr, 0.2f, n, stream), 0);
+    for (long i = 0; i < n; i++)
+        want[i] = rd[i] > 0 ? xd[i] : (double)0.2f * xd[i];
+    ASSERT_CLOSE("leaky_relu_pattern forward", dout, want, n);
+    dev_free(dx), dev_free(dr), dev_free(dout);
+    free(x), free(r), free(xd), free(rd), free(want);
+}
+
+static void test_leaky_relu_pattern(void **state) {
+    (void)state;
+    pattern_case(1);
+    pattern_case(SMALL);
+    pattern_case(64L * 64 * 8 * 8); // D's features at 8x8
+}
+
+// Two dropout forwards from one seed on each side (the second in place on the device), then the
+// backward. Each mask and output must be dropout_forward's bit for bit, each call must advance the
+// host seed as the CPU's does, and the two calls' masks must differ.
+static void dropout_case(long n, float p) {
+    double *xd, *gd, *d0d;
+    float *x = fill(&xd, n, -2, 2), *g = fill(&gd, n, -1, 1), *d0 = fill(&d0d, n, -1, 1);
+    float *out = CHECK_ALLOC(float, n), *mask = CHECK_ALLOC(float, n);
+    float *got = CHECK_ALLOC(float, n), *first = CHECK_ALLOC(float, n);
+    float *dx = dev_copy(x, n), *dy = dev_copy(x, n), *dg = dev_copy(g, n), *dd = dev_copy(d0, n);
+    float *dout = dev_nan(sizeof(float) * n), *dmask = dev_nan(sizeof(float) * n);
+    uint64_t seed0 = 0x243f6a8885a308d3ull, seed_cpu = seed0, seed_gpu = seed0;
+    char what[64];
+    for (int call = 0; call < 2; call++) {
+        dropout_forward(out, mask, x, p, &seed_cpu, n);
+        float *dst = call ? dy : dout; // the second call writes over its input
+        assert_int_equal(dropout_forward_cuda(dst, dmask, call ? dy : dx, p, &seed_gpu, n, stream),
+                         0);
+        assert_true(seed_gpu == seed_cpu);
+        assert_true(seed_gpu != seed0);
+        snprintf(what, sizeof what, "dropout n=%ld p=%g call %d mask", n, p, call);
+        dev_read(got, dmask, n);
+        assert_int_equal(compare_bits(what, got, mask, n), 0);
+        long dropped = 0;
+        for (long i = 0; i < n; i++)
+            dropped += got[i] == 0.0f;
+        assert_true(dropped > 0 && dropped < n);
+        if (call)
+            assert_true(memcmp(got, first, sizeof(float) * n) != 0);
+        memcpy(first, got, sizeof(float) * n);
+        snprintf(what, sizeof what, "dropout n=%ld p=%g call %d out", n, p, call);
+        dev_read(got, dst, n);
+        assert_int_equal(compare_bits(what, got, out, n), 0);
+    }
+    // dinp += dout * mask, with the second call's mask.
+    assert_int_equal(dropout_backward_cuda(dd, dg, dmask, n, stream), 0);
+    for (long i = 0; i < n; i++)
+        d0d[i] += gd[i] * (double)mask[i];
+    ASSERT_CLOSE("dropout backward", dd, d0d, n);
+    dev_free(dx), dev_free(dy), dev_free(dg), dev_free(dd), dev_free(dout), dev_free(dmask);
+    free(x), free(g), free(d0), free(out), free(mask), free(got), free(first);
+    free(xd), free(gd), free(d0d);
+}
+
+// p = 0 copies with mask 1 and leaves the seed alone; p = 1 drops everything and advances it.
+static void test_dropout_ends(void **state) {
+    (void)state;
+    const long n = OPS_DROPOUT_CHUNK + 3;
+    double *xd;
+    float *x = fill(&xd, n, -2, 2), *ones = CHECK_ALLOC(float, n), *zeros = CHECK_ALLOC(float, n);
+    float *out = CHECK_ALLOC(float, n), *mask = CHECK_ALLOC(float, n), *got = CHECK_ALLOC(float, n);
+    for (long i = 0; i < n; i++)
+        ones[i] = 1.0f;
+    float *dx = dev_copy(x, n), *dout = dev_nan(sizeof(float) * n);
+    float *dmask = dev_nan(sizeof(float) * n);
+    uint64_t seed0 = 77, seed_cpu = seed0, seed_gpu = seed0;
+    assert_int_equal(dropout_forward_cuda(dout, dmask, dx, 0.0f, &seed_gpu, n, stream), 0);
+    assert_true(seed_gpu == seed0);
+    dev_read(got, dmask, n);
+    assert_int_equal(compare_bits("dropout p=0 mask", got, ones, n), 0);
+    dev_read(got, dout, n);
+    assert_int_equal(compare_bits("dropout p=0 out", got, x, n), 0);
+
+    dropout_forward(out, mask, x, 1.0f, &seed_cpu, n);
+    assert_int_equal(dropout_forward_cuda(dout, dmask, dx, 1.0f, &seed_gpu, n, stream), 0);
+    assert_true(seed_gpu == seed_cpu && seed_gpu != seed0);
+    dev_read(got, dmask, n);
+    assert_int_equal(compare_bits("dropout p=1 mask", got, mask, n), 0);
+    assert_int_equal(compare_bits("dropout p=1 mask zero", got, zeros, n), 0);
+    // n = 0 with p > 0: nothing to mask, but the seed moves as the CPU's does
+    dropout_forward(out, mask, x, 0.5f, &seed_cpu, 0);
+    assert_int_equal(dropout_forward_cuda(dout, dmask, dx, 0.5f, &seed_gpu, 0, stream), 0);
+    assert_true(seed_gpu == seed_cpu);
+    dev_free(dx), dev_free(dout), dev_free(dmask);
+    free(x), free(xd), free(ones), free(zeros), free(out), free(mask), free(got);
+}
+
+static void test_dropout(void **state) {
+    (void)state;
+    dropout_case(SMALL, 0.3f);                       // one partial chunk
+    dropout_case(2 * OPS_DROPOUT_CHUNK, 0.1f);       // two whole chunks
+    dropout_case(3 * OPS_DROPOUT_CHUNK + 517, 0.5f); // four chunks, the last partial
+}
+
+// out (B, n) item b = alpha[b] a_b + (1 - alpha[b]) b_b; the first alpha 0 and the last 1.
+static void lerp_items_case(int B, long n) {
+    long total = (long)B * n;
+    double *ad, *bd, *td;
+    float *a = fill(&ad, total, -2, 2), *b = fill(&bd, total, -2, 2), *t = fill(&td, B, 0, 1);
+    t[0] = 0.0f, td[0] = 0.0;
+    if (B > 1)
+        t[B - 1] = 1.0f, td[B - 1] = 1.0;
+    float *da = dev_copy(a, total), *db = dev_copy(b, total), *dt = dev_copy(t, B);
+    float *dout = dev_nan(sizeof(float) * total);
+    double *want = CHECK_ALLOC(double, total);
+    assert_int_equal(lerp_items_cuda(dout, da, db, dt, B, n, stream), 0);
+    for (long k = 0; k < total; k++)
+        want[k] = td[k / n] * ad[k] + (1.0 - td[k / n]) * bd[k];
+    ASSERT_CLOSE("lerp_items", dout, want, total);
+    dev_free(da), dev_free(db), dev_free(dt), dev_free(dout);
+    free(a), free(b), free(t), free(ad), free(bd), free(td), free(want);
+}
+
+static void test_lerp_items(void **state) {
+    (void)state;
+    lerp_items_case(1, 1);
+    lerp_items_case(5, 203);
+    lerp_items_case(64, 32 * 32); // WGAN-GP's interpolates of fmnist32 images at batch 64
+}
+
+// The L1 sum in a device double against a double loop, and dinp += scale sign(inp) with exact
+// zeros (both signs) in inp, whose sign is 0.
+static void l1_case(long n) {
+    const float scale = 0.37f;
+    double *xd, *d0d;
+    float *x = fill(&xd, n, -2, 2), *d0 = fill(&d0d, n, -1, 1);
+    for (long i = 0; i < n; i += 7)
+        x[i] = (i / 7) % 2 ? -0.0f : 0.0f, xd[i] = 0.0;
+    float *dx = dev_copy(x, n), *dd = dev_copy(d0, n);
+    double *dsum = dev_nan(sizeof(double)), want = 0;
+    assert_int_equal(l1_forward_cuda(dsum, dx, n, stream), 0);
+    for (long i = 0; i < n; i++)
+        want += fabs(xd[i]);
+    double got = dev_read_double(dsum);
+    assert_int_equal(check_compare_d("l1 forward", &got, &want, 1, 0, SUM_RTOL), 0);
+    assert_int_equal(l1_backward_cuda(dd, dx, scale, n, stream), 0);
+    for (long i = 0; i < n; i++)
+        d0d[i] += xd[i] > 0 ? (double)scale : xd[i] < 0 ? -(double)scale : 0.0;
+    ASSERT_CLOSE("l1 backward", dd, d0d, n);
+    dev_free(dx), dev_free(dd);
+    CUDA_OK(cudaFree(dsum));
+    free(x), free(d0), free(xd), free(d0d);
+}
+
+static void test_l1(void **state) {
+    (void)state;
+    l1_case(1);
+    l1_case(SMALL);
+    l1_case(64L * 64 * 8 * 8 + 5); // G's 8x8 stage at batch 64, and a tail
+    // n = 0 still writes the sum: 0.
+    double *dsum = dev_nan(sizeof(double));
+    assert_int_equal(l1_forward_cuda(dsum, NULL, 0, stream), 0);
+    assert_true(dev_read_double(dsum) == 0.0);
+    CUDA_OK(cudaFree(dsum));
+}
+
+// Orthogonal regularization from its definition, in double, whatever the shape (so the tall
+// case's route through W^T W is checked against W W^T): M = W W^T with a zero diagonal,
+// dw (OUT, IN) += 4 beta M W; returns beta sum M^2.
+static double ortho_ref(double *dw, const double *w, double beta, int OUT, int IN) {
+    long nm = (long)OUT * OUT;
+    double *M = CHECK_ALLOC(double, nm), r = 0;
+    for (int i = 0; i < OUT; i++)
+        for (int j = 0; j < OUT; j++) {
+            double s = 0;
+            for (int k = 0; i != j && k < IN; k++)
+                s += w[(long)i * IN + k] * w[(long)j * IN + k];
+            M[(long)i * OUT + j] = s;
+            r += s * s;
+        }
+    for (int i = 0; i < OUT; i++)
+        for (int c = 0; c < IN; c++) {
+            double s = 0;
+            for (int j = 0; j < OUT; j++)
+                s += M[(long)i * OUT + j] * w[(long)j * IN + c];
+            dw[(long)i * IN + c] += 4 * beta * s;
+        }
+    free(M);
+    return beta * r;
+}
+
+// Value and gradient, then the gradient again without the value: dw holds the gradient twice.
+// The scratch starts as NaN, so any of it read before it is written shows.
+static void ortho_case(int OUT, int IN) {
+    const float beta = 0.05f;
+    long n = (long)OUT * IN;
+    double *wd, *d0d;
+    float *w = fill(&wd, n, -1, 1), *d0 = fill(&d0d, n, -1, 1);
+    float *dw = dev_copy(w, n), *dd = dev_copy(d0, n);
+    float *scratch = dev_nan(sizeof(float) * ortho_scratch_floats_cuda(OUT, IN));
+    double *dvalue = dev_nan(sizeof(double));
+    double *g = CHECK_ALLOC(double, n);
+    double value = ortho_ref(g, wd, beta, OUT, IN); // g: the gradient alone, from zero
+    assert_int_equal(ortho_reg_backward_cuda(dd, dvalue, dw, beta, scratch, OUT, IN, stream), 0);
+    double got = dev_read_double(dvalue);
+    char what[64];
+    snprintf(what, sizeof what, "ortho %dx%d value", OUT, IN);
+    assert_int_equal(
+        check_compare_d(what, &got, &value, 1, 0, cuda_tf32_get() ? TF32_RTOL : ORTHO_RTOL), 0);
+    // Each element: a Gram matrix over IN terms, then a product over OUT (wide) or IN (tall).
+    long k = IN + (OUT <= IN ? OUT : IN);
+    for (long i = 0; i < n; i++)
+        d0d[i] += g[i];
+    snprintf(what, sizeof what, "ortho %dx%d dw", OUT, IN);
+    ASSERT_PROD_CLOSE(what, dd, d0d, n, k);
+    assert_int_equal(ortho_reg_backward_cuda(dd, NULL, dw, beta, scratch, OUT, IN, stream), 0);
+    for (long i = 0; i < n; i++)
+        d0d[i] += g[i];
+    snprintf(what, sizeof what, "ortho %dx%d dw x2", OUT, IN);
+    ASSERT_PROD_CLOSE(what, dd, d0d, n, 2 * k);
+    dev_free(dw), dev_free(dd), dev_free(scratch);
+    CUDA_OK(cudaFree(dvalue));
+    free(w), free(d0), free(wd), free(d0d), free(g);
+}
+
+static void test_ortho_reg(void **state) {
+    (void)state;
+    ortho_case(24, 40); // wide: through W W^T
+    ortho_case(96, 16); // tall: through W^T W and the rows' |w_k|^4
+    ortho_case(1, 7);   // one row: nothing off the diagonal, the value 0
+    ortho_case(16, 16); // square: the wide route
+}
+
+// grad_penalty_fd_prepare_cuda against grad_penalty_fd_prepare on B images of n elements. Image 0
+// has a gradient of norm about 0.4 (WGAN-GP's coefficient changes sign below 1), image 2 one of
+// exactly 0: no direction, so its x2 items are x bit for bit and its dout2 entries 0.
+static void grad_penalty_case(int r1, int B, long n) {
+    const float weight = 10.0f, fd_step = 0.1f;
+    long nx = (long)B * n;
+    double *gd, *xd;
+    float *g = fill(&gd, nx, -1, 1), *x = fill(&xd, nx, -1, 1);
+    for (long i = 0; i < n; i++)
+        g[i] *= 0.05f, g[2 * n + i] = 0.0f;
+    float *x2 = CHECK_ALLOC(float, 2 * nx), *dout2 = CHECK_ALLOC(float, 2 * B);
+    double value = grad_penalty_fd_prepare(x2, dout2, g, x, r1, weight, fd_step, B, n);
+    double *x2d = check_to_double(x2, 2 * nx), *dout2d = check_to_double(dout2, 2 * B);
+    float *dg = dev_copy(g, nx), *dx = dev_copy(x, nx);
+    float *dx2 = dev_nan(sizeof(float) * 2 * nx), *ddout2 = dev_nan(sizeof(float) * 2 * B);
+    double *dvalue = dev_nan(sizeof(double)), *dterms = dev_nan(sizeof(double) * B);
+    assert_int_equal(grad_penalty_fd_prepare_cuda(dx2, ddout2, dvalue, dterms, dg, dx, r1, weight,
+                                                  fd_step, B, n, stream),
+                     0);
+    char what[64];
+    snprintf(what, sizeof what, "grad penalty r1=%d B=%d x2", r1, B);
+    ASSERT_CLOSE(what, dx2, x2d, 2 * nx);
+    snprintf(what, sizeof what, "grad penalty r1=%d B=%d dout2", r1, B);
+    ASSERT_CLOSE(what, ddout2, dout2d, 2 * B);
+    double got = dev_read_double(dvalue);
+    snprintf(what, sizeof what, "grad penalty r1=%d B=%d value", r1, B);
+    assert_int_equal(check_compare_d(what, &got, &value, 1, 0, SUM_RTOL), 0);
+    // The zero image: x2 = x in both items, dout2 0 (the CPU agrees: checked above).
+    float *got2 = CHECK_ALLOC(float, 2 * nx), *gotd = CHECK_ALLOC(float, 2 * B);
+    dev_read(got2, dx2, 2 * nx);
+    dev_read(gotd, ddout2, 2 * B);
+    assert_int_equal(compare_bits("grad penalty zero image x2+", got2 + 2 * n, x + 2 * n, n), 0);
+    assert_int_equal(compare_bits("grad penalty zero image x2-", got2 + (B + 2) * n, x + 2 * n, n),
+                     0);
+    assert_true(gotd[2] == 0.0f && gotd[B + 2] == 0.0f);
+    dev_free(dg), dev_free(dx), dev_free(dx2), dev_free(ddout2);
+    CUDA_OK(cudaFree(dvalue));
+    CUDA_OK(cudaFree(dterms));
+    free(g), free(x), free(gd), free(xd), free(x2), free(dout2), free(x2d), free(dout2d);
+    free(got2), free(gotd);
+}
+
+static void test_grad_penalty_fd_prepare(void **state) {
+    (void)state;
+    for (int r1 = 0; r1 < 2; r1++) {
+        grad_penalty_case(r1, 4, 203);
+        grad_penalty_case(r1, 8, 32 * 32); // fmnist32 images
+    }
+}
+
+// l1_value_cuda and float_sum_cuda: one thread each, so exactly the expression of their contract
+// evaluated here in C. The values are picked so float rounding matters (1e8 + 0.3 is not a
+// float, and the order of float_sum's additions changes its result).
+static void test_scalar_combiners(void **state) {
+    (void)state;
+    const double vals[] = {123.456789, 98765.4321, 1e8 + 0.3, -1e8, 2.5e-3, 1.0 / 3};
+    const long counts[] = {1001, 64, 2048, 7, 3, 262144};
+    const int k = sizeof vals / sizeof vals[0];
+    const float lambda = 0.01f;
+    double *dvals = dev_nan(sizeof vals);
+    CUDA_OK(cudaMemcpy(dvals, vals, sizeof vals, cudaMemcpyHostToDevice));
+    float *dout = dev_nan(sizeof(float)), got;
+    for (int m = 0; m <= k; m++) {
+        double v = 0.0;
+        float s = 0.0f;
+        for (int i = 0; i < m; i++) {
+            v += lambda * vals[i] / (double)counts[i];
+            s += (float)vals[i];
+        }
+        assert_int_equal(l1_value_cuda(dout, dvals, counts, m, lambda, stream), 0);
+        dev_read(&got, dout, 1);
+        float want = (float)v;
+        assert_int_equal(compare_bits("l1_value", &got, &want, 1), 0);
+        assert_int_equal(float_sum_cuda(dout, dvals, m, stream), 0);
+        dev_read(&got, dout, 1);
+        assert_int_equal(compare_bits("float_sum", &got, &s, 1), 0);
+    }
+    long many[17] = {0};
+    assert_int_equal(l1_value_cuda(dout, dvals, many, 17, lambda, stream), KERNELS_EINVAL);
+    assert_int_equal(l1_value_cuda(dout, dvals, many, -1, lambda, stream), KERNELS_EINVAL);
+    assert_int_equal(float_sum_cuda(dout, dvals, -1, stream), KERNELS_EINVAL);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    CUDA_OK(cudaFree(dvals));
+    CUDA_OK(cudaFree(dout));
+}
+
 // Without a driver or a device, the entry points return KERNELS_ECUDA; none crashes or exits.
 // The pointers (host memory) are never touched: each call fails before anything reaches a GPU.
 // Returns 1 when all do.
 static int no_device_calls_fail(void) {
     static float x[64], y[64], s[1];
+    static double sums[4];
+    uint64_t seed = 1;
     int rc[] = {
         leaky_relu_forward_cuda(y, x, 0.2f, 16, 0),
+        leaky_relu_pattern_forward_cuda(y, x, x + 16, 0.2f, 16, 0),
+        dropout_forward_cuda(y, y + 16, x, 0.5f, &seed, 16, 0),
+        l1_forward_cuda(sums, x, 16, 0),
+        ortho_reg_backward_cuda(y, sums, x, 0.1f, y + 32, 4, 4, 0),
+        grad_penalty_fd_prepare_cuda(y, s, sums, sums + 1, x, x + 16, 1, 1.0f, 0.1f, 2, 8, 0),
+        float_sum_cuda(s, sums, 2, 0),
         pixelnorm_forward_cuda(y, s, x, 1, 4, 4, 0),
         specnorm_forward_cuda(y, x + 32, x + 48, s, x, 4, 4, 1, 0),
         attention_softmax_forward_cuda(y, x, 4, 4, 0),
@@ -790,6 +1167,14 @@ int main(void) {
         cmocka_unit_test(test_conv_tiny),
         cmocka_unit_test(test_conv_fmnist32),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_leaky_relu_pattern),
+        cmocka_unit_test(test_dropout),
+        cmocka_unit_test(test_dropout_ends),
+        cmocka_unit_test(test_lerp_items),
+        cmocka_unit_test(test_l1),
+        cmocka_unit_test(test_ortho_reg),
+        cmocka_unit_test(test_grad_penalty_fd_prepare),
+        cmocka_unit_test(test_scalar_combiners),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -33,7 +33,11 @@
 //        s = sqrt((1 - beta2^t) / (1 - beta2)) the largest step Adam with beta1 = 0 takes at its
 //        step t (so a sign flip passes and nothing bigger does), and at most 10% of a tensor's
 //        elements (or 1) apart by more than 0.1 lr: a missing, doubled or mis-scaled update
-//        fails that.
+//        fails that. (A flip counts only where the CPU's gradient element is more than 3 times
+//        the RMS of the tensor's m difference from 0: the gradient penalties' difference
+//        quotient amplifies rounding by 1 / (2 e), and near-zero gradients, such as D's last
+//        biases at initialization, then flip by rounding alone: 6 of 32 in a WGAN-GP run on cuemu
+//        whose gradients agreed to 0.4% of the m tolerance.)
 //      The stand-in, with noise from 3e-7 relative to 3e-5 of the RMS, passed at up to 0.46 of
 //      these tolerances, and failed each of 14 planted bugs (labels of the wrong half-step, a
 //      missing power iteration, no SN fold, no embedding or projection gradient, G's learning
@@ -59,6 +63,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <cuda_runtime_api.h>
 
@@ -69,6 +74,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/kernels.h"
 #include "kernels/rng.h"
+#include "server/finetune.h"
 #include "tests/check.h"
 #include "tests/cuda/cuda_check.h"
 
@@ -338,6 +344,16 @@ static int compare_net_step(const char *what, const ParamSet *gpu, const ParamSe
                                 U_ATOL, &ratio);
             if (ratio > e->u) e->u = ratio;
         }
+        // a sign flip counts where the gradient stands out of this tensor's measured noise (the
+        // RMS of the m difference, which the norm check above bounds): with a penalty's
+        // finite-difference rounding amplified by 1 / (2 e), a bias whose gradient is within
+        // that noise of 0 (D's last biases at initialization) flips by rounding alone
+        double noise2 = 0.0;
+        for (long k = 0; k < n; k++) {
+            double dm = (double)gpu->m[o + k] - cpu->m[o + k];
+            noise2 += dm * dm;
+        }
+        double noise = 3.0 * sqrt(noise2 / (double)n);
         long flips = 0, beyond = 0;
         for (long k = 0; k < n; k++) {
             double d = fabs(((double)gpu->params[o + k] - before[o + k]) -
@@ -346,7 +362,7 @@ static int compare_net_step(const char *what, const ParamSet *gpu, const ParamSe
                 printf("# %s %s [%ld]: value %.7g, want %.7g (from %.7g; beyond the bound %.3g)\n",
                        what, p->name, k, gpu->params[o + k], cpu->params[o + k], before[o + k],
                        flip);
-            flips += d > 0.1 * lr;
+            flips += d > 0.1 * lr && fabs((double)cpu->m[o + k]) > noise;
         }
         if (beyond) {
             printf("# %s %s: %ld of %ld updates beyond the bound\n", what, p->name, beyond, n);
@@ -363,13 +379,25 @@ static int compare_net_step(const char *what, const ParamSet *gpu, const ParamSe
     return bad;
 }
 
+static int close_to(float got, float want, double atol, double rtol) {
+    return fabs((double)got - want) <= atol + rtol * fabs((double)want);
+}
+
 static int compare_losses(const char *what, const GanTrainer *gpu, const GanTrainer *cpu,
                           double atol, double rtol) {
     int bad = 0;
-    if (!(fabs((double)gpu->loss_d - cpu->loss_d) <= atol + rtol * fabs((double)cpu->loss_d)) ||
-        !(fabs((double)gpu->loss_g - cpu->loss_g) <= atol + rtol * fabs((double)cpu->loss_g))) {
-        printf("# %s: losses D %.7g G %.7g, want D %.7g G %.7g\n", what, gpu->loss_d, gpu->loss_g,
-               cpu->loss_d, cpu->loss_g);
+    if (!close_to(gpu->loss_d, cpu->loss_d, atol, rtol) ||
+        !close_to(gpu->loss_g, cpu->loss_g, atol, rtol) ||
+        !close_to(gpu->penalty_d, cpu->penalty_d, atol, rtol) ||
+        !close_to(gpu->reg_g, cpu->reg_g, atol, rtol)) {
+        printf("# %s: losses D %.7g G %.7g, penalty %.7g, G's regularizers %.7g; want D %.7g G "
+               "%.7g, %.7g, %.7g\n",
+               what, gpu->loss_d, gpu->loss_g, gpu->penalty_d, gpu->reg_g, cpu->loss_d, cpu->loss_g,
+               cpu->penalty_d, cpu->reg_g);
+        bad++;
+    }
+    if (gpu->D.dropout_seed != cpu->D.dropout_seed) {
+        printf("# %s: D's dropout seeds differ (a mask drawn more or less often)\n", what);
         bad++;
     }
     if (memcmp(&gpu->rng, &cpu->rng, sizeof gpu->rng)) {
@@ -396,19 +424,11 @@ static void set_gamma(ParamSet *ps, int p_gamma, float v) {
 // Adam turns that into different steps for the near-zero gradients), so only the RNG, the step
 // count, losses within 1e-2 + 1e-2 |loss| and every parameter within the sign-flip bound of all
 // the steps are checked: the device state carried from step to step stays sane.
-// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off);
-// ema: G's EMA decay (0: off; the EMA averages from the second step, and is compared too).
-static void train_case(const char *name, const Dataset *data, float gamma, float wd,
-                       int freeze_d, float ema) {
+// hp: the run's switches (hparams() and changes; with G's EMA on, it is compared too).
+static void train_case(const char *name, const Dataset *data, float gamma, GanHparams hp) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, name), 0);
-    GanHparams hp;
-    gan_hparams_default(&hp);
-    hp.batch = BATCH;
-    hp.weight_decay_g = hp.weight_decay_d = wd;
-    hp.freeze_d = freeze_d;
-    hp.ema_decay = ema;
-    hp.ema_start = 1;
+    float ema = hp.ema_decay;
     GanTrainer cpu, gpu;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&gpu, &cfg, &hp, 7), 0);
@@ -426,6 +446,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
         gpu.rng = cpu.rng;
         gpu.step = cpu.step;
         gpu.ema_live = cpu.ema_live;
+        gpu.D.dropout_seed = cpu.D.dropout_seed;
         assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
         memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
         memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
@@ -457,6 +478,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     gpu.rng = cpu.rng;
     gpu.step = cpu.step;
     gpu.ema_live = cpu.ema_live;
+    gpu.D.dropout_seed = cpu.D.dropout_seed;
     assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
     double bound_g = 0.0, bound_d = 0.0;
     for (int s = 1; s <= STEPS; s++) {
@@ -488,57 +510,177 @@ static void train_case(const char *name, const Dataset *data, float gamma, float
     assert_int_equal(bad, 0);
 }
 
+// The tests' hyperparameters: the defaults at batch BATCH (G's EMA, when on, copied on step 1
+// and averaged after).
+static GanHparams hparams(void) {
+    GanHparams hp;
+    gan_hparams_default(&hp);
+    hp.batch = BATCH;
+    hp.ema_start = 1;
+    return hp;
+}
+
 static void test_train_tinyc(void **state) {
     (void)state;
-    train_case("tinyc", &fmnist, 0.5f, 0.0f, 0, 0.0f);
+    train_case("tinyc", &fmnist, 0.5f, hparams());
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    train_case("fmnist32c", &fmnist, 0.0f, 0.0f, 0, 0.0f);
+    train_case("fmnist32c", &fmnist, 0.0f, hparams());
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    train_case("tiny", &fmnist, 0.5f, 0.0f, 0, 0.0f);
+    train_case("tiny", &fmnist, 0.5f, hparams());
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    train_case("tiny64", &rgb, 0.5f, 0.0f, 0, 0.0f);
+    train_case("tiny64", &rgb, 0.5f, hparams());
 }
 
 // AdamW's decoupled weight decay (biases excluded), FreezeD (D's first 2 layers not updated) and
 // G's EMA.
 static void test_train_wd_freezed_ema(void **state) {
     (void)state;
-    train_case("tinyc", &fmnist, 0.5f, 0.05f, 2, 0.9f);
+    GanHparams hp = hparams();
+    hp.weight_decay_g = hp.weight_decay_d = 0.05f;
+    hp.freeze_d = 2;
+    hp.ema_decay = 0.9f;
+    train_case("tinyc", &fmnist, 0.5f, hp);
 }
 
-// A switch the GPU step does not do is refused at init, naming it, and at a step when turned on
-// afterwards, before anything is drawn.
+// SN off on G, R1 every step, the L1 activation penalty, dropout in D.
+static void test_train_r1_l1_dropout_sn_off(void **state) {
+    (void)state;
+    GanHparams hp = hparams();
+    hp.sn_g = 0;
+    hp.r1_gamma = 1.0f;
+    hp.l1_act = 0.01f;
+    hp.d_dropout = 0.3f;
+    train_case("tinyc", &fmnist, 0.5f, hp);
+}
+
+// WGAN-GP lazily (every 2nd step), orthogonal regularization, SN off on D, G's EMA.
+static void test_train_gp_ortho_sn_off(void **state) {
+    (void)state;
+    GanHparams hp = hparams();
+    hp.sn_d = 0;
+    hp.gp_lambda = 10.0f;
+    hp.penalty_every = 2;
+    hp.ortho_beta = 1e-3f;
+    hp.ema_decay = 0.9f;
+    train_case("tiny", &fmnist, 0.5f, hp);
+}
+
+// The finetune job's step on the GPU (server/finetune.c's finetune_device_step: gan_cuda_tune_step,
+// the reward D's forward and backward on the device, the reward from its maps on the host)
+// against finetune_step, STEPS steps each started from the CPU's state, compared as train_case's
+// single steps; the batch's mean reward within 1e-4 + 1e-3 of the CPU's. The reward D is the
+// starting checkpoint's D, the reward weights made up.
+static void test_finetune_step(void **state) {
+    (void)state;
+    SaganConfig cfg;
+    assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
+    GanHparams hp = hparams();
+    GanTrainer cpu, gpu;
+    assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
+    assert_int_equal(gan_init(&gpu, &cfg, &hp, 11), 0);
+    set_gamma(&cpu.G.ps, cpu.G.p_gamma, 0.5f);
+    set_gamma(&cpu.D.ps, cpu.D.p_gamma, 0.5f);
+    char path[] = "/tmp/steer-cuda-XXXXXX", ckpt[64], err[512], line[600], what[96];
+    assert_non_null(mkdtemp(path));
+    snprintf(ckpt, sizeof ckpt, "%s/reward.safetensors", path);
+    if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
+    FinetuneReward r;
+    memset(&r, 0, sizeof r);
+    if (features_init(&r.learn.feat, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    Features *f = &r.learn.feat;
+    int Fd;
+    discriminator_features(&f->d, &Fd);
+    r.w = CHECK_ALLOC(double, f->F);
+    r.phi = CHECK_ALLOC(float, (long)BATCH * f->F);
+    r.dfeat = CHECK_ALLOC(float, (long)BATCH * Fd);
+    for (int k = 0; k < f->F; k++) r.w[k] = 0.5 * (rng_uniform(&test_rng) - 0.5);
+    for (int k = 0; k < f->d_ch; k++) f->istd[k] = 0.5f + rng_uniform(&test_rng);
+    r.r0 = 0.1;
+    FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
+    float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total), *g0 = CHECK_ALLOC(float, cpu.G.ps.total),
+          *d0 = CHECK_ALLOC(float, cpu.D.ps.total);
+    memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
+    GanCuda gc;
+    if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s", err);
+    TrainDevice td = {.on_gpu = 1, .gc = &gc};
+    FinetuneDevice fd;
+    assert_int_equal(finetune_device_init(&fd, &td, &gpu, &r, &fc, theta0, line, sizeof line), 0);
+    printf("# %s\n", line);
+    assert_non_null(fd.tu);
+    int bad = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        gpu.rng = cpu.rng;
+        gpu.step = cpu.step;
+        gpu.ema_live = cpu.ema_live;
+        gpu.D.dropout_seed = cpu.D.dropout_seed;
+        assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
+        memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
+        memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
+        double rw_cpu, rw_gpu;
+        assert_int_equal(finetune_step(&cpu, &r, &fc, theta0, &fmnist, &rw_cpu), 0);
+        assert_int_equal(finetune_device_step(&fd, &td, &gpu, theta0, &fmnist, &rw_gpu), 0);
+        assert_int_equal(gan_cuda_download(&gc, &gpu), 0);
+        snprintf(what, sizeof what, "finetune step %d", s);
+        gpu.reg_g = cpu.reg_g; // (neither step sets it)
+        bad += compare_losses(what, &gpu, &cpu, 1e-3, 1e-3);
+        if (!(fabs(rw_gpu - rw_cpu) <= 1e-4 + 1e-3 * fabs(rw_cpu))) {
+            printf("# %s: reward %.7g, want %.7g\n", what, rw_gpu, rw_cpu);
+            bad++;
+        }
+        StepErrors eg, ed;
+        snprintf(what, sizeof what, "finetune step %d G", s);
+        bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
+        snprintf(what, sizeof what, "finetune step %d D", s);
+        bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
+        printf("# finetune step %d: reward %.7f (CPU %.7f), loss_g %.7f (CPU %.7f); G m error / "
+               "tolerance at worst %.2g (%s)\n",
+               s, rw_gpu, rw_cpu, gpu.loss_g, cpu.loss_g, eg.m, eg.m_name);
+    }
+    finetune_device_free(&fd, &td);
+    gan_cuda_free(&gc);
+    features_free(&r.learn.feat);
+    free(r.w), free(r.phi), free(r.dfeat), free(theta0), free(g0), free(d0);
+    unlink(ckpt);
+    rmdir(path);
+    gan_free(&cpu);
+    gan_free(&gpu);
+    assert_int_equal(bad, 0);
+}
+
+// Progressive growing, which the GPU step does not do, is refused at init, naming it, and at a
+// step when switched on afterwards, before anything is drawn.
 static void test_refuses_switches(void **state) {
     (void)state;
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
-    GanHparams hp;
-    gan_hparams_default(&hp);
-    hp.batch = BATCH;
-    hp.r1_gamma = 1.0f;
+    GanHparams hp = hparams();
+    hp.prog_stable = 100;
+    hp.prog_fade = 100;
     GanTrainer t;
     assert_int_equal(gan_init(&t, &cfg, &hp, 1), 0);
     GanCuda gc;
     char err[512];
     assert_int_equal(gan_cuda_init(&gc, &t, err, sizeof err), KERNELS_EINVAL);
-    CHECK_ASSERT_HAS(err, "r1_gamma");
+    CHECK_ASSERT_HAS(err, "prog_stable");
     gan_cuda_free(&gc);
-    t.hp.r1_gamma = 0.0f;
+    gan_free(&t);
+    hp.prog_stable = hp.prog_fade = 0;
+    assert_int_equal(gan_init(&t, &cfg, &hp, 1), 0);
     if (gan_cuda_init(&gc, &t, err, sizeof err)) fail_msg("%s", err);
-    t.hp.d_dropout = 0.1f;
+    t.hp.prog_stable = 100;
     Rng before = t.rng;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), KERNELS_EINVAL);
     assert_memory_equal(&before, &t.rng, sizeof before);
-    t.hp.d_dropout = 0.0f;
+    t.hp.prog_stable = 0;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), 0);
     assert_int_equal(t.step, 1);
     gan_cuda_free(&gc);
@@ -605,6 +747,9 @@ int main(void) {
         cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_tiny64),
         cmocka_unit_test(test_train_wd_freezed_ema),
+        cmocka_unit_test(test_train_r1_l1_dropout_sn_off),
+        cmocka_unit_test(test_train_gp_ortho_sn_off),
+        cmocka_unit_test(test_finetune_step),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -3,7 +3,9 @@
 # process with the combined batch, with gradients averaged by NCCL (cuemu's: MPI underneath) and
 # through the host (STEER_DP_REDUCE=nccl, =host; generator/dist_cuda.c). As tests/test_dist.c
 # checks the CPU path: learning rates 0, so after the run Adam's moments hold the averaged
-# gradients (m the last step's, v the sum of squares), compared tensor by tensor.
+# gradients (m the last step's, v the sum of squares), compared tensor by tensor. Then once more
+# (NCCL) with R1, the L1 activation penalty and orthogonal regularization on: each is a mean over
+# the batch (or the same in every process), so the split must not change it either.
 #   bash tests/cuda/emu/dist.sh [BUILD]     (default build-cuemu; needs mpirun and numpy)
 set -u
 build=${1:-build-cuemu}
@@ -12,22 +14,30 @@ trap 'rm -rf "$dir"' EXIT
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1
 args="train --device cuda --config tinyc --iters 2 --batch 8 --seed 4 --lr-g 0 --lr-d 0
       --save-every 0 --sample-every 0 --log-every 1"
+tech="--set r1_gamma=1 --set l1_act=0.01 --set ortho_beta=0.001"
 rc=0
-"$build/steer" $args --ckpt-dir "$dir/one" >"$dir/one.log" 2>&1 ||
-    { echo "cuemu dist: one process failed:"; tail -5 "$dir/one.log"; exit 1; }
-grep -q "training on the GPU" "$dir/one.log" || { echo "cuemu dist: one process not on the GPU"; exit 1; }
-for mode in nccl host; do
+for one in one one-tech; do
+    extra=$([[ $one == one-tech ]] && echo "$tech")
+    "$build/steer" $args $extra --ckpt-dir "$dir/$one" >"$dir/$one.log" 2>&1 ||
+        { echo "cuemu dist: one process ($one) failed:"; tail -5 "$dir/$one.log"; exit 1; }
+    grep -q "training on the GPU" "$dir/$one.log" ||
+        { echo "cuemu dist: one process ($one) not on the GPU"; grep -m2 "training on" "$dir/$one.log"; exit 1; }
+done
+for run in nccl host nccl-tech; do
+    mode=${run%-tech}
+    extra=$([[ $run == *-tech ]] && echo "$tech")
+    one=$([[ $run == *-tech ]] && echo one-tech || echo one)
     STEER_DP_REDUCE=$mode mpirun -np 2 --oversubscribe -x STEER_DP_REDUCE "$build/steer" $args \
-        --ckpt-dir "$dir/$mode" >"$dir/$mode.log" 2>&1 ||
-        { echo "cuemu dist: mpirun ($mode) failed:"; tail -5 "$dir/$mode.log"; rc=1; continue; }
+        $extra --ckpt-dir "$dir/$run" >"$dir/$run.log" 2>&1 ||
+        { echo "cuemu dist: mpirun ($run) failed:"; tail -5 "$dir/$run.log"; rc=1; continue; }
     want=$([[ $mode == nccl ]] && echo "NCCL over 2 processes" || echo "averaged through the host")
-    if ! grep -q "training on the GPU.*$want" "$dir/$mode.log"; then
-        echo "cuemu dist: $mode: the log does not say \"$want\":"
-        grep -m2 "training on" "$dir/$mode.log"
+    if ! grep -q "training on the GPU.*$want" "$dir/$run.log"; then
+        echo "cuemu dist: $run: the log does not say \"$want\":"
+        grep -m2 "training on" "$dir/$run.log"
         rc=1
         continue
     fi
-    /usr/bin/python3 - "$dir/$mode/latest.safetensors" "$dir/one/latest.safetensors" "$mode" <<'PY' || rc=1
+    /usr/bin/python3 - "$dir/$run/latest.safetensors" "$dir/$one/latest.safetensors" "$run" <<'PY' || rc=1
 import json, struct, sys
 import numpy as np
 

@@ -25,6 +25,7 @@
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
+#include "kernels/regularize.h"
 #include "kernels/specnorm.h"
 
 // --- the runtime: host memory, and streams on which everything has already run -----------------
@@ -116,6 +117,13 @@ int leaky_relu_backward_cuda(float *dinp, const float *dout, const float *inp, f
     return 0;
 }
 
+int leaky_relu_pattern_forward_cuda(float *out, const float *inp, const float *ref, float alpha,
+                                    long n, cudaStream_t stream) {
+    (void)stream;
+    leaky_relu_pattern_forward(out, inp, ref, alpha, n);
+    return 0;
+}
+
 int tanh_forward_cuda(float *out, const float *inp, long n, cudaStream_t stream) {
     (void)stream;
     tanh_forward(out, inp, n);
@@ -176,6 +184,87 @@ int hinge_g_loss_cuda(float *loss, float *dlogits, const float *logits, int B,
                       cudaStream_t stream) {
     (void)stream;
     *loss = hinge_g_loss(dlogits, logits, B);
+    return 0;
+}
+
+// *seed is a host word on both sides.
+int dropout_forward_cuda(float *out, float *mask, const float *inp, float p, uint64_t *seed,
+                         long n, cudaStream_t stream) {
+    (void)stream;
+    dropout_forward(out, mask, inp, p, seed, n);
+    return 0;
+}
+
+int dropout_backward_cuda(float *dinp, const float *dout, const float *mask, long n,
+                          cudaStream_t stream) {
+    (void)stream;
+    dropout_backward(dinp, dout, mask, n);
+    return 0;
+}
+
+// gan.c's interpolates loop (no CPU function of its own): the same expression.
+int lerp_items_cuda(float *out, const float *a, const float *b, const float *alpha, int B, long n,
+                    cudaStream_t stream) {
+    (void)stream;
+    for (int k = 0; k < B; k++) {
+        float t = alpha[k];
+        for (long i = 0; i < n; i++) out[k * n + i] = t * a[k * n + i] + (1.0f - t) * b[k * n + i];
+    }
+    return 0;
+}
+
+// The regularizers: the device doubles are host doubles here.
+int l1_forward_cuda(double *sum, const float *inp, long n, cudaStream_t stream) {
+    (void)stream;
+    *sum = l1_forward(inp, n);
+    return 0;
+}
+
+int l1_backward_cuda(float *dinp, const float *inp, float scale, long n, cudaStream_t stream) {
+    (void)stream;
+    l1_backward(dinp, inp, scale, n);
+    return 0;
+}
+
+long ortho_scratch_floats_cuda(int OUT, int IN) { return ortho_scratch_floats(OUT, IN); }
+
+int ortho_reg_backward_cuda(float *dw, double *value, const float *w, float beta, float *scratch,
+                            int OUT, int IN, cudaStream_t stream) {
+    (void)stream;
+    return ortho_reg_backward(dw, value, w, beta, scratch, OUT, IN);
+}
+
+int grad_penalty_fd_prepare_cuda(float *x2, float *dout2, double *value, double *terms,
+                                 const float *grad, const float *x, int r1, float weight,
+                                 float fd_step, int B, long n, cudaStream_t stream) {
+    (void)stream, (void)terms;
+    *value = grad_penalty_fd_prepare(x2, dout2, grad, x, r1, weight, fd_step, B, n);
+    return 0;
+}
+
+// sagan.c's l1_value and gan.c's float sum of penalties: the same expressions.
+int l1_value_cuda(float *out, const double *terms, const long *n, int k, float lambda,
+                  cudaStream_t stream) {
+    (void)stream;
+    double v = 0.0;
+    for (int i = 0; i < k; i++) v += lambda * terms[i] / (double)n[i];
+    *out = (float)v;
+    return 0;
+}
+
+// finetune.c's anchor loop: the same expression.
+int anchor_grad_cuda(float *grads, const float *params, const float *theta0, float lambda, long n,
+                     cudaStream_t stream) {
+    (void)stream;
+    for (long i = 0; i < n; i++) grads[i] += lambda * (params[i] - theta0[i]);
+    return 0;
+}
+
+int float_sum_cuda(float *out, const double *vals, int k, cudaStream_t stream) {
+    (void)stream;
+    float s = 0.0f;
+    for (int i = 0; i < k; i++) s += (float)vals[i];
+    *out = s;
     return 0;
 }
 

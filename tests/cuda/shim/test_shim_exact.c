@@ -32,11 +32,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "env/fmnist.h"
 #include "generator/gan.h"
 #include "generator/gan_cuda.h"
 #include "generator/sagan_cuda.h"
+#include "kernels/rng.h"
+#include "server/finetune.h"
 #include "tests/check.h"
 
 #define STEPS 3
@@ -104,20 +107,66 @@ static void gamma_set(ParamSet *ps, int p_gamma, float value) {
     ps->params[ps->p[p_gamma].offset] = value;
 }
 
-// STEPS steps of config on data, both ways; returns the number of differences.
-// wd and freeze_d: AdamW's weight decay (both networks) and FreezeD's frozen D layers (0: off);
-// ema: G's EMA decay (0: off; copied on step 1, averaged after), its buffers compared too.
-static long train_differ(const char *config, const Dataset *data, float wd, int freeze_d,
-                         float ema) {
-    SaganConfig cfg;
-    assert_int_equal(sagan_config_lookup(&cfg, config), 0);
+// The tests' hyperparameters: the defaults at batch BATCH, with G's EMA (when switched on) copied
+// on step 1 and averaged after.
+static GanHparams hparams(void) {
     GanHparams hp;
     gan_hparams_default(&hp);
     hp.batch = BATCH;
+    hp.ema_start = 1;
+    return hp;
+}
+
+// AdamW's weight decay (both networks), FreezeD's frozen D layers and G's EMA decay (0: off).
+static GanHparams hparams_wd_freezed_ema(float wd, int freeze_d, float ema) {
+    GanHparams hp = hparams();
     hp.weight_decay_g = hp.weight_decay_d = wd;
     hp.freeze_d = freeze_d;
     hp.ema_decay = ema;
-    hp.ema_start = 1;
+    return hp;
+}
+
+// Everything a step leaves in a trainer, cuda against cpu: every buffer of both networks, G's EMA,
+// the losses, penalties and regularizers, the draws. Returns the number of differences.
+static long trainer_differ(const GanTrainer *cuda, const GanTrainer *cpu) {
+    const SaganConfig *c = &cpu->cfg;
+    long k = paramset_differ("G", &cuda->G.ps, &cpu->G.ps) +
+             paramset_differ("D", &cuda->D.ps, &cpu->D.ps);
+    k += bits_differ("EMA", cuda->ema, cpu->ema, cpu->G.ps.total);
+    k += bits_differ("EMA u", cuda->ema_u, cpu->ema_u, cpu->G.ps.u_total);
+    k += bits_differ("EMA v", cuda->ema_v, cpu->ema_v, cpu->G.ps.v_total);
+    if (cuda->ema_live != cpu->ema_live) {
+        printf("#   ema_live %d (cuda) vs %d (cpu)\n", cuda->ema_live, cpu->ema_live);
+        k++;
+    }
+    k += bits_differ("loss_d", &cuda->loss_d, &cpu->loss_d, 1);
+    k += bits_differ("loss_g", &cuda->loss_g, &cpu->loss_g, 1);
+    k += bits_differ("penalty_d", &cuda->penalty_d, &cpu->penalty_d, 1);
+    k += bits_differ("reg_g", &cuda->reg_g, &cpu->reg_g, 1);
+    if (cuda->D.dropout_seed != cpu->D.dropout_seed) {
+        printf("#   D's dropout seed differs (a mask drawn more or less often)\n");
+        k++;
+    }
+    k += bits_differ("z", cuda->z, cpu->z, (long)BATCH * c->z_dim);
+    if (memcmp(cuda->y, cpu->y, sizeof(int32_t) * 2 * BATCH) != 0) {
+        printf("#   labels y differ\n");
+        k++;
+    }
+    if (memcmp(&cuda->rng, &cpu->rng, sizeof cpu->rng) != 0) {
+        printf("#   RNG state differs (a draw lost, added or moved)\n");
+        k++;
+    }
+    if (cuda->step != cpu->step) {
+        printf("#   step %ld (cuda) vs %ld (cpu)\n", cuda->step, cpu->step);
+        k++;
+    }
+    return k;
+}
+
+// STEPS steps of config on data with hp, both ways; returns the number of differences.
+static long train_differ(const char *config, const Dataset *data, GanHparams hp) {
+    SaganConfig cfg;
+    assert_int_equal(sagan_config_lookup(&cfg, config), 0);
     GanTrainer cpu, cuda;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 7), 0);
     assert_int_equal(gan_init(&cuda, &cfg, &hp, 7), 0);
@@ -136,32 +185,10 @@ static long train_differ(const char *config, const Dataset *data, float wd, int 
         assert_int_equal(gan_step(&cpu, data), 0);
         assert_int_equal(gan_cuda_step(&gc, &cuda, data), 0);
         assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
-        long k = paramset_differ("G", &cuda.G.ps, &cpu.G.ps) +
-                 paramset_differ("D", &cuda.D.ps, &cpu.D.ps);
-        k += bits_differ("EMA", cuda.ema, cpu.ema, cpu.G.ps.total);
-        k += bits_differ("EMA u", cuda.ema_u, cpu.ema_u, cpu.G.ps.u_total);
-        k += bits_differ("EMA v", cuda.ema_v, cpu.ema_v, cpu.G.ps.v_total);
-        if (cuda.ema_live != cpu.ema_live) {
-            printf("#   ema_live %d (cuda) vs %d (cpu)\n", cuda.ema_live, cpu.ema_live);
-            k++;
-        }
-        k += bits_differ("loss_d", &cuda.loss_d, &cpu.loss_d, 1);
-        k += bits_differ("loss_g", &cuda.loss_g, &cpu.loss_g, 1);
-        k += bits_differ("z", cuda.z, cpu.z, (long)BATCH * cfg.z_dim);
-        if (memcmp(cuda.y, cpu.y, sizeof(int32_t) * 2 * BATCH) != 0) {
-            printf("#   labels y differ\n");
-            k++;
-        }
-        if (memcmp(&cuda.rng, &cpu.rng, sizeof cpu.rng) != 0) {
-            printf("#   RNG state differs (a draw lost, added or moved)\n");
-            k++;
-        }
-        if (cuda.step != cpu.step) {
-            printf("#   step %ld (cuda) vs %ld (cpu)\n", cuda.step, cpu.step);
-            k++;
-        }
-        printf("# %s step %d: %ld differences (loss_d %.6f, loss_g %.6f)\n", config, s, k,
-               cpu.loss_d, cpu.loss_g);
+        long k = trainer_differ(&cuda, &cpu);
+        printf("# %s step %d: %ld differences (loss_d %.6f, loss_g %.6f, penalty_d %.6g, "
+               "reg_g %.6g)\n",
+               config, s, k, cpu.loss_d, cpu.loss_g, cpu.penalty_d, cpu.reg_g);
         total += k;
     }
     gan_cuda_free(&gc);
@@ -172,36 +199,153 @@ static long train_differ(const char *config, const Dataset *data, float wd, int 
 
 static void test_train_tinyc(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0, 0.0f), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, hparams()), 0);
 }
 
 static void test_train_tiny(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny", &fmnist, 0.0f, 0, 0.0f), 0);
+    assert_int_equal(train_differ("tiny", &fmnist, hparams()), 0);
 }
 
 static void test_train_fmnist32c(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.0f, 0, 0.0f), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, hparams()), 0);
 }
 
 static void test_train_fmnist32(void **state) {
     (void)state;
-    assert_int_equal(train_differ("fmnist32", &fmnist, 0.0f, 0, 0.0f), 0);
+    assert_int_equal(train_differ("fmnist32", &fmnist, hparams()), 0);
 }
 
 static void test_train_tiny64(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tiny64", &rgb, 0.0f, 0, 0.0f), 0);
+    assert_int_equal(train_differ("tiny64", &rgb, hparams()), 0);
 }
 
 // AdamW's weight decay and FreezeD (params_cuda_adam's per-parameter path) and G's EMA.
 static void test_train_wd_freezed_ema(void **state) {
     (void)state;
-    assert_int_equal(train_differ("tinyc", &fmnist, 0.05f, 2, 0.0f), 0);
-    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1, 0.0f), 0);
-    assert_int_equal(train_differ("tinyc", &fmnist, 0.0f, 0, 0.9f), 0);
-    assert_int_equal(train_differ("fmnist32c", &fmnist, 0.01f, 1, 0.99f), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, hparams_wd_freezed_ema(0.05f, 2, 0.0f)), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, hparams_wd_freezed_ema(0.01f, 1, 0.0f)), 0);
+    assert_int_equal(train_differ("tinyc", &fmnist, hparams_wd_freezed_ema(0.0f, 0, 0.9f)), 0);
+    assert_int_equal(train_differ("fmnist32c", &fmnist, hparams_wd_freezed_ema(0.01f, 1, 0.99f)), 0);
+}
+
+// The techniques the GPU step took over from the CPU's: SN off on either network, R1 and WGAN-GP
+// (every step and lazily, every 2nd: steps 1 and 3 of 3 take it), orthogonal regularization, the
+// L1 activation penalty, dropout in D; all together on a conditional config (lazily, every 2nd
+// step).
+static void test_train_techniques(void **state) {
+    (void)state;
+    GanHparams hp = hparams();
+    hp.sn_g = 0;
+    assert_int_equal(train_differ("tinyc", &fmnist, hp), 0);
+    hp = hparams();
+    hp.sn_d = 0;
+    hp.ema_decay = 0.9f;
+    assert_int_equal(train_differ("tiny", &fmnist, hp), 0);
+    hp = hparams();
+    hp.r1_gamma = 1.0f;
+    assert_int_equal(train_differ("tinyc", &fmnist, hp), 0);
+    hp = hparams();
+    hp.gp_lambda = 10.0f;
+    hp.penalty_every = 2;
+    assert_int_equal(train_differ("tiny", &fmnist, hp), 0);
+    hp = hparams();
+    hp.ortho_beta = 1e-3f;
+    assert_int_equal(train_differ("fmnist32c", &fmnist, hp), 0);
+    hp = hparams();
+    hp.l1_act = 0.01f;
+    assert_int_equal(train_differ("tinyc", &fmnist, hp), 0);
+    hp = hparams();
+    hp.d_dropout = 0.3f;
+    assert_int_equal(train_differ("tiny64", &rgb, hp), 0);
+    hp = hparams_wd_freezed_ema(0.01f, 1, 0.99f);
+    hp.r1_gamma = 0.5f;
+    hp.gp_lambda = 1.0f;
+    hp.penalty_every = 2;
+    hp.ortho_beta = 1e-4f;
+    hp.l1_act = 0.01f;
+    hp.d_dropout = 0.2f;
+    hp.sn_g = 0;
+    assert_int_equal(train_differ("fmnist32c", &fmnist, hp), 0);
+}
+
+// server/finetune.c's step on the GPU path (finetune_device_step: gan_cuda_tune_step with the
+// reward computed on the host from the reward D's maps) against finetune_step on the CPU, both
+// from one trainer saved and built alike: the reward D is that checkpoint's D, the reward weights
+// made up (the users' fitted model is not what is checked here), theta0 the starting G.
+static long finetune_differ(const char *config, GanHparams hp) {
+    SaganConfig cfg;
+    assert_int_equal(sagan_config_lookup(&cfg, config), 0);
+    GanTrainer cpu, cuda;
+    assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
+    assert_int_equal(gan_init(&cuda, &cfg, &hp, 11), 0);
+    char path[] = "/tmp/steer-shim-XXXXXX", ckpt[64], err[512];
+    assert_non_null(mkdtemp(path));
+    snprintf(ckpt, sizeof ckpt, "%s/reward.safetensors", path);
+    if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
+    FinetuneReward r;
+    memset(&r, 0, sizeof r);
+    if (features_init(&r.learn.feat, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    Features *f = &r.learn.feat;
+    int Fd;
+    discriminator_features(&f->d, &Fd);
+    r.w = CHECK_ALLOC(double, f->F);
+    r.phi = CHECK_ALLOC(float, (long)BATCH * f->F);
+    r.dfeat = CHECK_ALLOC(float, (long)BATCH * Fd);
+    Rng wr;
+    rng_seed(&wr, 5);
+    for (int k = 0; k < f->F; k++) r.w[k] = 0.5 * (rng_uniform(&wr) - 0.5);
+    for (int k = 0; k < f->d_ch; k++) f->istd[k] = 0.5f + rng_uniform(&wr); // as if calibrated
+    r.r0 = 0.1;
+    FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
+    float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
+    memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
+
+    GanCuda gc;
+    if (gan_cuda_init(&gc, &cuda, err, sizeof err)) fail_msg("%s: gan_cuda_init: %s", config, err);
+    TrainDevice td = {.on_gpu = 1, .gc = &gc};
+    FinetuneDevice fd;
+    char line[600];
+    assert_int_equal(finetune_device_init(&fd, &td, &cuda, &r, &fc, theta0, line, sizeof line), 0);
+    printf("# %s: %s\n", config, line);
+    assert_non_null(fd.tu);
+    long total = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        double rw_cpu, rw_cuda;
+        assert_int_equal(finetune_step(&cpu, &r, &fc, theta0, &fmnist, &rw_cpu), 0);
+        assert_int_equal(finetune_device_step(&fd, &td, &cuda, theta0, &fmnist, &rw_cuda), 0);
+        assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
+        long k = trainer_differ(&cuda, &cpu);
+        if (memcmp(&rw_cuda, &rw_cpu, sizeof rw_cpu) != 0) {
+            printf("#   reward %.17g (cuda) vs %.17g (cpu)\n", rw_cuda, rw_cpu);
+            k++;
+        }
+        printf("# finetune %s step %d: %ld differences (reward %.6f, loss_g %.6f)\n", config, s, k,
+               rw_cpu, cpu.loss_g);
+        total += k;
+    }
+    finetune_device_free(&fd, &td);
+    gan_cuda_free(&gc);
+    features_free(&r.learn.feat);
+    free(r.w), free(r.phi), free(r.dfeat), free(theta0);
+    unlink(ckpt);
+    rmdir(path);
+    gan_free(&cuda);
+    gan_free(&cpu);
+    return total;
+}
+
+static void test_finetune(void **state) {
+    (void)state;
+    assert_int_equal(finetune_differ("tinyc", hparams()), 0);
+    assert_int_equal(finetune_differ("tiny", hparams()), 0);
+    GanHparams hp = hparams_wd_freezed_ema(0.01f, 1, 0.9f);
+    hp.r1_gamma = 1.0f;
+    hp.d_dropout = 0.2f;
+    hp.l1_act = 0.01f;
+    assert_int_equal(finetune_differ("fmnist32c", hp), 0);
 }
 
 // G's forward at batch B, latents and labels drawn from seed, both ways; returns the number of
@@ -290,6 +434,7 @@ int main(void) {
         cmocka_unit_test(test_train_tinyc),     cmocka_unit_test(test_train_tiny),
         cmocka_unit_test(test_train_fmnist32c), cmocka_unit_test(test_train_fmnist32),
         cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed_ema),
+        cmocka_unit_test(test_train_techniques), cmocka_unit_test(test_finetune),
         cmocka_unit_test(test_forward_shipped),
         cmocka_unit_test(test_forward_tiny64),
     };

@@ -140,14 +140,14 @@ asan:
 	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer build-asan/steer-client
 
 # The CUDA build's orchestration without a GPU: generator/gan_cuda.c, sagan_cuda.c and
-# server/finetune.c (its GPU path) compiled by
+# server/finetune.c and distill.c (their GPU paths) compiled by
 # the C compiler with STEER_CUDA=1 (the CUDA headers for the runtime's types; no nvcc, no CUDA
 # library) into $(BUILD)/cuda-shim/, linked with tests/cuda/shim/cuda_shim.c (every CUDA call on
 # its CPU twin) and the CPU build's libsteer.a, and checked against gan_step and generator_forward
 # by tests/cuda/shim/test_shim_exact.c. Nothing else reads $(BUILD)/cuda-shim/. Not with CUDA=1:
 # that libsteer.a holds the real backend, whose symbols the stand-in defines again.
 SHIM_DIR    := $(BUILD)/cuda-shim
-SHIM_SRC    := generator/gan_cuda.c generator/sagan_cuda.c server/finetune.c \
+SHIM_SRC    := generator/gan_cuda.c generator/sagan_cuda.c server/finetune.c server/distill.c \
                tests/cuda/shim/cuda_shim.c tests/cuda/shim/test_shim_exact.c
 SHIM_OBJ    := $(SHIM_SRC:%.c=$(SHIM_DIR)/%.o)
 SHIM_CFLAGS  = $(CFLAGS) -DSTEER_CUDA=1 -I$(CUDA_HOME)/include

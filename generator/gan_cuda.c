@@ -332,11 +332,12 @@ static long gen_block_numel(const GanCudaGen *g, int s, int B) {
     return (long)B * g->chan[s] * r * r;
 }
 
-// z (B, Z), y (B) or NULL: device. The image in g->img. l1 > 0: also G's L1 activation value
+// G (gc->G, or another G of the same z, classes and image: a teacher) on z (B, Z), y (B) or NULL:
+// device. The image in g->img. l1 > 0: also G's L1 activation value
 // (sagan.c's l1_value, l1 times the mean |a| of each block output, summed) into gc->losses[4].
-static int gen_forward(GanCuda *gc, const float *z, const int32_t *y, int B, float l1) {
+static int gen_forward(GanCuda *gc, GanCudaGen *g, const float *z, const int32_t *y, int B,
+                       float l1) {
     const SaganConfig *c = &gc->cfg;
-    GanCudaGen *g = &gc->G;
     cudaStream_t st = gc->stream;
     int Z = c->z_dim, C0 = g->chan[0];
     g->zin = z;
@@ -916,9 +917,46 @@ static int tune_term(GanCuda *gc, GanCudaTune *tu, const int32_t *y_host) {
     return disc_backward_stages(gc, d, B, 0, gc->dimg);
 }
 
+// distill.c's teacher half of a step: the teacher's frames of the G step's latents and classes
+// (device) and the teacher D's maps of them, kept in tu->timg (the teacher G's image buffer) and
+// tu->tfeat.
+static int distill_teacher(GanCuda *gc, GanCudaTune *tu, const float *z, const int32_t *y) {
+    GanCudaDisc *d = &tu->D;
+    int B = gc->B;
+    CHECK(gen_forward(gc, &tu->T, z, y, B, 0.0f));
+    const SaganConfig *c = &gc->cfg;
+    size_t img = sizeof(float) * (size_t)B * c->channels * c->img * c->img;
+    CHECK(CUDA_OK(cudaMemcpyAsync(tu->timg, tu->T.img, img, cudaMemcpyDeviceToDevice, gc->stream)));
+    CHECK(disc_forward_stages(gc, d, tu->timg, B));
+    size_t map = sizeof(float) * (size_t)B * d->chan[d->n_stages] * 16;
+    return CUDA_OK(cudaMemcpyAsync(tu->tfeat, disc_stage_input(d, d->n_stages), map,
+                                   cudaMemcpyDeviceToDevice, gc->stream));
+}
+
+// distill.c's matching terms, added to gc->dimg: w_pix times the mean squared difference of G's
+// frames from the teacher's, and w_feat times that of the teacher D's maps of both (backward
+// through the teacher D); their sums into tu->sums.
+static int distill_terms(GanCuda *gc, GanCudaTune *tu) {
+    const SaganConfig *c = &gc->cfg;
+    GanCudaDisc *d = &tu->D;
+    cudaStream_t st = gc->stream;
+    int B = gc->B;
+    long n = (long)B * c->channels * c->img * c->img, nf = (long)B * d->chan[d->n_stages] * 16;
+    CHECK(sq_diff_cuda(tu->sums, gc->dimg, gc->G.img, tu->timg, (float)(2.0 * tu->w_pix / n), n,
+                       1, st));
+    CHECK(disc_forward_stages(gc, d, gc->G.img, B));
+    const float *map = disc_stage_input(d, d->n_stages);
+    CHECK(CUDA_OK(cudaMemsetAsync(d->dacts, 0, sizeof(float) * (size_t)d->acts_total, st)));
+    CHECK(sq_diff_cuda(tu->sums + 1, GRAD(d, map), map, tu->tfeat, (float)(2.0 * tu->w_feat / nf),
+                       nf, 0, st));
+    return disc_backward_stages(gc, d, B, 0, gc->dimg);
+}
+
 // gan_cuda_step, or with tu a tune step (gan_cuda_tune_step): the same D step and draws; its G
-// step adds tu's frozen-D term to D's gradient on the frames and the anchor to G's gradient, and
-// neither averages over processes nor adds the orthogonal term (finetune.c's G step).
+// step takes one more power iteration, adds tu's terms (finetune: the frozen D's, and the anchor
+// on G's gradient; distill: the adversarial term scaled, the teacher's two matching terms), and
+// neither averages over processes nor adds the orthogonal term (finetune.c's and distill.c's G
+// steps).
 static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu) {
     const SaganConfig *c = &gc->cfg;
     const GanHparams *h = &t->hp;
@@ -972,7 +1010,7 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
 
     // D step (gan_d_step)
     CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st));
-    CHECK(gen_forward(gc, gc->z, cond ? gc->y + B : NULL, B, 0.0f));
+    CHECK(gen_forward(gc, &gc->G, gc->z, cond ? gc->y + B : NULL, B, 0.0f));
     CHECK(CUDA_OK(cudaMemcpyAsync(gc->x + B * img, gc->G.img, sizeof(float) * (size_t)(B * img),
                                   cudaMemcpyDeviceToDevice, st)));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
@@ -1011,20 +1049,26 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     // weights) passes the gradient to its input only; G keeps the D step's effective weights.
     // (D stays in training mode: dropout on, as gan_step leaves D.train until the step ends)
     CHECK(CUDA_OK(cudaMemsetAsync(gc->losses + 4, 0, sizeof(float), st))); // L1's, when off
-    if (tu) CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st)); // finetune.c's G step iterates again
-    CHECK(gen_forward(gc, gc->z + (long)B * Z, cond ? gc->y + 2 * B : NULL, B, h->l1_act));
+    int tune = tu && tu->kind == GAN_CUDA_FINETUNE, distill = tu && tu->kind == GAN_CUDA_DISTILL;
+    const float *zg_dev = gc->z + (long)B * Z;
+    const int32_t *yg_dev = cond ? gc->y + 2 * B : NULL;
+    if (distill) CHECK(distill_teacher(gc, tu, zg_dev, yg_dev));
+    if (tu) CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st)); // their G steps iterate again
+    CHECK(gen_forward(gc, &gc->G, zg_dev, yg_dev, B, h->l1_act));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
     CHECK(disc_forward(gc, &gc->D, gc->G.img, cond ? gc->y + 2 * B : NULL, B, h->d_dropout,
                        &t->D.dropout_seed));
     CHECK(hinge_g_loss_cuda(gc->losses + 3, gc->dlogits, gc->D.out, B, st));
+    if (distill) CHECK(scale_inplace_cuda(gc->dlogits, (float)tu->w_adv, B, st));
     CHECK(CUDA_OK(cudaMemsetAsync(gc->dimg, 0, sizeof(float) * (size_t)(B * img), st)));
     CHECK(disc_backward(gc, &gc->D, gc->dlogits, B, 0, gc->dimg));
-    if (tu) CHECK(tune_term(gc, tu, cond ? yg : NULL));
+    if (tune) CHECK(tune_term(gc, tu, cond ? yg : NULL));
+    if (distill) CHECK(distill_terms(gc, tu));
     CHECK(params_cuda_zero_grad(&gc->G.ps, st));
     CHECK(gen_backward(gc, gc->dimg, B, h->l1_act));
     CHECK(params_cuda_sn_backward(&gc->G.ps, st));
     GanCudaParams *gps = &gc->G.ps;
-    if (tu) // the anchor lambda (theta - theta0) on the raw parameters
+    if (tune) // the anchor lambda (theta - theta0) on the raw parameters
         CHECK(anchor_grad_cuda(gps->grads, gps->params, tu->theta0, tu->lambda, gps->total, st));
     else
         CHECK(dp_mean(gc, gps->grads, gps->total));
@@ -1048,6 +1092,9 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     if (ortho)
         CHECK(CUDA_OK(cudaMemcpyAsync(ortho_v, gc->dv_ortho, sizeof(double) * (size_t)gps->n,
                                       cudaMemcpyDeviceToHost, st)));
+    double sums[2];
+    if (distill)
+        CHECK(CUDA_OK(cudaMemcpyAsync(sums, tu->sums, sizeof sums, cudaMemcpyDeviceToHost, st)));
     CHECK(CUDA_OK(cudaStreamSynchronize(st)));
     // what gan_step leaves: the hinge losses (loss_d = real + fake, added in float as there), the
     // penalties, G's regularizers (L1's value, then each orthogonal term added in float), D out
@@ -1055,7 +1102,12 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     t->loss_d = losses[0] + losses[1];
     t->penalty_d = losses[2];
     t->loss_g = losses[3];
-    if (!tu) t->reg_g = losses[4]; // (finetune.c's step leaves reg_g as it was)
+    if (!tu) t->reg_g = losses[4]; // (finetune.c's and distill.c's steps leave reg_g as it was)
+    if (distill) {
+        int Fd = tu->D.chan[tu->D.n_stages] * 16;
+        tu->pix = sums[0] / (double)(B * img);
+        tu->feat = sums[1] / (double)((long)B * Fd);
+    }
     for (int i = 0; ortho && i < gps->n; i++)
         if (generator_is_ortho(&t->G, i)) t->reg_g += (float)ortho_v[i];
     t->D.train = 0;
@@ -1078,40 +1130,94 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
 // ---------------------------------------------------------------------------------------------
 // tune steps: a loss on a frozen D's maps (the finetune job)
 
+// A frozen copy of D h (its weights as they are: effective weights included, no power iteration
+// here) for gc's batch: its parameters and activations on the device.
+static int frozen_disc_init(GanCudaDisc *d, GanCuda *gc, const Discriminator *h) {
+    disc_indices(d, h);
+    params_cuda_layout(&d->ps, &h->ps);
+    Carver cv = {0};
+    disc_carve(d, &gc->cfg, gc->B, &cv);
+    d->acts_total = cv.used;
+    CHECK(params_cuda_alloc(&d->ps));
+    CHECK(acts_alloc(&d->acts, &d->dacts, cv.used));
+    cv = (Carver){d->acts, 0};
+    disc_carve(d, &gc->cfg, gc->B, &cv);
+    return params_cuda_upload(&d->ps, &h->ps, gc->stream);
+}
+
+// Likewise for a G.
+static int frozen_gen_init(GanCudaGen *g, GanCuda *gc, const Generator *h) {
+    gen_indices(g, h);
+    params_cuda_layout(&g->ps, &h->ps);
+    Carver cv = {0};
+    gen_carve(g, &gc->cfg, gc->B, &cv);
+    g->acts_total = cv.used;
+    CHECK(params_cuda_alloc(&g->ps));
+    CHECK(acts_alloc(&g->acts, &g->dacts, cv.used));
+    cv = (Carver){g->acts, 0};
+    gen_carve(g, &gc->cfg, gc->B, &cv);
+    return params_cuda_upload(&g->ps, &h->ps, gc->stream);
+}
+
+// Whether a frozen network of config b can run beside gc: the same image, latent and classes
+// (widths may differ), in one process.
+static int tune_fits(const GanCuda *gc, const SaganConfig *b, char *err, size_t errlen) {
+    const SaganConfig *a = &gc->cfg;
+    if (a->img != b->img || a->channels != b->channels || a->z_dim != b->z_dim ||
+        a->n_classes != b->n_classes) {
+        snprintf(err, errlen, "the frozen network's config (%s) does not fit the trainer's (%s)",
+                 b->name, a->name);
+        return 0;
+    }
+    if (gc->dp_size != 1) {
+        snprintf(err, errlen, "a data-parallel run");
+        return 0;
+    }
+    return 1;
+}
+
 int gan_cuda_tune_init(GanCudaTune *tu, GanCuda *gc, const Discriminator *frozen,
                        const float *theta0, char *err, size_t errlen) {
     memset(tu, 0, sizeof *tu);
-    const SaganConfig *a = &gc->cfg, *b = &frozen->cfg;
-    if (a->ch != b->ch || a->img != b->img || a->channels != b->channels ||
-        a->attn_res != b->attn_res || gc->dp_size != 1) {
-        snprintf(err, errlen, "the frozen D is of another config (%s) than the trainer's (%s)%s",
-                 b->name, a->name, gc->dp_size != 1 ? ", or the run is data parallel" : "");
-        return KERNELS_EINVAL;
-    }
-    GanCudaDisc *d = &tu->D;
-    disc_indices(d, frozen);
-    params_cuda_layout(&d->ps, &frozen->ps);
-    Carver cv = {0};
-    disc_carve(d, a, gc->B, &cv);
-    d->acts_total = cv.used;
-    size_t map = sizeof(float) * (size_t)gc->B * d->chan[d->n_stages] * 16;
+    if (!tune_fits(gc, &frozen->cfg, err, errlen)) return KERNELS_EINVAL;
+    tu->kind = GAN_CUDA_FINETUNE;
+    size_t map = sizeof(float) * (size_t)gc->B * frozen->chan[frozen->n_stages] * 16;
     size_t g = sizeof(float) * (size_t)gc->G.ps.total;
-    int rc = params_cuda_alloc(&d->ps);
-    if (!rc) rc = acts_alloc(&d->acts, &d->dacts, cv.used);
+    int rc = frozen_disc_init(&tu->D, gc, frozen);
     if (!rc && (cudaMalloc((void **)&tu->theta0, g) != cudaSuccess ||
                 cudaMallocHost((void **)&tu->feat_host, map) != cudaSuccess ||
                 cudaMallocHost((void **)&tu->dfeat_host, map) != cudaSuccess))
         rc = KERNELS_ENOMEM;
-    if (!rc) {
-        cv = (Carver){d->acts, 0};
-        disc_carve(d, a, gc->B, &cv);
-        // its weights as they are (effective weights included: no power iteration here)
-        rc = params_cuda_upload(&d->ps, &frozen->ps, gc->stream);
-    }
     if (!rc) rc = CUDA_OK(cudaMemcpyAsync(tu->theta0, theta0, g, cudaMemcpyHostToDevice, gc->stream));
     if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc->stream));
     if (rc) {
         snprintf(err, errlen, "cannot set up the frozen D on the GPU: %s", kernels_strerror(rc));
+        gan_cuda_tune_free(tu, gc);
+    }
+    return rc;
+}
+
+int gan_cuda_distill_init(GanCudaTune *tu, GanCuda *gc, const Generator *teacher,
+                          const Discriminator *teacher_d, char *err, size_t errlen) {
+    memset(tu, 0, sizeof *tu);
+    if (!tune_fits(gc, &teacher->cfg, err, errlen) ||
+        !tune_fits(gc, &teacher_d->cfg, err, errlen))
+        return KERNELS_EINVAL;
+    tu->kind = GAN_CUDA_DISTILL;
+    const SaganConfig *c = &gc->cfg;
+    size_t img = (size_t)gc->B * c->channels * c->img * c->img;
+    size_t map = (size_t)gc->B * teacher_d->chan[teacher_d->n_stages] * 16;
+    int rc = frozen_gen_init(&tu->T, gc, teacher);
+    if (!rc) rc = frozen_disc_init(&tu->D, gc, teacher_d);
+    if (!rc && (cudaMalloc((void **)&tu->timg, sizeof(float) * (img + map)) != cudaSuccess ||
+                cudaMalloc((void **)&tu->sums, sizeof(double) * 2) != cudaSuccess))
+        rc = KERNELS_ENOMEM;
+    if (!rc) {
+        tu->tfeat = tu->timg + img;
+        rc = CUDA_OK(cudaStreamSynchronize(gc->stream));
+    }
+    if (rc) {
+        snprintf(err, errlen, "cannot set up the teacher on the GPU: %s", kernels_strerror(rc));
         gan_cuda_tune_free(tu, gc);
     }
     return rc;
@@ -1122,14 +1228,20 @@ void gan_cuda_tune_free(GanCudaTune *tu, GanCuda *gc) {
     cudaFree(tu->D.ps.buf);
     cudaFree(tu->D.acts);
     cudaFree(tu->D.dacts);
+    cudaFree(tu->T.ps.buf);
+    cudaFree(tu->T.acts);
+    cudaFree(tu->T.dacts);
     cudaFree(tu->theta0);
+    cudaFree(tu->timg);
+    cudaFree(tu->sums);
     cudaFreeHost(tu->feat_host);
     cudaFreeHost(tu->dfeat_host);
     memset(tu, 0, sizeof *tu);
 }
 
 int gan_cuda_tune_step(GanCuda *gc, GanCudaTune *tu, GanTrainer *t, const Dataset *data) {
-    if (!tu->loss || gc->dp_size != 1) return KERNELS_EINVAL;
+    if ((tu->kind == GAN_CUDA_FINETUNE && !tu->loss) || !tu->kind || gc->dp_size != 1)
+        return KERNELS_EINVAL;
     return step(gc, t, data, tu);
 }
 

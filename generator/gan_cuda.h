@@ -167,7 +167,7 @@ int gan_cuda_download(GanCuda *gc, GanTrainer *t);
 // Frees the device copy; safe on a zeroed or half-built gc.
 void gan_cuda_free(GanCuda *gc);
 
-// --- tune steps: G trained on a loss through a frozen D's features (server/finetune.h) ----------
+// --- tune steps: G trained on losses through frozen networks (server/finetune.h, distill.h) ----
 
 // The caller's loss on the frozen D's last maps (sagan.c's discriminator_features) of G's frames:
 // feat (B, F, host) with the frames' classes y (B, host; NULL for an unconditional model); writes
@@ -175,31 +175,53 @@ void gan_cuda_free(GanCuda *gc);
 typedef int (*GanCudaFeatureLoss)(void *ctx, const float *feat, const int32_t *y, int B,
                                   float *dfeat);
 
-// A frozen D on the device (its parameters and effective weights as given, never updated, no
-// power iteration), activations for the trainer's batch, the anchor theta0 (G's starting raw
-// parameters, device), and pinned host buffers for the maps and their gradient.
+typedef enum { GAN_CUDA_FINETUNE = 1, GAN_CUDA_DISTILL } GanCudaTuneKind;
+
+// Frozen networks on the device beside a GanCuda (their parameters and effective weights as
+// given, never updated, no power iteration), with activations for the trainer's batch:
+//   finetune: the reward D, the anchor theta0 (G's starting raw parameters), pinned host buffers
+//     for the reward D's maps and their gradient, and the caller's loss on them;
+//   distill: the teacher's G and D (the teacher's widths; the student's z, classes and image),
+//     the teacher's frames and their maps of the step, and the three weights.
 typedef struct {
-    GanCudaDisc D;
+    GanCudaTuneKind kind;
+    GanCudaDisc D;                 // the reward D, or the teacher's D
+    GanCudaGen T;                  // distill: the teacher G
+    // finetune
     float *theta0;
     float *feat_host, *dfeat_host; // (B, F)
     GanCudaFeatureLoss loss;       // set by the caller before a step
     void *ctx;
     float lambda;                  // the anchor's weight
+    // distill
+    float *timg, *tfeat;           // (B, C, R, R), (B, F) device
+    double *sums;                  // (2) device: the step's pixel and feature squared errors
+    double w_pix, w_feat, w_adv;   // set by the caller
+    double pix, feat;              // the last step's mean squared errors (host)
 } GanCudaTune;
 
-// Builds tu for gc (one process, the same model config as frozen), copying frozen (host) and
-// theta0 (G's total floats, host) to the device. 0, or a KERNELS_E* code with err set (tu is then
-// freed). gan_cuda_tune_free before gan_cuda_free.
+// Builds a finetune tu for gc (one process; frozen of the trainer's image shape, latent size and
+// classes, any width), copying frozen
+// (host) and theta0 (G's total floats, host) to the device. 0, or a KERNELS_E* code with err set
+// (tu is then freed). gan_cuda_tune_free before gan_cuda_free.
 int gan_cuda_tune_init(GanCudaTune *tu, GanCuda *gc, const Discriminator *frozen,
                        const float *theta0, char *err, size_t errlen);
+// Builds a distill tu: the teacher's G and D (one checkpoint's; another width is fine, the image
+// shape, latent size and classes must be the student's). Errors as gan_cuda_tune_init.
+int gan_cuda_distill_init(GanCudaTune *tu, GanCuda *gc, const Generator *teacher,
+                          const Discriminator *teacher_d, char *err, size_t errlen);
 void gan_cuda_tune_free(GanCudaTune *tu, GanCuda *gc);
-// server/finetune.c's finetune_step on the device: gan_cuda_step's D step and draws (the G
-// step's latents and classes are finetune.c's, the same draws), then G's step on the hinge G
-// loss against the training D, plus tu->loss through the frozen D's maps (the host computes it
-// between the frozen D's forward and backward: one more wait for the GPU), plus tu->lambda (theta
-// - theta0) on G's raw gradient; Adam, the step counted, the EMA. Leaves t->reg_g as it was.
-// Returns 0, KERNELS_EINVAL as gan_cuda_step (or for a tu without a loss), the loss's code, or a
-// kernel's.
+// A tune step on the device: gan_cuda_step's D step and draws (the G step's latents and classes
+// are finetune.c's and distill.c's, the same draws), then G's step (after one more power
+// iteration, as those files do), its gradient from
+//   finetune (server/finetune.c's finetune_step): the hinge G loss against the training D, plus
+//     tu->loss through the frozen D's maps (the host computes it between the frozen D's forward
+//     and backward: one more wait for the GPU), plus tu->lambda (theta - theta0);
+//   distill (server/distill.c's distill_step): w_adv times the hinge G loss, plus w_pix times the
+//     mean squared difference from the teacher's frames, plus w_feat times that of the teacher
+//     D's maps of both; tu->pix and tu->feat get the two means;
+// then Adam, the step counted, the EMA. Leaves t->reg_g as it was. Returns 0, KERNELS_EINVAL as
+// gan_cuda_step (or for a finetune tu without a loss), the loss's code, or a kernel's.
 int gan_cuda_tune_step(GanCuda *gc, GanCudaTune *tu, GanTrainer *t, const Dataset *data);
 
 #endif

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "generator/gan_cuda.h"
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
 
@@ -97,4 +98,57 @@ int distill_step(GanTrainer *t, Distiller *d, const DistillConfig *c, const Data
     paramset_adam(&t->G.ps, t->hp.lr_g, t->hp.beta1, t->hp.beta2, t->hp.eps, t->hp.weight_decay_g);
     gan_g_step_done(t);
     return 0;
+}
+
+// ---------------------------------------------------------------------------------------------
+// on the GPU
+
+int distill_device_init(DistillDevice *dd, TrainDevice *td, GanTrainer *t, Distiller *d,
+                        const DistillConfig *c, char *line, size_t len) {
+    memset(dd, 0, sizeof *dd);
+    dd->d = d;
+    dd->c = *c;
+    snprintf(line, len, "distilling on the CPU");
+    if (!td->on_gpu) return 0;
+#ifdef STEER_CUDA
+    char err[400] = "out of memory";
+    GanCudaTune *tu = calloc(1, sizeof *tu);
+    if (tu && !gan_cuda_distill_init(tu, td->gc, &d->teacher, &d->td, err, sizeof err)) {
+        tu->w_pix = c->w_pix;
+        tu->w_feat = c->w_feat;
+        tu->w_adv = c->w_adv;
+        dd->tu = tu;
+        snprintf(line, len, "distilling on the GPU (the teacher beside the student)");
+        return 0;
+    }
+    free(tu);
+    snprintf(line, len, "distilling on the CPU (the teacher cannot go on the GPU: %s)", err);
+    return train_device_to_cpu(td, t);
+#else
+    (void)t;
+    return 0;
+#endif
+}
+
+int distill_device_step(DistillDevice *dd, TrainDevice *td, GanTrainer *t, const Dataset *data,
+                        double *pix, double *feat) {
+#ifdef STEER_CUDA
+    if (dd->tu && td->on_gpu) {
+        GanCudaTune *tu = dd->tu;
+        int rc = gan_cuda_tune_step(td->gc, tu, t, data);
+        if (!rc) *pix = tu->pix, *feat = tu->feat;
+        return rc;
+    }
+#endif
+    (void)td;
+    return distill_step(t, dd->d, &dd->c, data, pix, feat);
+}
+
+void distill_device_free(DistillDevice *dd, TrainDevice *td) {
+#ifdef STEER_CUDA
+    if (dd->tu && td->gc) gan_cuda_tune_free(dd->tu, td->gc);
+    free(dd->tu);
+#endif
+    (void)td;
+    memset(dd, 0, sizeof *dd);
 }

@@ -16,6 +16,7 @@
 
 #include "env/fmnist.h"
 #include "generator/gan.h"
+#include "generator/train_device.h"
 
 typedef struct {
     double w_pix, w_feat, w_adv; // defaults 1, 1, 0.1
@@ -35,5 +36,25 @@ void distill_free(Distiller *d);
 // One iteration on the student trainer t. *pix and *feat receive the batch's two matching losses.
 int distill_step(GanTrainer *t, Distiller *d, const DistillConfig *c, const Dataset *data,
                  double *pix, double *feat);
+
+// distill_step where a TrainDevice (generator/train_device.h) put the run: on the GPU (a CUDA
+// build), the teacher's G and D, the student's step and all three terms run on the device
+// (generator/gan_cuda.h, gan_cuda_tune_step); on the CPU, distill_step. The two draw the same
+// random numbers and compute the same step.
+typedef struct {
+    void *tu; // the GanCudaTune while on the GPU
+    Distiller *d;
+    DistillConfig c;
+} DistillDevice;
+
+// After train_device_init: on the GPU, puts the teacher there beside the student; if that fails,
+// moves the run back to the CPU (train_device_to_cpu). line (len bytes) says where the steps run.
+// Returns 0, or a KERNELS_E* code when even the move back failed.
+int distill_device_init(DistillDevice *dd, TrainDevice *td, GanTrainer *t, Distiller *d,
+                        const DistillConfig *c, char *line, size_t len);
+// One distillation iteration where the run is; *pix and *feat the two matching losses.
+int distill_device_step(DistillDevice *dd, TrainDevice *td, GanTrainer *t, const Dataset *data,
+                        double *pix, double *feat);
+void distill_device_free(DistillDevice *dd, TrainDevice *td);
 
 #endif

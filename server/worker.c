@@ -424,6 +424,7 @@ static int run(const char *dir) {
     Distiller dist;
     TrainDevice td = {0};
     FinetuneDevice ftd = {0};
+    DistillDevice dsd = {0};
     memset(&fr, 0, sizeof fr);
     memset(&dist, 0, sizeof dist);
     float *theta0 = NULL;
@@ -499,15 +500,23 @@ static int run(const char *dir) {
     msg_send(&m);
     fprintf(stderr, "steer worker: %s %s at step %ld of %ld, batch %d\n",
             resumed ? "resumed" : "training", t.cfg.name, t.step, s.steps, t.hp.batch);
-    // train and finetune jobs run on the GPU when there is one the step can use (distill: the CPU)
-    Device want = DEVICE_CPU;
-    if (s.k != KIND_DISTILL && (!s.device || device_parse(s.device, &want))) want = DEVICE_AUTO;
+    // every kind of job runs on the GPU when there is one the step can use
+    Device want = DEVICE_AUTO;
+    if (s.device && device_parse(s.device, &want)) want = DEVICE_AUTO; // (checked with the spec)
     char where[512];
     train_device_init(&td, want, &t, where, sizeof where);
     fprintf(stderr, "steer worker: %s\n", where);
     if (s.k == KIND_FINETUNE) { // the reward D beside it, or the whole run back on the CPU
         FinetuneConfig fc = {.beta = s.beta, .lambda = s.lambda, .eval_n = s.reward_n};
         if ((rc = finetune_device_init(&ftd, &td, &t, &fr, &fc, theta0, where, sizeof where))) {
+            snprintf(err, sizeof err, "moving the run back to the CPU: %s", kernels_strerror(rc));
+            goto fail;
+        }
+        fprintf(stderr, "steer worker: %s\n", where);
+    }
+    if (s.k == KIND_DISTILL) { // the teacher beside the student, or the run back on the CPU
+        DistillConfig dc = {.w_pix = s.w_pix, .w_feat = s.w_feat, .w_adv = s.w_adv};
+        if ((rc = distill_device_init(&dsd, &td, &t, &dist, &dc, where, sizeof where))) {
             snprintf(err, sizeof err, "moving the run back to the CPU: %s", kernels_strerror(rc));
             goto fail;
         }
@@ -522,9 +531,8 @@ static int run(const char *dir) {
             fprintf(stderr, "steer worker: fail_at %ld reached: aborting as asked\n", s.fail_at);
             abort();
         }
-        DistillConfig dc = {.w_pix = s.w_pix, .w_feat = s.w_feat, .w_adv = s.w_adv};
         rc = s.k == KIND_FINETUNE ? finetune_device_step(&ftd, &td, &t, theta0, &data, &reward_now)
-             : s.k == KIND_DISTILL ? distill_step(&t, &dist, &dc, &data, &pix, &featl)
+             : s.k == KIND_DISTILL ? distill_device_step(&dsd, &td, &t, &data, &pix, &featl)
                                    : train_device_step(&td, &t, &data);
         if (rc) {
             snprintf(err, sizeof err, "step %ld failed: %s", t.step, kernels_strerror(rc));
@@ -651,6 +659,7 @@ fail:
     send_failed(err);
 done:
     finetune_device_free(&ftd, &td);
+    distill_device_free(&dsd, &td);
     train_device_free(&td);
     finetune_reward_free(&fr);
     distill_free(&dist);

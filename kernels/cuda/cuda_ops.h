@@ -253,6 +253,14 @@ int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, con
 int anchor_grad_cuda(float *grads, const float *params, const float *theta0, float lambda, long n,
                      cudaStream_t stream);
 
+// x (n) *= a.
+int scale_inplace_cuda(float *x, float a, long n, cudaStream_t stream);
+// A squared-error term (server/distill.c's): e = a - b per element, *sum (one DEVICE double) =
+// sum e^2 in double (one block, a fixed order), grad (n) gets scale e, written (accumulate = 0)
+// or added (accumulate = 1).
+int sq_diff_cuda(double *sum, float *grad, const float *a, const float *b, float scale, long n,
+                 int accumulate, cudaStream_t stream);
+
 // The SAGAN block (kernels/attention.h: the same math, the same saved tensors, carved by
 // attention_saved_carve from device memory), as strided-batched products over the items around
 // the row softmax: a fixed number of launches whatever B is. One difference from the CPU twins:

@@ -45,6 +45,40 @@ int anchor_grad_cuda(float *grads, const float *params, const float *theta0, flo
     return cuda_launch_code();
 }
 
+// x (n).
+__global__ void scale_inplace_kernel(float *x, float a, long n) {
+    CUDA_FOR(i, n) x[i] *= a;
+}
+
+int scale_inplace_cuda(float *x, float a, long n, cudaStream_t stream) {
+    CHECK_COUNT(n);
+    scale_inplace_kernel<<<cuda_blocks(n), CUDA_THREADS, 0, stream>>>(x, a, n);
+    return cuda_launch_code();
+}
+
+// One block: sum (1) = sum (a - b)^2 in double; grad (n) = or += scale (a - b).
+__global__ void sq_diff_kernel(double *sum, float *grad, const float *a, const float *b,
+                               float scale, long n, int accumulate) {
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (long i = threadIdx.x; i < n; i += blockDim.x) {
+        float e = a[i] - b[i];
+        s += (double)e * e;
+        grad[i] = accumulate ? grad[i] + scale * e : scale * e;
+    }
+    s = block_sum(s, scratch);
+    if (threadIdx.x == 0)
+        *sum = s;
+}
+
+int sq_diff_cuda(double *sum, float *grad, const float *a, const float *b, float scale, long n,
+                 int accumulate, cudaStream_t stream) {
+    if (n < 0 || !sum)
+        return KERNELS_EINVAL;
+    sq_diff_kernel<<<1, 1024, 0, stream>>>(sum, grad, a, b, scale, n, accumulate);
+    return cuda_launch_code();
+}
+
 // out (n) = x (n) + *alpha y (n), alpha a device float; out may alias x.
 __global__ void add_scaled_kernel(float *out, const float *x, const float *alpha, const float *y,
                                   long n) {

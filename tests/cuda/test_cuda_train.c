@@ -74,6 +74,7 @@
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/kernels.h"
 #include "kernels/rng.h"
+#include "server/distill.h"
 #include "server/finetune.h"
 #include "tests/check.h"
 #include "tests/cuda/cuda_check.h"
@@ -656,6 +657,82 @@ static void test_finetune_step(void **state) {
     assert_int_equal(bad, 0);
 }
 
+// The distill job's step on the GPU (server/distill.c's distill_device_step: the teacher's G and
+// D of twice the student's width on the device) against distill_step, as test_finetune_step; the
+// pixel and feature losses within 1e-4 + 1e-3 relative of the CPU's.
+static void test_distill_step(void **state) {
+    (void)state;
+    SaganConfig cfg, tcfg;
+    assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
+    tcfg = cfg;
+    tcfg.ch *= 2;
+    GanHparams hp = hparams();
+    GanTrainer teacher, cpu, gpu;
+    assert_int_equal(gan_init(&teacher, &tcfg, &hp, 3), 0);
+    set_gamma(&teacher.G.ps, teacher.G.p_gamma, 0.5f);
+    set_gamma(&teacher.D.ps, teacher.D.p_gamma, 0.5f);
+    char path[] = "/tmp/steer-cuda-XXXXXX", ckpt[64], err[512], line[600], what[96];
+    assert_non_null(mkdtemp(path));
+    snprintf(ckpt, sizeof ckpt, "%s/teacher.safetensors", path);
+    if (gan_save(&teacher, ckpt, err, sizeof err)) fail_msg("%s", err);
+    gan_free(&teacher);
+    Distiller dist;
+    if (distill_init(&dist, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
+    assert_int_equal(gan_init(&gpu, &cfg, &hp, 11), 0);
+    set_gamma(&cpu.G.ps, cpu.G.p_gamma, 0.5f);
+    set_gamma(&cpu.D.ps, cpu.D.p_gamma, 0.5f);
+    DistillConfig dc = {.w_pix = 1.0, .w_feat = 0.5, .w_adv = 0.1};
+    float *g0 = CHECK_ALLOC(float, cpu.G.ps.total), *d0 = CHECK_ALLOC(float, cpu.D.ps.total);
+    GanCuda gc;
+    if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s", err);
+    TrainDevice td = {.on_gpu = 1, .gc = &gc};
+    DistillDevice dd;
+    assert_int_equal(distill_device_init(&dd, &td, &gpu, &dist, &dc, line, sizeof line), 0);
+    printf("# %s\n", line);
+    assert_non_null(dd.tu);
+    int bad = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        gpu.rng = cpu.rng;
+        gpu.step = cpu.step;
+        gpu.ema_live = cpu.ema_live;
+        gpu.D.dropout_seed = cpu.D.dropout_seed;
+        assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
+        memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
+        memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
+        double pix_cpu, feat_cpu, pix_gpu, feat_gpu;
+        assert_int_equal(distill_step(&cpu, &dist, &dc, &fmnist, &pix_cpu, &feat_cpu), 0);
+        assert_int_equal(distill_device_step(&dd, &td, &gpu, &fmnist, &pix_gpu, &feat_gpu), 0);
+        assert_int_equal(gan_cuda_download(&gc, &gpu), 0);
+        snprintf(what, sizeof what, "distill step %d", s);
+        gpu.reg_g = cpu.reg_g; // (neither step sets it)
+        bad += compare_losses(what, &gpu, &cpu, 1e-3, 1e-3);
+        if (!(fabs(pix_gpu - pix_cpu) <= 1e-4 + 1e-3 * pix_cpu) ||
+            !(fabs(feat_gpu - feat_cpu) <= 1e-4 + 1e-3 * feat_cpu)) {
+            printf("# %s: pixel %.7g, feature %.7g; want %.7g, %.7g\n", what, pix_gpu, feat_gpu,
+                   pix_cpu, feat_cpu);
+            bad++;
+        }
+        StepErrors eg, ed;
+        snprintf(what, sizeof what, "distill step %d G", s);
+        bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
+        snprintf(what, sizeof what, "distill step %d D", s);
+        bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
+        printf("# distill step %d: pixel %.7f (CPU %.7f), feature %.7f (CPU %.7f); G m error / "
+               "tolerance at worst %.2g (%s)\n",
+               s, pix_gpu, pix_cpu, feat_gpu, feat_cpu, eg.m, eg.m_name);
+    }
+    distill_device_free(&dd, &td);
+    gan_cuda_free(&gc);
+    distill_free(&dist);
+    free(g0), free(d0);
+    unlink(ckpt);
+    rmdir(path);
+    gan_free(&cpu);
+    gan_free(&gpu);
+    assert_int_equal(bad, 0);
+}
+
 // Progressive growing, which the GPU step does not do, is refused at init, naming it, and at a
 // step when switched on afterwards, before anything is drawn.
 static void test_refuses_switches(void **state) {
@@ -750,6 +827,7 @@ int main(void) {
         cmocka_unit_test(test_train_r1_l1_dropout_sn_off),
         cmocka_unit_test(test_train_gp_ortho_sn_off),
         cmocka_unit_test(test_finetune_step),
+        cmocka_unit_test(test_distill_step),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

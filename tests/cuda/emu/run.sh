@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the CUDA tests of a cuemu build (make cuda-emu): tests/cuda/test_cuda_{ops,gen,train} on
-# the CPU emulation, then steer serve --device cuda serving a real client, then
-# tests/cuda/emu/dist.sh (mpirun -np 2 steer train --device cuda). On cuemu a test must run, not skip: a SKIP line fails here. Each test's
+# the CPU emulation, then steer serve --device cuda serving a real client, a distill job under
+# steer worker on the GPU, then tests/cuda/emu/dist.sh (mpirun -np 2 steer train --device cuda). On cuemu a test must run, not skip: a SKIP line fails here. Each test's
 # output goes to BUILD/<test>.log; the last lines of a failing one are printed.
 set -u
 build=${1:-build-cuemu}
@@ -62,6 +62,28 @@ fi
 kill -9 "$serve" 2>/dev/null # (a clean stop would first finish the warm-up, a minute on cuemu)
 wait "$serve" 2>/dev/null
 rm -rf "$data"
+# a distill job under steer worker on the GPU (the teacher, tinyc at width 16, from one CPU step;
+# the student at width 8): the worker's GPU wiring for a job whose G step is not gan_step's
+start=$SECONDS
+job=$(mktemp -d)
+if ! "$build/steer" train --device cpu --config tinyc --ch 16 --iters 1 --batch 8 --save-every 0 \
+    --sample-every 0 --ckpt-dir "$job/t" --out "$job/teacher.safetensors" >"$build/teacher.log" 2>&1; then
+    echo "cuemu: the distill job's teacher FAILED to train:"
+    tail -5 "$build/teacher.log"
+    rc=1
+else
+    printf '{"kind": "distill", "teacher": "%s", "ch": 8, "steps": 2, "batch": 8, "log_every": 1, "eval_n": 0, "device": "cuda"}\n' \
+        "$job/teacher.safetensors" >"$job/spec.json"
+    if "$build/steer" worker --dir "$job" >/dev/null 2>"$build/worker.log" &&
+        grep -q "distilling on the GPU" "$build/worker.log" && [[ -f $job/final.safetensors ]]; then
+        echo "cuemu: steer worker distill job on the GPU passed, $((SECONDS - start)) s"
+    else
+        echo "cuemu: steer worker distill job on the GPU FAILED; worker.log ends:"
+        tail -8 "$build/worker.log"
+        rc=1
+    fi
+fi
+rm -rf "$job"
 # data-parallel GPU training under mpirun (NCCL's path and the host's)
 if command -v mpirun >/dev/null; then
     start=$SECONDS

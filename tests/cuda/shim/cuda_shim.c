@@ -260,6 +260,26 @@ int anchor_grad_cuda(float *grads, const float *params, const float *theta0, flo
     return 0;
 }
 
+int scale_inplace_cuda(float *x, float a, long n, cudaStream_t stream) {
+    (void)stream;
+    for (long i = 0; i < n; i++) x[i] *= a;
+    return 0;
+}
+
+// distill.c's loops: the same expressions.
+int sq_diff_cuda(double *sum, float *grad, const float *a, const float *b, float scale, long n,
+                 int accumulate, cudaStream_t stream) {
+    (void)stream;
+    double s = 0.0;
+    for (long i = 0; i < n; i++) {
+        float e = a[i] - b[i];
+        s += (double)e * e;
+        grad[i] = accumulate ? grad[i] + scale * e : scale * e;
+    }
+    *sum = s;
+    return 0;
+}
+
 int float_sum_cuda(float *out, const double *vals, int k, cudaStream_t stream) {
     (void)stream;
     float s = 0.0f;

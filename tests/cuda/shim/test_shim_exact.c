@@ -39,6 +39,7 @@
 #include "generator/gan_cuda.h"
 #include "generator/sagan_cuda.h"
 #include "kernels/rng.h"
+#include "server/distill.h"
 #include "server/finetune.h"
 #include "tests/check.h"
 
@@ -348,6 +349,69 @@ static void test_finetune(void **state) {
     assert_int_equal(finetune_differ("fmnist32c", hp), 0);
 }
 
+// server/distill.c's step on the GPU path (distill_device_step: gan_cuda_tune_step with the
+// teacher's G and D on the device) against distill_step on the CPU: a teacher of twice the
+// student's width, saved and loaded as the job loads it.
+static long distill_differ(const char *config, GanHparams hp) {
+    SaganConfig cfg, tcfg;
+    assert_int_equal(sagan_config_lookup(&cfg, config), 0);
+    tcfg = cfg;
+    tcfg.ch *= 2;
+    GanTrainer teacher, cpu, cuda;
+    assert_int_equal(gan_init(&teacher, &tcfg, &hp, 3), 0);
+    gamma_set(&teacher.G.ps, teacher.G.p_gamma, 0.5f);
+    gamma_set(&teacher.D.ps, teacher.D.p_gamma, 0.5f);
+    char path[] = "/tmp/steer-shim-XXXXXX", ckpt[64], err[512], line[600];
+    assert_non_null(mkdtemp(path));
+    snprintf(ckpt, sizeof ckpt, "%s/teacher.safetensors", path);
+    if (gan_save(&teacher, ckpt, err, sizeof err)) fail_msg("%s", err);
+    gan_free(&teacher);
+    Distiller dist;
+    if (distill_init(&dist, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
+    assert_int_equal(gan_init(&cuda, &cfg, &hp, 11), 0);
+    DistillConfig dc = {.w_pix = 1.0, .w_feat = 0.5, .w_adv = 0.1}; // three weights apart
+    GanCuda gc;
+    if (gan_cuda_init(&gc, &cuda, err, sizeof err)) fail_msg("%s: gan_cuda_init: %s", config, err);
+    TrainDevice td = {.on_gpu = 1, .gc = &gc};
+    DistillDevice dd;
+    assert_int_equal(distill_device_init(&dd, &td, &cuda, &dist, &dc, line, sizeof line), 0);
+    printf("# %s: %s\n", config, line);
+    assert_non_null(dd.tu);
+    long total = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        double pix_cpu, feat_cpu, pix_cuda, feat_cuda;
+        assert_int_equal(distill_step(&cpu, &dist, &dc, &fmnist, &pix_cpu, &feat_cpu), 0);
+        assert_int_equal(distill_device_step(&dd, &td, &cuda, &fmnist, &pix_cuda, &feat_cuda), 0);
+        assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
+        long k = trainer_differ(&cuda, &cpu);
+        if (memcmp(&pix_cuda, &pix_cpu, sizeof pix_cpu) || memcmp(&feat_cuda, &feat_cpu, sizeof feat_cpu)) {
+            printf("#   pixel, feature losses %.17g, %.17g (cuda) vs %.17g, %.17g (cpu)\n",
+                   pix_cuda, feat_cuda, pix_cpu, feat_cpu);
+            k++;
+        }
+        printf("# distill %s step %d: %ld differences (pixel %.6f, feature %.6f, loss_g %.6f)\n",
+               config, s, k, pix_cpu, feat_cpu, cpu.loss_g);
+        total += k;
+    }
+    distill_device_free(&dd, &td);
+    gan_cuda_free(&gc);
+    distill_free(&dist);
+    unlink(ckpt);
+    rmdir(path);
+    gan_free(&cuda);
+    gan_free(&cpu);
+    return total;
+}
+
+static void test_distill(void **state) {
+    (void)state;
+    assert_int_equal(distill_differ("tinyc", hparams()), 0);
+    GanHparams hp = hparams_wd_freezed_ema(0.0f, 0, 0.9f);
+    hp.d_dropout = 0.2f;
+    assert_int_equal(distill_differ("tiny", hp), 0);
+}
+
 // G's forward at batch B, latents and labels drawn from seed, both ways; returns the number of
 // differing pixels.
 static long forward_differ(const char *what, Generator *g, GeneratorCuda *gc, int B,
@@ -435,6 +499,7 @@ int main(void) {
         cmocka_unit_test(test_train_fmnist32c), cmocka_unit_test(test_train_fmnist32),
         cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed_ema),
         cmocka_unit_test(test_train_techniques), cmocka_unit_test(test_finetune),
+        cmocka_unit_test(test_distill),
         cmocka_unit_test(test_forward_shipped),
         cmocka_unit_test(test_forward_tiny64),
     };

@@ -542,10 +542,7 @@ static int gan_set_level(GanTrainer *t) {
     return 0;
 }
 
-// The real batch in t->real (B, C, img, img) brought down to resolution R into out: 2x2 average
-// pools, and while R fades in the blend alpha x_R + (1 - alpha) upsample(avgpool(x_R)), what G
-// makes at that point (PGGAN fades the real images in as it fades in G's layer).
-static void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alpha) {
+void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alpha) {
     int C = t->cfg.channels, r = t->cfg.img;
     const float *src = t->real;
     float *bufs[2] = {t->pool_a, t->pool_b};

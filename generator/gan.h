@@ -135,6 +135,11 @@ int gan_step(GanTrainer *t, const Dataset *data);
 // Pushes the switches of t->hp into the networks: SN on or off, G's L1 penalty, D's dropout, and
 // which D parameters FreezeD freezes (Param.frozen). Every step calls it (gan_cuda_step too).
 void gan_apply_switches(GanTrainer *t);
+// Progressive growing: the real batch in t->real (B, C, img, img) brought down to resolution R
+// into out: 2x2 average pools, and while R fades in the blend alpha x_R + (1 - alpha)
+// upsample(avgpool(x_R)), what G makes at that point (PGGAN fades the real images in as it fades
+// in G's layer). Uses t's pooling scratch.
+void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alpha);
 // Whether G's parameter i is one orthogonal regularization acts on: its convolutions and linear
 // layers (not biases, gamma or the class embedding).
 int generator_is_ortho(const Generator *g, int i);

@@ -1,17 +1,18 @@
 // gan_cuda.c — gan_step on the GPU (gan_cuda.h): the D step and the G step of gan.c, with its
 // techniques (SN on or off, R1 and WGAN-GP, orthogonal and L1 terms, dropout in D, weight decay,
-// FreezeD, G's EMA), G's and D's forward and backward as sagan.c runs them at the full level, on
-// the kernels of kernels/cuda/cuda_ops.h and one stream.
+// FreezeD, G's EMA, progressive growing), G's and D's forward and backward as sagan.c runs them
+// at their level, on the kernels of kernels/cuda/cuda_ops.h and one stream; and the finetune and
+// distill jobs' steps (tune steps), with frozen networks beside the trainer.
 //
 // What stays on the host: every random draw (the real batch's indices, the latents and the fake
 // labels come from t->rng in gan_step's order, so a run on the GPU draws what a run on the CPU
 // draws, and WGAN-GP's interpolation weights where gan_step draws them), the copy of the real
-// images out of the dataset, the step counter and the losses; dropout's masks are drawn on the
-// device from keys the host draws from t->D.dropout_seed, as ops.c draws them. Each step copies
-// the batch up (B images, 2B labels, twice B x Z latents) and the losses down, and waits for the
-// GPU once. Not here: progressive levels (refused, see gan_cuda_refuses), checkpoints (download,
-// then gan_save), G's forward for serving (sagan_cuda.c), the data-parallel all-reduce itself
-// (GanCuda.reduce: dist_cuda.c).
+// images out of the dataset (pooled to the level's resolution there when growing), the step
+// counter, the level and the losses; dropout's masks are drawn on the device from keys the host
+// draws from t->D.dropout_seed, as ops.c draws them. Each step copies the batch up (B images, 2B
+// labels, twice B x Z latents) and the losses down, and waits for the GPU once. Not here:
+// checkpoints (download, then gan_save), G's forward for serving (sagan_cuda.c), the
+// data-parallel all-reduce itself (GanCuda.reduce: dist_cuda.c).
 // Compiled only in the CUDA build.
 //
 // B batch, Z latent, C channels, R = img, N = H*W, F = D's flattened 4x4 features.
@@ -231,7 +232,8 @@ static int params_cuda_adam(GanCudaParams *pc, const ParamSet *host, float lr, f
 }
 
 // ---------------------------------------------------------------------------------------------
-// activations: sagan.c's carving at the full level, for G at B and D at 2B
+// activations: sagan.c's carving (the full level's sizes, which every level fits), for G at B
+// and D at 2B
 
 static void gen_carve(GanCudaGen *g, const SaganConfig *c, long B, Carver *cv) {
     int r = 4;
@@ -257,6 +259,13 @@ static void gen_carve(GanCudaGen *g, const SaganConfig *c, long B, Carver *cv) {
     }
     g->pre = carve(cv, B * c->channels * r * r);
     g->img = carve(cv, B * c->channels * r * r);
+    if (c->prog) { // sagan.c's: below the last level, and the fade-in's old path and blend
+        long full = B * c->channels * r * r;
+        g->img_lo = carve(cv, full / 4);
+        g->pre_old = carve(cv, full / 4);
+        g->pre_old_up = carve(cv, full);
+        g->pre_mix = carve(cv, full);
+    }
 }
 
 static void disc_carve(GanCudaDisc *d, const SaganConfig *c, long B, Carver *cv) {
@@ -279,6 +288,13 @@ static void disc_carve(GanCudaDisc *d, const SaganConfig *c, long B, Carver *cv)
     long F = (long)d->chan[d->n_stages] * 16;
     d->feat_drop = carve(cv, B * F);
     d->drop_mask = carve(cv, B * F);
+    if (c->prog) { // sagan.c's: the fade's old path reads x pooled to at most img/2
+        int h = c->img / 2;
+        d->xpool = carve(cv, B * c->channels * h * h);
+        d->old_pre = carve(cv, B * d->chan[1] * h * h);
+        d->old_act = carve(cv, B * d->chan[1] * h * h);
+        d->blend = carve(cv, B * d->chan[1] * h * h);
+    }
 }
 
 // D's LReLU layer l (0: c0 -> a0, k + 1: conv[k] -> act[k]): elements per image (sagan.c's
@@ -318,7 +334,7 @@ enum { DV_L1 = 0, DV_ORTHO = DV_L1 + SAGAN_MAX_STAGES + 1, DV_PEN = DV_ORTHO + P
        DV_TERMS = DV_PEN + 2 };
 
 // ---------------------------------------------------------------------------------------------
-// G: generator_forward / generator_backward at the last level
+// G: generator_forward / generator_backward at its level (sagan.h's progressive growing)
 
 // The tensor that feeds stage s (s == n_stages: the output conv).
 static const float *gen_stage_input(const GanCudaGen *g, int s) {
@@ -332,8 +348,33 @@ static long gen_block_numel(const GanCudaGen *g, int s, int B) {
     return (long)B * g->chan[s] * r * r;
 }
 
-// G (gc->G, or another G of the same z, classes and image: a teacher) on z (B, Z), y (B) or NULL:
-// device. The image in g->img. l1 > 0: also G's L1 activation value
+// G's output at its level: img at the last, img_lo (B, C, R, R) below it.
+static float *gen_output(const GanCudaGen *g) {
+    return g->level < g->n_stages ? g->img_lo : g->img;
+}
+
+// The pre-tanh image of the last forward (the blend while a level fades in).
+static float *gen_pre_out(const GanCudaGen *g) { return g->alpha < 1.0f ? g->pre_mix : g->pre; }
+
+// The image layer of level L into pre: the out conv (3x3) at the last level, toRGB L (1x1) below.
+static int gen_rgb_forward(GanCuda *gc, GanCudaGen *g, float *pre, int L, int B) {
+    int r = 4 << L, last = L == g->n_stages;
+    return conv2d_forward_cuda(pre, gen_stage_input(g, L),
+                               W(g, last ? g->p_out_w : g->p_rgb_w[L]),
+                               W(g, last ? g->p_out_b : g->p_rgb_b[L]), B, g->chan[L], r, r,
+                               gc->cfg.channels, last ? 3 : 1, 1, last ? 1 : 0, gc->stream);
+}
+
+static int gen_rgb_backward(GanCuda *gc, GanCudaGen *g, const float *dpre, int L, int B) {
+    int r = 4 << L, last = L == g->n_stages;
+    int w = last ? g->p_out_w : g->p_rgb_w[L], b = last ? g->p_out_b : g->p_rgb_b[L];
+    const float *x = gen_stage_input(g, L);
+    return conv2d_backward_cuda(GRAD(g, x), DW(g, w), DW(g, b), dpre, x, W(g, w), B, g->chan[L],
+                                r, r, gc->cfg.channels, last ? 3 : 1, 1, last ? 1 : 0, gc->stream);
+}
+
+// G (gc->G, or another G of the same z, classes and image: a teacher) at its level on z (B, Z),
+// y (B) or NULL: device. The image in gen_output(g). l1 > 0: also G's L1 activation value
 // (sagan.c's l1_value, l1 times the mean |a| of each block output, summed) into gc->losses[4].
 static int gen_forward(GanCuda *gc, GanCudaGen *g, const float *z, const int32_t *y, int B,
                        float l1) {
@@ -352,8 +393,8 @@ static int gen_forward(GanCuda *gc, GanCudaGen *g, const float *z, const int32_t
     CHECK(leaky_relu_forward_cuda(g->fc, g->fc_pre, G_SLOPE, (long)B * C0 * 16, st));
     CHECK(pixelnorm_forward_cuda(g->pn0, g->rn0, g->fc, B, C0, 16, st));
     const float *x = g->pn0;
-    int r = 4;
-    for (int s = 0; s < g->n_stages; s++) {
+    int r = 4, L = g->level;
+    for (int s = 0; s < L; s++) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         CHECK(upsample2x_forward_cuda(g->up[s], x, B, Ci, r, r, st));
         r *= 2;
@@ -371,16 +412,20 @@ static int gen_forward(GanCuda *gc, GanCudaGen *g, const float *z, const int32_t
         }
     }
     long n_img = (long)B * c->channels * r * r;
-    CHECK(conv2d_forward_cuda(g->pre, x, W(g, g->p_out_w), W(g, g->p_out_b), B,
-                              g->chan[g->n_stages], r, r, c->channels, 3, 1, 1, st));
-    CHECK(tanh_forward_cuda(g->img, g->pre, n_img, st));
+    CHECK(gen_rgb_forward(gc, g, g->pre, L, B));
+    if (g->alpha < 1.0f) { // PGGAN's fade-in: the previous level's image, upsampled, blended
+        CHECK(gen_rgb_forward(gc, g, g->pre_old, L - 1, B));
+        CHECK(upsample2x_forward_cuda(g->pre_old_up, g->pre_old, B, c->channels, r / 2, r / 2, st));
+        CHECK(lerp_forward_cuda(g->pre_mix, g->pre, g->pre_old_up, g->alpha, n_img, st));
+    }
+    CHECK(tanh_forward_cuda(gen_output(g), gen_pre_out(g), n_img, st));
     if (l1 <= 0.0f) return 0;
     long n[SAGAN_MAX_STAGES + 1];
-    for (int s = 0; s <= g->n_stages; s++) {
+    for (int s = 0; s <= L; s++) {
         n[s] = gen_block_numel(g, s, B);
         CHECK(l1_forward_cuda(gc->dv_l1 + s, gen_stage_input(g, s), n[s], st));
     }
-    return l1_value_cuda(gc->losses + 4, gc->dv_l1, n, g->n_stages + 1, l1, st);
+    return l1_value_cuda(gc->losses + 4, gc->dv_l1, n, L + 1, l1, st);
 }
 
 // The L1 penalty's gradient on block output s: l1 sign(a) / numel (sagan.c's).
@@ -397,16 +442,21 @@ static int gen_backward(GanCuda *gc, const float *dimg, int B, float l1) {
     const SaganConfig *c = &gc->cfg;
     GanCudaGen *g = &gc->G;
     cudaStream_t st = gc->stream;
-    int Z = c->z_dim, C0 = g->chan[0], r = c->img;
+    int Z = c->z_dim, C0 = g->chan[0], L = g->level, r = 4 << L;
     long n_img = (long)B * c->channels * r * r;
     CHECK(CUDA_OK(cudaMemsetAsync(g->dacts, 0, sizeof(float) * (size_t)g->acts_total, st)));
-    CHECK(tanh_backward_cuda(GRAD(g, g->pre), dimg, g->img, n_img, st));
-    const float *xo = gen_stage_input(g, g->n_stages);
-    CHECK(conv2d_backward_cuda(GRAD(g, xo), DW(g, g->p_out_w), DW(g, g->p_out_b), GRAD(g, g->pre),
-                               xo, W(g, g->p_out_w), B, g->chan[g->n_stages], r, r, c->channels, 3,
-                               1, 1, st));
-    CHECK(gen_l1_backward(g, g->n_stages, B, l1, st));
-    for (int s = g->n_stages - 1; s >= 0; s--) {
+    float *pre = gen_pre_out(g);
+    CHECK(tanh_backward_cuda(GRAD(g, pre), dimg, gen_output(g), n_img, st));
+    if (g->alpha < 1.0f) {
+        CHECK(lerp_backward_cuda(GRAD(g, g->pre), GRAD(g, g->pre_old_up), GRAD(g, g->pre_mix),
+                                 g->alpha, n_img, st));
+        CHECK(upsample2x_backward_cuda(GRAD(g, g->pre_old), GRAD(g, g->pre_old_up), B,
+                                       c->channels, r / 2, r / 2, st));
+        CHECK(gen_rgb_backward(gc, g, GRAD(g, g->pre_old), L - 1, B));
+    }
+    CHECK(gen_rgb_backward(gc, g, GRAD(g, g->pre), L, B));
+    CHECK(gen_l1_backward(g, L, B, l1, st));
+    for (int s = L - 1; s >= 0; s--) {
         int Ci = g->chan[s], Co = g->chan[s + 1];
         long n = (long)B * Co * r * r;
         if (s == g->attn_stage)
@@ -441,10 +491,23 @@ static int gen_backward(GanCuda *gc, const float *dimg, int B, float l1) {
 // ---------------------------------------------------------------------------------------------
 // D: discriminator_forward / discriminator_backward at the last level
 
-// The tensor that feeds stage k (k == n_stages: the flattened features).
+// The first stage D runs at its level.
+static int disc_first_stage(const GanCudaDisc *d) { return d->n_stages - d->level; }
+
+// The output of stage k (after its attention block, if any).
+static const float *disc_stage_output(const GanCudaDisc *d, int k) {
+    return k == d->attn_stage ? d->att : d->act[k];
+}
+
+// The tensor that feeds stage k (k == n_stages: the flattened features), sagan.c's: below the
+// last level the first stage k0 reads fromRGB's output, kept in act[k0 - 1]; while a level fades
+// in, stage k0 + 1 reads the blend.
 static const float *disc_stage_input(const GanCudaDisc *d, int k) {
+    int k0 = disc_first_stage(d);
     if (k == 0) return d->a0;
-    return (k - 1 == d->attn_stage) ? d->att : d->act[k - 1];
+    if (k == k0) return d->act[k - 1];
+    if (k == k0 + 1 && d->alpha < 1.0f) return d->blend;
+    return disc_stage_output(d, k - 1);
 }
 
 // LReLU layer l of D over B images, with its own slopes or (ref_on) the penalty's pattern.
@@ -463,17 +526,46 @@ static int disc_lrelu_backward(GanCuda *gc, GanCudaDisc *d, int l, float *dinp, 
                                     gc->stream);
 }
 
+// D's image layer at its level: conv0 (3x3) at the last level, else fromRGB of the level (1x1)
+// into act[k0 - 1], with its LReLU.
+static int disc_rgb_forward(GanCuda *gc, GanCudaDisc *d, const float *x, int B) {
+    const SaganConfig *c = &gc->cfg;
+    int k0 = disc_first_stage(d), r = c->img >> k0, L = d->level;
+    if (k0 == 0) {
+        CHECK(conv2d_forward_cuda(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r,
+                                  r, d->chan[0], 3, 1, 1, gc->stream));
+        return disc_lrelu_forward(gc, d, 0, d->a0, d->c0, B);
+    }
+    CHECK(conv2d_forward_cuda(d->conv[k0 - 1], x, W(d, d->p_rgb_w[L]), W(d, d->p_rgb_b[L]), B,
+                              c->channels, r, r, d->chan[k0], 1, 1, 0, gc->stream));
+    return disc_lrelu_forward(gc, d, k0, d->act[k0 - 1], d->conv[k0 - 1], B);
+}
+
+// The fade-in's old path: x pooled to R/2, through fromRGB of level L - 1 and its LReLU, blended
+// with stage k0's output into d->blend.
+static int disc_fade_forward(GanCuda *gc, GanCudaDisc *d, const float *x, int B) {
+    const SaganConfig *c = &gc->cfg;
+    int k0 = disc_first_stage(d), r = c->img >> k0, L = d->level, Co = d->chan[k0 + 1];
+    long n = (long)B * Co * (r / 2) * (r / 2);
+    CHECK(avgpool2x_forward_cuda(d->xpool, x, B, c->channels, r, r, gc->stream));
+    CHECK(conv2d_forward_cuda(d->old_pre, d->xpool, W(d, d->p_rgb_w[L - 1]),
+                              W(d, d->p_rgb_b[L - 1]), B, c->channels, r / 2, r / 2, Co, 1, 1, 0,
+                              gc->stream));
+    CHECK(disc_lrelu_forward(gc, d, k0 + 1, d->old_act, d->old_pre, B));
+    return lerp_forward_cuda(d->blend, disc_stage_output(d, k0), d->old_act, d->alpha, n,
+                             gc->stream);
+}
+
 // D's layers up to its last map (disc_stage_input(d, n_stages), sagan.c's
-// discriminator_features), on x (B, C, R, R) (device, kept for the backward).
+// discriminator_features), at its level, on x (B, C, R, R), R = 4 << level (device, kept for
+// the backward).
 static int disc_forward_stages(GanCuda *gc, GanCudaDisc *d, const float *x, int B) {
     const SaganConfig *c = &gc->cfg;
     cudaStream_t st = gc->stream;
-    int r = c->img;
+    int k0 = disc_first_stage(d), r = c->img >> k0;
     d->x = x;
-    CHECK(conv2d_forward_cuda(d->c0, x, W(d, d->p_in_w), W(d, d->p_in_b), B, c->channels, r, r,
-                              d->chan[0], 3, 1, 1, st));
-    CHECK(disc_lrelu_forward(gc, d, 0, d->a0, d->c0, B));
-    for (int k = 0; k < d->n_stages; k++) {
+    CHECK(disc_rgb_forward(gc, d, x, B));
+    for (int k = k0; k < d->n_stages; k++) {
         const float *in = disc_stage_input(d, k);
         int Ci = d->chan[k], Co = d->chan[k + 1];
         CHECK(conv2d_forward_cuda(d->conv[k], in, W(d, d->p_conv_w[k]), W(d, d->p_conv_b[k]), B,
@@ -484,6 +576,7 @@ static int disc_forward_stages(GanCuda *gc, GanCudaDisc *d, const float *x, int 
             CHECK(attention_forward_cuda(d->att, &d->att_saved, d->act[k], W(d, d->p_f),
                                          W(d, d->p_g), W(d, d->p_h), W(d, d->p_o),
                                          W(d, d->p_gamma), B, Co, r * r, st));
+        if (k == k0 && d->alpha < 1.0f) CHECK(disc_fade_forward(gc, d, x, B));
     }
     return 0;
 }
@@ -514,9 +607,24 @@ static int disc_forward(GanCuda *gc, GanCudaDisc *d, const float *x, const int32
 static int disc_backward_stages(GanCuda *gc, GanCudaDisc *d, int B, int pg, float *dx) {
     const SaganConfig *c = &gc->cfg;
     cudaStream_t st = gc->stream;
-    int r = c->img >> d->n_stages;
-    for (int k = d->n_stages - 1; k >= 0; k--) {
+    int k0 = disc_first_stage(d), L = d->level, r = c->img >> d->n_stages;
+    for (int k = d->n_stages - 1; k >= k0; k--) {
         int Ci = d->chan[k], Co = d->chan[k + 1];
+        if (k == k0 && d->alpha < 1.0f) { // the blend's gradient to stage k0 and the old path
+            long n = (long)B * Co * r * r;
+            CHECK(lerp_backward_cuda(GRAD(d, disc_stage_output(d, k0)), GRAD(d, d->old_act),
+                                     GRAD(d, d->blend), d->alpha, n, st));
+            CHECK(disc_lrelu_backward(gc, d, k0 + 1, GRAD(d, d->old_pre), GRAD(d, d->old_act),
+                                      d->old_pre, B));
+            CHECK(conv2d_backward_cuda(dx ? GRAD(d, d->xpool) : NULL,
+                                       pg ? DW(d, d->p_rgb_w[L - 1]) : NULL,
+                                       pg ? DW(d, d->p_rgb_b[L - 1]) : NULL, GRAD(d, d->old_pre),
+                                       d->xpool, W(d, d->p_rgb_w[L - 1]), B, c->channels, r, r,
+                                       Co, 1, 1, 0, st));
+            if (dx)
+                CHECK(avgpool2x_backward_cuda(dx, GRAD(d, d->xpool), B, c->channels, 2 * r,
+                                              2 * r, st));
+        }
         if (k == d->attn_stage)
             CHECK(attention_backward_cuda(
                 GRAD(d, d->act[k]), pg ? DW(d, d->p_f) : NULL, pg ? DW(d, d->p_g) : NULL,
@@ -532,11 +640,22 @@ static int disc_backward_stages(GanCuda *gc, GanCudaDisc *d, int B, int pg, floa
                                    W(d, d->p_conv_w[k]), B, Ci, r * 2, r * 2, Co, 4, 2, 1, st));
         r *= 2;
     }
-    CHECK(disc_lrelu_backward(gc, d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B));
+    if (k0 == 0) {
+        CHECK(disc_lrelu_backward(gc, d, 0, GRAD(d, d->c0), GRAD(d, d->a0), d->c0, B));
+        if (dx || pg)
+            CHECK(conv2d_backward_cuda(dx, pg ? DW(d, d->p_in_w) : NULL,
+                                       pg ? DW(d, d->p_in_b) : NULL, GRAD(d, d->c0), d->x,
+                                       W(d, d->p_in_w), B, c->channels, r, r, d->chan[0], 3, 1, 1,
+                                       st));
+        return 0;
+    }
+    CHECK(disc_lrelu_backward(gc, d, k0, GRAD(d, d->conv[k0 - 1]), GRAD(d, d->act[k0 - 1]),
+                              d->conv[k0 - 1], B));
     if (dx || pg)
-        CHECK(conv2d_backward_cuda(dx, pg ? DW(d, d->p_in_w) : NULL, pg ? DW(d, d->p_in_b) : NULL,
-                                   GRAD(d, d->c0), d->x, W(d, d->p_in_w), B, c->channels, r, r,
-                                   d->chan[0], 3, 1, 1, st));
+        CHECK(conv2d_backward_cuda(dx, pg ? DW(d, d->p_rgb_w[L]) : NULL,
+                                   pg ? DW(d, d->p_rgb_b[L]) : NULL, GRAD(d, d->conv[k0 - 1]),
+                                   d->x, W(d, d->p_rgb_w[L]), B, c->channels, r, r, d->chan[k0], 1,
+                                   1, 0, st));
     return 0;
 }
 
@@ -564,15 +683,12 @@ static int disc_backward(GanCuda *gc, GanCudaDisc *d, const float *dout, int B, 
 // ---------------------------------------------------------------------------------------------
 // the trainer
 
-// Whether this step cannot do what gan_step would do with t: progressive growing (levels below
-// the last, fades), or a data-parallel split that does not divide the batch. Returns 1 with the
-// reason in why, or 0.
+// Whether this step cannot do what gan_step would do with t: a data-parallel split that does not
+// divide the batch. Returns 1 with the reason in why, or 0.
 static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
     const GanHparams *h = &t->hp;
     const char *no = NULL;
-    if (h->prog_stable > 0)
-        no = "prog_stable (progressive growing)";
-    else if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size ||
+    if (t->dp_size < 1 || t->dp_rank < 0 || t->dp_rank >= t->dp_size ||
              h->batch % t->dp_size)
         no = "this data-parallel split of the batch";
     if (!no) return 0;
@@ -607,6 +723,10 @@ static void gen_indices(GanCudaGen *g, const Generator *h) {
     g->p_gamma = h->p_gamma;
     g->p_out_w = h->p_out_w;
     g->p_out_b = h->p_out_b;
+    memcpy(g->p_rgb_w, h->p_rgb_w, sizeof g->p_rgb_w);
+    memcpy(g->p_rgb_b, h->p_rgb_b, sizeof g->p_rgb_b);
+    g->level = h->level;
+    g->alpha = h->alpha;
 }
 
 static void disc_indices(GanCudaDisc *d, const Discriminator *h) {
@@ -625,6 +745,10 @@ static void disc_indices(GanCudaDisc *d, const Discriminator *h) {
     d->p_fc_w = h->p_fc_w;
     d->p_fc_b = h->p_fc_b;
     d->p_embed = h->p_embed;
+    memcpy(d->p_rgb_w, h->p_rgb_w, sizeof d->p_rgb_w);
+    memcpy(d->p_rgb_b, h->p_rgb_b, sizeof d->p_rgb_b);
+    d->level = h->level;
+    d->alpha = h->alpha;
 }
 
 // G's EMA buffers: ema and w_sn (G total each), u, v, one sigma.
@@ -712,11 +836,6 @@ int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen) {
     char why[256];
     if (gan_cuda_refuses(t, why, sizeof why)) {
         snprintf(err, errlen, "%s", why);
-        return KERNELS_EINVAL;
-    }
-    if (t->G.level != t->G.n_stages || t->G.alpha != 1.0f || t->D.level != t->D.n_stages ||
-        t->D.alpha != 1.0f) {
-        snprintf(err, errlen, "the GPU training step runs at the model's full resolution only");
         return KERNELS_EINVAL;
     }
     if (!cuda_device_available(why, sizeof why)) {
@@ -972,6 +1091,18 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     gc->D.ps.sn_off = t->D.ps.sn_off;
     int r1 = h->r1_gamma > 0.0f, gp = h->gp_lambda > 0.0f;
     int pen_step = (r1 || gp) && t->step % h->penalty_every == 0;
+    // progressive growing: this step's level on the host networks and their device twins (gan.c's
+    // gan_set_level); the D step's batch (B, C, R, R) at its resolution
+    int level;
+    float alpha;
+    gan_prog_level(h, t->G.n_stages, t->step, &level, &alpha);
+    if (generator_set_level(&t->G, level, alpha) || discriminator_set_level(&t->D, level, alpha))
+        return KERNELS_EINVAL; // a schedule without the progressive layers (cfg.prog)
+    gc->G.level = gc->D.level = level;
+    gc->G.alpha = gc->D.alpha = alpha;
+    int R = 4 << level, grow = c->prog && (R < c->img || alpha < 1.0f);
+    long imgR = (long)c->channels * R * R;
+    if (tu && grow) return KERNELS_EINVAL; // (their G steps are at the full level only)
     if (data->c != c->channels || data->h != c->img || data->w != c->img || data->n < 1)
         return KERNELS_EINVAL;
     if (cond && !data->labels) return KERNELS_EINVAL;
@@ -989,9 +1120,11 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
         uint32_t i = rng_below(&t->rng, (uint32_t)data->n);
         int b = bb - first;
         if (b < 0 || b >= B) continue;
-        memcpy(gc->x_host + b * img, data->images + (long)i * img, img * sizeof(float));
+        memcpy((grow ? t->real : gc->x_host) + b * img, data->images + (long)i * img,
+               img * sizeof(float));
         yreal[b] = data->labels ? data->labels[i] : 0;
     }
+    if (grow) gan_real_at_level(t, gc->x_host, B, R, alpha);
     draw_fakes(gc, t, zd, yd);
     if (pen_step && gp) // WGAN-GP's interpolation weights, the whole batch's (gan_d_penalties)
         for (int bb = 0; bb < gc->B_all; bb++) {
@@ -1003,7 +1136,7 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     if (cond) // the kernels index tables by the labels: check them here, as sagan.c's forward does
         for (int b = 0; b < 3 * B; b++)
             if (gc->y_host[b] < 0 || gc->y_host[b] >= c->n_classes) return KERNELS_EINVAL;
-    CHECK(upload(gc, gc->x, gc->x_host, sizeof(float) * (size_t)(B * img)));
+    CHECK(upload(gc, gc->x, gc->x_host, sizeof(float) * (size_t)(B * imgR)));
     CHECK(upload(gc, gc->z, gc->z_host, sizeof(float) * 2 * (size_t)B * Z));
     CHECK(upload(gc, gc->y, gc->y_host, sizeof(int32_t) * 3 * (size_t)B));
     if (pen_step && gp) CHECK(upload(gc, gc->pen_alpha, gc->alpha_host, sizeof(float) * (size_t)B));
@@ -1011,8 +1144,9 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     // D step (gan_d_step)
     CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st));
     CHECK(gen_forward(gc, &gc->G, gc->z, cond ? gc->y + B : NULL, B, 0.0f));
-    CHECK(CUDA_OK(cudaMemcpyAsync(gc->x + B * img, gc->G.img, sizeof(float) * (size_t)(B * img),
-                                  cudaMemcpyDeviceToDevice, st)));
+    CHECK(CUDA_OK(cudaMemcpyAsync(gc->x + B * imgR, gen_output(&gc->G),
+                                  sizeof(float) * (size_t)(B * imgR), cudaMemcpyDeviceToDevice,
+                                  st)));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
     CHECK(disc_forward(gc, &gc->D, gc->x, cond ? gc->y : NULL, 2 * B, h->d_dropout, &t->D.dropout_seed));
     CHECK(hinge_d_real_loss_cuda(gc->losses, gc->dlogits, gc->D.out, B, st));
@@ -1028,7 +1162,7 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
         if (r1)
             CHECK(pen_backward(gc, 1, h->r1_gamma * scale, h->penalty_fd_step, gc->x, yr, k++));
         if (gp) {
-            CHECK(lerp_items_cuda(gc->pen_x_hat, gc->x, gc->x + B * img, gc->pen_alpha, B, img,
+            CHECK(lerp_items_cuda(gc->pen_x_hat, gc->x, gc->x + B * imgR, gc->pen_alpha, B, imgR,
                                   st));
             CHECK(pen_backward(gc, 0, h->gp_lambda * scale, h->penalty_fd_step, gc->pen_x_hat, yr,
                                k++));
@@ -1056,11 +1190,11 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     if (tu) CHECK(params_cuda_sn_forward(&gc->G.ps, 1, st)); // their G steps iterate again
     CHECK(gen_forward(gc, &gc->G, zg_dev, yg_dev, B, h->l1_act));
     CHECK(params_cuda_sn_forward(&gc->D.ps, 1, st));
-    CHECK(disc_forward(gc, &gc->D, gc->G.img, cond ? gc->y + 2 * B : NULL, B, h->d_dropout,
+    CHECK(disc_forward(gc, &gc->D, gen_output(&gc->G), cond ? gc->y + 2 * B : NULL, B, h->d_dropout,
                        &t->D.dropout_seed));
     CHECK(hinge_g_loss_cuda(gc->losses + 3, gc->dlogits, gc->D.out, B, st));
     if (distill) CHECK(scale_inplace_cuda(gc->dlogits, (float)tu->w_adv, B, st));
-    CHECK(CUDA_OK(cudaMemsetAsync(gc->dimg, 0, sizeof(float) * (size_t)(B * img), st)));
+    CHECK(CUDA_OK(cudaMemsetAsync(gc->dimg, 0, sizeof(float) * (size_t)(B * imgR), st)));
     CHECK(disc_backward(gc, &gc->D, gc->dlogits, B, 0, gc->dimg));
     if (tune) CHECK(tune_term(gc, tu, cond ? yg : NULL));
     if (distill) CHECK(distill_terms(gc, tu));
@@ -1113,7 +1247,7 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     t->D.train = 0;
     t->step++;
     // and the host batch buffers as gan_step leaves them (but for D's fake half of t->x)
-    memcpy(t->x, gc->x_host, sizeof(float) * (size_t)(B * img));
+    memcpy(t->x, gc->x_host, sizeof(float) * (size_t)(B * imgR));
     // (t->z already holds the G step's latents, the whole batch's, from draw_fakes)
     memcpy(t->y, yreal, sizeof(int32_t) * (size_t)B);
     memcpy(t->y + B, yg, sizeof(int32_t) * (size_t)B);

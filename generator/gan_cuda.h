@@ -10,16 +10,16 @@
 // the batch's random draws are made there, exactly as gan_step makes them). One thread uses a
 // GanCuda at a time.
 //
-// Covered: every switch of GanHparams but progressive growing, as gan.c does it: any learning
-// rates, betas, epsilon and batch, hinge loss and Adam, SN on or off on either network, AdamW's
-// weight decay, FreezeD, G's EMA, R1 and WGAN-GP (the finite-difference double backward, lazily
-// every penalty_every steps), orthogonal regularization, the L1 activation penalty and dropout in
-// D (the CPU's masks, drawn on the device from the same seeds), at the model's full resolution,
-// with or without classes, in one process or data parallel (dp_size > 1: this process's slice of
-// each batch, gradients and losses averaged by GanCuda.reduce, as gan.c does with grad_reduce).
-// Refused (KERNELS_EINVAL): progressive growing (prog_stable), whose levels below the last only
-// the CPU step has. B batch, Z latent, C channels, R = img. Host pointers are marked host; the
-// rest is device memory.
+// Covered: every switch of GanHparams, as gan.c does it: any learning rates, betas, epsilon and
+// batch, hinge loss and Adam, SN on or off on either network, AdamW's weight decay, FreezeD, G's
+// EMA, R1 and WGAN-GP (the finite-difference double backward, lazily every penalty_every steps),
+// orthogonal regularization, the L1 activation penalty, dropout in D (the CPU's masks, drawn on
+// the device from the same seeds) and progressive growing (each step at the schedule's level and
+// fade, the real batch pooled and blended on the host), with or without classes, in one process
+// or data parallel (dp_size > 1: this process's slice of each batch, gradients and losses
+// averaged by GanCuda.reduce, as gan.c does with grad_reduce). Refused (KERNELS_EINVAL): a
+// data-parallel split that does not divide the batch. B batch, Z latent, C channels, R = img (or
+// the level's resolution, 4 << level). Host pointers are marked host; the rest is device memory.
 #ifndef GENERATOR_GAN_CUDA_H
 #define GENERATOR_GAN_CUDA_H
 
@@ -56,6 +56,9 @@ typedef struct {
     int chan[SAGAN_MAX_STAGES + 1];
     int p_embed, p_fc_w, p_fc_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
     int p_f, p_g, p_h, p_o, p_gamma, p_out_w, p_out_b;
+    int p_rgb_w[SAGAN_MAX_STAGES], p_rgb_b[SAGAN_MAX_STAGES]; // toRGB of level L (cfg.prog)
+    int level;                      // progressive level (n_stages: full), as the host G's
+    float alpha;                    // its fade-in, (0, 1]
     GanCudaParams ps;
     float *acts, *dacts;
     long acts_total;
@@ -71,6 +74,9 @@ typedef struct {
     AttentionSaved att_saved;       // its intermediates
     float *att_scratch;             // attention_scratch_floats_cuda
     float *pre, *img;               // (B, channels, R, R) before and after tanh
+    // progressive growing only (cfg.prog), sagan.c's: the image below the last level, the
+    // previous level's toRGB output and its 2x upsample, and the faded-in blend
+    float *img_lo, *pre_old, *pre_old_up, *pre_mix;
     const float *zin;               // the linear layer's input of the last forward (z or zc)
     const int32_t *labels;          // (B) labels of the last forward, or NULL
 } GanCudaGen;
@@ -81,6 +87,9 @@ typedef struct {
     int chan[SAGAN_MAX_STAGES + 1];
     int p_in_w, p_in_b, p_conv_w[SAGAN_MAX_STAGES], p_conv_b[SAGAN_MAX_STAGES];
     int p_f, p_g, p_h, p_o, p_gamma, p_fc_w, p_fc_b, p_embed;
+    int p_rgb_w[SAGAN_MAX_STAGES], p_rgb_b[SAGAN_MAX_STAGES]; // fromRGB of level L (cfg.prog)
+    int level;                      // progressive level (n_stages: full), as the host D's
+    float alpha;                    // its fade-in, (0, 1]
     GanCudaParams ps;
     float *acts, *dacts;
     long acts_total;
@@ -92,6 +101,9 @@ typedef struct {
     float *att_scratch;
     float *out;                     // (2B) logits
     float *feat_drop, *drop_mask;   // (2B, F) the features after dropout, and its mask
+    // progressive growing only, sagan.c's: the fading level's old path (the image pooled, through
+    // the previous level's fromRGB) and the blend that feeds the next stage
+    float *xpool, *old_pre, *old_act, *blend;
     int dropped;                    // 1: the last forward applied dropout
     // The gradient penalties' LReLU pattern: layer l's pre-activations at the B images the
     // penalty is taken at, twice over (2B, n_l; carved in GanCuda.pen_buf); used instead of each
@@ -114,10 +126,11 @@ typedef struct {
     GanCudaGen G;
     GanCudaDisc D;
     float *batch;           // one device allocation carved into the step's buffers below
-    float *x;               // (2B, C, R, R) D step's input: the real batch, then G's images
+    float *x;               // (2B, C, R, R) D step's input: the real batch, then G's images (at
+                            // the level's R: the first 2B C R R floats)
     float *z;               // (2, B, Z) the D step's latents, then the G step's
     float *dlogits;         // (2B)
-    float *dimg;            // (B, C, R, R) D's gradient w.r.t. G's images
+    float *dimg;            // (B, C, R, R) D's gradient w.r.t. G's images (at the level's R)
     float *losses;          // (5) D real, D fake (hinge), D's penalties, G (hinge), G's L1 value
     int32_t *y;             // (3B) real labels, the D step's fake labels, the G step's
     // The step's draws on the host (pinned), copied up in one go: x_host (B, C, R, R) the real
@@ -142,8 +155,7 @@ typedef struct {
 
 // Builds the device copy of t (its whole training state as it is now; sizes from t->hp.batch).
 // Returns 0, or a negative KERNELS_E* code with a message in err: KERNELS_EINVAL for a switch of
-// t->hp this step does not do (named in err), a trainer below its full level or a data-parallel
-// split that does not divide the batch, KERNELS_ECUDA or KERNELS_ENOMEM when there is no GPU or not enough device memory. gc is then
+// t->hp this step does not do (named in err), KERNELS_ECUDA or KERNELS_ENOMEM when there is no GPU or not enough device memory. gc is then
 // safe to gan_cuda_free. t is only read.
 int gan_cuda_init(GanCuda *gc, const GanTrainer *t, char *err, size_t errlen);
 // Copies t's training state to the device again (after t changed on the host: a CPU step, a

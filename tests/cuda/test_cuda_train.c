@@ -78,6 +78,7 @@
 #include "server/finetune.h"
 #include "tests/check.h"
 #include "tests/cuda/cuda_check.h"
+#include "tests/cuda/tune_fixture.h"
 
 #define STEPS 3
 #define BATCH 16
@@ -417,6 +418,97 @@ static void set_gamma(ParamSet *ps, int p_gamma, float v) {
     if (p_gamma >= 0) ps->params[ps->p[p_gamma].offset] = v;
 }
 
+// Which step a comparison runs: gan_step / gan_cuda_step, or a job's own step on both sides
+// (finetune_step / finetune_device_step, distill_step / distill_device_step; the GPU side's
+// TrainDevice and job state in tune).
+typedef enum { STEP_GAN, STEP_FINETUNE, STEP_DISTILL } StepKind;
+
+typedef struct {
+    TrainDevice td;
+    FinetuneReward *r;
+    FinetuneDevice fd;
+    const float *theta0;
+    Distiller *dist;
+    DistillDevice dd;
+    double cpu_out[2], gpu_out[2]; // finetune: the reward; distill: pixel and feature losses
+} Tune;
+
+// One step of kind on both sides, on data.
+static void step_both(StepKind kind, GanCuda *gc, Tune *tu, GanTrainer *gpu, GanTrainer *cpu,
+                      const Dataset *data) {
+    double *c = tu ? tu->cpu_out : NULL, *g = tu ? tu->gpu_out : NULL;
+    if (kind == STEP_GAN) {
+        assert_int_equal(gan_step(cpu, data), 0);
+        assert_int_equal(gan_cuda_step(gc, gpu, data), 0);
+    } else if (kind == STEP_FINETUNE) {
+        assert_int_equal(finetune_step(cpu, tu->r, &tu->fd.c, tu->theta0, data, c), 0);
+        assert_int_equal(finetune_device_step(&tu->fd, &tu->td, gpu, tu->theta0, data, g), 0);
+    } else {
+        assert_int_equal(distill_step(cpu, tu->dist, &tu->dd.c, data, c, c + 1), 0);
+        assert_int_equal(distill_device_step(&tu->dd, &tu->td, gpu, data, g, g + 1), 0);
+    }
+}
+
+// STEPS steps of kind, each started on the GPU from the CPU's state (its RNG, step count, EMA
+// state and dropout seed copied, its training state uploaded), compared after the step: the
+// losses, both networks (compare_net_step), G's EMA when on, and a job's own outputs (reward, or
+// pixel and feature losses) within 1e-4 + 1e-3 relative. Returns the number of failures.
+static int steps_from_cpu_state(const char *name, StepKind kind, GanCuda *gc, Tune *tu,
+                                GanTrainer *gpu, GanTrainer *cpu, const Dataset *data) {
+    const GanHparams *hp = &cpu->hp;
+    float *g0 = CHECK_ALLOC(float, cpu->G.ps.total), *d0 = CHECK_ALLOC(float, cpu->D.ps.total);
+    char what[96];
+    int bad = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        gpu->rng = cpu->rng;
+        gpu->step = cpu->step;
+        gpu->ema_live = cpu->ema_live;
+        gpu->D.dropout_seed = cpu->D.dropout_seed;
+        gpu->reg_g = cpu->reg_g; // (the jobs' steps leave it as it was)
+        assert_int_equal(gan_cuda_upload(gc, cpu), 0);
+        memcpy(g0, cpu->G.ps.params, sizeof(float) * cpu->G.ps.total);
+        memcpy(d0, cpu->D.ps.params, sizeof(float) * cpu->D.ps.total);
+        step_both(kind, gc, tu, gpu, cpu, data);
+        assert_int_equal(gan_cuda_download(gc, gpu), 0);
+        snprintf(what, sizeof what, "%s step %d", name, s);
+        bad += compare_losses(what, gpu, cpu, 1e-3, 1e-3);
+        for (int k = 0; tu && k < (kind == STEP_DISTILL ? 2 : 1); k++)
+            if (!(fabs(tu->gpu_out[k] - tu->cpu_out[k]) <= 1e-4 + 1e-3 * fabs(tu->cpu_out[k]))) {
+                printf("# %s: %s %.7g, want %.7g\n", what,
+                       kind == STEP_FINETUNE ? "reward" : k ? "feature loss" : "pixel loss",
+                       tu->gpu_out[k], tu->cpu_out[k]);
+                bad++;
+            }
+        StepErrors eg, ed;
+        snprintf(what, sizeof what, "%s step %d G", name, s);
+        bad += compare_net_step(what, &gpu->G.ps, &cpu->G.ps, g0, hp->lr_g, hp->beta2, &eg);
+        snprintf(what, sizeof what, "%s step %d D", name, s);
+        bad += compare_net_step(what, &gpu->D.ps, &cpu->D.ps, d0, hp->lr_d, hp->beta2, &ed);
+        if (hp->ema_decay > 0.0f) { // one step's worth of difference at most, as G's parameters
+            snprintf(what, sizeof what, "%s step %d G's EMA", name, s);
+            bad += compare_floats(what, gpu->ema, cpu->ema, cpu->G.ps.total,
+                                  2.0 * hp->lr_g * adam_max_step(hp->beta2, cpu->G.ps.adam_t) +
+                                      1e-6,
+                                  0.0);
+        }
+        printf("# %s step %d from the same state: loss_d %.7f (CPU %.7f), loss_g %.7f (CPU %.7f)",
+               name, s, gpu->loss_d, cpu->loss_d, gpu->loss_g, cpu->loss_g);
+        for (int k = 0; tu && k < (kind == STEP_DISTILL ? 2 : 1); k++)
+            printf(", %s %.7f (CPU %.7f)",
+                   kind == STEP_FINETUNE ? "reward" : k ? "feature loss" : "pixel loss",
+                   tu->gpu_out[k], tu->cpu_out[k]);
+        printf("\n");
+        StepErrors *e[2] = {&eg, &ed};
+        for (int k = 0; k < 2; k++)
+            printf("#   %s: error / tolerance at worst: m %.2g (%s), v %.2g, u %.2g; %ld of %ld "
+                   "updates differ by > 0.1 lr\n",
+                   k ? "D" : "G", e[k]->m, e[k]->m_name, e[k]->v, e[k]->u, e[k]->flips, e[k]->n);
+    }
+    free(g0);
+    free(d0);
+    return bad;
+}
+
 // The whole-step comparison of one config. First STEPS steps that each start both sides from
 // the CPU's state (gan_cuda_upload of the CPU trainer, its RNG and step count copied): one step
 // of difference each, compared tightly. Then STEPS steps of free running from there, each side on
@@ -441,40 +533,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, GanHp
     GanCuda gc;
     char err[512], what[96];
     if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s: %s", name, err);
-    float *g0 = CHECK_ALLOC(float, cpu.G.ps.total), *d0 = CHECK_ALLOC(float, cpu.D.ps.total);
-    int bad = 0;
-    for (int s = 1; s <= STEPS; s++) {
-        gpu.rng = cpu.rng;
-        gpu.step = cpu.step;
-        gpu.ema_live = cpu.ema_live;
-        gpu.D.dropout_seed = cpu.D.dropout_seed;
-        assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
-        memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
-        memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
-        assert_int_equal(gan_step(&cpu, data), 0);
-        assert_int_equal(gan_cuda_step(&gc, &gpu, data), 0);
-        assert_int_equal(gan_cuda_download(&gc, &gpu), 0);
-        snprintf(what, sizeof what, "%s step %d", name, s);
-        bad += compare_losses(what, &gpu, &cpu, 1e-3, 1e-3);
-        StepErrors eg, ed;
-        snprintf(what, sizeof what, "%s step %d G", name, s);
-        bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
-        snprintf(what, sizeof what, "%s step %d D", name, s);
-        bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
-        if (ema > 0.0f) { // one step's worth of difference at most, as G's parameters
-            snprintf(what, sizeof what, "%s step %d G's EMA", name, s);
-            bad += compare_floats(what, gpu.ema, cpu.ema, cpu.G.ps.total,
-                                  2.0 * hp.lr_g * adam_max_step(hp.beta2, cpu.G.ps.adam_t) + 1e-6,
-                                  0.0);
-        }
-        printf("# %s step %d from the same state: loss_d %.7f (CPU %.7f), loss_g %.7f (CPU %.7f)\n",
-               name, s, gpu.loss_d, cpu.loss_d, gpu.loss_g, cpu.loss_g);
-        StepErrors *e[2] = {&eg, &ed};
-        for (int k = 0; k < 2; k++)
-            printf("#   %s: error / tolerance at worst: m %.2g (%s), v %.2g, u %.2g; %ld of %ld "
-                   "updates differ by > 0.1 lr\n",
-                   k ? "D" : "G", e[k]->m, e[k]->m_name, e[k]->v, e[k]->u, e[k]->flips, e[k]->n);
-    }
+    int bad = steps_from_cpu_state(name, STEP_GAN, &gc, NULL, &gpu, &cpu, data);
     // free running
     gpu.rng = cpu.rng;
     gpu.step = cpu.step;
@@ -503,8 +562,6 @@ static void train_case(const char *name, const Dataset *data, float gamma, GanHp
         snprintf(what, sizeof what, "%s after %d free-running steps: G's EMA", name, STEPS);
         bad += compare_floats(what, gpu.ema, cpu.ema, cpu.G.ps.total, bound_g * 1.01 + 1e-6, 0.0);
     }
-    free(g0);
-    free(d0);
     gan_cuda_free(&gc);
     gan_free(&cpu);
     gan_free(&gpu);
@@ -513,13 +570,7 @@ static void train_case(const char *name, const Dataset *data, float gamma, GanHp
 
 // The tests' hyperparameters: the defaults at batch BATCH (G's EMA, when on, copied on step 1
 // and averaged after).
-static GanHparams hparams(void) {
-    GanHparams hp;
-    gan_hparams_default(&hp);
-    hp.batch = BATCH;
-    hp.ema_start = 1;
-    return hp;
-}
+static GanHparams hparams(void) { return fixture_hparams(BATCH); }
 
 static void test_train_tinyc(void **state) {
     (void)state;
@@ -577,9 +628,8 @@ static void test_train_gp_ortho_sn_off(void **state) {
 
 // The finetune job's step on the GPU (server/finetune.c's finetune_device_step: gan_cuda_tune_step,
 // the reward D's forward and backward on the device, the reward from its maps on the host)
-// against finetune_step, STEPS steps each started from the CPU's state, compared as train_case's
-// single steps; the batch's mean reward within 1e-4 + 1e-3 of the CPU's. The reward D is the
-// starting checkpoint's D, the reward weights made up.
+// against finetune_step, as train_case's single steps; the batch's mean reward too. The reward D
+// is the starting checkpoint's D, the reward weights made up (tune_fixture.h).
 static void test_finetune_step(void **state) {
     (void)state;
     SaganConfig cfg;
@@ -590,68 +640,27 @@ static void test_finetune_step(void **state) {
     assert_int_equal(gan_init(&gpu, &cfg, &hp, 11), 0);
     set_gamma(&cpu.G.ps, cpu.G.p_gamma, 0.5f);
     set_gamma(&cpu.D.ps, cpu.D.p_gamma, 0.5f);
-    char path[] = "/tmp/steer-cuda-XXXXXX", ckpt[64], err[512], line[600], what[96];
-    assert_non_null(mkdtemp(path));
-    snprintf(ckpt, sizeof ckpt, "%s/reward.safetensors", path);
+    char dir[32], ckpt[96], err[512], line[600];
+    fixture_tmp(dir, ckpt, "reward.safetensors");
     if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
     FinetuneReward r;
-    memset(&r, 0, sizeof r);
-    if (features_init(&r.learn.feat, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
-    Features *f = &r.learn.feat;
-    int Fd;
-    discriminator_features(&f->d, &Fd);
-    r.w = CHECK_ALLOC(double, f->F);
-    r.phi = CHECK_ALLOC(float, (long)BATCH * f->F);
-    r.dfeat = CHECK_ALLOC(float, (long)BATCH * Fd);
-    for (int k = 0; k < f->F; k++) r.w[k] = 0.5 * (rng_uniform(&test_rng) - 0.5);
-    for (int k = 0; k < f->d_ch; k++) f->istd[k] = 0.5f + rng_uniform(&test_rng);
-    r.r0 = 0.1;
+    fixture_reward(&r, ckpt, BATCH, &test_rng);
     FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
-    float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total), *g0 = CHECK_ALLOC(float, cpu.G.ps.total),
-          *d0 = CHECK_ALLOC(float, cpu.D.ps.total);
+    float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
     memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
     GanCuda gc;
     if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s", err);
-    TrainDevice td = {.on_gpu = 1, .gc = &gc};
-    FinetuneDevice fd;
-    assert_int_equal(finetune_device_init(&fd, &td, &gpu, &r, &fc, theta0, line, sizeof line), 0);
+    Tune tu = {.td = {.on_gpu = 1, .gc = &gc}, .r = &r, .theta0 = theta0};
+    assert_int_equal(finetune_device_init(&tu.fd, &tu.td, &gpu, &r, &fc, theta0, line, sizeof line),
+                     0);
     printf("# %s\n", line);
-    assert_non_null(fd.tu);
-    int bad = 0;
-    for (int s = 1; s <= STEPS; s++) {
-        gpu.rng = cpu.rng;
-        gpu.step = cpu.step;
-        gpu.ema_live = cpu.ema_live;
-        gpu.D.dropout_seed = cpu.D.dropout_seed;
-        assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
-        memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
-        memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
-        double rw_cpu, rw_gpu;
-        assert_int_equal(finetune_step(&cpu, &r, &fc, theta0, &fmnist, &rw_cpu), 0);
-        assert_int_equal(finetune_device_step(&fd, &td, &gpu, theta0, &fmnist, &rw_gpu), 0);
-        assert_int_equal(gan_cuda_download(&gc, &gpu), 0);
-        snprintf(what, sizeof what, "finetune step %d", s);
-        gpu.reg_g = cpu.reg_g; // (neither step sets it)
-        bad += compare_losses(what, &gpu, &cpu, 1e-3, 1e-3);
-        if (!(fabs(rw_gpu - rw_cpu) <= 1e-4 + 1e-3 * fabs(rw_cpu))) {
-            printf("# %s: reward %.7g, want %.7g\n", what, rw_gpu, rw_cpu);
-            bad++;
-        }
-        StepErrors eg, ed;
-        snprintf(what, sizeof what, "finetune step %d G", s);
-        bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
-        snprintf(what, sizeof what, "finetune step %d D", s);
-        bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
-        printf("# finetune step %d: reward %.7f (CPU %.7f), loss_g %.7f (CPU %.7f); G m error / "
-               "tolerance at worst %.2g (%s)\n",
-               s, rw_gpu, rw_cpu, gpu.loss_g, cpu.loss_g, eg.m, eg.m_name);
-    }
-    finetune_device_free(&fd, &td);
+    assert_non_null(tu.fd.tu);
+    int bad = steps_from_cpu_state("finetune tinyc", STEP_FINETUNE, &gc, &tu, &gpu, &cpu, &fmnist);
+    finetune_device_free(&tu.fd, &tu.td);
     gan_cuda_free(&gc);
-    features_free(&r.learn.feat);
-    free(r.w), free(r.phi), free(r.dfeat), free(theta0), free(g0), free(d0);
-    unlink(ckpt);
-    rmdir(path);
+    fixture_reward_free(&r);
+    free(theta0);
+    fixture_tmp_remove(dir, ckpt);
     gan_free(&cpu);
     gan_free(&gpu);
     assert_int_equal(bad, 0);
@@ -659,109 +668,83 @@ static void test_finetune_step(void **state) {
 
 // The distill job's step on the GPU (server/distill.c's distill_device_step: the teacher's G and
 // D of twice the student's width on the device) against distill_step, as test_finetune_step; the
-// pixel and feature losses within 1e-4 + 1e-3 relative of the CPU's.
+// pixel and feature losses too.
 static void test_distill_step(void **state) {
     (void)state;
-    SaganConfig cfg, tcfg;
+    SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
-    tcfg = cfg;
-    tcfg.ch *= 2;
     GanHparams hp = hparams();
-    GanTrainer teacher, cpu, gpu;
-    assert_int_equal(gan_init(&teacher, &tcfg, &hp, 3), 0);
-    set_gamma(&teacher.G.ps, teacher.G.p_gamma, 0.5f);
-    set_gamma(&teacher.D.ps, teacher.D.p_gamma, 0.5f);
-    char path[] = "/tmp/steer-cuda-XXXXXX", ckpt[64], err[512], line[600], what[96];
-    assert_non_null(mkdtemp(path));
-    snprintf(ckpt, sizeof ckpt, "%s/teacher.safetensors", path);
-    if (gan_save(&teacher, ckpt, err, sizeof err)) fail_msg("%s", err);
-    gan_free(&teacher);
+    char dir[32], ckpt[96], err[512], line[600];
+    fixture_tmp(dir, ckpt, "teacher.safetensors");
+    fixture_teacher(&cfg, &hp, ckpt);
     Distiller dist;
     if (distill_init(&dist, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    GanTrainer cpu, gpu;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
     assert_int_equal(gan_init(&gpu, &cfg, &hp, 11), 0);
     set_gamma(&cpu.G.ps, cpu.G.p_gamma, 0.5f);
     set_gamma(&cpu.D.ps, cpu.D.p_gamma, 0.5f);
     DistillConfig dc = {.w_pix = 1.0, .w_feat = 0.5, .w_adv = 0.1};
-    float *g0 = CHECK_ALLOC(float, cpu.G.ps.total), *d0 = CHECK_ALLOC(float, cpu.D.ps.total);
     GanCuda gc;
     if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s", err);
-    TrainDevice td = {.on_gpu = 1, .gc = &gc};
-    DistillDevice dd;
-    assert_int_equal(distill_device_init(&dd, &td, &gpu, &dist, &dc, line, sizeof line), 0);
+    Tune tu = {.td = {.on_gpu = 1, .gc = &gc}, .dist = &dist};
+    assert_int_equal(distill_device_init(&tu.dd, &tu.td, &gpu, &dist, &dc, line, sizeof line), 0);
     printf("# %s\n", line);
-    assert_non_null(dd.tu);
-    int bad = 0;
-    for (int s = 1; s <= STEPS; s++) {
-        gpu.rng = cpu.rng;
-        gpu.step = cpu.step;
-        gpu.ema_live = cpu.ema_live;
-        gpu.D.dropout_seed = cpu.D.dropout_seed;
-        assert_int_equal(gan_cuda_upload(&gc, &cpu), 0);
-        memcpy(g0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
-        memcpy(d0, cpu.D.ps.params, sizeof(float) * cpu.D.ps.total);
-        double pix_cpu, feat_cpu, pix_gpu, feat_gpu;
-        assert_int_equal(distill_step(&cpu, &dist, &dc, &fmnist, &pix_cpu, &feat_cpu), 0);
-        assert_int_equal(distill_device_step(&dd, &td, &gpu, &fmnist, &pix_gpu, &feat_gpu), 0);
-        assert_int_equal(gan_cuda_download(&gc, &gpu), 0);
-        snprintf(what, sizeof what, "distill step %d", s);
-        gpu.reg_g = cpu.reg_g; // (neither step sets it)
-        bad += compare_losses(what, &gpu, &cpu, 1e-3, 1e-3);
-        if (!(fabs(pix_gpu - pix_cpu) <= 1e-4 + 1e-3 * pix_cpu) ||
-            !(fabs(feat_gpu - feat_cpu) <= 1e-4 + 1e-3 * feat_cpu)) {
-            printf("# %s: pixel %.7g, feature %.7g; want %.7g, %.7g\n", what, pix_gpu, feat_gpu,
-                   pix_cpu, feat_cpu);
-            bad++;
-        }
-        StepErrors eg, ed;
-        snprintf(what, sizeof what, "distill step %d G", s);
-        bad += compare_net_step(what, &gpu.G.ps, &cpu.G.ps, g0, hp.lr_g, hp.beta2, &eg);
-        snprintf(what, sizeof what, "distill step %d D", s);
-        bad += compare_net_step(what, &gpu.D.ps, &cpu.D.ps, d0, hp.lr_d, hp.beta2, &ed);
-        printf("# distill step %d: pixel %.7f (CPU %.7f), feature %.7f (CPU %.7f); G m error / "
-               "tolerance at worst %.2g (%s)\n",
-               s, pix_gpu, pix_cpu, feat_gpu, feat_cpu, eg.m, eg.m_name);
-    }
-    distill_device_free(&dd, &td);
+    assert_non_null(tu.dd.tu);
+    int bad = steps_from_cpu_state("distill tinyc", STEP_DISTILL, &gc, &tu, &gpu, &cpu, &fmnist);
+    distill_device_free(&tu.dd, &tu.td);
     gan_cuda_free(&gc);
     distill_free(&dist);
-    free(g0), free(d0);
-    unlink(ckpt);
-    rmdir(path);
+    fixture_tmp_remove(dir, ckpt);
     gan_free(&cpu);
     gan_free(&gpu);
     assert_int_equal(bad, 0);
 }
 
-// Progressive growing, which the GPU step does not do, is refused at init, naming it, and at a
-// step when switched on afterwards, before anything is drawn.
+// What the GPU step cannot take is refused before anything is drawn, with a reason at init: a
+// data-parallel split that does not divide the batch (init); a progressive schedule switched on
+// for a trainer built without its layers, and a bad switch (a step; the RNG untouched).
 static void test_refuses_switches(void **state) {
     (void)state;
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, "tinyc"), 0);
     GanHparams hp = hparams();
-    hp.prog_stable = 100;
-    hp.prog_fade = 100;
     GanTrainer t;
     assert_int_equal(gan_init(&t, &cfg, &hp, 1), 0);
     GanCuda gc;
     char err[512];
+    t.dp_size = 3;
     assert_int_equal(gan_cuda_init(&gc, &t, err, sizeof err), KERNELS_EINVAL);
-    CHECK_ASSERT_HAS(err, "prog_stable");
+    CHECK_ASSERT_HAS(err, "data-parallel");
     gan_cuda_free(&gc);
-    gan_free(&t);
-    hp.prog_stable = hp.prog_fade = 0;
-    assert_int_equal(gan_init(&t, &cfg, &hp, 1), 0);
+    t.dp_size = 1;
     if (gan_cuda_init(&gc, &t, err, sizeof err)) fail_msg("%s", err);
-    t.hp.prog_stable = 100;
     Rng before = t.rng;
+    t.hp.prog_stable = 100;
+    t.hp.prog_fade = 100;
+    assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), KERNELS_EINVAL);
+    t.hp.prog_stable = t.hp.prog_fade = 0;
+    t.hp.penalty_every = 0;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), KERNELS_EINVAL);
     assert_memory_equal(&before, &t.rng, sizeof before);
-    t.hp.prog_stable = 0;
+    t.hp.penalty_every = 1;
     assert_int_equal(gan_cuda_step(&gc, &t, &fmnist), 0);
     assert_int_equal(t.step, 1);
     gan_cuda_free(&gc);
     gan_free(&t);
+}
+
+// Progressive growing (sagan.h): one stable step per level and two-step fades from 8x8, so the
+// three single steps run tinyc at 8x8, then 16x16 fading in at alpha 0.5 and 1, and the free
+// running goes on to 16x16 stable and 32x32 fading in: the real batch pooled and blended on the
+// host, G's toRGB and D's fromRGB layers and both fades' old paths on the device.
+static void test_train_progressive(void **state) {
+    (void)state;
+    GanHparams hp = hparams();
+    hp.prog_stable = 1;
+    hp.prog_fade = 2;
+    hp.prog_from = 8;
+    train_case("tinyc", &fmnist, 0.5f, hp);
 }
 
 // --- setup --------------------------------------------------------------------------------------
@@ -828,6 +811,7 @@ int main(void) {
         cmocka_unit_test(test_train_gp_ortho_sn_off),
         cmocka_unit_test(test_finetune_step),
         cmocka_unit_test(test_distill_step),
+        cmocka_unit_test(test_train_progressive),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -305,6 +305,27 @@ int lerp_forward_cuda(float *out, const float *a, const float *b, float alpha, l
     return 0;
 }
 
+int lerp_backward_cuda(float *da, float *db, const float *dout, float alpha, long n,
+                       cudaStream_t stream) {
+    (void)stream;
+    lerp_backward(da, db, dout, alpha, n);
+    return 0;
+}
+
+int avgpool2x_forward_cuda(float *out, const float *inp, int B, int C, int H, int W,
+                           cudaStream_t stream) {
+    (void)stream;
+    avgpool2x_forward(out, inp, B, C, H, W);
+    return 0;
+}
+
+int avgpool2x_backward_cuda(float *dinp, const float *dout, int B, int C, int H, int W,
+                            cudaStream_t stream) {
+    (void)stream;
+    avgpool2x_backward(dinp, dout, B, C, H, W);
+    return 0;
+}
+
 int specnorm_forward_cuda(float *w_sn, float *v_out, float *u, float *sigma, const float *w,
                           int OUT, int IN, int update, cudaStream_t stream) {
     (void)stream;

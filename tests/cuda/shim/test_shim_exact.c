@@ -42,6 +42,7 @@
 #include "server/distill.h"
 #include "server/finetune.h"
 #include "tests/check.h"
+#include "tests/cuda/tune_fixture.h"
 
 #define STEPS 3
 #define BATCH 16
@@ -110,13 +111,7 @@ static void gamma_set(ParamSet *ps, int p_gamma, float value) {
 
 // The tests' hyperparameters: the defaults at batch BATCH, with G's EMA (when switched on) copied
 // on step 1 and averaged after.
-static GanHparams hparams(void) {
-    GanHparams hp;
-    gan_hparams_default(&hp);
-    hp.batch = BATCH;
-    hp.ema_start = 1;
-    return hp;
-}
+static GanHparams hparams(void) { return fixture_hparams(BATCH); }
 
 // AdamW's weight decay (both networks), FreezeD's frozen D layers and G's EMA decay (0: off).
 static GanHparams hparams_wd_freezed_ema(float wd, int freeze_d, float ema) {
@@ -164,8 +159,8 @@ static long trainer_differ(const GanTrainer *cuda, const GanTrainer *cpu) {
     return k;
 }
 
-// STEPS steps of config on data with hp, both ways; returns the number of differences.
-static long train_differ(const char *config, const Dataset *data, GanHparams hp) {
+// steps steps of config on data with hp, both ways; returns the number of differences.
+static long train_differ_steps(const char *config, const Dataset *data, GanHparams hp, int steps) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
     GanTrainer cpu, cuda;
@@ -182,7 +177,7 @@ static long train_differ(const char *config, const Dataset *data, GanHparams hp)
         fail_msg("%s: gan_cuda_init: %s", config, err);
 
     long total = 0;
-    for (int s = 1; s <= STEPS; s++) {
+    for (int s = 1; s <= steps; s++) {
         assert_int_equal(gan_step(&cpu, data), 0);
         assert_int_equal(gan_cuda_step(&gc, &cuda, data), 0);
         assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
@@ -196,6 +191,10 @@ static long train_differ(const char *config, const Dataset *data, GanHparams hp)
     gan_free(&cuda);
     gan_free(&cpu);
     return total;
+}
+
+static long train_differ(const char *config, const Dataset *data, GanHparams hp) {
+    return train_differ_steps(config, data, hp, STEPS);
 }
 
 static void test_train_tinyc(void **state) {
@@ -272,6 +271,28 @@ static void test_train_techniques(void **state) {
     assert_int_equal(train_differ("fmnist32c", &fmnist, hp), 0);
 }
 
+// Progressive growing: a schedule of one stable step per level and two-step fades from 8x8
+// (tinyc: 8 stable, 16 fading in at alpha 0.5 and 1, 16 stable, 32 fading in, 32 stable; the
+// real batch pooled and blended on the host, G's toRGB and D's fromRGB layers, both fades' old
+// paths), plain and with the L1 penalty, dropout and the EMA; tiny64 from 16x16.
+static void test_train_progressive(void **state) {
+    (void)state;
+    GanHparams hp = hparams();
+    hp.prog_stable = 1;
+    hp.prog_fade = 2;
+    hp.prog_from = 8;
+    assert_int_equal(train_differ_steps("tinyc", &fmnist, hp, 8), 0);
+    hp.l1_act = 0.01f;
+    hp.d_dropout = 0.2f;
+    hp.ema_decay = 0.9f;
+    assert_int_equal(train_differ_steps("tiny", &fmnist, hp, 8), 0);
+    hp = hparams();
+    hp.prog_stable = 1;
+    hp.prog_fade = 1;
+    hp.prog_from = 16;
+    assert_int_equal(train_differ_steps("tiny64", &rgb, hp, 5), 0);
+}
+
 // server/finetune.c's step on the GPU path (finetune_device_step: gan_cuda_tune_step with the
 // reward computed on the host from the reward D's maps) against finetune_step on the CPU, both
 // from one trainer saved and built alike: the reward D is that checkpoint's D, the reward weights
@@ -282,24 +303,13 @@ static long finetune_differ(const char *config, GanHparams hp) {
     GanTrainer cpu, cuda;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
     assert_int_equal(gan_init(&cuda, &cfg, &hp, 11), 0);
-    char path[] = "/tmp/steer-shim-XXXXXX", ckpt[64], err[512];
-    assert_non_null(mkdtemp(path));
-    snprintf(ckpt, sizeof ckpt, "%s/reward.safetensors", path);
+    char dir[32], ckpt[96], err[512];
+    fixture_tmp(dir, ckpt, "reward.safetensors");
     if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
     FinetuneReward r;
-    memset(&r, 0, sizeof r);
-    if (features_init(&r.learn.feat, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
-    Features *f = &r.learn.feat;
-    int Fd;
-    discriminator_features(&f->d, &Fd);
-    r.w = CHECK_ALLOC(double, f->F);
-    r.phi = CHECK_ALLOC(float, (long)BATCH * f->F);
-    r.dfeat = CHECK_ALLOC(float, (long)BATCH * Fd);
     Rng wr;
     rng_seed(&wr, 5);
-    for (int k = 0; k < f->F; k++) r.w[k] = 0.5 * (rng_uniform(&wr) - 0.5);
-    for (int k = 0; k < f->d_ch; k++) f->istd[k] = 0.5f + rng_uniform(&wr); // as if calibrated
-    r.r0 = 0.1;
+    fixture_reward(&r, ckpt, BATCH, &wr);
     FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
     float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
     memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
@@ -329,10 +339,9 @@ static long finetune_differ(const char *config, GanHparams hp) {
     }
     finetune_device_free(&fd, &td);
     gan_cuda_free(&gc);
-    features_free(&r.learn.feat);
-    free(r.w), free(r.phi), free(r.dfeat), free(theta0);
-    unlink(ckpt);
-    rmdir(path);
+    fixture_reward_free(&r);
+    free(theta0);
+    fixture_tmp_remove(dir, ckpt);
     gan_free(&cuda);
     gan_free(&cpu);
     return total;
@@ -353,19 +362,12 @@ static void test_finetune(void **state) {
 // teacher's G and D on the device) against distill_step on the CPU: a teacher of twice the
 // student's width, saved and loaded as the job loads it.
 static long distill_differ(const char *config, GanHparams hp) {
-    SaganConfig cfg, tcfg;
+    SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
-    tcfg = cfg;
-    tcfg.ch *= 2;
-    GanTrainer teacher, cpu, cuda;
-    assert_int_equal(gan_init(&teacher, &tcfg, &hp, 3), 0);
-    gamma_set(&teacher.G.ps, teacher.G.p_gamma, 0.5f);
-    gamma_set(&teacher.D.ps, teacher.D.p_gamma, 0.5f);
-    char path[] = "/tmp/steer-shim-XXXXXX", ckpt[64], err[512], line[600];
-    assert_non_null(mkdtemp(path));
-    snprintf(ckpt, sizeof ckpt, "%s/teacher.safetensors", path);
-    if (gan_save(&teacher, ckpt, err, sizeof err)) fail_msg("%s", err);
-    gan_free(&teacher);
+    GanTrainer cpu, cuda;
+    char dir[32], ckpt[96], err[512], line[600];
+    fixture_tmp(dir, ckpt, "teacher.safetensors");
+    fixture_teacher(&cfg, &hp, ckpt);
     Distiller dist;
     if (distill_init(&dist, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
@@ -397,8 +399,7 @@ static long distill_differ(const char *config, GanHparams hp) {
     distill_device_free(&dd, &td);
     gan_cuda_free(&gc);
     distill_free(&dist);
-    unlink(ckpt);
-    rmdir(path);
+    fixture_tmp_remove(dir, ckpt);
     gan_free(&cuda);
     gan_free(&cpu);
     return total;
@@ -499,7 +500,7 @@ int main(void) {
         cmocka_unit_test(test_train_fmnist32c), cmocka_unit_test(test_train_fmnist32),
         cmocka_unit_test(test_train_tiny64),    cmocka_unit_test(test_train_wd_freezed_ema),
         cmocka_unit_test(test_train_techniques), cmocka_unit_test(test_finetune),
-        cmocka_unit_test(test_distill),
+        cmocka_unit_test(test_distill),          cmocka_unit_test(test_train_progressive),
         cmocka_unit_test(test_forward_shipped),
         cmocka_unit_test(test_forward_tiny64),
     };

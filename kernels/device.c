@@ -23,6 +23,31 @@ const char *device_name(Device d) {
     return d == DEVICE_CUDA ? "cuda" : d == DEVICE_CPU ? "cpu" : "auto";
 }
 
+#ifndef STEER_CUDA
+static int tf32_on; // remembered only: nothing computes in TF32 without CUDA
+#endif
+
+void device_tf32_set(int on) {
+#ifdef STEER_CUDA
+    cuda_tf32_set(on != 0);
+#else
+    tf32_on = on != 0;
+#endif
+}
+
+int device_tf32_get(void) {
+#ifdef STEER_CUDA
+    return cuda_tf32_get();
+#else
+    return tf32_on;
+#endif
+}
+
+const char *device_tf32_note(Device d) {
+    if (!device_tf32_get()) return "";
+    return d == DEVICE_CUDA ? "; TF32 tensor cores on" : "; TF32 asked for, but the CPU computes in FP32";
+}
+
 Device device_choose(Device want, char *why, size_t len) {
     if (want == DEVICE_CPU) {
         snprintf(why, len, "asked for the CPU");

@@ -17,5 +17,13 @@ const char *device_name(Device d);
 // else DEVICE_CPU. why (len bytes) says what was found: the GPU's name, or why not (a build
 // without CUDA, no driver, no device). Never fails.
 Device device_choose(Device want, char *why, size_t len);
+// TF32 tensor-core math for the GPU's convolutions and matrix products (cuda_tf32_set): off (0,
+// the default) keeps them in full FP32, on (1) lets cuBLAS and cuDNN round their inputs to TF32
+// (a 10-bit mantissa, about 1e-3 relative error per product; several times faster on Ampere and
+// Hopper). Process-wide. Without a CUDA build it is only remembered (the CPU computes in FP32).
+void device_tf32_set(int on);
+int device_tf32_get(void);
+// ", TF32 on" / "" for a device line: what device_tf32_get means where d computes.
+const char *device_tf32_note(Device d);
 
 #endif

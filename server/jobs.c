@@ -671,7 +671,7 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
                                         "steps", "batch", "seed", "save_every", "log_every",
                                         "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
                                         "store", "teacher", "beta", "lambda", "w_pix", "w_feat",
-                                        "w_adv", "reward_n", "ch", "eval_every", "seconds", "device", NULL};
+                                        "w_adv", "reward_n", "ch", "eval_every", "seconds", "device", "tf32", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {

@@ -1331,6 +1331,8 @@ static void usage(FILE *f) {
             "  --device D              where frames are drawn: auto (default: the GPU when this\n"
             "                          build has CUDA and a GPU is usable), cpu, cuda; a GPU that\n"
             "                          cannot be used falls back to the CPU, saying why\n"
+            "  --tf32                  the GPU's convolutions and matrix products in TF32 (faster;\n"
+            "                          ~1e-3 relative rounding per product; default FP32)\n"
             "  --max-connections N     WebSocket connections at once (default 1024)\n"
             "  --max-message BYTES     largest message from a client (default 65536)\n"
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
@@ -1383,7 +1385,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
         {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
         {"workers", 1, 0, 'W'},       {"admin-token-file", 1, 0, 'A'},
-        {"device", 1, 0, 'V'},        {0, 0, 0, 0}};
+        {"device", 1, 0, 'V'},        {"tf32", 0, 0, 'T'},          {0, 0, 0, 0}};
     int ch;
     long v;
     float fv;
@@ -1420,6 +1422,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
             }
             break;
         case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
+        case 'T': device_tf32_set(1); break;
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -1653,9 +1656,10 @@ int cli_serve(int argc, char **argv) {
     char dev_why[300];
     Device dev = device_choose(sv->opt.device, dev_why, sizeof dev_why);
     if (!sv->opt.quiet || (sv->opt.device == DEVICE_CUDA && dev != DEVICE_CUDA))
-        fprintf(stderr, "steer: drawing frames on the %s (%s%s)\n", dev == DEVICE_CUDA ? "GPU" : "CPU",
+        fprintf(stderr, "steer: drawing frames on the %s (%s%s%s)\n",
+                dev == DEVICE_CUDA ? "GPU" : "CPU",
                 sv->opt.device == DEVICE_CUDA && dev != DEVICE_CUDA ? "asked for cuda; " : "",
-                dev_why);
+                dev_why, device_tf32_note(dev));
     GenOptions go = {.device = dev,
                      .batch_max = sv->opt.batch,
                      .deadline_s = sv->opt.deadline_ms / 1000.0,

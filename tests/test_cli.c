@@ -73,6 +73,13 @@ static void test_train_device(void **state) {
         CHECK_ASSERT_HAS(out, "training on the CPU (asked for cuda; ");
         assert_true(strstr(out, "no CUDA backend") || strstr(out, "no usable GPU"));
     }
+    // --tf32: on the GPU it says TF32 is on; on the CPU that it does not apply there
+    rc = run("train --config tiny --iters 1 --batch 8 --tf32 --sample-every 0 "
+             "--ckpt-dir %s/tf32%.0s", dir, dir);
+    assert_int_equal(rc, 0);
+    CHECK_ASSERT_HAS(out, strstr(out, "training on the GPU (")
+                              ? "; TF32 tensor cores on)"
+                              : "; TF32 asked for, but the CPU computes in FP32)");
 }
 
 // steer bench --device: cuda where the GPU cannot be used fails and says why (a benchmark asked

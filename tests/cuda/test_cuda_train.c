@@ -813,5 +813,16 @@ int main(void) {
         cmocka_unit_test(test_distill_step),
         cmocka_unit_test(test_train_progressive),
     };
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    // STEER_CUDA_SHARD=i/n runs every n-th test from the i-th (on cuemu each process emulates the
+    // GPU on one core: tests/cuda/emu/run.sh runs two shards side by side)
+    size_t n_tests = sizeof tests / sizeof tests[0], shard = 0, shards = 1, k = 0;
+    const char *sh = getenv("STEER_CUDA_SHARD");
+    if (sh && (sscanf(sh, "%zu/%zu", &shard, &shards) != 2 || shards < 1 || shard >= shards)) {
+        fprintf(stderr, "STEER_CUDA_SHARD=%s: want i/n with i < n\n", sh);
+        return 2;
+    }
+    struct CMUnitTest picked[sizeof tests / sizeof tests[0]];
+    for (size_t i = 0; i < n_tests; i++)
+        if (i % shards == shard) picked[k++] = tests[i];
+    return _cmocka_run_group_tests("test_cuda_train", picked, k, group_setup, group_teardown);
 }

@@ -6,12 +6,9 @@
 set -u
 build=${1:-build-cuemu}
 rc=0
-for t in test_cuda_ops test_cuda_gen test_cuda_train; do
-    bin=$build/tests/cuda/$t
-    log=$build/$t.log
-    start=$SECONDS
-    CMOCKA_MESSAGE_OUTPUT=TAP "$bin" >"$log" 2>&1
-    status=$?
+# check NAME LOG STATUS START: reads one test's TAP log
+check() {
+    local t=$1 log=$2 status=$3 start=$4 oks fails
     oks=$(grep -c '^ok ' "$log")
     fails=$(grep -c '^not ok ' "$log")
     if [[ $status -ne 0 || $fails -ne 0 ]]; then
@@ -25,6 +22,23 @@ for t in test_cuda_ops test_cuda_gen test_cuda_train; do
     else
         echo "cuemu: $t passed ($oks checks), $((SECONDS - start)) s"
     fi
+}
+for t in test_cuda_ops test_cuda_gen; do
+    start=$SECONDS
+    CMOCKA_MESSAGE_OUTPUT=TAP "$build/tests/cuda/$t" >"$build/$t.log" 2>&1
+    check "$t" "$build/$t.log" $? "$start"
+done
+# test_cuda_train, the long one, as two shards side by side (cuemu runs a process on one core)
+start=$SECONDS
+pids=()
+for i in 0 1; do
+    STEER_CUDA_SHARD=$i/2 CMOCKA_MESSAGE_OUTPUT=TAP "$build/tests/cuda/test_cuda_train" \
+        >"$build/test_cuda_train.$i.log" 2>&1 &
+    pids+=($!)
+done
+for i in 0 1; do
+    wait "${pids[$i]}"
+    check "test_cuda_train (shard $i of 2)" "$build/test_cuda_train.$i.log" $? "$start"
 done
 # the server drawing on the GPU: steer serve --device cuda, frames to a real client (steer-client,
 # the CPU build's; make builds it); the server's warm-up runs every batch size up to --batch, so

@@ -1098,8 +1098,8 @@ static int step(GanCuda *gc, GanTrainer *t, const Dataset *data, GanCudaTune *tu
     gan_prog_level(h, t->G.n_stages, t->step, &level, &alpha);
     if (generator_set_level(&t->G, level, alpha) || discriminator_set_level(&t->D, level, alpha))
         return KERNELS_EINVAL; // a schedule without the progressive layers (cfg.prog)
-    gc->G.level = gc->D.level = level;
-    gc->G.alpha = gc->D.alpha = alpha;
+    t->level = gc->G.level = gc->D.level = level;
+    t->alpha = gc->G.alpha = gc->D.alpha = alpha;
     int R = 4 << level, grow = c->prog && (R < c->img || alpha < 1.0f);
     long imgR = (long)c->channels * R * R;
     if (tu && grow) return KERNELS_EINVAL; // (their G steps are at the full level only)

@@ -156,6 +156,13 @@ static long trainer_differ(const GanTrainer *cuda, const GanTrainer *cpu) {
         printf("#   step %ld (cuda) vs %ld (cpu)\n", cuda->step, cpu->step);
         k++;
     }
+    if (cuda->level != cpu->level || cuda->alpha != cpu->alpha || cuda->G.level != cpu->G.level ||
+        cuda->D.level != cpu->D.level || cuda->G.alpha != cpu->G.alpha ||
+        cuda->D.alpha != cpu->D.alpha) {
+        printf("#   progressive level %d alpha %g (cuda) vs %d %g (cpu)\n", cuda->level,
+               cuda->alpha, cpu->level, cpu->alpha);
+        k++;
+    }
     return k;
 }
 

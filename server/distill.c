@@ -112,7 +112,8 @@ int distill_device_init(DistillDevice *dd, TrainDevice *td, GanTrainer *t, Disti
     if (!td->on_gpu) return 0;
 #ifdef STEER_CUDA
     char err[400] = "out of memory";
-    GanCudaTune *tu = calloc(1, sizeof *tu);
+    GanCudaTune *tu = t->hp.prog_stable > 0 ? NULL : calloc(1, sizeof *tu);
+    if (t->hp.prog_stable > 0) snprintf(err, sizeof err, "a progressive schedule");
     if (tu && !gan_cuda_distill_init(tu, td->gc, &d->teacher, &d->td, err, sizeof err)) {
         tu->w_pix = c->w_pix;
         tu->w_feat = c->w_feat;

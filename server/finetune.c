@@ -190,7 +190,8 @@ int finetune_device_init(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, Fin
     if (!td->on_gpu) return 0;
 #ifdef STEER_CUDA
     char err[400] = "out of memory";
-    GanCudaTune *tu = calloc(1, sizeof *tu);
+    GanCudaTune *tu = t->hp.prog_stable > 0 ? NULL : calloc(1, sizeof *tu);
+    if (t->hp.prog_stable > 0) snprintf(err, sizeof err, "a progressive schedule");
     if (tu && t->hp.batch <= r->learn.feat.max_B &&
         !gan_cuda_tune_init(tu, td->gc, &r->learn.feat.d, theta0, err, sizeof err)) {
         tu->loss = reward_loss;

@@ -282,7 +282,7 @@ static int cuda_gen_rate(const Generator *g, int B, double seconds, double *ips,
     double t0 = cli_now_s(), el = 0;
     while (!rc) {
         rc = generator_cuda_forward(&gc, z, labels, B, img);
-        if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc.stream));
+        if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc.sp.gc.stream));
         reps++;
         if ((el = cli_now_s() - t0) >= seconds) break;
     }
@@ -291,7 +291,7 @@ static int cuda_gen_rate(const Generator *g, int B, double seconds, double *ips,
     else
         *ips = (double)reps * B / el;
 done:
-    cuda_stream_retire(gc.stream);
+    cuda_stream_retire(gc.sp.gc.stream);
     generator_cuda_free(&gc);
     free(z);
     free(img);

@@ -1279,7 +1279,7 @@ static int frozen_disc_init(GanCudaDisc *d, GanCuda *gc, const Discriminator *h)
     return params_cuda_upload(&d->ps, &h->ps, gc->stream);
 }
 
-// Likewise for a G.
+// Likewise for a G that only runs forward (no gradient twins of its activations).
 static int frozen_gen_init(GanCudaGen *g, GanCuda *gc, const Generator *h) {
     gen_indices(g, h);
     params_cuda_layout(&g->ps, &h->ps);
@@ -1287,7 +1287,8 @@ static int frozen_gen_init(GanCudaGen *g, GanCuda *gc, const Generator *h) {
     gen_carve(g, &gc->cfg, gc->B, &cv);
     g->acts_total = cv.used;
     CHECK(params_cuda_alloc(&g->ps));
-    CHECK(acts_alloc(&g->acts, &g->dacts, cv.used));
+    if (cudaMalloc((void **)&g->acts, sizeof(float) * (size_t)cv.used) != cudaSuccess)
+        return KERNELS_ENOMEM;
     cv = (Carver){g->acts, 0};
     gen_carve(g, &gc->cfg, gc->B, &cv);
     return params_cuda_upload(&g->ps, &h->ps, gc->stream);
@@ -1377,6 +1378,71 @@ int gan_cuda_tune_step(GanCuda *gc, GanCudaTune *tu, GanTrainer *t, const Datase
     if ((tu->kind == GAN_CUDA_FINETUNE && !tu->loss) || !tu->kind || gc->dp_size != 1)
         return KERNELS_EINVAL;
     return step(gc, t, data, tu);
+}
+
+// ---------------------------------------------------------------------------------------------
+// G alone: serving and sampling (generator/sagan_cuda.c)
+
+int gan_cuda_sampler_init(GanCudaSampler *sp, const Generator *g, int max_B, char *err,
+                          size_t errlen) {
+    memset(sp, 0, sizeof *sp);
+    char why[256];
+    if (max_B < 1) {
+        snprintf(err, errlen, "batch %d: must be at least 1", max_B);
+        return KERNELS_EINVAL;
+    }
+    if (!cuda_device_available(why, sizeof why)) {
+        snprintf(err, errlen, "no GPU: %s", why);
+        return KERNELS_ECUDA;
+    }
+    GanCuda *gc = &sp->gc; // the context gen_forward runs in: config, batch and stream only
+    gc->cfg = g->cfg;
+    gc->B = gc->B_all = max_B;
+    gc->dp_size = 1;
+    int rc = CUDA_OK(cudaStreamCreateWithFlags(&gc->stream, cudaStreamNonBlocking));
+    if (!rc) rc = frozen_gen_init(&sp->G, gc, g);
+    if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc->stream));
+    if (rc) {
+        snprintf(err, errlen, "cannot set up G on the GPU: %s (%.1f MB of activations)",
+                 kernels_strerror(rc), sp->G.acts_total * 4.0 / 1e6);
+        gan_cuda_sampler_free(sp);
+    }
+    return rc;
+}
+
+int gan_cuda_sampler_upload(GanCudaSampler *sp, const Generator *g) {
+    const SaganConfig *a = &sp->gc.cfg, *b = &g->cfg;
+    if (a->ch != b->ch || a->z_dim != b->z_dim || a->img != b->img ||
+        a->channels != b->channels || a->n_classes != b->n_classes ||
+        a->attn_res != b->attn_res || a->prog != b->prog ||
+        !params_cuda_fits(&sp->G.ps, &g->ps))
+        return KERNELS_EINVAL;
+    // (on the sampler's stream and waited for: work a failed forward left queued may still read
+    // the weights; the sources are pageable)
+    CHECK(CUDA_OK(cudaStreamSynchronize(sp->gc.stream)));
+    CHECK(params_cuda_upload(&sp->G.ps, &g->ps, sp->gc.stream));
+    sp->G.level = g->level;
+    sp->G.alpha = g->alpha;
+    return 0;
+}
+
+int gan_cuda_sampler_forward(GanCudaSampler *sp, const float *z, const int32_t *y, int B,
+                             const float **img) {
+    if (B < 1 || B > sp->gc.B || (sp->gc.cfg.n_classes && !y)) return KERNELS_EINVAL;
+    CHECK(gen_forward(&sp->gc, &sp->G, z, sp->gc.cfg.n_classes ? y : NULL, B, 0.0f));
+    *img = gen_output(&sp->G);
+    return 0;
+}
+
+void gan_cuda_sampler_free(GanCudaSampler *sp) {
+    if (sp->gc.stream) cudaStreamSynchronize(sp->gc.stream);
+    cudaFree(sp->G.ps.buf);
+    cudaFree(sp->G.acts);
+    if (sp->gc.stream) {
+        cuda_stream_forget(sp->gc.stream);
+        cudaStreamDestroy(sp->gc.stream);
+    }
+    memset(sp, 0, sizeof *sp);
 }
 
 #endif

@@ -179,6 +179,29 @@ int gan_cuda_download(GanCuda *gc, GanTrainer *t);
 // Frees the device copy; safe on a zeroed or half-built gc.
 void gan_cuda_free(GanCuda *gc);
 
+// --- G alone: serving and sampling (generator/sagan_cuda.c) -------------------------------------
+
+// A frozen G on the device (its parameters and effective weights as given) with activations for
+// max_B images, run by the training step's own forward at the Generator's level; the GanCuda
+// holds only what that forward reads (the config, the batch, the stream).
+typedef struct {
+    GanCuda gc;
+    GanCudaGen G;
+} GanCudaSampler;
+
+// 0, or a KERNELS_E* code with err set (no GPU, no memory); sp is then freed.
+int gan_cuda_sampler_init(GanCudaSampler *sp, const Generator *g, int max_B, char *err,
+                          size_t errlen);
+// g's weights (and level) again, after a hot swap; KERNELS_EINVAL when g no longer fits (another
+// config or layout: build a new sampler). Waits for the GPU.
+int gan_cuda_sampler_upload(GanCudaSampler *sp, const Generator *g);
+// z (B, Z), y (B; NULL when unconditional): DEVICE, labels checked by the caller. *img receives
+// the device image (B, C, R, R) at G's level, valid until the next forward. Queued on sp->gc.stream
+// without waiting.
+int gan_cuda_sampler_forward(GanCudaSampler *sp, const float *z, const int32_t *y, int B,
+                             const float **img);
+void gan_cuda_sampler_free(GanCudaSampler *sp);
+
 // --- tune steps: G trained on losses through frozen networks (server/finetune.h, distill.h) ----
 
 // The caller's loss on the frozen D's last maps (sagan.c's discriminator_features) of G's frames:

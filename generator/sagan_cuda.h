@@ -1,10 +1,10 @@
 // sagan_cuda.h — G's forward on a GPU, for serving and sampling (the CUDA build: make CUDA=1).
 //
-// A GeneratorCuda is a device copy of a Generator's effective weights (W / sigma, as the CPU
-// forward reads them) and device activations sized for max_B, run with the kernels of
-// kernels/cuda/cuda_ops.h on one stream: the same layers in the same order as
-// generator_forward (sagan.c), at the network's last level. Training stays on the CPU for now
-// (docs/gpu.md). One thread uses a GeneratorCuda at a time.
+// A GeneratorCuda is a device copy of a Generator (its effective weights, W / sigma, as the CPU
+// forward reads them) and device activations sized for max_B, run by the GPU training step's own
+// G forward (generator/gan_cuda.h, GanCudaSampler: the same layers in the same order as
+// generator_forward, sagan.c) on one stream, at the network's last level; z and the classes go up,
+// the images come down. One thread uses a GeneratorCuda at a time.
 //
 // B batch, Z latent size, C channels, R = img. Host pointers are marked host; the rest is device.
 #ifndef GENERATOR_SAGAN_CUDA_H
@@ -15,30 +15,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <cuda_runtime_api.h>
-
+#include "generator/gan_cuda.h"
 #include "generator/sagan.h"
 
 typedef struct {
-    SaganConfig cfg;
-    int max_B, n_stages, attn_stage;
-    int chan[SAGAN_MAX_STAGES + 1];
-    cudaStream_t stream;
-    long total;            // floats of the weight copy (the Generator's ParamSet layout)
-    float *w;              // (total) effective weights
-    long off_fc_w, off_fc_b, off_conv_w[SAGAN_MAX_STAGES], off_conv_b[SAGAN_MAX_STAGES];
-    long off_f, off_g, off_h, off_o, off_gamma, off_out_w, off_out_b;
-    float *embed_host;     // host (n_classes, Z): the class embedding, added to z on the host
-    float *zc_host;        // host (max_B, Z)
-    float *act;            // one device buffer carved into the activations below
-    float *zc;             // (B, Z)
-    float *fc;             // (B, chan0 * 16)
-    float *pn0, *rn0;      // (B, chan0, 16), (B, 16)
-    float *up[SAGAN_MAX_STAGES], *conv[SAGAN_MAX_STAGES], *pn[SAGAN_MAX_STAGES];
-    float *rn[SAGAN_MAX_STAGES];
-    float *att;            // (B, C, N) the attention block's output
-    AttentionSaved att_saved; // its intermediates (kernels/attention.h), carved from act
-    float *pre;            // (B, channels, R, R) before tanh; the image after it, in place
+    GanCudaSampler sp;     // G on the device, and its stream
+    int max_B;
+    float *z;              // (max_B, Z) the batch's latents
+    int32_t *y;            // (max_B) its classes (conditional models)
 } GeneratorCuda;
 
 // Builds the device copy of g (its effective weights as they are now) for batches up to max_B.

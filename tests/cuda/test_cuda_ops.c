@@ -1101,6 +1101,54 @@ static void test_scalar_combiners(void **state) {
     CUDA_OK(cudaFree(dout));
 }
 
+// The tune steps' small ops (model_cuda.cu): the finetune anchor grads += lambda (params - theta0),
+// an in-place scale, and distill's squared-difference term (its sum in double, SUM_RTOL; its
+// gradient scale (a - b), written or added), against double loops; n spans several blocks' worth
+// and one element.
+static void tune_ops_case(long n) {
+    double *gd, *pd, *td, *ad, *bd;
+    float *g = fill(&gd, n, -1, 1), *p = fill(&pd, n, -2, 2), *t = fill(&td, n, -2, 2);
+    float *a = fill(&ad, n, -1, 1), *b = fill(&bd, n, -1, 1);
+    float *dg = dev_copy(g, n), *dp = dev_copy(p, n), *dt = dev_copy(t, n), *da = dev_copy(a, n),
+          *db = dev_copy(b, n);
+    const float lambda = 1e-3f, scale = -0.75f, sq = 0.125f;
+    double *want = CHECK_ALLOC(double, n);
+    assert_int_equal(anchor_grad_cuda(dg, dp, dt, lambda, n, stream), 0);
+    for (long i = 0; i < n; i++) want[i] = gd[i] + (double)lambda * (pd[i] - td[i]);
+    ASSERT_CLOSE("anchor_grad", dg, want, n);
+    assert_int_equal(scale_inplace_cuda(dg, scale, n, stream), 0);
+    for (long i = 0; i < n; i++) want[i] *= scale;
+    ASSERT_CLOSE("scale_inplace", dg, want, n);
+    // written: grad = sq (a - b); then added onto it: twice that
+    double *dsum = dev_nan(sizeof(double)), s = 0.0;
+    float *dgrad = dev_nan(sizeof(float) * (size_t)n);
+    for (long i = 0; i < n; i++) {
+        double e = (double)a[i] - b[i];
+        s += e * e;
+        want[i] = sq * e;
+    }
+    for (int acc = 0; acc < 2; acc++) {
+        assert_int_equal(sq_diff_cuda(dsum, dgrad, da, db, sq, n, acc, stream), 0);
+        double got = dev_read_double(dsum);
+        assert_int_equal(check_compare_d("sq_diff sum", &got, &s, 1, 0, SUM_RTOL), 0);
+        ASSERT_CLOSE(acc ? "sq_diff grad added" : "sq_diff grad written", dgrad, want, n);
+        for (long i = 0; i < n; i++) want[i] *= 2.0;
+    }
+    assert_int_equal(sq_diff_cuda(NULL, dgrad, da, db, sq, n, 0, stream), KERNELS_EINVAL);
+    CUDA_OK(cudaStreamSynchronize(stream));
+    dev_free(dg), dev_free(dp), dev_free(dt), dev_free(da), dev_free(db), dev_free(dgrad);
+    CUDA_OK(cudaFree(dsum));
+    free(g), free(p), free(t), free(a), free(b), free(gd), free(pd), free(td), free(ad), free(bd);
+    free(want);
+}
+
+static void test_tune_ops(void **state) {
+    (void)state;
+    tune_ops_case(1);
+    tune_ops_case(5003);
+    tune_ops_case(262147);
+}
+
 // Without a driver or a device, the entry points return KERNELS_ECUDA; none crashes or exits.
 // The pointers (host memory) are never touched: each call fails before anything reaches a GPU.
 // Returns 1 when all do.
@@ -1175,6 +1223,7 @@ int main(void) {
         cmocka_unit_test(test_ortho_reg),
         cmocka_unit_test(test_grad_penalty_fd_prepare),
         cmocka_unit_test(test_scalar_combiners),
+        cmocka_unit_test(test_tune_ops),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -1,8 +1,9 @@
 // gan_cuda.c — gan_step on the GPU (gan_cuda.h): the D step and the G step of gan.c, with its
 // techniques (SN on or off, R1 and WGAN-GP, orthogonal and L1 terms, dropout in D, weight decay,
 // FreezeD, G's EMA, progressive growing), G's and D's forward and backward as sagan.c runs them
-// at their level, on the kernels of kernels/cuda/cuda_ops.h and one stream; and the finetune and
-// distill jobs' steps (tune steps), with frozen networks beside the trainer.
+// at their level, on the kernels of kernels/cuda/cuda_ops.h and one stream; the finetune and
+// distill jobs' steps (tune steps), with frozen networks beside the trainer; and G alone for
+// serving and sampling (GanCudaSampler): the one G forward on the GPU.
 //
 // What stays on the host: every random draw (the real batch's indices, the latents and the fake
 // labels come from t->rng in gan_step's order, so a run on the GPU draws what a run on the CPU
@@ -11,7 +12,7 @@
 // counter, the level and the losses; dropout's masks are drawn on the device from keys the host
 // draws from t->D.dropout_seed, as ops.c draws them. Each step copies the batch up (B images, 2B
 // labels, twice B x Z latents) and the losses down, and waits for the GPU once. Not here:
-// checkpoints (download, then gan_save), G's forward for serving (sagan_cuda.c), the
+// checkpoints (download, then gan_save), serving's copies up and down (sagan_cuda.c), the
 // data-parallel all-reduce itself (GanCuda.reduce: dist_cuda.c).
 // Compiled only in the CUDA build.
 //

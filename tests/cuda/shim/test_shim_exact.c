@@ -300,10 +300,72 @@ static void test_train_progressive(void **state) {
     assert_int_equal(train_differ_steps("tiny64", &rgb, hp, 5), 0);
 }
 
+// A job's own step both ways (finetune: finetune_step against finetune_device_step; distill:
+// distill_step against distill_device_step), STEPS steps of free running from trainers built alike
+// (seed 11), every difference counted: trainer_differ's, and the job's outputs (the reward, or
+// the pixel and feature losses) bit for bit.
+typedef struct {
+    int distill;
+    FinetuneReward *r;
+    FinetuneConfig fc;
+    const float *theta0;
+    Distiller *dist;
+    DistillConfig dc;
+} Job;
+
+static long job_differ(const char *config, const Job *job, GanTrainer *cuda, GanTrainer *cpu) {
+    char err[512], line[600];
+    GanCuda gc;
+    if (gan_cuda_init(&gc, cuda, err, sizeof err)) fail_msg("%s: gan_cuda_init: %s", config, err);
+    TrainDevice td = {.on_gpu = 1, .gc = &gc};
+    FinetuneDevice fd;
+    DistillDevice dd;
+    memset(&fd, 0, sizeof fd);
+    memset(&dd, 0, sizeof dd);
+    if (job->distill)
+        assert_int_equal(distill_device_init(&dd, &td, cuda, job->dist, &job->dc, line, sizeof line),
+                         0);
+    else
+        assert_int_equal(
+            finetune_device_init(&fd, &td, cuda, job->r, &job->fc, job->theta0, line, sizeof line),
+            0);
+    printf("# %s: %s\n", config, line);
+    assert_non_null(job->distill ? dd.tu : fd.tu);
+    long total = 0;
+    for (int s = 1; s <= STEPS; s++) {
+        double out_cpu[2] = {0}, out_cuda[2] = {0}; // reward; or pixel and feature losses
+        if (job->distill) {
+            assert_int_equal(
+                distill_step(cpu, job->dist, &job->dc, &fmnist, out_cpu, out_cpu + 1), 0);
+            assert_int_equal(distill_device_step(&dd, &td, cuda, &fmnist, out_cuda, out_cuda + 1),
+                             0);
+        } else {
+            assert_int_equal(finetune_step(cpu, job->r, &job->fc, job->theta0, &fmnist, out_cpu), 0);
+            assert_int_equal(
+                finetune_device_step(&fd, &td, cuda, job->theta0, &fmnist, out_cuda), 0);
+        }
+        assert_int_equal(gan_cuda_download(&gc, cuda), 0);
+        long k = trainer_differ(cuda, cpu);
+        if (memcmp(out_cuda, out_cpu, sizeof out_cpu) != 0) {
+            printf("#   the job's outputs %.17g, %.17g (cuda) vs %.17g, %.17g (cpu)\n", out_cuda[0],
+                   out_cuda[1], out_cpu[0], out_cpu[1]);
+            k++;
+        }
+        printf("# %s %s step %d: %ld differences (%s %.6f, %.6f, loss_g %.6f)\n",
+               job->distill ? "distill" : "finetune", config, s, k,
+               job->distill ? "pixel, feature" : "reward", out_cpu[0], out_cpu[1], cpu->loss_g);
+        total += k;
+    }
+    finetune_device_free(&fd, &td);
+    distill_device_free(&dd, &td);
+    gan_cuda_free(&gc);
+    return total;
+}
+
 // server/finetune.c's step on the GPU path (finetune_device_step: gan_cuda_tune_step with the
-// reward computed on the host from the reward D's maps) against finetune_step on the CPU, both
-// from one trainer saved and built alike: the reward D is that checkpoint's D, the reward weights
-// made up (the users' fitted model is not what is checked here), theta0 the starting G.
+// reward computed on the host from the reward D's maps): the reward D is the starting trainer's
+// checkpoint's D, the reward weights made up (the users' fitted model is not what is checked
+// here), theta0 the starting G.
 static long finetune_differ(const char *config, GanHparams hp) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
@@ -317,35 +379,10 @@ static long finetune_differ(const char *config, GanHparams hp) {
     Rng wr;
     rng_seed(&wr, 5);
     fixture_reward(&r, ckpt, BATCH, &wr);
-    FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
     float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
     memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
-
-    GanCuda gc;
-    if (gan_cuda_init(&gc, &cuda, err, sizeof err)) fail_msg("%s: gan_cuda_init: %s", config, err);
-    TrainDevice td = {.on_gpu = 1, .gc = &gc};
-    FinetuneDevice fd;
-    char line[600];
-    assert_int_equal(finetune_device_init(&fd, &td, &cuda, &r, &fc, theta0, line, sizeof line), 0);
-    printf("# %s: %s\n", config, line);
-    assert_non_null(fd.tu);
-    long total = 0;
-    for (int s = 1; s <= STEPS; s++) {
-        double rw_cpu, rw_cuda;
-        assert_int_equal(finetune_step(&cpu, &r, &fc, theta0, &fmnist, &rw_cpu), 0);
-        assert_int_equal(finetune_device_step(&fd, &td, &cuda, theta0, &fmnist, &rw_cuda), 0);
-        assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
-        long k = trainer_differ(&cuda, &cpu);
-        if (memcmp(&rw_cuda, &rw_cpu, sizeof rw_cpu) != 0) {
-            printf("#   reward %.17g (cuda) vs %.17g (cpu)\n", rw_cuda, rw_cpu);
-            k++;
-        }
-        printf("# finetune %s step %d: %ld differences (reward %.6f, loss_g %.6f)\n", config, s, k,
-               rw_cpu, cpu.loss_g);
-        total += k;
-    }
-    finetune_device_free(&fd, &td);
-    gan_cuda_free(&gc);
+    Job job = {.r = &r, .fc = {.beta = 1.0, .lambda = 1e-3}, .theta0 = theta0};
+    long total = job_differ(config, &job, &cuda, &cpu);
     fixture_reward_free(&r);
     free(theta0);
     fixture_tmp_remove(dir, ckpt);
@@ -366,45 +403,22 @@ static void test_finetune(void **state) {
 }
 
 // server/distill.c's step on the GPU path (distill_device_step: gan_cuda_tune_step with the
-// teacher's G and D on the device) against distill_step on the CPU: a teacher of twice the
-// student's width, saved and loaded as the job loads it.
+// teacher's G and D on the device): a teacher of twice the student's width, saved and loaded as
+// the job loads it.
 static long distill_differ(const char *config, GanHparams hp) {
     SaganConfig cfg;
     assert_int_equal(sagan_config_lookup(&cfg, config), 0);
-    GanTrainer cpu, cuda;
-    char dir[32], ckpt[96], err[512], line[600];
+    char dir[32], ckpt[96], err[512];
     fixture_tmp(dir, ckpt, "teacher.safetensors");
     fixture_teacher(&cfg, &hp, ckpt);
     Distiller dist;
     if (distill_init(&dist, ckpt, BATCH, err, sizeof err)) fail_msg("%s", err);
+    GanTrainer cpu, cuda;
     assert_int_equal(gan_init(&cpu, &cfg, &hp, 11), 0);
     assert_int_equal(gan_init(&cuda, &cfg, &hp, 11), 0);
-    DistillConfig dc = {.w_pix = 1.0, .w_feat = 0.5, .w_adv = 0.1}; // three weights apart
-    GanCuda gc;
-    if (gan_cuda_init(&gc, &cuda, err, sizeof err)) fail_msg("%s: gan_cuda_init: %s", config, err);
-    TrainDevice td = {.on_gpu = 1, .gc = &gc};
-    DistillDevice dd;
-    assert_int_equal(distill_device_init(&dd, &td, &cuda, &dist, &dc, line, sizeof line), 0);
-    printf("# %s: %s\n", config, line);
-    assert_non_null(dd.tu);
-    long total = 0;
-    for (int s = 1; s <= STEPS; s++) {
-        double pix_cpu, feat_cpu, pix_cuda, feat_cuda;
-        assert_int_equal(distill_step(&cpu, &dist, &dc, &fmnist, &pix_cpu, &feat_cpu), 0);
-        assert_int_equal(distill_device_step(&dd, &td, &cuda, &fmnist, &pix_cuda, &feat_cuda), 0);
-        assert_int_equal(gan_cuda_download(&gc, &cuda), 0);
-        long k = trainer_differ(&cuda, &cpu);
-        if (memcmp(&pix_cuda, &pix_cpu, sizeof pix_cpu) || memcmp(&feat_cuda, &feat_cpu, sizeof feat_cpu)) {
-            printf("#   pixel, feature losses %.17g, %.17g (cuda) vs %.17g, %.17g (cpu)\n",
-                   pix_cuda, feat_cuda, pix_cpu, feat_cpu);
-            k++;
-        }
-        printf("# distill %s step %d: %ld differences (pixel %.6f, feature %.6f, loss_g %.6f)\n",
-               config, s, k, pix_cpu, feat_cpu, cpu.loss_g);
-        total += k;
-    }
-    distill_device_free(&dd, &td);
-    gan_cuda_free(&gc);
+    // the three weights apart, so that one used for another shows
+    Job job = {.distill = 1, .dist = &dist, .dc = {.w_pix = 1.0, .w_feat = 0.5, .w_adv = 0.1}};
+    long total = job_differ(config, &job, &cuda, &cpu);
     distill_free(&dist);
     fixture_tmp_remove(dir, ckpt);
     gan_free(&cuda);

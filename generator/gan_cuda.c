@@ -72,13 +72,17 @@ static void params_cuda_layout(GanCudaParams *pc, const ParamSet *ps) {
     pc->v_total = ps->v_total;
 }
 
+// A frozen set (pc->frozen: never trained, no gradients reach it) has no gradient, Adam or
+// dw_eff buffers: those stay NULL and are neither allocated nor copied.
 static void params_cuda_carve(GanCudaParams *pc, Carver *cv) {
     pc->params = carve(cv, pc->total);
-    pc->grads = carve(cv, pc->total);
-    pc->m = carve(cv, pc->total);
-    pc->v = carve(cv, pc->total);
     pc->w_eff = carve(cv, pc->total);
-    pc->dw_eff = carve(cv, pc->total);
+    if (!pc->frozen) {
+        pc->grads = carve(cv, pc->total);
+        pc->m = carve(cv, pc->total);
+        pc->v = carve(cv, pc->total);
+        pc->dw_eff = carve(cv, pc->total);
+    }
     pc->sn_u = carve(cv, pc->u_total);
     pc->sn_v = carve(cv, pc->v_total);
     pc->sigma = carve(cv, pc->n);
@@ -128,7 +132,7 @@ static int params_cuda_upload(GanCudaParams *pc, const ParamSet *ps, cudaStream_
         {pc->sigma, sigma, sizeof(float) * (size_t)ps->n},
     };
     for (size_t k = 0; k < sizeof copies / sizeof copies[0]; k++)
-        if (copies[k].bytes)
+        if (copies[k].bytes && copies[k].dev) // (a frozen set has no gradient or Adam buffers)
             CHECK(CUDA_OK(cudaMemcpyAsync(copies[k].dev, copies[k].host, copies[k].bytes,
                                           cudaMemcpyHostToDevice, st)));
     pc->adam_t = ps->adam_t;
@@ -699,11 +703,15 @@ static int gan_cuda_refuses(const GanTrainer *t, char *why, size_t len) {
 
 // Whether t is the trainer gc was built for: the same config (so the same parameter layout) and
 // batch.
-static int gan_cuda_fits(const GanCuda *gc, const GanTrainer *t) {
-    const SaganConfig *a = &gc->cfg, *b = &t->cfg;
+// Whether two configs build networks of one layout.
+static int cfg_same(const SaganConfig *a, const SaganConfig *b) {
     return a->ch == b->ch && a->z_dim == b->z_dim && a->img == b->img &&
            a->channels == b->channels && a->n_classes == b->n_classes &&
-           a->attn_res == b->attn_res && a->prog == b->prog && t->hp.batch == gc->B_all &&
+           a->attn_res == b->attn_res && a->prog == b->prog;
+}
+
+static int gan_cuda_fits(const GanCuda *gc, const GanTrainer *t) {
+    return cfg_same(&gc->cfg, &t->cfg) && t->hp.batch == gc->B_all &&
            t->dp_size == gc->dp_size && t->dp_rank == gc->dp_rank &&
            params_cuda_fits(&gc->G.ps, &t->G.ps) && params_cuda_fits(&gc->D.ps, &t->D.ps);
 }
@@ -1270,6 +1278,7 @@ int gan_cuda_step(GanCuda *gc, GanTrainer *t, const Dataset *data) {
 static int frozen_disc_init(GanCudaDisc *d, GanCuda *gc, const Discriminator *h) {
     disc_indices(d, h);
     params_cuda_layout(&d->ps, &h->ps);
+    d->ps.frozen = 1;
     Carver cv = {0};
     disc_carve(d, &gc->cfg, gc->B, &cv);
     d->acts_total = cv.used;
@@ -1284,6 +1293,7 @@ static int frozen_disc_init(GanCudaDisc *d, GanCuda *gc, const Discriminator *h)
 static int frozen_gen_init(GanCudaGen *g, GanCuda *gc, const Generator *h) {
     gen_indices(g, h);
     params_cuda_layout(&g->ps, &h->ps);
+    g->ps.frozen = 1;
     Carver cv = {0};
     gen_carve(g, &gc->cfg, gc->B, &cv);
     g->acts_total = cv.used;
@@ -1412,11 +1422,7 @@ int gan_cuda_sampler_init(GanCudaSampler *sp, const Generator *g, int max_B, cha
 }
 
 int gan_cuda_sampler_upload(GanCudaSampler *sp, const Generator *g) {
-    const SaganConfig *a = &sp->gc.cfg, *b = &g->cfg;
-    if (a->ch != b->ch || a->z_dim != b->z_dim || a->img != b->img ||
-        a->channels != b->channels || a->n_classes != b->n_classes ||
-        a->attn_res != b->attn_res || a->prog != b->prog ||
-        !params_cuda_fits(&sp->G.ps, &g->ps))
+    if (!cfg_same(&sp->gc.cfg, &g->cfg) || !params_cuda_fits(&sp->G.ps, &g->ps))
         return KERNELS_EINVAL;
     // (on the sampler's stream and waited for: work a failed forward left queued may still read
     // the weights; the sources are pageable)

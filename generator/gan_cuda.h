@@ -42,6 +42,7 @@ typedef struct {
     long total, u_total, v_total;
     long adam_t;            // Adam steps taken (host)
     int sn_off;             // the host set's sn_off at the step (w_eff = params, sigma 1)
+    int frozen;             // 1: a frozen network's: grads, m, v and dw_eff are NULL
     float *buf;             // the one device allocation carved into the buffers below
     float *params, *grads, *m, *v, *w_eff, *dw_eff; // (total)
     float *sn_u;            // (u_total)

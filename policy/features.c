@@ -85,7 +85,7 @@ static void standardize(const Features *f, const float *pooled, const int32_t *y
 int features_compute(Features *f, const float *images, const int32_t *y, long n, float *phi) {
     for (long i = 0; i < n; i += f->max_B) {
         long B = n - i < f->max_B ? n - i : f->max_B;
-        float pooled[f->max_B * f->d_ch];
+        float pooled[B * f->d_ch];
         const SaganConfig *c = &f->d.cfg;
         long img = (long)c->channels * c->img * c->img;
         int rc = features_pooled(f, images + i * img, y ? y + i : NULL, B, pooled);
@@ -101,7 +101,7 @@ void features_from_maps(const Features *f, const float *feat, const int32_t *y, 
     discriminator_features(&f->d, &Fd);
     for (int i = 0; i < B; i += f->max_B) {
         int b = B - i < f->max_B ? B - i : f->max_B;
-        float pooled[f->max_B * f->d_ch];
+        float pooled[b * f->d_ch];
         pool_maps(f, feat + (long)i * Fd, Fd, b, pooled);
         standardize(f, pooled, y ? y + i : NULL, b, phi + (long)i * f->F);
     }

@@ -5,7 +5,7 @@ set -euo pipefail
 build=${1:-build}
 secs=${BENCH_SECONDS:-5}
 out=$(mktemp)
-"$build"/steer bench --seconds "$secs" | tee "$out"
+"$build"/steer bench --seconds "$secs" --bf16 | tee "$out"
 /usr/bin/python3 bench/torch_sagan.py bench --train-seconds $((secs * 3)) --gen-seconds "$secs" | tee -a "$out"
 awk '
     { v[$1] = $2 }

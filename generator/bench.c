@@ -17,6 +17,7 @@
 
 #include "env/fmnist.h"
 #include "generator/gan.h"
+#include "kernels/conv.h"
 #include "kernels/device.h"
 #include "kernels/gemm.h"
 #include "kernels/kernels.h"
@@ -36,6 +37,7 @@ typedef struct {
     int batch;      // the training figure's batch (the GPU's generation too; --ckpt's)
     Device device;
     int tf32;       // GPU only: TF32 tensor-core math for cuBLAS and cuDNN
+    int bf16;       // CPU only: also the figures with BF16 convolutions (conv2d_bf16_set)
 } BenchOptions;
 
 // Effective FLOPs of one trained image. Per image: G forward twice and backward once (2 units),
@@ -105,6 +107,46 @@ static int bench_ckpt(const char *path, int B, double seconds) {
     return 0;
 }
 
+// Training images/s of t over `seconds` after 3 untimed steps; 0 when a step failed.
+static double train_images_per_s(GanTrainer *t, const Dataset *data, double seconds) {
+    for (int i = 0; i < 3; i++)
+        if (gan_step(t, data)) return 0;
+    long reps = 0;
+    double t0 = cli_now_s(), el;
+    do {
+        if (gan_step(t, data)) return 0;
+        reps++;
+    } while ((el = cli_now_s() - t0) < seconds);
+    return (double)reps * t->hp.batch / el;
+}
+
+// The BF16 lines (--bf16): the same figures with the convolutions in BF16 (conv2d_bf16_set),
+// measured right after the FP32 ones on the same trainer and generator, and their ratios.
+static int bench_cpu_bf16(GanTrainer *t, const Dataset *data, Generator *g, double seconds,
+                          double train_fp32, double b1_fp32, double b64_fp32) {
+    char why[200];
+    if (conv2d_bf16_set(1, why, sizeof why)) {
+        printf("bf16_supported 0\n");
+        fprintf(stderr, "steer bench: --bf16: not measured: %s\n", why);
+        return 0;
+    }
+    printf("bf16_supported 1\n");
+    double train = train_images_per_s(t, data, seconds);
+    if (!(train > 0)) {
+        conv2d_bf16_set(0, NULL, 0);
+        return 1;
+    }
+    double b1 = gen_images_per_s(g, 1, seconds), b64 = gen_images_per_s(g, 64, seconds);
+    conv2d_bf16_set(0, NULL, 0);
+    printf("bf16_train_images_per_s %.1f\n", train);
+    printf("bf16_gen_b1_images_per_s %.1f\n", b1);
+    printf("bf16_gen_b64_images_per_s %.1f\n", b64);
+    printf("ratio_bf16_vs_fp32_train %.2f\n", train / train_fp32);
+    printf("ratio_bf16_vs_fp32_gen_b1 %.2f\n", b1 / b1_fp32);
+    printf("ratio_bf16_vs_fp32_gen_b64 %.2f\n", b64 / b64_fp32);
+    return 0;
+}
+
 static int bench_cpu(const SaganConfig *cfg, const BenchOptions *o) {
     char err[1024];
     Dataset data = {0};
@@ -126,15 +168,8 @@ static int bench_cpu(const SaganConfig *cfg, const BenchOptions *o) {
         fprintf(stderr, "steer bench: out of memory\n");
         goto done;
     }
-    for (int i = 0; i < 3; i++)
-        if (gan_step(&t, &data)) goto step_failed;
-    long reps = 0;
-    double t0 = cli_now_s(), el;
-    do {
-        if (gan_step(&t, &data)) goto step_failed;
-        reps++;
-    } while ((el = cli_now_s() - t0) < o->seconds);
-    double train_ips = (double)reps * hp.batch / el;
+    double train_ips = train_images_per_s(&t, &data, o->seconds);
+    if (!(train_ips > 0)) goto step_failed;
     printf("train_images_per_s %.1f\n", train_ips);
     printf("train_gflops %.1f\n", train_ips * train_flops / 1e9);
     printf("train_fraction_of_sgemm %.3f\n", train_ips * train_flops / 1e9 / peak);
@@ -155,6 +190,11 @@ static int bench_cpu(const SaganConfig *cfg, const BenchOptions *o) {
     printf("gen_b64_images_per_s %.1f\n", b64);
     printf("gen_b64_gflops %.1f\n", b64 * 2 * gmacs / 1e9);
     printf("gen_b64_fraction_of_sgemm %.3f\n", b64 * 2 * gmacs / 1e9 / peak);
+    fflush(stdout);
+    if (o->bf16 && bench_cpu_bf16(&t, &data, &g, o->seconds, train_ips, b1, b64)) {
+        generator_free(&g);
+        goto step_failed;
+    }
     generator_free(&g);
     gan_free(&t);
     status = 0;
@@ -439,7 +479,7 @@ static int bench_ckpt_cuda(const BenchOptions *o, const char *device) {
 
 static void bench_usage(void) {
     printf("usage: steer bench [--config fmnist32] [--batch 64] [--seconds 5] [--device D]\n"
-           "                   [--tf32]\n"
+           "                   [--tf32] [--bf16]\n"
            "       steer bench --ckpt PATH [--batch 64] [--seconds 5] [--device D] [--tf32]\n"
            "Prints `name value` lines: training images/s (a whole D+G iteration at --batch) and\n"
            "generation images/s, their effective GFLOP/s and the SGEMM peak of this machine\n"
@@ -451,7 +491,10 @@ static void bench_usage(void) {
            "               reached); fails when this is not a CUDA build (make CUDA=1) or no GPU\n"
            "               is usable; auto: the GPU when usable, else the CPU, saying why\n"
            "  --tf32       on the GPU, TF32 tensor-core math for cuBLAS and cuDNN (default FP32);\n"
-           "               the peak is then measured both ways\n");
+           "               the peak is then measured both ways\n"
+           "  --bf16       on the CPU, the training and generation figures once more with BF16\n"
+           "               convolutions (bf16_* lines and their ratios to FP32), where the CPU\n"
+           "               has BF16 instructions (else bf16_supported 0 and why)\n");
 }
 
 // Parses argv into o. Returns 0, 2 for a usage error (said on stderr), or -1 after --help.
@@ -459,7 +502,8 @@ static int bench_parse(int argc, char **argv, BenchOptions *o) {
     *o = (BenchOptions){.config = "fmnist32", .seconds = 5, .batch = 64, .device = DEVICE_CPU};
     static const struct option opts[] = {
         {"config", 1, 0, 'c'}, {"seconds", 1, 0, 's'}, {"ckpt", 1, 0, 'k'}, {"batch", 1, 0, 'b'},
-        {"device", 1, 0, 'V'}, {"tf32", 0, 0, 'T'},    {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"device", 1, 0, 'V'}, {"tf32", 0, 0, 'T'},    {"help", 0, 0, 'h'}, {"bf16", 0, 0, 'B'},
+        {0, 0, 0, 0}};
     optind = 1;
     int opt;
     long batch;
@@ -479,6 +523,7 @@ static int bench_parse(int argc, char **argv, BenchOptions *o) {
             }
             break;
         case 'T': o->tf32 = 1; break;
+        case 'B': o->bf16 = 1; break;
         case 'h': bench_usage(); return -1;
         default: return 2;
         }
@@ -489,6 +534,11 @@ static int bench_parse(int argc, char **argv, BenchOptions *o) {
     }
     if (!(o->seconds > 0 && o->seconds < 3600)) {
         fprintf(stderr, "steer bench: --seconds must be in (0, 3600)\n");
+        return 2;
+    }
+    if (o->bf16 && (o->device != DEVICE_CPU || o->ckpt)) {
+        fprintf(stderr, "steer bench: --bf16 is a CPU training/generation figure (--device cpu, "
+                        "no --ckpt)\n");
         return 2;
     }
     if (o->tf32 && o->device == DEVICE_CPU) {

@@ -135,7 +135,18 @@ void classifier_free(Classifier *c) {
             return rc_;                                                                            \
     } while (0)
 
+// The evaluator is a measuring instrument: its convolutions stay FP32 in BF16 mode (conv.h), so an
+// FD does not depend on the mode of the run it measures.
+static int classifier_forward_fp32(Classifier *c, const float *x, int B, int train);
+
 int classifier_forward(Classifier *c, const float *x, int B, int train) {
+    int held = conv2d_fp32_hold(1);
+    int rc = classifier_forward_fp32(c, x, B, train);
+    conv2d_fp32_hold(held);
+    return rc;
+}
+
+static int classifier_forward_fp32(Classifier *c, const float *x, int B, int train) {
     if (B < 1 || B > c->max_B || !x)
         return KERNELS_EINVAL;
     c->x = x;
@@ -164,7 +175,16 @@ int classifier_forward(Classifier *c, const float *x, int B, int train) {
     return 0;
 }
 
+static int classifier_backward_fp32(Classifier *c, const float *dlogits, int B);
+
 int classifier_backward(Classifier *c, const float *dlogits, int B) {
+    int held = conv2d_fp32_hold(1);
+    int rc = classifier_backward_fp32(c, dlogits, B);
+    conv2d_fp32_hold(held);
+    return rc;
+}
+
+static int classifier_backward_fp32(Classifier *c, const float *dlogits, int B) {
     if (B < 1 || B > c->max_B || !c->x)
         return KERNELS_EINVAL;
     long nf = (long)B * CLASSIFIER_FEATURES;

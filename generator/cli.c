@@ -133,6 +133,9 @@ static void train_usage(FILE *f) {
             "                     and the GPU step covers the run's switches), cpu, cuda\n"
             "  --tf32             let the GPU's convolutions and matrix products use TF32 tensor\n"
             "                     cores (faster; ~1e-3 relative rounding per product; default FP32)\n"
+            "  --bf16             the CPU's convolutions read BF16 inputs, accumulating in FP32\n"
+            "                     (faster where the CPU has AVX512-BF16 or AMX; ~4e-3 relative\n"
+            "                     rounding per input; elsewhere FP32, saying why; default FP32)\n"
             "Training techniques (docs/training.md, \"Techniques\"; all off by default):\n"
             "  --set KEY=VALUE    any training switch, repeatable; the keys:\n",
             FMNIST_DIR);
@@ -225,7 +228,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
         {"ortho", 1, 0, 258},       {"l1-act", 1, 0, 259},       {"dropout-d", 1, 0, 260},
         {"ema", 1, 0, 261},         {"freeze-d", 1, 0, 262},     {"weight-decay", 1, 0, 263},
         {"no-sn-g", 0, 0, 264},     {"no-sn-d", 0, 0, 265},      {"device", 1, 0, 'V'},
-        {"tf32", 0, 0, 266},
+        {"tf32", 0, 0, 266},        {"bf16", 0, 0, 267},
         {0, 0, 0, 0}};
     optind = 1;
     int o;
@@ -293,6 +296,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
             }
             break;
         case 266: device_tf32_set(1); break;
+        case 267: device_bf16_set(1, NULL, 0); break; // the device line says if the CPU cannot
         case 'h': train_usage(stdout); return 0;
         default: train_usage(stderr); return 2;
         }

@@ -83,13 +83,13 @@ void train_device_init(TrainDevice *td, Device want, GanTrainer *t, char *line, 
     if (ok) {
         td->on_gpu = 1;
         snprintf(line, len, "training on the GPU (%s%s%s%s)", why, how[0] ? "; " : "", how,
-                 device_tf32_note(DEVICE_CUDA));
+                 device_math_note(DEVICE_CUDA));
         return;
     }
     gpu_free(td);
     if (d == DEVICE_CUDA) {
         snprintf(line, len, "training on the CPU (the GPU step cannot take this run: %s%s)", err,
-                 device_tf32_note(DEVICE_CPU));
+                 device_math_note(DEVICE_CPU));
         return;
     }
 #else
@@ -98,7 +98,7 @@ void train_device_init(TrainDevice *td, Device want, GanTrainer *t, char *line, 
     (void)d;
 #endif
     snprintf(line, len, "training on the CPU (%s%s%s)", want == DEVICE_CUDA ? "asked for cuda; " : "",
-             why, device_tf32_note(DEVICE_CPU));
+             why, device_math_note(DEVICE_CPU));
 }
 
 int train_device_step(TrainDevice *td, GanTrainer *t, const Dataset *data) {

@@ -7,6 +7,8 @@
 #ifndef KERNELS_CONV_H
 #define KERNELS_CONV_H
 
+#include <stddef.h>
+
 // out:  (B, OC, OH, OW), written (not accumulated)
 // inp:  (B, C, H, W)
 // w:    (OC, C, K, K)
@@ -22,6 +24,19 @@ int conv2d_forward(float *out, const float *inp, const float *w, const float *bi
 // dout: (B, OC, OH, OW); inp and w as in forward.
 int conv2d_backward(float *dinp, float *dw, float *dbias, const float *dout, const float *inp,
                     const float *w, int B, int C, int H, int W, int OC, int K, int S, int P);
+
+// BF16 convolutions, process-wide, off by default: every pass then reads bfloat16 copies of its
+// inputs (8-bit mantissa; about 4e-3 relative rounding per element) and accumulates and writes in
+// FP32; the tensors stay FP32. Only where the CPU has BF16 instructions (AVX512-BF16 or AMX):
+// conv2d_bf16_supported says whether (why: which, or why not); conv2d_bf16_set(1) elsewhere returns
+// -1 with the reason and leaves the mode off. Applies to calls that start after it.
+int conv2d_bf16_supported(char *why, size_t len);
+int conv2d_bf16_set(int on, char *why, size_t len);
+int conv2d_bf16_get(void);
+// Keeps this thread's convolutions in FP32 whatever the mode (hold 1) or lets them follow it again
+// (0); returns the previous hold, for nesting. For measuring instruments (the FD evaluator) whose
+// figures must not depend on the mode.
+int conv2d_fp32_hold(int hold);
 
 // Drops every cached primitive (tests and leak checkers call it at exit).
 void conv2d_cache_clear(void);

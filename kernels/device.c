@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "kernels/conv.h"
+
 #ifdef STEER_CUDA
 #include "kernels/cuda/cuda_ops.h"
 #endif
@@ -43,9 +45,37 @@ int device_tf32_get(void) {
 #endif
 }
 
-const char *device_tf32_note(Device d) {
-    if (!device_tf32_get()) return "";
-    return d == DEVICE_CUDA ? "; TF32 tensor cores on" : "; TF32 asked for, but the CPU computes in FP32";
+static int bf16_asked;        // device_bf16_set(1) was called, whether or not the CPU could
+static char bf16_what[200];   // which instructions, or why not (conv2d_bf16_set)
+
+int device_bf16_set(int on, char *why, size_t len) {
+    char what[200];
+    int rc = conv2d_bf16_set(on, what, sizeof what);
+    if (on && !rc) conv2d_bf16_supported(what, sizeof what);
+    bf16_asked = on != 0;
+    snprintf(bf16_what, sizeof bf16_what, "%s", on ? what : "");
+    if (rc && why) snprintf(why, len, "%s", what);
+    return rc;
+}
+
+int device_bf16_get(void) { return conv2d_bf16_get(); }
+
+const char *device_math_note(Device d) {
+    static _Thread_local char note[400];
+    const char *tf32 = "", *bf16 = "";
+    char b[260] = "";
+    if (device_tf32_get())
+        tf32 = d == DEVICE_CUDA ? "; TF32 tensor cores on" : "; TF32 asked for, but the CPU computes in FP32";
+    if (bf16_asked) {
+        if (d == DEVICE_CUDA)
+            bf16 = "; BF16 asked for, but it is a CPU setting: the GPU's convolutions stay FP32 (--tf32 is the GPU's)";
+        else if (conv2d_bf16_get())
+            snprintf(b, sizeof b, "; BF16 convolutions (%s)", bf16_what), bf16 = b;
+        else
+            snprintf(b, sizeof b, "; BF16 asked for, but %s: FP32", bf16_what), bf16 = b;
+    }
+    snprintf(note, sizeof note, "%s%s", tf32, bf16);
+    return note;
 }
 
 Device device_choose(Device want, char *why, size_t len) {

@@ -18,6 +18,7 @@
 
 #include "generator/gan.h"
 #include "generator/sagan.h"
+#include "kernels/device.h"
 
 extern char **environ;
 
@@ -671,7 +672,8 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
                                         "steps", "batch", "seed", "save_every", "log_every",
                                         "eval_n", "fail_at", "set", "promote", "fd_margin", "classes", "limit",
                                         "store", "teacher", "beta", "lambda", "w_pix", "w_feat",
-                                        "w_adv", "reward_n", "ch", "eval_every", "seconds", "device", "tf32", NULL};
+                                        "w_adv", "reward_n", "ch", "eval_every", "seconds", "device", "tf32",
+                                        "bf16", NULL};
     const char *key;
     json_t *v;
     json_object_foreach(root, key, v) {
@@ -682,6 +684,24 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
             json_decref(root);
             return NULL;
         }
+    }
+    // where and how the worker computes: checked here, so a bad value is refused at submission
+    // rather than failing the job later (the worker checks them again)
+    static const char *const flags[] = {"tf32", "bf16"};
+    for (int i = 0; i < 2; i++) {
+        json_t *f = json_object_get(root, flags[i]);
+        if (f && !json_is_boolean(f)) {
+            snprintf(err, errlen, "spec: %s must be true or false", flags[i]);
+            json_decref(root);
+            return NULL;
+        }
+    }
+    json_t *dv = json_object_get(root, "device");
+    Device dev;
+    if (dv && (!json_is_string(dv) || device_parse(json_string_value(dv), &dev))) {
+        snprintf(err, errlen, "spec: device must be \"auto\", \"cpu\" or \"cuda\"");
+        json_decref(root);
+        return NULL;
     }
     json_t *st = json_object_get(root, "steps");
     if (st && (!json_is_integer(st) || json_integer_value(st) < 1)) {

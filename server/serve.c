@@ -1333,6 +1333,9 @@ static void usage(FILE *f) {
             "                          cannot be used falls back to the CPU, saying why\n"
             "  --tf32                  the GPU's convolutions and matrix products in TF32 (faster;\n"
             "                          ~1e-3 relative rounding per product; default FP32)\n"
+            "  --bf16                  the CPU's convolutions read BF16 inputs, accumulating in\n"
+            "                          FP32 (faster where the CPU has AVX512-BF16 or AMX; elsewhere\n"
+            "                          FP32, saying why; default FP32)\n"
             "  --max-connections N     WebSocket connections at once (default 1024)\n"
             "  --max-message BYTES     largest message from a client (default 65536)\n"
             "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
@@ -1385,7 +1388,8 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
         {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
         {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
         {"workers", 1, 0, 'W'},       {"admin-token-file", 1, 0, 'A'},
-        {"device", 1, 0, 'V'},        {"tf32", 0, 0, 'T'},          {0, 0, 0, 0}};
+        {"device", 1, 0, 'V'},        {"tf32", 0, 0, 'T'},          {"bf16", 0, 0, 'F'},
+        {0, 0, 0, 0}};
     int ch;
     long v;
     float fv;
@@ -1423,6 +1427,7 @@ static int parse_options(ServeOptions *o, int argc, char **argv) {
             break;
         case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
         case 'T': device_tf32_set(1); break;
+        case 'F': device_bf16_set(1, NULL, 0); break; // the device line says if the CPU cannot
         case 'h': usage(stdout); return 1;
         default: usage(stderr); return 2;
         }
@@ -1659,7 +1664,7 @@ int cli_serve(int argc, char **argv) {
         fprintf(stderr, "steer: drawing frames on the %s (%s%s%s)\n",
                 dev == DEVICE_CUDA ? "GPU" : "CPU",
                 sv->opt.device == DEVICE_CUDA && dev != DEVICE_CUDA ? "asked for cuda; " : "",
-                dev_why, device_tf32_note(dev));
+                dev_why, device_math_note(dev));
     GenOptions go = {.device = dev,
                      .batch_max = sv->opt.batch,
                      .deadline_s = sv->opt.deadline_ms / 1000.0,

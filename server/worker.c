@@ -48,6 +48,7 @@ typedef struct {
     double seconds; // 0: no limit; else the training loop stops (as done) after this long
     int classes[16], n_classes; // keep only these labels of the data (0: all)
     int tf32;                   // 1: the GPU's convolutions and products in TF32 (device.h)
+    int bf16;                   // 1: the CPU's convolutions on BF16 inputs (device.h)
     json_t *set; // object of training switches, or NULL
 } Spec;
 
@@ -182,6 +183,12 @@ static int spec_read(Spec *s, json_t *root, char *err, size_t errlen) {
                 return -1;
             }
             s->tf32 = json_is_true(v);
+        } else if (!strcmp(key, "bf16")) {
+            if (!json_is_boolean(v)) {
+                snprintf(err, errlen, "spec key 'bf16' must be true or false");
+                return -1;
+            }
+            s->bf16 = json_is_true(v);
         } else if (!strcmp(key, "promote") || !strcmp(key, "fd_margin")) {
             // the server's keys (server/jobs.h): not the worker's business
         } else if (!strcmp(key, "set")) {
@@ -512,6 +519,7 @@ static int run(const char *dir) {
     if (s.device && device_parse(s.device, &want)) want = DEVICE_AUTO; // (checked with the spec)
     char where[512];
     device_tf32_set(s.tf32);
+    device_bf16_set(s.bf16, NULL, 0); // the device line says if the CPU cannot
     train_device_init(&td, want, &t, where, sizeof where);
     fprintf(stderr, "steer worker: %s\n", where);
     if (s.k == KIND_FINETUNE) { // the reward D beside it, or the whole run back on the CPU

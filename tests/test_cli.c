@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 
 #include "env/imageio.h"
+#include "kernels/conv.h"
 #include "tests/check.h"
 
 static char dir[64];
@@ -80,6 +81,14 @@ static void test_train_device(void **state) {
     CHECK_ASSERT_HAS(out, strstr(out, "training on the GPU (")
                               ? "; TF32 tensor cores on)"
                               : "; TF32 asked for, but the CPU computes in FP32)");
+    // --bf16: on the CPU, BF16 convolutions where the CPU has BF16 instructions, else FP32 and
+    // why; on the GPU, that it is the CPU's setting
+    rc = run("train --config tiny --iters 1 --batch 8 --bf16 --device cpu --sample-every 0 "
+             "--ckpt-dir %s/bf16%.0s", dir, dir);
+    assert_int_equal(rc, 0);
+    char why[200];
+    CHECK_ASSERT_HAS(out, conv2d_bf16_supported(why, sizeof why)
+                              ? "; BF16 convolutions (" : "; BF16 asked for, but this CPU has no BF16");
 }
 
 // steer bench --device: cuda where the GPU cannot be used fails and says why (a benchmark asked
@@ -185,6 +194,8 @@ static void test_errors(void **state) {
     expect_error("--batch '5000'", "bench --device cuda --batch 5000%.0s%.0s", "");
     expect_error("--batch 'x'", "bench --device auto --batch x%.0s%.0s", "");
     expect_error("--tf32 is a GPU setting", "bench --tf32%.0s%.0s", "");
+    expect_error("--bf16 is a CPU training/generation figure", "bench --bf16 --device cuda%.0s%.0s",
+                 "");
     expect_error("unknown config", "bench --device cuda --config nope%.0s%.0s", "");
     // A folder that does not exist: the output cannot be written.
     expect_error("steer sample", "sample --ckpt %s/tiny.safetensors --n 2 --out %s/no/dir/x.npy",

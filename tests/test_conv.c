@@ -6,7 +6,8 @@
 // accumulate (+=) contract is checked too; (2) the fast float kernels, forward and backward,
 // against the references on the shapes the models use (3x3 pad 1, 4x4 stride 2 pad 1, 1x1) and
 // on odd ones, with and without bias, with NULL gradients, twice over the same buffers (the second
-// call must add as much again), and from several threads at once on one cached shape.
+// call must add as much again), and from several threads at once on one cached shape; and the
+// BF16 mode (conv2d_bf16_set) against references on bf16-rounded inputs.
 // Attention has its own file (test_attention.c). No timings here.
 //
 // Every comparison prints its worst pairs and fails the test; test_compare_can_fail shows that
@@ -190,10 +191,34 @@ static void test_linear_ref_fd(void **state) {
 
 // --- the fast convolution against the reference -------------------------------------------------
 
-enum { WITH_BIAS = 1, NO_DINP = 2, NO_DW = 4, NO_DBIAS = 8 };
+enum { WITH_BIAS = 1, NO_DINP = 2, NO_DW = 4, NO_DBIAS = 8, BF16 = 16 };
+
+// x rounded to bfloat16 (the top 16 bits of the float), to nearest, ties to even: what oneDNN's
+// f32 -> bf16 conversion does (no NaNs here).
+static double bf16_round(double x) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static double *bf16_copy(const double *x, long n) {
+    double *r = CHECK_ALLOC(double, n);
+    for (long i = 0; i < n; i++)
+        r[i] = bf16_round(x[i]);
+    return r;
+}
 
 // One shape: forward, then backward twice into pre-filled gradients (each gradient must end as
 // init + 2 * reference), with the parts named by flags left out (and their buffers untouched).
+// With BF16 the kernels run in BF16 mode and the references read the inputs each pass reads in
+// bf16 rounded as the mode rounds them (forward: input and weights; data gradient: dout and
+// weights; weight and bias gradients: input and dout), with the FP32 tolerances: the products of
+// bf16 values are exact in FP32 and accumulate there. The bias gradient alone (no dw) is summed
+// from the float dout (conv.c's loop, no primitive).
 static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, int flags) {
     char what[160];
     int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
@@ -212,9 +237,14 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
 
     snprintf(what, sizeof(what), "conv2d B%d C%d %dx%d OC%d K%d S%d P%d flags %d", B, C, H, W, OC,
              K, S, P, flags);
+    int bf16 = flags & BF16;
+    if (bf16)
+        assert_int_equal(conv2d_bf16_set(1, NULL, 0), 0);
+    double *inp_r = bf16 ? bf16_copy(inp_d, ni) : inp_d, *w_r = bf16 ? bf16_copy(w_d, nw) : w_d;
+    double *dout_r = bf16 ? bf16_copy(dout_d, no) : dout_d;
     fill(out, NULL, no, 1.0); // forward writes: stale contents must not leak through
     assert_int_equal(conv2d_forward(out, inp, w, bias ? b : NULL, B, C, H, W, OC, K, S, P), 0);
-    conv2d_forward_ref(out_ref, inp_d, w_d, bias ? b_d : NULL, B, C, H, W, OC, K, S, P);
+    conv2d_forward_ref(out_ref, inp_r, w_r, bias ? b_d : NULL, B, C, H, W, OC, K, S, P);
     char part[200];
     snprintf(part, sizeof(part), "%s forward", what);
     ASSERT_CLOSE(part, out, out_ref, no);
@@ -229,8 +259,11 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
     float *pdb = flags & NO_DBIAS ? NULL : db;
     for (int rep = 0; rep < 2; rep++) {
         assert_int_equal(conv2d_backward(pdi, pdw, pdb, dout, inp, w, B, C, H, W, OC, K, S, P), 0);
-        conv2d_backward_ref(pdi ? di_ref : NULL, pdw ? dw_ref : NULL, pdb ? db_ref : NULL, dout_d,
-                            inp_d, w_d, B, C, H, W, OC, K, S, P);
+        if (pdi)
+            conv2d_backward_ref(di_ref, NULL, NULL, dout_r, inp_d, w_r, B, C, H, W, OC, K, S, P);
+        if (pdw || pdb)
+            conv2d_backward_ref(NULL, pdw ? dw_ref : NULL, pdb ? db_ref : NULL,
+                                pdw ? dout_r : dout_d, inp_r, w_d, B, C, H, W, OC, K, S, P);
     }
     snprintf(part, sizeof(part), "%s dinp", what);
     ASSERT_CLOSE(part, di, di_ref, ni);
@@ -239,6 +272,10 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
     snprintf(part, sizeof(part), "%s dbias", what);
     ASSERT_CLOSE(part, db, db_ref, OC);
 
+    if (bf16) {
+        assert_int_equal(conv2d_bf16_set(0, NULL, 0), 0);
+        free(inp_r), free(w_r), free(dout_r);
+    }
     free(inp), free(w), free(b), free(out), free(dout), free(inp_d), free(w_d), free(b_d);
     free(dout_d), free(out_ref), free(di), free(dw), free(db), free(di_ref), free(dw_ref);
     free(db_ref);
@@ -373,6 +410,76 @@ static void test_conv_errors(void **state) {
     assert_non_null(kernels_strerror(-1000));
 }
 
+// --- BF16 mode --------------------------------------------------------------------------------
+
+static int bf16_here(void) {
+    char why[200];
+    if (conv2d_bf16_supported(why, sizeof why))
+        return 1;
+    // Where the CPU cannot, the switch must refuse, say why and leave FP32 on.
+    assert_int_equal(conv2d_bf16_set(1, why, sizeof why), -1);
+    assert_non_null(strstr(why, "BF16"));
+    assert_int_equal(conv2d_bf16_get(), 0);
+    return 0;
+}
+
+// Every pass against references on bf16-rounded inputs (conv_case's BF16): the model's layers at
+// batch 2 and at a training batch (where FP32 would take Winograd), odd shapes, NULL gradients.
+static void test_conv_bf16(void **state) {
+    (void)state;
+    if (!bf16_here())
+        skip();
+    conv_case(2, 128, 8, 8, 64, 3, 1, 1, WITH_BIAS | BF16);
+    conv_case(8, 64, 16, 16, 32, 3, 1, 1, WITH_BIAS | BF16);
+    conv_case(8, 32, 32, 32, 16, 3, 1, 1, WITH_BIAS | BF16);
+    conv_case(2, 16, 32, 32, 1, 3, 1, 1, WITH_BIAS | BF16); // nhwc (fewer than 16 outputs)
+    conv_case(2, 1, 32, 32, 16, 3, 1, 1, WITH_BIAS | NO_DINP | BF16);
+    conv_case(4, 32, 16, 16, 64, 4, 2, 1, WITH_BIAS | BF16);
+    conv_case(3, 3, 7, 9, 5, 4, 2, 1, WITH_BIAS | BF16);
+    conv_case(2, 32, 16, 16, 4, 1, 1, 0, BF16);
+    conv_case(2, 4, 8, 8, 6, 3, 1, 1, WITH_BIAS | NO_DW | NO_DBIAS | BF16);
+    conv_case(2, 4, 8, 8, 6, 4, 2, 1, WITH_BIAS | NO_DINP | NO_DW | BF16);
+    conv_case(2, 4, 8, 8, 6, 3, 1, 1, WITH_BIAS | NO_DBIAS | BF16);
+}
+
+// The mode really rounds (the forward differs from FP32 by about bf16's precision, more than
+// FP32's tolerance), a thread holding FP32 gets FP32's bits in BF16 mode, and switching back
+// gives FP32's bits again (the mode is part of the cache key).
+static void test_conv_bf16_mode(void **state) {
+    (void)state;
+    if (!bf16_here())
+        skip();
+    enum { B = 4, C = 32, H = 16, OC = 32 };
+    long ni = (long)B * C * H * H, nw = (long)OC * C * 9, no = (long)B * OC * H * H;
+    float *inp = CHECK_ALLOC(float, ni), *w = CHECK_ALLOC(float, nw);
+    float *fp32 = CHECK_ALLOC(float, no), *bf = CHECK_ALLOC(float, no), *held = CHECK_ALLOC(float, no),
+          *again = CHECK_ALLOC(float, no);
+    fill(inp, NULL, ni, 1.0);
+    fill(w, NULL, nw, 1.0 / sqrt(C * 9.0));
+    assert_int_equal(conv2d_forward(fp32, inp, w, NULL, B, C, H, H, OC, 3, 1, 1), 0);
+    assert_int_equal(conv2d_bf16_set(1, NULL, 0), 0);
+    assert_int_equal(conv2d_bf16_get(), 1);
+    assert_int_equal(conv2d_forward(bf, inp, w, NULL, B, C, H, H, OC, 3, 1, 1), 0);
+    assert_int_equal(conv2d_fp32_hold(1), 0);
+    assert_int_equal(conv2d_forward(held, inp, w, NULL, B, C, H, H, OC, 3, 1, 1), 0);
+    assert_int_equal(conv2d_fp32_hold(0), 1);
+    assert_int_equal(conv2d_bf16_set(0, NULL, 0), 0);
+    assert_int_equal(conv2d_forward(again, inp, w, NULL, B, C, H, H, OC, 3, 1, 1), 0);
+    double worst = 0, rms = 0;
+    for (long i = 0; i < no; i++) {
+        double d = fabs((double)bf[i] - fp32[i]);
+        worst = d > worst ? d : worst;
+        rms += (double)fp32[i] * fp32[i];
+    }
+    rms = sqrt(rms / no);
+    fprintf(stderr, "bf16 forward vs fp32: worst %.3g, output rms %.3g\n", worst, rms);
+    assert_true(worst > 10 * ATOL);   // rounded: FP32's tolerance would not pass it
+    assert_true(worst < 0.05 * rms);  // but only by bf16's precision
+    assert_memory_equal(held, fp32, sizeof(float) * no);
+    assert_memory_equal(again, fp32, sizeof(float) * no);
+    free(inp), free(w), free(fp32), free(bf), free(held), free(again);
+}
+
 // --- gemm and linear -----------------------------------------------------------------------------
 
 static void gemm_case(int ta, int tb, int M, int N, int K, float alpha, float beta) {
@@ -477,6 +584,8 @@ int main(void) {
         cmocka_unit_test(test_conv_rebind_and_clear),
         cmocka_unit_test(test_conv_threads),
         cmocka_unit_test(test_conv_errors),
+        cmocka_unit_test(test_conv_bf16),
+        cmocka_unit_test(test_conv_bf16_mode),
         cmocka_unit_test(test_gemm),
         cmocka_unit_test(test_linear),
     };

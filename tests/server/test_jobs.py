@@ -81,6 +81,14 @@ async def test_jobs(tap, root):
             await a.send({"t": "job", "op": "submit", "spec": {"steps": 5, "bogus": 1}})
             m = await job_reply(a)
             tap.ok(m.get("t") == "error" and "bogus" in m.get("msg", ""), "a bad spec is refused", m)
+            # where and how the worker computes is checked at submission, not when the job runs
+            for bad, word in (({"bf16": 1}, "bf16 must be true or false"),
+                              ({"tf32": "yes"}, "tf32 must be true or false"),
+                              ({"device": "tpu"}, "device must be")):
+                await a.send({"t": "job", "op": "submit", "spec": {"steps": 5, **bad}})
+                m = await job_reply(a)
+                tap.ok(m.get("t") == "error" and word in m.get("msg", ""),
+                       f"spec {bad} refused at submission", m)
             await a.send({"t": "job", "op": "pause", "id": 999})
             m = await job_reply(a)
             tap.ok(m.get("t") == "error" and "999" in m.get("msg", ""), "an unknown job id is refused", m)

@@ -26,20 +26,8 @@ secs=${PROG_SECONDS:-360} seeds=${PROG_SEEDS:-1 2} stable=${PROG_STABLE:-300} fa
 every=${PROG_EVAL_EVERY:-300} batch=${PROG_BATCH:-64}
 echo "progressive_evidence: runs in $out ($secs s each, seeds $seeds, schedule stable $stable fade $fade)"
 
-has_done() {
-    [[ -s $1/out.msgpack ]] && $PY - "$1/out.msgpack" <<'PY'
-import msgpack, sys
-sys.exit(0 if any(m.get("t") == "done" for m in msgpack.Unpacker(open(sys.argv[1], "rb"), raw=False)) else 1)
-PY
-}
-
-start() { # NAME SPEC: a worker in the background, one thread
-    local dir="$out/$1"
-    rm -rf "$dir"
-    mkdir -p "$dir"
-    printf '%s\n' "$2" >"$dir/spec.json"
-    OMP_NUM_THREADS=1 "$steer" worker --dir "$dir" >"$dir/out.msgpack" 2>"$dir/log.txt" &
-}
+source bench/evidence_lib.sh
+start() { start_worker "$out/$1" "$2"; } # NAME SPEC: a worker in the background, one thread
 
 for seed in $seeds; do
     common="\"config\": \"fmnist32c\", \"steps\": 1000000, \"seconds\": $secs, \"batch\": $batch, \"seed\": $seed, \"eval_n\": 2000, \"eval_every\": $every, \"save_every\": 0, \"log_every\": 50"

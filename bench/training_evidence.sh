@@ -46,12 +46,7 @@ $PY -c 'import msgpack' 2>/dev/null || { echo "training_evidence: python3-msgpac
 echo "training_evidence: runs in $out ($(nproc) cores, OMP_NUM_THREADS=${OMP_NUM_THREADS:-unset})"
 t_all=$(date +%s)
 
-has_done() { # RUN: does its stdout hold a `done` message?
-    [[ -s $1/out.msgpack ]] && $PY - "$1/out.msgpack" <<'PY'
-import msgpack, sys
-sys.exit(0 if any(m.get("t") == "done" for m in msgpack.Unpacker(open(sys.argv[1], "rb"), raw=False)) else 1)
-PY
-}
+source bench/evidence_lib.sh
 
 # run NAME SPEC_JSON: one worker job in OUT/NAME, from the repo root
 run() {

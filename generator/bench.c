@@ -37,7 +37,7 @@ typedef struct {
     int batch;      // the training figure's batch (the GPU's generation too; --ckpt's)
     Device device;
     int tf32;       // GPU only: TF32 tensor-core math for cuBLAS and cuDNN
-    int bf16;       // CPU only: also the figures with BF16 convolutions (conv2d_bf16_set)
+    int bf16;       // BF16 convolutions: on the CPU extra bf16_* figures, on the GPU all of them
 } BenchOptions;
 
 // Effective FLOPs of one trained image. Per image: G forward twice and backward once (2 units),
@@ -428,8 +428,10 @@ static int bench_cuda_figures(const SaganConfig *cfg, const Dataset *data, int B
 static int bench_cuda(const SaganConfig *cfg, const BenchOptions *o, const char *device) {
     printf("cuda_device %s\n", device);
     printf("cuda_tf32 %d\n", o->tf32);
+    printf("cuda_bf16 %d\n", o->bf16);
     fflush(stdout);
     cuda_tf32_set(0);
+    cuda_bf16_set(o->bf16); // the convolutions only: the SGEMM peak is cuBLAS's
     double peak = cuda_sgemm_gflops(o->seconds / 2);
     printf("cuda_sgemm_peak_gflops %.1f\n", peak);
     if (o->tf32) {
@@ -460,8 +462,9 @@ static int bench_ckpt_cuda(const BenchOptions *o, const char *device) {
         fprintf(stderr, "steer bench: %s\n", err);
         return 1;
     }
-    printf("cuda_device %s\ncuda_tf32 %d\n", device, o->tf32);
+    printf("cuda_device %s\ncuda_tf32 %d\ncuda_bf16 %d\n", device, o->tf32, o->bf16);
     cuda_tf32_set(o->tf32);
+    cuda_bf16_set(o->bf16);
     double ips = 0;
     int rc = cuda_gen_rate(&g, o->batch, o->seconds, &ips, err, sizeof err);
     generator_free(&g);
@@ -494,7 +497,8 @@ static void bench_usage(void) {
            "               the peak is then measured both ways\n"
            "  --bf16       on the CPU, the training and generation figures once more with BF16\n"
            "               convolutions (bf16_* lines and their ratios to FP32), where the CPU\n"
-           "               has BF16 instructions (else bf16_supported 0 and why)\n");
+           "               has BF16 instructions (else bf16_supported 0 and why); on the GPU,\n"
+           "               the figures with cuDNN's BF16 convolutions\n");
 }
 
 // Parses argv into o. Returns 0, 2 for a usage error (said on stderr), or -1 after --help.
@@ -534,11 +538,6 @@ static int bench_parse(int argc, char **argv, BenchOptions *o) {
     }
     if (!(o->seconds > 0 && o->seconds < 3600)) {
         fprintf(stderr, "steer bench: --seconds must be in (0, 3600)\n");
-        return 2;
-    }
-    if (o->bf16 && (o->device != DEVICE_CPU || o->ckpt)) {
-        fprintf(stderr, "steer bench: --bf16 is a CPU training/generation figure (--device cpu, "
-                        "no --ckpt)\n");
         return 2;
     }
     if (o->tf32 && o->device == DEVICE_CPU) {
@@ -583,6 +582,11 @@ int cli_bench(int argc, char **argv) {
 #ifdef STEER_CUDA
     if (on_gpu) return o.ckpt ? bench_ckpt_cuda(&o, device) : bench_cuda(&cfg, &o, device);
 #endif
+    if (o.ckpt && o.bf16) { // --device auto fell back to the CPU
+        fprintf(stderr, "steer bench: --bf16 on the CPU is a training/generation figure (no "
+                        "--ckpt)\n");
+        return 2;
+    }
     if (o.ckpt) return bench_ckpt(o.ckpt, o.batch, o.seconds);
     return bench_cpu(&cfg, &o);
 }

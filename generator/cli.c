@@ -133,9 +133,9 @@ static void train_usage(FILE *f) {
             "                     and the GPU step covers the run's switches), cpu, cuda\n"
             "  --tf32             let the GPU's convolutions and matrix products use TF32 tensor\n"
             "                     cores (faster; ~1e-3 relative rounding per product; default FP32)\n"
-            "  --bf16             the CPU's convolutions read BF16 inputs, accumulating in FP32\n"
-            "                     (faster where the CPU has AVX512-BF16 or AMX; ~4e-3 relative\n"
-            "                     rounding per input; elsewhere FP32, saying why; default FP32)\n"
+            "  --bf16             convolutions on BF16 inputs, accumulating in FP32 (~4e-3 relative\n"
+            "                     rounding per input): on the CPU where it has AVX512-BF16 or AMX\n"
+            "                     (elsewhere FP32, saying why), on the GPU cuDNN's (default FP32)\n"
             "Training techniques (docs/training.md, \"Techniques\"; all off by default):\n"
             "  --set KEY=VALUE    any training switch, repeatable; the keys:\n",
             FMNIST_DIR);
@@ -487,14 +487,16 @@ static int train_main(int argc, char **argv, Dist *dist) {
 
 static void sample_usage(FILE *f) {
     fprintf(f, "usage: steer sample --ckpt FILE (--n N | --latents Z.npy) --out FILE.npy|FILE.png [--seed S] "
-               "[--class K | --by-class] [--cols C]\n"
+               "[--class K | --by-class] [--cols C] [--bf16]\n"
                "Samples N images from a checkpoint, deterministically for a seed.\n"
                "  .npy: float32, shape (N, C, H, W), values in [-1, 1]; .png: a grid\n"
                "  --class K  a conditional model samples class K only (default: uniform)\n"
                "  --by-class a conditional model fills row r of the grid with class r %% classes\n"
                "  --cols C   grid columns (default 10)\n"
                "  --latents Z.npy  draw these latents (float32, (n, z_dim)) instead of seeded ones;\n"
-               "             classes: --class K, else i %% classes\n");
+               "             classes: --class K, else i %% classes\n"
+               "  --bf16     G's convolutions on BF16 inputs (as steer serve --bf16 on the CPU);\n"
+               "             where the CPU has no BF16 instructions, FP32, saying why\n");
 }
 
 static int ends_with(const char *s, const char *suffix) {
@@ -510,7 +512,7 @@ int cli_sample(int argc, char **argv) {
                                          {"latents", 1, 0, 'L'},
                                          {"out", 1, 0, 'o'},  {"seed", 1, 0, 's'},
                                          {"class", 1, 0, 'k'}, {"cols", 1, 0, 'w'},
-                                         {"by-class", 0, 0, 'B'},
+                                         {"by-class", 0, 0, 'B'}, {"bf16", 0, 0, 'F'},
                                          {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     optind = 1;
     int o;
@@ -523,6 +525,12 @@ int cli_sample(int argc, char **argv) {
         case 'k': if (cli_parse_long("sample", optarg, 0, 999, "--class", &cls)) return 2; break;
         case 'w': if (cli_parse_long("sample", optarg, 1, 1000, "--cols", &cols)) return 2; break;
         case 'B': by_class = 1; break;
+        case 'F': {
+            char why[200];
+            if (device_bf16_set(1, why, sizeof why))
+                fprintf(stderr, "steer sample: --bf16: %s; sampling in FP32\n", why);
+            break;
+        }
         case 'L': latents = optarg; break;
         case 'h': sample_usage(stdout); return 0;
         default: sample_usage(stderr); return 2;

@@ -495,7 +495,7 @@ int conv2d_bf16_supported(char *why, size_t len) {
     // The ISA values are nested bit sets: each includes the ones before it.
     dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
     if ((isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16) {
-        snprintf(why, len, "BF16 instructions (%s)",
+        snprintf(why, len, "%s",
                  (isa & dnnl_cpu_isa_avx512_core_amx) == dnnl_cpu_isa_avx512_core_amx
                      ? "AMX"
                      : "AVX512-BF16");

@@ -50,6 +50,9 @@ static char bf16_what[200];   // which instructions, or why not (conv2d_bf16_set
 
 int device_bf16_set(int on, char *why, size_t len) {
     char what[200];
+#ifdef STEER_CUDA
+    cuda_bf16_set(on != 0); // cuDNN's BF16 needs no particular CPU
+#endif
     int rc = conv2d_bf16_set(on, what, sizeof what);
     if (on && !rc) conv2d_bf16_supported(what, sizeof what);
     bf16_asked = on != 0;
@@ -65,12 +68,13 @@ const char *device_math_note(Device d) {
     const char *tf32 = "", *bf16 = "";
     char b[260] = "";
     if (device_tf32_get())
-        tf32 = d == DEVICE_CUDA ? "; TF32 tensor cores on" : "; TF32 asked for, but the CPU computes in FP32";
+        tf32 = d == DEVICE_CUDA ? "; TF32 tensor cores on"
+                                : "; TF32 asked for, but the CPU computes in FP32";
     if (bf16_asked) {
         if (d == DEVICE_CUDA)
-            bf16 = "; BF16 asked for, but it is a CPU setting: the GPU's convolutions stay FP32 (--tf32 is the GPU's)";
+            bf16 = "; BF16 convolutions (cuDNN)";
         else if (conv2d_bf16_get())
-            snprintf(b, sizeof b, "; BF16 convolutions (%s)", bf16_what), bf16 = b;
+            snprintf(b, sizeof b, "; BF16 convolutions on %s", bf16_what), bf16 = b;
         else
             snprintf(b, sizeof b, "; BF16 asked for, but %s: FP32", bf16_what), bf16 = b;
     }

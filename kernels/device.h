@@ -23,16 +23,17 @@ Device device_choose(Device want, char *why, size_t len);
 // Hopper). Process-wide. Without a CUDA build it is only remembered (the CPU computes in FP32).
 void device_tf32_set(int on);
 int device_tf32_get(void);
-// BF16 convolutions on the CPU (conv2d_bf16_set, kernels/conv.h): off (0, the default) keeps them
-// in FP32; on (1) they read bfloat16 copies of their inputs (8-bit mantissa, ~4e-3 relative
-// rounding per element) and accumulate and write in FP32. Only where the CPU has BF16
-// instructions (AVX512-BF16, AMX): elsewhere it returns -1, stays off, and why (len bytes) says
-// so; device_math_note then says it was asked for. Process-wide. The GPU's convolutions do not
-// read it (they have TF32).
+// BF16 convolutions: off (0, the default) keeps them in FP32; on (1) they read bfloat16 copies of
+// their inputs (8-bit mantissa, ~4e-3 relative rounding per element) and accumulate in FP32. On
+// the CPU (conv2d_bf16_set, kernels/conv.h) they write FP32, and only where the CPU has BF16
+// instructions (AVX512-BF16, AMX): elsewhere it returns -1, the CPU's stay FP32, and why (len
+// bytes) says so; device_math_note then says it was asked for. On the GPU of a CUDA build
+// (cuda_bf16_set) cuDNN's BF16 convolutions, whose results are bf16 too, on any CPU.
+// Process-wide.
 int device_bf16_set(int on, char *why, size_t len);
 int device_bf16_get(void);
 // What the math switches mean where d computes, for a device line: "" when both are off, else
-// e.g. "; TF32 tensor cores on" or "; BF16 convolutions (AVX512-BF16)" or the reason a switch
+// e.g. "; TF32 tensor cores on" or "; BF16 convolutions on AVX512-BF16" or the reason a switch
 // does not apply there ("; BF16 asked for, but ..."). Thread-safe; the text stays valid.
 const char *device_math_note(Device d);
 

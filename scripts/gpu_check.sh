@@ -47,7 +47,8 @@ bench_call() {
 # 256 1024) steer's GPU training step and G forward (steer bench --device cuda: images/s,
 # effective GFLOP/s, the fraction of the cuBLAS SGEMM peak it measures) beside PyTorch eager's on
 # the same GPU (bench/torch_sagan.py bench --device cuda, FP32: TF32 off on both sides), then
-# batch 256 once more with TF32 on both sides while time is left. Each figure runs
+# batch 256 once more with TF32 on both sides while time is left, then steer's with BF16
+# convolutions (no PyTorch twin: its BF16 is autocast, another recipe). Each figure runs
 # GPU_BENCH_SECONDS (3) after its warm-up; the whole step stays within GPU_BENCH_BUDGET (180) s.
 # Everything goes to OUT/bench.txt, a summary table to stdout. Returns 1 when a call failed.
 bench_gpu() {
@@ -79,6 +80,11 @@ bench_gpu() {
         bench_call "$log" "$deadline" tf32 env LD_LIBRARY_PATH="$torch_ld" PYTHONUNBUFFERED=1 \
             "$py" bench/torch_sagan.py bench --device cuda --batch 256 --data .gpu/fmnist \
             --train-seconds "$secs" --gen-seconds "$secs" --tf32 || true
+    fi
+    # BF16 convolutions (cuDNN's BF16 configuration, steer bench --bf16): ours only, last
+    if ((deadline - SECONDS > 40)); then
+        bench_call "$log" "$deadline" bf16 .gpu/bin/steer bench --device cuda --batch 256 \
+            --seconds "$secs" --bf16 || true
     fi
     # The clocks and power after the runs (read only), to judge the peak against the card's state.
     { echo "== nvidia-smi after the bench"
@@ -122,14 +128,14 @@ bench_summary() {
             printf fmt, "math", "batch", "train steer", "train torch", "ratio", "GFLOP/s",
                 "of peak", "gen steer", "gen torch", "ratio"
             n = split(batches, bs, " ")
-            for (i = 1; i <= n + 1; i++) {
-                m = i <= n ? "fp32" : "tf32"
+            for (i = 1; i <= n + 2; i++) {
+                m = i <= n ? "fp32" : i == n + 1 ? "tf32" : "bf16"
                 b = i <= n ? bs[i] : 256
                 ts = get(m, "cuda_train_b" b "_images_per_s")
                 tt = get(m, "torch_train_b" b "_images_per_s")
                 gs = get(m, "cuda_gen_b" b "_images_per_s")
                 gt = get(m, "torch_gen_b" b "_images_per_s")
-                if (m == "tf32" && ts == "-" && tt == "-") continue
+                if (m != "fp32" && ts == "-" && tt == "-") continue
                 printf fmt, m, b, ts, tt, ratio(ts, tt), get(m, "cuda_train_b" b "_gflops"),
                     get(m, "cuda_train_b" b "_peak_fraction"), gs, gt, ratio(gs, gt)
             }

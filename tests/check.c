@@ -172,3 +172,20 @@ uint8_t *check_read_file(const char *path, size_t *n) {
     *n = (size_t)size;
     return buf;
 }
+
+double check_bf16_round(double x) {
+    float f = (float)x;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    u &= 0xffff0000u;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+double *check_bf16_copy(const double *x, long n) {
+    double *r = CHECK_ALLOC(double, n);
+    for (long i = 0; i < n; i++)
+        r[i] = check_bf16_round(x[i]);
+    return r;
+}

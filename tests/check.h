@@ -41,6 +41,12 @@ int check_compare_d(const char *what, const double *got, const double *want, lon
 // sees exactly the float kernel's inputs.
 void check_fill_uniform(Rng *r, float *f, double *d, long n, double lo, double hi);
 
+// x rounded to bfloat16 (the top 16 bits of its float), to nearest, ties to even: what the BF16
+// convolutions (oneDNN's reorders, to_bf16_kernel) do to their inputs. No NaNs.
+double check_bf16_round(double x);
+// A new array of x (n) each rounded so.
+double *check_bf16_copy(const double *x, long n);
+
 // A scalar function of x (n doubles); a loss may also read x through ctx and ignore its arguments.
 typedef double (*CheckLossFn)(const double *x, long n, void *ctx);
 

@@ -193,25 +193,6 @@ static void test_linear_ref_fd(void **state) {
 
 enum { WITH_BIAS = 1, NO_DINP = 2, NO_DW = 4, NO_DBIAS = 8, BF16 = 16 };
 
-// x rounded to bfloat16 (the top 16 bits of the float), to nearest, ties to even: what oneDNN's
-// f32 -> bf16 conversion does (no NaNs here).
-static double bf16_round(double x) {
-    float f = (float)x;
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    u += 0x7fffu + ((u >> 16) & 1u);
-    u &= 0xffff0000u;
-    memcpy(&f, &u, 4);
-    return f;
-}
-
-static double *bf16_copy(const double *x, long n) {
-    double *r = CHECK_ALLOC(double, n);
-    for (long i = 0; i < n; i++)
-        r[i] = bf16_round(x[i]);
-    return r;
-}
-
 // One shape: forward, then backward twice into pre-filled gradients (each gradient must end as
 // init + 2 * reference), with the parts named by flags left out (and their buffers untouched).
 // With BF16 the kernels run in BF16 mode and the references read the inputs each pass reads in
@@ -240,8 +221,9 @@ static void conv_case(int B, int C, int H, int W, int OC, int K, int S, int P, i
     int bf16 = flags & BF16;
     if (bf16)
         assert_int_equal(conv2d_bf16_set(1, NULL, 0), 0);
-    double *inp_r = bf16 ? bf16_copy(inp_d, ni) : inp_d, *w_r = bf16 ? bf16_copy(w_d, nw) : w_d;
-    double *dout_r = bf16 ? bf16_copy(dout_d, no) : dout_d;
+    double *inp_r = bf16 ? check_bf16_copy(inp_d, ni) : inp_d;
+    double *w_r = bf16 ? check_bf16_copy(w_d, nw) : w_d;
+    double *dout_r = bf16 ? check_bf16_copy(dout_d, no) : dout_d;
     fill(out, NULL, no, 1.0); // forward writes: stale contents must not leak through
     assert_int_equal(conv2d_forward(out, inp, w, bias ? b : NULL, B, C, H, W, OC, K, S, P), 0);
     conv2d_forward_ref(out_ref, inp_r, w_r, bias ? b_d : NULL, B, C, H, W, OC, K, S, P);
@@ -452,8 +434,8 @@ static void test_conv_bf16_mode(void **state) {
     enum { B = 4, C = 32, H = 16, OC = 32 };
     long ni = (long)B * C * H * H, nw = (long)OC * C * 9, no = (long)B * OC * H * H;
     float *inp = CHECK_ALLOC(float, ni), *w = CHECK_ALLOC(float, nw);
-    float *fp32 = CHECK_ALLOC(float, no), *bf = CHECK_ALLOC(float, no), *held = CHECK_ALLOC(float, no),
-          *again = CHECK_ALLOC(float, no);
+    float *fp32 = CHECK_ALLOC(float, no), *bf = CHECK_ALLOC(float, no);
+    float *held = CHECK_ALLOC(float, no), *again = CHECK_ALLOC(float, no);
     fill(inp, NULL, ni, 1.0);
     fill(w, NULL, nw, 1.0 / sqrt(C * 9.0));
     assert_int_equal(conv2d_forward(fp32, inp, w, NULL, B, C, H, H, OC, 3, 1, 1), 0);

@@ -52,6 +52,16 @@ int cuda_device_available(char *why, size_t len);
 void cuda_tf32_set(int on);
 int cuda_tf32_get(void);
 
+// BF16 convolutions (conv2d_*_cuda only): off (0, the default) as above; on (1) each pass converts
+// the operands it reads to bfloat16 (round to nearest even), runs cuDNN's BF16 convolution (FP32
+// accumulation; cuDNN's legacy API writes BF16 too) and converts the result back, adding it into
+// the FP32 gradient for the backward passes; the bias stays FP32. Outputs and gradients are thus
+// rounded to bf16 once more than on the CPU (kernels/conv.h, whose BF16 writes FP32). Takes
+// precedence over TF32 for the convolutions; cuBLAS is not affected. Process-wide; applies to
+// calls made after it.
+void cuda_bf16_set(int on);
+int cuda_bf16_get(void);
+
 // Frees everything cached: the cuBLAS and cuDNN handles and convolution workspace kept per
 // (device, stream), and the convolution algorithms chosen per shape. Call only when no work of
 // ours is queued or running on any stream (after a synchronize), e.g. at exit so leak checkers

@@ -1,5 +1,6 @@
-// device_cuda.cu — the CUDA backend's process state: the device query, the TF32 switch, and the
-// per-(device, stream) contexts that hold the cuBLAS and cuDNN handles and the cuDNN workspace.
+// device_cuda.cu — the CUDA backend's process state: the device query, the TF32 and BF16
+// switches, and the per-(device, stream) contexts that hold the cuBLAS and cuDNN handles and the
+// cuDNN workspace.
 //
 // Not here: any kernel (ops_cuda.cu and its siblings), choosing a device (the caller's
 // cudaSetDevice decides; every call works on the current device) or creating streams (the
@@ -21,6 +22,14 @@ static int cuda_tf32_flag; // 0 or 1, read and written atomically
 void cuda_tf32_set(int on) { __atomic_store_n(&cuda_tf32_flag, on ? 1 : 0, __ATOMIC_RELAXED); }
 
 int cuda_tf32_get(void) { return __atomic_load_n(&cuda_tf32_flag, __ATOMIC_RELAXED); }
+
+// --- the BF16 switch ----------------------------------------------------------------------------
+
+static int cuda_bf16_flag; // 0 or 1, read and written atomically
+
+void cuda_bf16_set(int on) { __atomic_store_n(&cuda_bf16_flag, on ? 1 : 0, __ATOMIC_RELAXED); }
+
+int cuda_bf16_get(void) { return __atomic_load_n(&cuda_bf16_flag, __ATOMIC_RELAXED); }
 
 // --- the device query ---------------------------------------------------------------------------
 

@@ -777,6 +777,109 @@ static void test_tf32(void **state) {
     assert_int_equal(cuda_tf32_get(), 0);
 }
 
+// --- BF16 convolutions ---------------------------------------------------------------------------
+
+// Downloads dev (n) and compares it with base + bf16(term) (base may be NULL: 0): cuDNN's BF16
+// result is its FP32 sum rounded to bf16, so it may sit one bf16 step (at most 2^-7 relative)
+// from the reference's rounding when the two sums fall on either side of a rounding boundary,
+// plus the FP32 tolerance of a k-term sum. Returns the elements out of tolerance.
+static int compare_bf16(const char *what, const float *dev, const double *base,
+                        const double *term, long n, long k) {
+    float *got = CHECK_ALLOC(float, n);
+    dev_read(got, dev, n);
+    long bad = 0;
+    double atol = PROD_ATOL * sqrt((double)k);
+    for (long i = 0; i < n; i++) {
+        double want = (base ? base[i] : 0) + check_bf16_round(term[i]);
+        double tol = atol + ldexp(fabs(term[i]), -7) + 1e-6 * fabs(want);
+        if (!(fabs(got[i] - want) <= tol) && bad++ < CHECK_WORST)
+            printf("#   %s [%ld] got %.9g want %.9g (tolerance %.3g)\n", what, i, got[i], want,
+                   tol);
+    }
+    if (bad)
+        printf("# %s: %ld of %ld outside the BF16 tolerance\n", what, bad, n);
+    free(got);
+    return bad > 1000000 ? 1000000 : (int)bad;
+}
+
+// One convolution with cuda_bf16_set(1): each pass against the double reference on the inputs it
+// reads rounded to bf16, its result rounded to bf16 (compare_bf16), the bias and its gradient in
+// FP32; the gradients are added into random buffers. The forward must also differ from the FP32
+// reference by more than FP32's tolerance somewhere (the mode really rounds).
+static void conv_bf16_case(int B, int C, int H, int W, int OC, int K, int S, int P) {
+    int OH = (H + 2 * P - K) / S + 1, OW = (W + 2 * P - K) / S + 1;
+    long ni = (long)B * C * H * W, nw = (long)OC * C * K * K, no = (long)B * OC * OH * OW;
+    double *xd, *wd, *bd, *gd, *dxd, *dwd, *dbd;
+    float *x = fill(&xd, ni, -1, 1), *w = fill(&wd, nw, -1, 1), *b = fill(&bd, OC, -1, 1);
+    float *g = fill(&gd, no, -1, 1), *dx0 = fill(&dxd, ni, -1, 1), *dw0 = fill(&dwd, nw, -1, 1);
+    float *db0 = fill(&dbd, OC, -1, 1);
+    double *xr = check_bf16_copy(xd, ni), *wr = check_bf16_copy(wd, nw);
+    double *gr = check_bf16_copy(gd, no);
+    float *dx = dev_copy(x, ni), *dw = dev_copy(w, nw), *db = dev_copy(b, OC);
+    float *dg = dev_copy(g, no), *ddx = dev_copy(dx0, ni), *ddw = dev_copy(dw0, nw);
+    float *ddb = dev_copy(db0, OC), *dout = dev_copy(g, no);
+    double *term = CHECK_ALLOC(double, no > ni ? (no > nw ? no : nw) : (ni > nw ? ni : nw));
+    double *fp32 = CHECK_ALLOC(double, no);
+    long k_fwd = (long)C * K * K, k_data = (long)OC * K * K, k_w = (long)B * OH * OW;
+    char what[96];
+    snprintf(what, sizeof what, "bf16 conv %dx%dx%dx%d -> %d k%d s%d p%d", B, C, H, W, OC, K, S, P);
+
+    cuda_bf16_set(1);
+    assert_int_equal(cuda_bf16_get(), 1);
+    assert_int_equal(conv2d_forward_cuda(dout, dx, dw, db, B, C, H, W, OC, K, S, P, stream), 0);
+    conv2d_forward_ref(term, xr, wr, NULL, B, C, H, W, OC, K, S, P);
+    // the bias goes on in FP32 after the rounding: the reference is bias + bf16(sum)
+    {
+        float *got = CHECK_ALLOC(float, no);
+        double *base = CHECK_ALLOC(double, no);
+        dev_read(got, dout, no);
+        for (long i = 0; i < no; i++)
+            base[i] = bd[(i / ((long)OH * OW)) % OC];
+        float *dgot = dev_copy(got, no);
+        assert_int_equal(compare_bf16(what, dgot, base, term, no, k_fwd), 0);
+        dev_free(dgot);
+        conv2d_forward_ref(fp32, xd, wd, bd, B, C, H, W, OC, K, S, P);
+        assert_true(check_compare_f("(expected to differ) bf16 against fp32", got, fp32, no,
+                                    prod_atol(k_fwd), PROD_RTOL) > 0);
+        free(got), free(base);
+    }
+    assert_int_equal(
+        conv2d_backward_cuda(ddx, ddw, ddb, dg, dx, dw, B, C, H, W, OC, K, S, P, stream), 0);
+    memset(term, 0, sizeof(double) * ni);
+    conv2d_backward_ref(term, NULL, NULL, gr, xd, wr, B, C, H, W, OC, K, S, P);
+    assert_int_equal(compare_bf16("bf16 conv dinp", ddx, dxd, term, ni, k_data), 0);
+    memset(term, 0, sizeof(double) * nw);
+    conv2d_backward_ref(NULL, term, NULL, gr, xr, wd, B, C, H, W, OC, K, S, P);
+    assert_int_equal(compare_bf16("bf16 conv dw", ddw, dwd, term, nw, k_w), 0);
+    conv2d_backward_ref(NULL, NULL, dbd, gd, xd, wd, B, C, H, W, OC, K, S, P);
+    ASSERT_PROD_CLOSE("bf16 conv dbias (FP32)", ddb, dbd, OC, k_w);
+    cuda_bf16_set(0);
+    assert_int_equal(cuda_bf16_get(), 0);
+
+    float *bufs[] = {dx, dw, db, dg, ddx, ddw, ddb, dout};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        dev_free(bufs[i]);
+    free(x), free(w), free(b), free(g), free(dx0), free(dw0), free(db0), free(term), free(fp32);
+    free(xd), free(wd), free(bd), free(gd), free(dxd), free(dwd), free(dbd), free(xr), free(wr);
+    free(gr);
+}
+
+// The fmnist32 layers with BF16 convolutions, at batch 8 (cuemu's reference loops are slow), and
+// odd shapes; then FP32 again: the mode is part of the cache key, so the FP32 entries of these
+// shapes come back (conv_case checks them at FP32's tolerance).
+static void test_conv_bf16(void **state) {
+    (void)state;
+    conv_bf16_case(2, 3, 7, 6, 4, 3, 1, 1);
+    conv_bf16_case(2, 2, 6, 7, 3, 4, 2, 1);
+    conv_bf16_case(8, 128, 8, 8, 64, 3, 1, 1);
+    conv_bf16_case(8, 32, 32, 32, 16, 3, 1, 1);
+    conv_bf16_case(8, 16, 32, 32, 1, 3, 1, 1);
+    conv_bf16_case(8, 1, 32, 32, 16, 3, 1, 1);
+    conv_bf16_case(8, 32, 16, 16, 64, 4, 2, 1);
+    conv_case(8, 128, 8, 8, 64, 3, 1, 1);
+    conv_case(8, 32, 16, 16, 64, 4, 2, 1);
+}
+
 // --- the training techniques' ops (dropout, WGAN-GP's blend, the regularizers) ------------------
 
 // out = ref > 0 ? x : alpha x, ref with exact zeros (which take the slope alpha, as x = 0 does in
@@ -1215,6 +1318,7 @@ int main(void) {
         cmocka_unit_test(test_conv_tiny),
         cmocka_unit_test(test_conv_fmnist32),
         cmocka_unit_test(test_tf32),
+        cmocka_unit_test(test_conv_bf16),
         cmocka_unit_test(test_leaky_relu_pattern),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_dropout_ends),

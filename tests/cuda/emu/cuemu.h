@@ -65,6 +65,18 @@ template <typename T> inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask
     return v;
 }
 
+// The device's bit casts between float and its 32 bits.
+inline unsigned __float_as_uint(float x) {
+    unsigned u;
+    std::memcpy(&u, &x, sizeof u);
+    return u;
+}
+inline float __uint_as_float(unsigned u) {
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    return x;
+}
+
 // nvcc's cuda_runtime.h takes a kernel itself where the C API takes const void *.
 template <typename T> inline cudaError_t cudaFuncGetAttributes(cudaFuncAttributes *attr, T *entry) {
     return ::cudaFuncGetAttributes(attr, (const void *)entry);

@@ -833,9 +833,11 @@ struct cudnnContext {
 };
 struct cudnnTensorStruct {
     int set, n, c, h, w;
+    int bf16; // CUDNN_DATA_BFLOAT16 (else FLOAT)
 };
 struct cudnnFilterStruct {
     int set, k, c, h, w;
+    int bf16;
 };
 struct cudnnConvolutionStruct {
     int set, ph, pw, u, v, dh, dw;
@@ -876,11 +878,11 @@ cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) {
 
 cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t format,
                                          cudnnDataType_t type, int n, int c, int h, int w) {
-    if (format != CUDNN_TENSOR_NCHW || type != CUDNN_DATA_FLOAT)
+    if (format != CUDNN_TENSOR_NCHW || (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_BFLOAT16))
         return CUDNN_STATUS_NOT_SUPPORTED; // all cuemu does; all we use
     if (n <= 0 || c <= 0 || h <= 0 || w <= 0)
         return CUDNN_STATUS_BAD_PARAM;
-    *d = cudnnTensorStruct{1, n, c, h, w};
+    *d = cudnnTensorStruct{1, n, c, h, w, type == CUDNN_DATA_BFLOAT16};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -896,11 +898,11 @@ cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) {
 
 cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type,
                                          cudnnTensorFormat_t format, int k, int c, int h, int w) {
-    if (format != CUDNN_TENSOR_NCHW || type != CUDNN_DATA_FLOAT)
+    if (format != CUDNN_TENSOR_NCHW || (type != CUDNN_DATA_FLOAT && type != CUDNN_DATA_BFLOAT16))
         return CUDNN_STATUS_NOT_SUPPORTED;
     if (k <= 0 || c <= 0 || h <= 0 || w <= 0)
         return CUDNN_STATUS_BAD_PARAM;
-    *d = cudnnFilterStruct{1, k, c, h, w};
+    *d = cudnnFilterStruct{1, k, c, h, w, type == CUDNN_DATA_BFLOAT16};
     return CUDNN_STATUS_SUCCESS;
 }
 
@@ -1107,13 +1109,42 @@ static void blend(float *out, const std::vector<double> &acc, float alpha, float
 }
 
 static size_t tensor_bytes(const cudnnTensorStruct *t) {
-    return (size_t)t->n * t->c * t->h * t->w * sizeof(float);
+    return (size_t)t->n * t->c * t->h * t->w * (t->bf16 ? 2 : sizeof(float));
 }
 static size_t filter_bytes(const cudnnFilterStruct *f) {
-    return (size_t)f->k * f->c * f->h * f->w * sizeof(float);
+    return (size_t)f->k * f->c * f->h * f->w * (f->bf16 ? 2 : sizeof(float));
 }
 
 static float rd(const float *p, size_t i, bool round) { return round ? tf32(p[i]) : p[i]; }
+
+// --- BF16 ---------------------------------------------------------------------------------------
+// cuDNN's BF16 configuration (x, w and y all BFLOAT16, FP32 compute): operands are read as the
+// floats their bf16 bits stand for; the written operand is blended in float and rounded to bf16,
+// to nearest, ties to even.
+
+static float bf16_value(const uint16_t *p, size_t i) {
+    uint32_t u = (uint32_t)p[i] << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static uint16_t bf16_of(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u)
+        return (uint16_t)((u >> 16) | 0x40u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+// One operand of a pass as floats: a view of FP32 memory, or a converted copy of BF16 memory.
+static std::vector<float> bf16_read(const void *p, size_t n) {
+    std::vector<float> v(n);
+    for (size_t i = 0; i < n; i++)
+        v[i] = bf16_value((const uint16_t *)p, i);
+    return v;
+}
 
 enum { PASS_FWD, PASS_BWD_DATA, PASS_BWD_FILTER };
 
@@ -1133,16 +1164,30 @@ static cudnnStatus_t conv_pass(const char *what, cudnnHandle_t h, const cudnnCon
         s = algo_check(what, cd, algo, ws, ws_bytes, &round);
     if (s)
         return s;
+    // FP32 or cuDNN's BF16 configuration; a mix is not a configuration cuDNN has.
+    bool bf16 = xd->bf16;
+    if (wd->bf16 != bf16 || yd->bf16 != bf16)
+        return CUDNN_STATUS_NOT_SUPPORTED;
     check_range(what, x, tensor_bytes(xd));
     check_range(what, w, filter_bytes(wd));
     check_range(what, y, tensor_bytes(yd));
-    const float *X = (const float *)x, *Wt = (const float *)w, *Y = (const float *)y;
-    float *out = (float *)(PASS == PASS_FWD ? y : PASS == PASS_BWD_DATA ? x : w);
-    size_t n = (PASS == PASS_BWD_FILTER ? filter_bytes(wd)
-                                        : tensor_bytes(PASS == PASS_FWD ? yd : xd)) /
-               sizeof(float);
+    void *out = (void *)(PASS == PASS_FWD ? y : PASS == PASS_BWD_DATA ? x : w);
+    size_t nx = tensor_bytes(xd) / (bf16 ? 2 : 4), nw = filter_bytes(wd) / (bf16 ? 2 : 4),
+           ny = tensor_bytes(yd) / (bf16 ? 2 : 4);
+    size_t n = PASS == PASS_BWD_FILTER ? nw : PASS == PASS_FWD ? ny : nx;
     float al = *(const float *)alpha, be = *(const float *)beta;
     enqueue(what, h->stream, [=]() {
+        // BF16 operands as floats (copies made when the work runs, as the device would read them)
+        std::vector<float> xv, wv, yv;
+        const float *X = (const float *)x, *Wt = (const float *)w, *Y = (const float *)y;
+        if (bf16) {
+            if (PASS != PASS_BWD_DATA)
+                xv = bf16_read(x, nx), X = xv.data();
+            if (PASS != PASS_BWD_FILTER)
+                wv = bf16_read(w, nw), Wt = wv.data();
+            if (PASS != PASS_FWD)
+                yv = bf16_read(y, ny), Y = yv.data();
+        }
         std::vector<double> acc(n);
         each_term(g, [&](size_t xi, size_t wi, size_t yi) {
             if constexpr (PASS == PASS_FWD)
@@ -1152,7 +1197,13 @@ static cudnnStatus_t conv_pass(const char *what, cudnnHandle_t h, const cudnnCon
             else
                 acc[wi] += (double)rd(X, xi, round) * rd(Y, yi, round);
         });
-        blend(out, acc, al, be);
+        if (!bf16) {
+            blend((float *)out, acc, al, be);
+            return;
+        }
+        uint16_t *o = (uint16_t *)out;
+        for (size_t i = 0; i < n; i++)
+            o[i] = bf16_of((float)(al * acc[i] + (be == 0 ? 0.0 : (double)be * bf16_value(o, i))));
     });
     return CUDNN_STATUS_SUCCESS;
 }
@@ -1200,6 +1251,8 @@ cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t h, const void *alpha,
     const char *what = "cudnnConvolutionBackwardBias";
     if (!dyd->set || !dbd->set || dbd->n != 1 || dbd->c != dyd->c || dbd->h != 1 || dbd->w != 1)
         return CUDNN_STATUS_BAD_PARAM;
+    if (dyd->bf16 || dbd->bf16)
+        return CUDNN_STATUS_NOT_SUPPORTED; // cuemu's bias passes read and write FP32 only
     check_stream(what, h->stream);
     check_range(what, dy, tensor_bytes(dyd));
     check_range(what, db, tensor_bytes(dbd));
@@ -1227,6 +1280,8 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void *alpha, const cudnnTens
     const int ad4[4] = {ad->n, ad->c, ad->h, ad->w}, cd4[4] = {cd->n, cd->c, cd->h, cd->w};
     if (!ad->set || !cd->set)
         return CUDNN_STATUS_BAD_PARAM;
+    if (ad->bf16 || cd->bf16)
+        return CUDNN_STATUS_NOT_SUPPORTED; // FP32 only, as for the bias gradient
     for (int i = 0; i < 4; i++)
         if (ad4[i] != cd4[i] && ad4[i] != 1)
             return CUDNN_STATUS_BAD_PARAM;

@@ -119,6 +119,17 @@ static void test_bench_device(void **state) {
         assert_true(strtod(line + strlen("\ntrain_images_per_s "), NULL) > 0);
         CHECK_ASSERT_HAS(out, "gen_b64_images_per_s ");
     }
+    // --bf16 on the CPU: the BF16 figures and their ratios, or that this CPU cannot
+    assert_int_equal(run("bench --bf16 %s", fig), 0);
+    char why[200];
+    if (conv2d_bf16_supported(why, sizeof why)) {
+        CHECK_ASSERT_HAS(out, "bf16_supported 1");
+        CHECK_ASSERT_HAS(out, "bf16_train_images_per_s ");
+        CHECK_ASSERT_HAS(out, "ratio_bf16_vs_fp32_gen_b64 ");
+    } else {
+        CHECK_ASSERT_HAS(out, "bf16_supported 0");
+        CHECK_ASSERT_HAS(out, "--bf16: not measured: this CPU has no BF16");
+    }
 }
 
 static void test_train_outputs(void **state) {

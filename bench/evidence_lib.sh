@@ -17,3 +17,29 @@ start_worker() {
     printf '%s\n' "$2" >"$1/spec.json"
     OMP_NUM_THREADS=1 "$steer" worker --dir "$1" >"$1/out.msgpack" 2>"$1/log.txt" &
 }
+
+# run_side_by_side TAG NAME SPEC [NAME SPEC ...]: the runs OUT/NAME ($out, from the caller) not
+# done before start together, one core each, and are waited for; each must then hold `done` (its
+# large checkpoints are removed, final.safetensors kept). TAG names the script in messages; a
+# failure exits.
+run_side_by_side() {
+    local tag=$1 pids=() names=() p name
+    shift
+    while (($# >= 2)); do
+        names+=("$1")
+        if has_done "$out/$1"; then
+            echo "  $1: done before, kept"
+        else
+            start_worker "$out/$1" "$2"
+            pids+=($!)
+        fi
+        shift 2
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" || { echo "$tag: a worker failed; see $out/{${names[*]// /,}}/log.txt" >&2; exit 1; }
+    done
+    for name in "${names[@]}"; do
+        rm -f "$out/$name/latest.safetensors" "$out/$name/eval.safetensors"
+        has_done "$out/$name" || { echo "$tag: $name did not finish" >&2; exit 1; }
+    done
+}

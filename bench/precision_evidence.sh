@@ -60,20 +60,7 @@ PY
 # 2. training
 for seed in $seeds; do
     common="\"config\": \"fmnist32c\", \"steps\": $steps, \"batch\": 64, \"seed\": $seed, \"eval_n\": 2000, \"eval_every\": $every, \"save_every\": 0, \"log_every\": 50"
-    pids=()
-    for mode in fp32 bf16; do
-        dir=$out/${mode}_s$seed
-        if has_done "$dir"; then echo "  ${mode}_s$seed: done before, kept"; continue; fi
-        if [[ $mode == bf16 ]]; then start_worker "$dir" "{$common, \"bf16\": true}"; else start_worker "$dir" "{$common}"; fi
-        pids+=($!)
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" || { echo "precision_evidence: a worker of seed $seed failed; see $out/*_s$seed/log.txt" >&2; exit 1; }
-    done
-    for mode in fp32 bf16; do
-        rm -f "$out/${mode}_s$seed/latest.safetensors" "$out/${mode}_s$seed/eval.safetensors"
-        has_done "$out/${mode}_s$seed" || { echo "precision_evidence: ${mode}_s$seed did not finish" >&2; exit 1; }
-    done
+    run_side_by_side precision_evidence "fp32_s$seed" "{$common}" "bf16_s$seed" "{$common, \"bf16\": true}"
     grep -q "; BF16 convolutions" "$out/bf16_s$seed/log.txt" || {
         echo "precision_evidence: bf16_s$seed did not train in BF16; see its log.txt" >&2
         exit 1
@@ -82,14 +69,14 @@ for seed in $seeds; do
 done
 
 $PY - "$out" "$seeds" <<'PY'
-import math, msgpack, os, statistics, sys
+import math, statistics, sys
+sys.path.insert(0, "bench")
+from evidence import load_run
 out, seeds = sys.argv[1], sys.argv[2].split()
 
 def load(name):
-    msgs = list(msgpack.Unpacker(open(os.path.join(out, name, "out.msgpack"), "rb"), raw=False))
-    done = next(m for m in msgs if m["t"] == "done")
-    evals = [(m["step"], m["fd"]) for m in msgs if m["t"] == "eval"] + [(done["step"], done["fd"])]
-    prog = [m for m in msgs if m["t"] == "progress"]
+    r = load_run(out, name)
+    done, evals, prog = r["done"], [(st, fd) for st, fd, _ in r["evals"]], r["progress"]
     losses = [abs(m[k]) for m in prog for k in ("loss_d", "loss_g") if m.get(k) is not None]
     finite = all(math.isfinite(x) for x in losses)
     ips = statistics.median(m["images_per_s"] for m in prog if m.get("images_per_s"))

@@ -27,43 +27,24 @@ every=${PROG_EVAL_EVERY:-300} batch=${PROG_BATCH:-64}
 echo "progressive_evidence: runs in $out ($secs s each, seeds $seeds, schedule stable $stable fade $fade)"
 
 source bench/evidence_lib.sh
-start() { start_worker "$out/$1" "$2"; } # NAME SPEC: a worker in the background, one thread
-
 for seed in $seeds; do
     common="\"config\": \"fmnist32c\", \"steps\": 1000000, \"seconds\": $secs, \"batch\": $batch, \"seed\": $seed, \"eval_n\": 2000, \"eval_every\": $every, \"save_every\": 0, \"log_every\": 50"
-    pids=()
-    for arm in fixed prog; do
-        name=${arm}_s$seed
-        if has_done "$out/$name"; then echo "  $name: done before, kept"; continue; fi
-        if [[ $arm == fixed ]]; then
-            start "$name" "{$common}"
-        else
-            start "$name" "{$common, \"set\": {\"prog_stable\": $stable, \"prog_fade\": $fade}}"
-        fi
-        pids+=($!)
-    done
-    for p in "${pids[@]}"; do
-        wait "$p" || { echo "progressive_evidence: a worker of seed $seed failed; see $out/*_s$seed/log.txt" >&2; exit 1; }
-    done
-    for arm in fixed prog; do
-        rm -f "$out/${arm}_s$seed/latest.safetensors" "$out/${arm}_s$seed/eval.safetensors"
-        has_done "$out/${arm}_s$seed" || { echo "progressive_evidence: ${arm}_s$seed did not finish" >&2; exit 1; }
-    done
+    run_side_by_side progressive_evidence "fixed_s$seed" "{$common}" \
+        "prog_s$seed" "{$common, \"set\": {\"prog_stable\": $stable, \"prog_fade\": $fade}}"
     echo "  seed $seed: done"
 done
 
 $PY - "$out" "$seeds" <<'PY'
-import math, msgpack, os, statistics, sys
+import statistics, sys
+sys.path.insert(0, "bench")
+from evidence import load_run
 out, seeds = sys.argv[1], sys.argv[2].split()
 
 def load(name):
-    msgs = list(msgpack.Unpacker(open(os.path.join(out, name, "out.msgpack"), "rb"), raw=False))
-    done = next(m for m in msgs if m["t"] == "done")
-    evals = [(m["step"], m["fd"], m["seconds"]) for m in msgs if m["t"] == "eval"]
-    evals.append((done["step"], done["fd"], done["seconds"]))
-    prog = [m for m in msgs if m["t"] == "progress"]
-    full = next((m["step"] for m in prog if m.get("resolution", 32) == 32 and m.get("alpha", 1) == 1), None)
-    return dict(done=done, evals=evals, full=full)
+    r = load_run(out, name)
+    r["full"] = next((m["step"] for m in r["progress"]
+                      if m.get("resolution", 32) == 32 and m.get("alpha", 1) == 1), None)
+    return r
 
 print("| seed | arm | steps in the budget | training s | first step at 32x32, alpha 1 | final FD |")
 print("|---|---|---|---|---|---|")

@@ -16,7 +16,7 @@
 #define LEARN_MAX_COMPARISONS 1024 // per user; the oldest are forgotten past it
 #define LEARN_POP_COMPARISONS 4096 // the population model's; the oldest are forgotten past it
 #define LEARN_CANDIDATES 16        // pool frames drawn from the policy to pick active pairs from
-#define LEARN_CHUNK 64             // frames whose features one batched G + D forward computes
+#define LEARN_CHUNK 64             // frames whose features one batched D forward computes
 
 static uint64_t fnv1a(const char *s) {
     uint64_t h = 1469598103934665603ull;
@@ -63,7 +63,7 @@ static Generator *generator_of(Learn *l, uint64_t v) {
     sqlite3_finalize(q);
     sqlite3_close(db);
     Generator *g = path[0] ? calloc(1, sizeof *g) : NULL;
-    int ok = g && !generator_load(g, path, LEARN_CHUNK, err, sizeof err) &&
+    int ok = g && !generator_load(g, path, 1, err, sizeof err) && // frames_features: one at a time
              g->cfg.z_dim == l->g.cfg.z_dim && g->cfg.n_classes == l->g.cfg.n_classes &&
              g->cfg.img == l->g.cfg.img && g->cfg.channels == l->g.cfg.channels;
     if (!ok) { // remembered as the base generator, so the store is asked once
@@ -92,32 +92,28 @@ static Generator *generator_of(Learn *l, uint64_t v) {
     return &l->g;
 }
 
-// The features of n frames given by latent, class and model version: each version's G draws its
-// frames again, D looks at them all at once.
+// The features of n frames given by latent, class and model version: each version's G draws each
+// frame alone, D looks at them all at once. One at a time because G's rounding depends on the
+// batch size (its convolutions and products pick other kernels: about 1e-5 apart), so a batched
+// draw would make a frame's features depend on which frames shared its batch, which depends on
+// timing here and not in a rebuild, and the policy (its steps stop at thresholds) would not be
+// rebuilt the same. A frame alone is the same bits whatever the batch and the thread count, and
+// on the learner's one core it costs what it costs in a batch (0.38 against 0.35 ms a frame for
+// fmnist32c). D's features do not depend on the batch. The frames are drawn on one OpenMP thread
+// (a rebuild runs on the whole team): a frame alone runs faster so (0.38 against 0.46 ms on two).
 static int frames_features(Learn *l, const float *z, const int32_t *cls, const uint64_t *ver, int n,
                            float *phi) {
     const SaganConfig *c = &l->g.cfg;
     long img = (long)c->channels * c->img * c->img;
     const int32_t *y = c->n_classes ? cls : NULL;
-    int done[LEARN_CHUNK] = {0}, rc = 0;
+    int rc = 0, team = omp_get_max_threads();
+    omp_set_num_threads(1);
     for (int i = 0; i < n && !rc; i++) {
-        if (done[i]) continue;
-        // the frames of ver[i], gathered, drawn, scattered back into l->img
-        int idx[LEARN_CHUNK], m = 0;
-        for (int k = i; k < n; k++)
-            if (!done[k] && ver[k] == ver[i]) idx[m++] = k, done[k] = 1;
-        float zb[LEARN_CHUNK * 512];
-        int32_t yb[LEARN_CHUNK];
-        if (c->z_dim > 512) return KERNELS_EINVAL;
-        for (int k = 0; k < m; k++) {
-            memcpy(zb + (long)k * c->z_dim, z + (long)idx[k] * c->z_dim, (size_t)c->z_dim * sizeof(float));
-            yb[k] = cls[idx[k]];
-        }
         Generator *g = generator_of(l, ver[i]);
-        rc = generator_forward(g, zb, y ? yb : NULL, m);
-        for (int k = 0; !rc && k < m; k++)
-            memcpy(l->img + idx[k] * img, g->img + k * img, (size_t)img * sizeof(float));
+        rc = generator_forward(g, z + (long)i * c->z_dim, y ? y + i : NULL, 1);
+        if (!rc) memcpy(l->img + (long)i * img, g->img, (size_t)img * sizeof(float));
     }
+    omp_set_num_threads(team);
     return rc ? rc : features_compute(&l->feat, l->img, y, n, phi);
 }
 
@@ -245,8 +241,8 @@ static int publish(Learn *l, LearnUser *u) {
 
 // Feeds a list of stored feedback (store order) into the users' learners and the population's,
 // and frees it; `left`: how many more follow the list in the same batch. The frames are drawn
-// again and looked at by D a chunk of up to LEARN_CHUNK frames at a time (one batched forward
-// instead of one per feedback). Counts into *events / *failures; returns nonzero if any failed.
+// again (one at a time, frames_features) and looked at by D a chunk of up to LEARN_CHUNK frames at
+// a time (one batched forward instead of one per feedback). Counts into *events / *failures; returns nonzero if any failed.
 static int process(Learn *l, StoreItem *items, long left, uint64_t *events, uint64_t *failures) {
     long total = left;
     for (StoreItem *it = items; it; it = it->next) total++;

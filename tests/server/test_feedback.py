@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import sys
 import subprocess
 import tempfile
 
@@ -200,8 +201,8 @@ async def main():
                 await test(tap, data)
             except Exception as e:  # a crash of the test is a failure, not a silent pass
                 tap.ok(False, f"{test.__name__} raised {type(e).__name__}: {e}")
-    tap.done()
+    return tap.done()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sqlite3
+import sys
 import subprocess
 import tempfile
 
@@ -379,8 +380,8 @@ async def main():
         await test_jobs(tap, root)
         await test_progressive(tap, root)
         await test_finetune_distill(tap, root)
-    tap.done()
+    return tap.done()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    sys.exit(asyncio.run(main()))

@@ -66,8 +66,8 @@ def main():
         tap.ok(out.returncode == 0 and os.path.exists(os.path.join(job, "final.safetensors")),
                "a transfer job starts from the PyTorch weights (FreezeD 2) on 100 images of one class",
                out.stderr.decode()[-1500:])
-    tap.done()
+    return tap.done()
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -36,7 +36,11 @@ run_side_by_side() {
         shift 2
     done
     for p in "${pids[@]}"; do
-        wait "$p" || { echo "$tag: a worker failed; see $out/{${names[*]// /,}}/log.txt" >&2; exit 1; }
+        if ! wait "$p"; then
+            echo "$tag: a worker failed; see $out/{${names[*]// /,}}/log.txt" >&2
+            kill "${pids[@]}" 2>/dev/null # the others
+            exit 1
+        fi
     done
     for name in "${names[@]}"; do
         rm -f "$out/$name/latest.safetensors" "$out/$name/eval.safetensors"

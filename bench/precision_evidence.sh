@@ -27,7 +27,8 @@ for f in models/fmnist32c.safetensors models/fmnist-eval.safetensors; do
     [[ -f $f ]] || { echo "precision_evidence: $f is needed" >&2; exit 1; }
 done
 $PY -c 'import msgpack, numpy' 2>/dev/null || { echo "precision_evidence: python3-msgpack and python3-numpy are needed" >&2; exit 1; }
-"$steer" bench --config tiny --batch 8 --seconds 0.01 --bf16 2>&1 | grep -q "^bf16_supported 1" || {
+probe=$("$steer" bench --config tiny --batch 8 --seconds 0.01 --bf16 2>&1 || true)
+[[ $probe == *"bf16_supported 1"* ]] || {
     echo "precision_evidence: this CPU has no BF16 instructions (steer bench --bf16 says why)" >&2
     exit 1
 }

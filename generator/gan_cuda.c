@@ -987,9 +987,21 @@ static int dp_mean(GanCuda *gc, float *dev, long n) {
 // gan.c's gan_penalty_backward on the device: R1 (r1 = 1) or WGAN-GP (r1 = 0) at x (B images,
 // device), labels y (B) or NULL, with weight; its value into gc->dv_pen[slot]. D's gradient slots
 // accumulate weight grad_theta P (SN's fold comes after). D runs without dropout here; its
-// activations are left as the two-sided pass leaves them.
+// activations are left as the two-sided pass leaves them. FP32 convolutions whatever the BF16
+// switch (cuda_fp32_hold), as gan.c's penalty holds them.
+static int pen_backward_fp32(GanCuda *gc, int r1, float weight, float fd_step, const float *x,
+                             const int32_t *y, int slot);
+
 static int pen_backward(GanCuda *gc, int r1, float weight, float fd_step, const float *x,
                         const int32_t *y, int slot) {
+    int held = cuda_fp32_hold(1);
+    int rc = pen_backward_fp32(gc, r1, weight, fd_step, x, y, slot);
+    cuda_fp32_hold(held);
+    return rc;
+}
+
+static int pen_backward_fp32(GanCuda *gc, int r1, float weight, float fd_step, const float *x,
+                             const int32_t *y, int slot) {
     const SaganConfig *c = &gc->cfg;
     GanCudaDisc *d = &gc->D;
     cudaStream_t st = gc->stream;

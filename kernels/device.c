@@ -61,7 +61,6 @@ int device_bf16_set(int on, char *why, size_t len) {
     return rc;
 }
 
-int device_bf16_get(void) { return conv2d_bf16_get(); }
 
 const char *device_math_note(Device d) {
     static _Thread_local char note[400];

@@ -2,7 +2,7 @@
 //
 // The CUDA backend exists only in a CUDA build (make CUDA=1) and runs only where a GPU is usable;
 // anything else falls back to the CPU, and the reason is said (llama.cpp's way: the same binary
-// serves on both). Thread-safe; allocates nothing.
+// serves on both). Allocates nothing; the math switches are process-wide, set at start.
 #ifndef KERNELS_DEVICE_H
 #define KERNELS_DEVICE_H
 
@@ -31,10 +31,10 @@ int device_tf32_get(void);
 // (cuda_bf16_set) cuDNN's BF16 convolutions, whose results are bf16 too, on any CPU.
 // Process-wide.
 int device_bf16_set(int on, char *why, size_t len);
-int device_bf16_get(void);
 // What the math switches mean where d computes, for a device line: "" when both are off, else
 // e.g. "; TF32 tensor cores on" or "; BF16 convolutions on AVX512-BF16" or the reason a switch
-// does not apply there ("; BF16 asked for, but ..."). Thread-safe; the text stays valid.
+// does not apply there ("; BF16 asked for, but ..."). The text is the calling thread's, valid
+// until its next call; set the switches before threads that call this start.
 const char *device_math_note(Device d);
 
 #endif

@@ -11,6 +11,7 @@
 
 #include "generator/cli.h"
 #include "generator/gan.h"
+#include "kernels/conv.h"
 #include "kernels/kernels.h"
 
 #define LEARN_MAX_COMPARISONS 1024 // per user; the oldest are forgotten past it
@@ -289,6 +290,9 @@ static int process(Learn *l, StoreItem *items, long left, uint64_t *events, uint
 static void *learn_main(void *arg) {
     Learn *l = arg;
     omp_set_num_threads(1); // the generation thread has the cores' OpenMP team
+    // FP32 whatever steer serve --bf16 says: a rebuild must give the same policies on any CPU and
+    // with the flag either way (the learner's frames are few; BF16's speed matters to serving)
+    conv2d_fp32_hold(1);
     pthread_mutex_lock(&l->lock);
     for (;;) {
         while (!l->in_head && !l->stop) pthread_cond_wait(&l->cond, &l->lock);
@@ -402,8 +406,21 @@ static int rebuild(Learn *l, const char *db_path, char *err, size_t errlen) {
     return rc;
 }
 
+static int learn_load_fp32(Learn *l, const char *ckpt, uint64_t version, const char *db_path,
+                           long pool_n, long pop_every, char *err, size_t errlen);
+
+// In FP32 whatever the BF16 mode, as the learning thread (learn_main): the pool and the rebuilt
+// policies must not depend on it.
 int learn_load(Learn *l, const char *ckpt, uint64_t version, const char *db_path, long pool_n,
                long pop_every, char *err, size_t errlen) {
+    int held = conv2d_fp32_hold(1);
+    int rc = learn_load_fp32(l, ckpt, version, db_path, pool_n, pop_every, err, errlen);
+    conv2d_fp32_hold(held);
+    return rc;
+}
+
+static int learn_load_fp32(Learn *l, const char *ckpt, uint64_t version, const char *db_path,
+                           long pool_n, long pop_every, char *err, size_t errlen) {
     memset(l, 0, sizeof *l);
     l->base_version = version;
     snprintf(l->db_path, sizeof l->db_path, "%s", db_path);

@@ -24,6 +24,7 @@
 #include "generator/cli.h"
 #include "generator/fid.h"
 #include "generator/gan.h"
+#include "kernels/conv.h"
 #include "kernels/kernels.h"
 #include "server/distill.h"
 #include "server/finetune.h"
@@ -48,7 +49,7 @@ typedef struct {
     double seconds; // 0: no limit; else the training loop stops (as done) after this long
     int classes[16], n_classes; // keep only these labels of the data (0: all)
     int tf32;                   // 1: the GPU's convolutions and products in TF32 (device.h)
-    int bf16;                   // 1: the CPU's convolutions on BF16 inputs (device.h)
+    int bf16;                   // 1: the convolutions on BF16 inputs, CPU and GPU (device.h)
     json_t *set; // object of training switches, or NULL
 } Spec;
 
@@ -333,6 +334,8 @@ static double judge_fd(Judge *j, const char *path, long n, int fixed_class, char
     int32_t *y = NULL;
     FidStats st = {0};
     if (generator_load(&g, path, WORKER_G_BATCH, err, errlen)) return NAN;
+    // an FD measures the model, not the mode of the run measuring it: the samples in FP32 too
+    int held = conv2d_fp32_hold(1);
     const SaganConfig *c = &g.cfg;
     long P = (long)c->channels * c->img * c->img;
     if (c->channels != 1 || c->img != CLASSIFIER_IMG || (c->n_classes && c->n_classes != CLASSIFIER_CLASSES)) {
@@ -365,6 +368,7 @@ static double judge_fd(Judge *j, const char *path, long n, int fixed_class, char
         fd = NAN;
     }
 done:
+    conv2d_fp32_hold(held);
     fid_stats_free(&st);
     generator_free(&g);
     free(z);

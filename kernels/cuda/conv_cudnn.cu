@@ -80,7 +80,7 @@ static int key_make(ConvKey *k, int B, int C, int H, int W, int OC, int K, int S
     if (rc)
         return rc;
     k->tf32 = cuda_tf32_get();
-    k->bf16 = cuda_bf16_get();
+    k->bf16 = cuda_bf16_get() && !cuda_fp32_held_here();
     k->B = B, k->C = C, k->H = H, k->W = W, k->OC = OC, k->K = K, k->S = S, k->P = P;
     k->OH = (H + 2 * P - K) / S + 1;
     k->OW = (W + 2 * P - K) / S + 1;

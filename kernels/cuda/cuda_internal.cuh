@@ -152,6 +152,9 @@ int cuda_ctx_cudnn(CudaCtx *ctx, cudnnHandle_t *out);
 // the old one is freed); *out is NULL when bytes is 0.
 int cuda_ctx_workspace(CudaCtx *ctx, size_t bytes, void **out);
 
+// Whether this host thread holds FP32 (cuda_fp32_hold).
+int cuda_fp32_held_here(void);
+
 // conv_cudnn.cu's part of cuda_cache_clear: drops the cached convolution shapes.
 void conv2d_cache_clear_cuda(void);
 

@@ -61,6 +61,9 @@ int cuda_tf32_get(void);
 // calls made after it.
 void cuda_bf16_set(int on);
 int cuda_bf16_get(void);
+// Keeps this host thread's convolutions in FP32 whatever cuda_bf16_get says (hold 1), or lets them
+// follow it again (0); returns the previous hold, for nesting (kernels/conv.h's conv2d_fp32_hold).
+int cuda_fp32_hold(int hold);
 
 // Frees everything cached: the cuBLAS and cuDNN handles and convolution workspace kept per
 // (device, stream), and the convolution algorithms chosen per shape. Call only when no work of

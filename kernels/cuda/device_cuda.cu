@@ -31,6 +31,16 @@ void cuda_bf16_set(int on) { __atomic_store_n(&cuda_bf16_flag, on ? 1 : 0, __ATO
 
 int cuda_bf16_get(void) { return __atomic_load_n(&cuda_bf16_flag, __ATOMIC_RELAXED); }
 
+static thread_local int cuda_fp32_held; // cuda_fp32_hold: this host thread's convolutions stay FP32
+
+int cuda_fp32_hold(int hold) {
+    int was = cuda_fp32_held;
+    cuda_fp32_held = hold != 0;
+    return was;
+}
+
+int cuda_fp32_held_here(void) { return cuda_fp32_held; }
+
 // --- the device query ---------------------------------------------------------------------------
 
 // Does nothing. cuda_device_available asks the runtime for its attributes, which fails when this

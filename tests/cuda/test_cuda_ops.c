@@ -848,9 +848,21 @@ static void conv_bf16_case(int B, int C, int H, int W, int OC, int K, int S, int
     memset(term, 0, sizeof(double) * ni);
     conv2d_backward_ref(term, NULL, NULL, gr, xd, wr, B, C, H, W, OC, K, S, P);
     assert_int_equal(compare_bf16("bf16 conv dinp", ddx, dxd, term, ni, k_data), 0);
+    // the data gradient alone (D's weight gradients not wanted): added once more
+    for (long i = 0; i < ni; i++)
+        dxd[i] += check_bf16_round(term[i]);
+    assert_int_equal(
+        conv2d_backward_cuda(ddx, NULL, NULL, dg, dx, dw, B, C, H, W, OC, K, S, P, stream), 0);
+    assert_int_equal(compare_bf16("bf16 conv dinp alone", ddx, dxd, term, ni, k_data), 0);
     memset(term, 0, sizeof(double) * nw);
     conv2d_backward_ref(NULL, term, NULL, gr, xr, wd, B, C, H, W, OC, K, S, P);
     assert_int_equal(compare_bf16("bf16 conv dw", ddw, dwd, term, nw, k_w), 0);
+    // the weight gradient alone (a first layer): added once more
+    for (long i = 0; i < nw; i++)
+        dwd[i] += check_bf16_round(term[i]);
+    assert_int_equal(
+        conv2d_backward_cuda(NULL, ddw, NULL, dg, dx, dw, B, C, H, W, OC, K, S, P, stream), 0);
+    assert_int_equal(compare_bf16("bf16 conv dw alone", ddw, dwd, term, nw, k_w), 0);
     conv2d_backward_ref(NULL, NULL, dbd, gd, xd, wd, B, C, H, W, OC, K, S, P);
     ASSERT_PROD_CLOSE("bf16 conv dbias (FP32)", ddb, dbd, OC, k_w);
     cuda_bf16_set(0);
@@ -867,6 +879,13 @@ static void conv_bf16_case(int B, int C, int H, int W, int OC, int K, int S, int
 // The fmnist32 layers with BF16 convolutions, at batch 8 (cuemu's reference loops are slow), and
 // odd shapes; then FP32 again: the mode is part of the cache key, so the FP32 entries of these
 // shapes come back (conv_case checks them at FP32's tolerance).
+// A failed check leaves the test early: the mode goes back to FP32 for the tests after it.
+static int bf16_off(void **state) {
+    (void)state;
+    cuda_bf16_set(0);
+    return 0;
+}
+
 static void test_conv_bf16(void **state) {
     (void)state;
     conv_bf16_case(2, 3, 7, 6, 4, 3, 1, 1);
@@ -1318,7 +1337,7 @@ int main(void) {
         cmocka_unit_test(test_conv_tiny),
         cmocka_unit_test(test_conv_fmnist32),
         cmocka_unit_test(test_tf32),
-        cmocka_unit_test(test_conv_bf16),
+        cmocka_unit_test_teardown(test_conv_bf16, bf16_off),
         cmocka_unit_test(test_leaky_relu_pattern),
         cmocka_unit_test(test_dropout),
         cmocka_unit_test(test_dropout_ends),

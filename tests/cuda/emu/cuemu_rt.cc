@@ -969,7 +969,7 @@ typedef struct {
 static const Candidate CANDIDATES[] = {
     {0, CUDNN_STATUS_SUCCESS, CUDNN_NON_DETERMINISTIC, 0, 0},
     {1, CUDNN_STATUS_NOT_SUPPORTED, CUDNN_DETERMINISTIC, 0, 0},
-    {2, CUDNN_STATUS_SUCCESS, CUDNN_DETERMINISTIC, 1, 0},
+    {2, CUDNN_STATUS_SUCCESS, CUDNN_DETERMINISTIC, 1, ((size_t)64 << 10) + 8},
     {3, CUDNN_STATUS_SUCCESS, CUDNN_DETERMINISTIC, 0, ((size_t)1 << 20) + 4096},
     {4, CUDNN_STATUS_SUCCESS, CUDNN_DETERMINISTIC, 0, 0},
 };
@@ -1176,7 +1176,12 @@ static cudnnStatus_t conv_pass(const char *what, cudnnHandle_t h, const cudnnCon
            ny = tensor_bytes(yd) / (bf16 ? 2 : 4);
     size_t n = PASS == PASS_BWD_FILTER ? nw : PASS == PASS_FWD ? ny : nx;
     float al = *(const float *)alpha, be = *(const float *)beta;
+    size_t ws_used = CANDIDATES[algo].memory;
     enqueue(what, h->stream, [=]() {
+        // The algorithm's workspace is scribbled on first, as a real one's scratch would be: an
+        // operand the caller put inside it reads garbage.
+        if (ws_used)
+            memset(ws, 0xFF, ws_used);
         // BF16 operands as floats (copies made when the work runs, as the device would read them)
         std::vector<float> xv, wv, yv;
         const float *X = (const float *)x, *Wt = (const float *)w, *Y = (const float *)y;

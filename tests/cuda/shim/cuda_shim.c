@@ -95,6 +95,9 @@ int cuda_stream_forget(cudaStream_t stream) {
     return 0;
 }
 
+// The stand-in's convolutions are the CPU's: its hold.
+int cuda_fp32_hold(int hold) { return conv2d_fp32_hold(hold); }
+
 int cuda_device_available(char *why, size_t len) {
     if (len > 0) {
         strncpy(why, "the CPU stand-in for the CUDA backend (tests/cuda/shim)", len - 1);

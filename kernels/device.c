@@ -53,8 +53,8 @@ int device_bf16_set(int on, char *why, size_t len) {
 #ifdef STEER_CUDA
     cuda_bf16_set(on != 0); // cuDNN's BF16 needs no particular CPU
 #endif
-    int rc = conv2d_bf16_set(on, what, sizeof what);
-    if (on && !rc) conv2d_bf16_supported(what, sizeof what);
+    if (on) conv2d_bf16_supported(what, sizeof what); // which instructions, or why not
+    int rc = conv2d_bf16_set(on, NULL, 0);
     bf16_asked = on != 0;
     snprintf(bf16_what, sizeof bf16_what, "%s", on ? what : "");
     if (rc && why) snprintf(why, len, "%s", what);

@@ -802,6 +802,12 @@ static int compare_bf16(const char *what, const float *dev, const double *base,
     return bad > 1000000 ? 1000000 : (int)bad;
 }
 
+// base (n) += bf16(term): what one more accumulation of a BF16 gradient adds.
+static void add_bf16(double *base, const double *term, long n) {
+    for (long i = 0; i < n; i++)
+        base[i] += check_bf16_round(term[i]);
+}
+
 // One convolution with cuda_bf16_set(1): each pass against the double reference on the inputs it
 // reads rounded to bf16, its result rounded to bf16 (compare_bf16), the bias and its gradient in
 // FP32; the gradients are added into random buffers. The forward must also differ from the FP32
@@ -849,8 +855,7 @@ static void conv_bf16_case(int B, int C, int H, int W, int OC, int K, int S, int
     conv2d_backward_ref(term, NULL, NULL, gr, xd, wr, B, C, H, W, OC, K, S, P);
     assert_int_equal(compare_bf16("bf16 conv dinp", ddx, dxd, term, ni, k_data), 0);
     // the data gradient alone (D's weight gradients not wanted): added once more
-    for (long i = 0; i < ni; i++)
-        dxd[i] += check_bf16_round(term[i]);
+    add_bf16(dxd, term, ni);
     assert_int_equal(
         conv2d_backward_cuda(ddx, NULL, NULL, dg, dx, dw, B, C, H, W, OC, K, S, P, stream), 0);
     assert_int_equal(compare_bf16("bf16 conv dinp alone", ddx, dxd, term, ni, k_data), 0);
@@ -858,8 +863,7 @@ static void conv_bf16_case(int B, int C, int H, int W, int OC, int K, int S, int
     conv2d_backward_ref(NULL, term, NULL, gr, xr, wd, B, C, H, W, OC, K, S, P);
     assert_int_equal(compare_bf16("bf16 conv dw", ddw, dwd, term, nw, k_w), 0);
     // the weight gradient alone (a first layer): added once more
-    for (long i = 0; i < nw; i++)
-        dwd[i] += check_bf16_round(term[i]);
+    add_bf16(dwd, term, nw);
     assert_int_equal(
         conv2d_backward_cuda(NULL, ddw, NULL, dg, dx, dw, B, C, H, W, OC, K, S, P, stream), 0);
     assert_int_equal(compare_bf16("bf16 conv dw alone", ddw, dwd, term, nw, k_w), 0);

@@ -27,11 +27,16 @@ CFLAGS  += $(OPT) -g -Wall -Wextra -std=c11 -D_GNU_SOURCE -march=native -fno-mat
 LDLIBS  += -lsqlite3 -lwebsockets -luv -lmsgpackc -ldnnl -llapacke -lopenblas -ljansson -lcrypto -lpng -lz $(MPI_LIBS) -lm -lpthread
 LDFLAGS += -fopenmp $(EXTRA_LDFLAGS)
 
-PARTS    := kernels generator env policy server
+# The library's parts, lowest layer first (docs/architecture.md; tests/layers.sh checks that every
+# include goes down this list or stays in its folder). cmd/ (the commands) sits on top, outside
+# libsteer.a; clients/ stand apart.
+PARTS    := util kernels generator/data generator policy env server
 REF_SRC  := $(wildcard kernels/reference*.c)
 LIB_SRC  := $(filter-out $(REF_SRC),$(foreach p,$(PARTS),$(wildcard $(p)/*.c)))
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 REF_OBJ  := $(REF_SRC:%.c=$(BUILD)/%.o)
+CMD_SRC  := $(wildcard cmd/*.c)
+CMD_OBJ  := $(CMD_SRC:%.c=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/test_*.c)
 CHECK_OBJ := $(patsubst %.c,$(BUILD)/%.o,$(wildcard tests/check.c))
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -104,7 +109,7 @@ endif
 $(BUILD)/libsteer.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
-$(BUILD)/steer: $(BUILD)/steer.o $(BUILD)/libsteer.a
+$(BUILD)/steer: $(CMD_OBJ) $(BUILD)/libsteer.a
 	$(CC) $(LDFLAGS) $^ -o $@ $(LDLIBS)
 
 # steer-client: the C client and load generator (libwebsockets on libuv, msgpack-c; no model code).
@@ -140,14 +145,14 @@ asan:
 	    EXTRA_LDFLAGS="-fsanitize=address,undefined" build-asan/steer build-asan/steer-client
 
 # The CUDA build's orchestration without a GPU: generator/gan_cuda.c, sagan_cuda.c and
-# server/finetune.c and distill.c (their GPU paths) compiled by
+# generator/finetune.c and distill.c (their GPU paths) compiled by
 # the C compiler with STEER_CUDA=1 (the CUDA headers for the runtime's types; no nvcc, no CUDA
 # library) into $(BUILD)/cuda-shim/, linked with tests/cuda/shim/cuda_shim.c (every CUDA call on
 # its CPU twin) and the CPU build's libsteer.a, and checked against gan_step and generator_forward
 # by tests/cuda/shim/test_shim_exact.c. Nothing else reads $(BUILD)/cuda-shim/. Not with CUDA=1:
 # that libsteer.a holds the real backend, whose symbols the stand-in defines again.
 SHIM_DIR    := $(BUILD)/cuda-shim
-SHIM_SRC    := generator/gan_cuda.c generator/sagan_cuda.c server/finetune.c server/distill.c \
+SHIM_SRC    := generator/gan_cuda.c generator/sagan_cuda.c generator/finetune.c generator/distill.c \
                tests/cuda/shim/cuda_shim.c tests/cuda/shim/test_shim_exact.c
 SHIM_OBJ    := $(SHIM_SRC:%.c=$(SHIM_DIR)/%.o)
 SHIM_CFLAGS  = $(CFLAGS) -DSTEER_CUDA=1 -I$(CUDA_HOME)/include
@@ -185,6 +190,6 @@ cuda-emu:
 clean:
 	rm -rf build build-asan build-cuda build-cuemu build-gpu
 
--include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(BUILD)/steer.d $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d) $(CUDA_TEST_BIN:=.d)
+-include $(CLIENT_OBJ:.o=.d) $(LIB_OBJ:.o=.d) $(CMD_OBJ:.o=.d) $(REF_OBJ:.o=.d) $(CHECK_OBJ:.o=.d) $(TEST_BIN:=.d) $(CUDA_TEST_BIN:=.d)
 -include $(SHIM_OBJ:.o=.d)
 .SECONDARY:

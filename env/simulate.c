@@ -10,6 +10,7 @@
 
 #include "generator/gan.h"
 #include "kernels/kernels.h"
+#include "util/clock.h"
 
 #define SIM_MAX_B 64
 
@@ -36,12 +37,6 @@ void sim_config_default(SimConfig *c, SimMethod m) {
     c->mutation = 0.3f;
     c->class_mutation = 0.1f;
     c->seed = 1;
-}
-
-static double now_ms(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
 }
 
 int sim_render(SimWorld *w, const float *z, const int32_t *y, int n, float *phi) {
@@ -191,9 +186,9 @@ static int run_policy(SimWorld *w, SimUser *u, const SimConfig *c, SimResult *ou
         draw(&d, &w->g.cfg, &r, z, &y);
         if ((rc = show(w, u, z, y, &rating))) break;
         if ((rc = learner_rate(&L, w->phi, rating))) break;
-        double t0 = now_ms();
+        double t0 = 1e3 * clock_now_s();
         if ((rc = learner_update(&L, &w->scratch, NULL))) break;
-        ms += now_ms() - t0;
+        ms += 1e3 * clock_now_s() - t0;
         out->events++;
         frac = check(w, u, &d, &rchk);
     }

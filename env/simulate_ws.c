@@ -9,8 +9,8 @@
 #include <string.h>
 
 #include "env/simulate.h"
-#include "generator/cli.h"
-#include "server/wsclient.h"
+#include "util/clock.h"
+#include "env/wsclient.h"
 
 static void pk_str(msgpack_packer *pk, const char *s) {
     msgpack_pack_str(pk, strlen(s));
@@ -151,7 +151,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
         if (wsc_flush(&ws) || recv_until(&ws, "frame", 0, w, 1, img, ids, &pv, err, errlen)) goto done;
         int rating;
         if (simuser_rate(u, img, 1, &rating)) goto done;
-        double t0 = cli_now_s();
+        double t0 = clock_now_s();
         msgpack_pack_map(&pk, 5);
         pk_str(&pk, "t"), pk_str(&pk, "feedback");
         pk_str(&pk, "id"), msgpack_pack_uint64(&pk, (uint64_t)out->events + 1);
@@ -161,7 +161,7 @@ int sim_run_server(SimWorld *w, SimUser *u, const SimConfig *c, const char *url,
         if (wsc_flush(&ws)) goto done;
         out->events++;
         if (recv_until(&ws, "policy", pv + 1, w, 0, img, ids, &pv, err, errlen)) goto done;
-        t_update += cli_now_s() - t0;
+        t_update += clock_now_s() - t0;
         msgpack_pack_map(&pk, 3);
         pk_str(&pk, "t"), pk_str(&pk, "credit");
         pk_str(&pk, "id"), msgpack_pack_uint32(&pk, 1);

@@ -2,7 +2,7 @@
 // inference and its safetensors file.
 //
 // Like sagan.c it wires kernels into a network and owns no math of its own beyond the arg-max.
-// It is not a training loop (cli_eval.c shuffles, augments and schedules the learning rate) and
+// It is not a training loop (cmd_eval.c shuffles, augments and schedules the learning rate) and
 // not a metric (fid.c). No spectral norm: every parameter is a plain PyTorch-style weight.
 //
 // B batch, C channels, H, W spatial; F = 2048 flattened 4x4x128, D = 256 features, K = 10 classes.

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/sagan.h"
 #include "kernels/rng.h"
 
@@ -145,7 +145,7 @@ void gan_real_at_level(GanTrainer *t, float *out, int B, int R, float alpha);
 int generator_is_ortho(const Generator *g, int i);
 
 // The two halves of gan_step, for training loops with their own G step (fine-tuning on users,
-// distillation: server/finetune.h, server/distill.h): gan_d_step is gan_step's D step (with R1/GP
+// distillation: generator/finetune.h, generator/distill.h): gan_d_step is gan_step's D step (with R1/GP
 // when on; it draws from t->rng exactly as gan_step does); after its own G update the caller calls
 // gan_g_step_done, which counts the step and updates the EMA of G when on.
 int gan_d_step(GanTrainer *t, const Dataset *data);

@@ -203,7 +203,7 @@ int gan_cuda_sampler_forward(GanCudaSampler *sp, const float *z, const int32_t *
                              const float **img);
 void gan_cuda_sampler_free(GanCudaSampler *sp);
 
-// --- tune steps: G trained on losses through frozen networks (server/finetune.h, distill.h) ----
+// --- tune steps: G trained on losses through frozen networks (generator/finetune.h, distill.h) ----
 
 // The caller's loss on the frozen D's last maps (sagan.c's discriminator_features) of G's frames:
 // feat (B, F, host) with the frames' classes y (B, host; NULL for an unconditional model); writes
@@ -250,10 +250,10 @@ void gan_cuda_tune_free(GanCudaTune *tu, GanCuda *gc);
 // A tune step on the device: gan_cuda_step's D step and draws (the G step's latents and classes
 // are finetune.c's and distill.c's, the same draws), then G's step (after one more power
 // iteration, as those files do), its gradient from
-//   finetune (server/finetune.c's finetune_step): the hinge G loss against the training D, plus
+//   finetune (generator/finetune.c's finetune_step): the hinge G loss against the training D, plus
 //     tu->loss through the frozen D's maps (the host computes it between the frozen D's forward
 //     and backward: one more wait for the GPU), plus tu->lambda (theta - theta0);
-//   distill (server/distill.c's distill_step): w_adv times the hinge G loss, plus w_pix times the
+//   distill (generator/distill.c's distill_step): w_adv times the hinge G loss, plus w_pix times the
 //     mean squared difference from the teacher's frames, plus w_feat times that of the teacher
 //     D's maps of both; tu->pix and tu->feat get the two means;
 // then Adam, the step counted, the EMA. Leaves t->reg_g as it was. Returns 0, KERNELS_EINVAL as

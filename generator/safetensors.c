@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "env/imageio.h"
+#include "util/errmsg.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "safetensors.c assumes a little-endian host (the format's raw data is little-endian)"
@@ -132,54 +132,54 @@ static int dir_fsync(const char *path) {
 static int write_args_check(const char *path, const StTensor *tensors, int n,
                             const char *const *meta_kv, char *err, size_t errlen) {
     if (!path || !*path)
-        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: empty path");
+        return errmsg_set(err, errlen, SAFETENSORS_EINVAL, "safetensors: empty path");
     if (n < 0 || (n > 0 && !tensors))
-        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "%s: bad tensor list (n = %d)", path,
+        return errmsg_set(err, errlen, SAFETENSORS_EINVAL, "%s: bad tensor list (n = %d)", path,
                             n);
     for (int i = 0; i < n; i++) {
         const StTensor *t = &tensors[i];
         size_t len = strnlen(t->name, SAFETENSORS_NAME_MAX);
         if (len == 0 || len == SAFETENSORS_NAME_MAX)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: tensor %d has an empty or unterminated name", path, i);
         if (strcmp(t->name, "__metadata__") == 0)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: '__metadata__' is reserved and cannot name a tensor", path);
         size_t elem = safetensors_dtype_size(t->dtype);
         if (elem == 0)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: tensor '%s' has invalid dtype %d", path, t->name,
                                 (int)t->dtype);
         if (t->ndim < 0 || t->ndim > SAFETENSORS_MAX_DIMS)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: tensor '%s' has %d dimensions (0..%d allowed)", path, t->name,
                                 t->ndim, SAFETENSORS_MAX_DIMS);
         uint64_t want;
         if (shape_nbytes(t->ndim, t->shape, elem, &want) != 0)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: tensor '%s' has a negative or overflowing shape", path,
                                 t->name);
         if (want != t->nbytes)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: tensor '%s' has nbytes %zu but its shape and dtype make %llu",
                                 path, t->name, t->nbytes, (unsigned long long)want);
         if (t->nbytes > 0 && !t->data)
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "%s: tensor '%s' has no data",
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL, "%s: tensor '%s' has no data",
                                 path, t->name);
         for (int j = 0; j < i; j++) {
             if (strcmp(tensors[j].name, t->name) == 0)
-                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                     "%s: tensor name '%s' appears twice", path, t->name);
         }
     }
     for (int i = 0; meta_kv && meta_kv[i]; i += 2) {
         if (!meta_kv[i + 1])
-            return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+            return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                 "%s: metadata key '%s' has no value (meta_kv must hold pairs)",
                                 path, meta_kv[i]);
         for (int j = 0; j < i; j += 2) {
             if (strcmp(meta_kv[j], meta_kv[i]) == 0)
-                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                     "%s: metadata key '%s' appears twice", path, meta_kv[i]);
         }
     }
@@ -202,7 +202,7 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
             json_t *v = json_string(meta_kv[i + 1]);
             if (!v || json_object_set_new(meta, meta_kv[i], v) != 0) {
                 json_decref(root);
-                return imageio_fail(err, errlen, SAFETENSORS_EINVAL,
+                return errmsg_set(err, errlen, SAFETENSORS_EINVAL,
                                     "%s: metadata '%s' is not valid UTF-8 (or out of memory)", path,
                                     meta_kv[i]);
             }
@@ -232,7 +232,7 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
             if (bad)
                 json_decref(entry);
             json_decref(root);
-            return imageio_fail(
+            return errmsg_set(
                 err, errlen, SAFETENSORS_EINVAL,
                 "%s: could not add tensor '%s' to the header (name not UTF-8, or out of "
                 "memory)",
@@ -244,7 +244,7 @@ static int header_build(const char *path, const StTensor *tensors, const int *or
     return 0;
 nomem:
     json_decref(root);
-    return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory building the header",
+    return errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory building the header",
                         path);
 }
 
@@ -262,7 +262,7 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
     json_t *root = NULL;
     int fd = -1, created = 0;
     if (!order || !tmp) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto done;
     }
     sprintf(tmp, "%s.tmp", path);
@@ -279,7 +279,7 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
         goto done;
     header = json_dumps(root, JSON_COMPACT);
     if (!header) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory encoding the header",
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory encoding the header",
                           path);
         goto done;
     }
@@ -292,7 +292,7 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
 
     fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     if (fd < 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot create: %s", tmp,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: cannot create: %s", tmp,
                           strerror(errno));
         goto done;
     }
@@ -305,26 +305,26 @@ int safetensors_write(const char *path, const StTensor *tensors, int n, const ch
             bad = write_all(fd, t->data, t->nbytes);
     }
     if (bad || fsync(fd) != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: write failed: %s", tmp,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: write failed: %s", tmp,
                           strerror(errno));
         goto done;
     }
     int closed = close(fd);
     fd = -1;
     if (closed != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: close failed: %s", tmp,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: close failed: %s", tmp,
                           strerror(errno));
         goto done;
     }
     if (rename(tmp, path) != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot rename %s over it: %s", path,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: cannot rename %s over it: %s", path,
                           tmp, strerror(errno));
         goto done;
     }
     if (dir_fsync(path) != 0) {
         // The file is in place; only its durability across a crash is in doubt. Report it anyway:
         // a checkpoint must not be published on a maybe.
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: fsync of its directory failed: %s",
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: fsync of its directory failed: %s",
                           path, strerror(errno));
         goto done;
     }
@@ -392,13 +392,13 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
                        size_t errlen) {
     const int E = SAFETENSORS_EFORMAT;
     if (!json_is_object(v))
-        return imageio_fail(err, errlen, E, "%s: entry '%s' is not an object", path, name);
+        return errmsg_set(err, errlen, E, "%s: entry '%s' is not an object", path, name);
 
     json_t *dt = json_object_get(v, "dtype");
     if (!json_is_string(dt))
-        return imageio_fail(err, errlen, E, "%s: tensor '%s' has no \"dtype\" string", path, name);
+        return errmsg_set(err, errlen, E, "%s: tensor '%s' has no \"dtype\" string", path, name);
     if (dtype_parse(json_string_value(dt), &t->dtype) != 0)
-        return imageio_fail(
+        return errmsg_set(
             err, errlen, E,
             "%s: tensor '%s' has unsupported dtype '%.32s' (F32, F64, I32, I64, U64, U8 "
             "are understood)",
@@ -406,16 +406,16 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
 
     json_t *shape = json_object_get(v, "shape");
     if (!json_is_array(shape))
-        return imageio_fail(err, errlen, E, "%s: tensor '%s' has no \"shape\" array", path, name);
+        return errmsg_set(err, errlen, E, "%s: tensor '%s' has no \"shape\" array", path, name);
     size_t nd = json_array_size(shape);
     if (nd > SAFETENSORS_MAX_DIMS)
-        return imageio_fail(err, errlen, E, "%s: tensor '%s' has %zu dimensions (at most %d)", path,
+        return errmsg_set(err, errlen, E, "%s: tensor '%s' has %zu dimensions (at most %d)", path,
                             name, nd, SAFETENSORS_MAX_DIMS);
     t->ndim = (int)nd;
     for (size_t d = 0; d < nd; d++) {
         long long s;
         if (json_int_get(json_array_get(shape, d), &s) != 0 || s < 0)
-            return imageio_fail(err, errlen, E,
+            return errmsg_set(err, errlen, E,
                                 "%s: tensor '%s' shape entry %zu is not a non-negative integer",
                                 path, name, d);
         t->shape[d] = s;
@@ -426,14 +426,14 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
     if (!json_is_array(offs) || json_array_size(offs) != 2 ||
         json_int_get(json_array_get(offs, 0), &b) != 0 ||
         json_int_get(json_array_get(offs, 1), &e) != 0)
-        return imageio_fail(err, errlen, E,
+        return errmsg_set(err, errlen, E,
                             "%s: tensor '%s' has no \"data_offsets\" array of two integers", path,
                             name);
     if (b < 0 || e < b)
-        return imageio_fail(err, errlen, E, "%s: tensor '%s' has bad data_offsets [%lld, %lld)",
+        return errmsg_set(err, errlen, E, "%s: tensor '%s' has bad data_offsets [%lld, %lld)",
                             path, name, b, e);
     if ((uint64_t)e > data_size)
-        return imageio_fail(
+        return errmsg_set(
             err, errlen, E,
             "%s: tensor '%s' data [%lld, %lld) runs past the end of the data section "
             "(%llu bytes)",
@@ -441,11 +441,11 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
 
     uint64_t want;
     if (shape_nbytes(t->ndim, t->shape, dtype_sizes[t->dtype], &want) != 0)
-        return imageio_fail(err, errlen, E, "%s: tensor '%s' shape overflows 64 bits", path, name);
+        return errmsg_set(err, errlen, E, "%s: tensor '%s' shape overflows 64 bits", path, name);
     if (want != (uint64_t)(e - b)) {
         char s[160];
         shape_format(s, sizeof(s), t->ndim, t->shape);
-        return imageio_fail(
+        return errmsg_set(
             err, errlen, E,
             "%s: tensor '%s' data [%lld, %lld) holds %lld bytes but %s %s needs %llu", path, name,
             b, e, e - b, dtype_names[t->dtype], s, (unsigned long long)want);
@@ -459,17 +459,17 @@ static int entry_parse(const char *path, const char *name, json_t *v, uint64_t d
 // Parses "__metadata__" (an object of strings) into f->meta_kv.
 static int meta_parse(StFile *f, json_t *meta, char *err, size_t errlen) {
     if (!json_is_object(meta))
-        return imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+        return errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                             "%s: \"__metadata__\" is not an object", f->path);
     size_t count = json_object_size(meta);
     f->meta_kv = calloc(2 * count + 1, sizeof(char *));
     if (!f->meta_kv)
-        return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
+        return errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
     const char *key;
     json_t *v;
     json_object_foreach(meta, key, v) {
         if (!json_is_string(v))
-            return imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+            return errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                                 "%s: metadata '%.64s' is not a string", f->path, key);
         char *k = strdup(key), *s = strdup(json_string_value(v));
         f->meta_kv[2 * f->n_meta] = k;
@@ -478,7 +478,7 @@ static int meta_parse(StFile *f, json_t *meta, char *err, size_t errlen) {
             free(k);
             free(s);
             f->meta_kv[2 * f->n_meta] = f->meta_kv[2 * f->n_meta + 1] = NULL;
-            return imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
+            return errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", f->path);
         }
         f->n_meta++;
     }
@@ -502,38 +502,38 @@ static int span_cmp(const void *a, const void *b) {
 int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     memset(f, 0, sizeof(*f));
     if (!path)
-        return imageio_fail(err, errlen, SAFETENSORS_EINVAL, "safetensors: NULL path");
+        return errmsg_set(err, errlen, SAFETENSORS_EINVAL, "safetensors: NULL path");
     int rc = 0;
     int fd = -1;
     json_t *root = NULL;
     Span *spans = NULL;
     f->path = strdup(path);
     if (!f->path) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto fail;
     }
 
     fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: cannot open: %s", path,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: cannot open: %s", path,
                           strerror(errno));
         goto fail;
     }
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: not a regular file", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: not a regular file", path);
         goto fail;
     }
     uint64_t size = (uint64_t)st.st_size;
     if (size < 8) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                           "%s: file is %llu bytes, too short for the 8-byte header length", path,
                           (unsigned long long)size);
         goto fail;
     }
     uint8_t prefix[8];
     if (read_all(fd, prefix, 8) != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
                           errno ? strerror(errno) : "file shrank while reading");
         goto fail;
     }
@@ -541,19 +541,19 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     for (int b = 0; b < 8; b++)
         hlen |= (uint64_t)prefix[b] << (8 * b);
     if (hlen > size - 8) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                           "%s: header length %llu runs past the end of the file (%llu bytes)", path,
                           (unsigned long long)hlen, (unsigned long long)size);
         goto fail;
     }
     if (hlen > SAFETENSORS_HEADER_MAX) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                           "%s: header length %llu is larger than the %u bytes allowed", path,
                           (unsigned long long)hlen, SAFETENSORS_HEADER_MAX);
         goto fail;
     }
     if (size > SIZE_MAX - 2 * DATA_ALIGN) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: too large to load", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: too large to load", path);
         goto fail;
     }
 
@@ -562,7 +562,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     size_t lead = (DATA_ALIGN - (size_t)((8 + hlen) % DATA_ALIGN)) % DATA_ALIGN;
     void *mem = NULL;
     if (posix_memalign(&mem, DATA_ALIGN, lead + (size_t)size) != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory for %llu bytes", path,
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory for %llu bytes", path,
                           (unsigned long long)size);
         goto fail;
     }
@@ -571,7 +571,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     uint8_t *file = f->buf + lead;
     memcpy(file, prefix, 8);
     if (read_all(fd, file + 8, (size_t)size - 8) != 0) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EIO, "%s: read failed: %s", path,
                           errno ? strerror(errno) : "file shrank while reading");
         goto fail;
     }
@@ -583,13 +583,13 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     json_error_t jerr;
     root = json_loadb((const char *)file + 8, (size_t)hlen, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                           "%s: header is not valid JSON: %s (line %d, column %d)", path, jerr.text,
                           jerr.line, jerr.column);
         goto fail;
     }
     if (!json_is_object(root)) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT, "%s: header is JSON but not an object",
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT, "%s: header is JSON but not an object",
                           path);
         goto fail;
     }
@@ -598,7 +598,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     json_t *meta = json_object_get(root, "__metadata__");
     size_t count = entries - (meta ? 1 : 0);
     if (count > (size_t)INT32_MAX) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT, "%s: too many tensors", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT, "%s: too many tensors", path);
         goto fail;
     }
     if (meta && (rc = meta_parse(f, meta, err, errlen)) != 0)
@@ -607,7 +607,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
     f->tensors = calloc(count ? count : 1, sizeof(StTensor));
     spans = calloc(count ? count : 1, sizeof(Span));
     if (!f->tensors || !spans) {
-        rc = imageio_fail(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
+        rc = errmsg_set(err, errlen, SAFETENSORS_ENOMEM, "%s: out of memory", path);
         goto fail;
     }
     const char *key;
@@ -617,7 +617,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
             continue;
         size_t klen = strlen(key);
         if (klen == 0 || klen >= SAFETENSORS_NAME_MAX) {
-            rc = imageio_fail(err, errlen, SAFETENSORS_EFORMAT,
+            rc = errmsg_set(err, errlen, SAFETENSORS_EFORMAT,
                               "%s: tensor name '%.40s...' is empty or longer than %d bytes", path,
                               key, SAFETENSORS_NAME_MAX - 1);
             goto fail;
@@ -641,7 +641,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
         const Span *s = &spans[i];
         const char *name = f->tensors[s->index].name;
         if (s->begin < cursor) {
-            rc = imageio_fail(
+            rc = errmsg_set(
                 err, errlen, SAFETENSORS_EFORMAT,
                 "%s: tensor '%s' data [%llu, %llu) overlaps tensor '%s' (which ends at %llu)", path,
                 name, (unsigned long long)s->begin, (unsigned long long)s->end,
@@ -649,7 +649,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
             goto fail;
         }
         if (s->begin > cursor) {
-            rc = imageio_fail(
+            rc = errmsg_set(
                 err, errlen, SAFETENSORS_EFORMAT,
                 "%s: tensor '%s' starts at %llu but the data before it ends at %llu (a "
                 "gap of unused bytes)",
@@ -659,7 +659,7 @@ int safetensors_read(StFile *f, const char *path, char *err, size_t errlen) {
         cursor = s->end;
     }
     if (cursor != data_size) {
-        rc = imageio_fail(
+        rc = errmsg_set(
             err, errlen, SAFETENSORS_EFORMAT,
             "%s: oversized: the data section is %llu bytes but the tensors cover only %llu "
             "(%llu trailing bytes)",
@@ -708,10 +708,10 @@ int safetensors_expect(const StFile *f, const char *name, StDtype dtype, int ndi
         *out = NULL;
     const StTensor *t = safetensors_find(f, name);
     if (!t)
-        return imageio_fail(err, errlen, SAFETENSORS_ENOTFOUND, "%s: missing tensor '%s'", path,
+        return errmsg_set(err, errlen, SAFETENSORS_ENOTFOUND, "%s: missing tensor '%s'", path,
                             name ? name : "(null)");
     if (t->dtype != dtype)
-        return imageio_fail(err, errlen, SAFETENSORS_EMISMATCH,
+        return errmsg_set(err, errlen, SAFETENSORS_EMISMATCH,
                             "%s: tensor '%s' has dtype %s, expected %s", path, name,
                             dtype_names[t->dtype], safetensors_dtype_name(dtype));
     int same = t->ndim == ndim;
@@ -723,7 +723,7 @@ int safetensors_expect(const StFile *f, const char *name, StDtype dtype, int ndi
         shape_format(want, sizeof(want),
                      ndim < 0 ? 0 : (ndim > SAFETENSORS_MAX_DIMS ? SAFETENSORS_MAX_DIMS : ndim),
                      shape);
-        return imageio_fail(err, errlen, SAFETENSORS_EMISMATCH,
+        return errmsg_set(err, errlen, SAFETENSORS_EMISMATCH,
                             "%s: tensor '%s' has shape %s, expected %s", path, name, have, want);
     }
     if (out)

@@ -357,6 +357,19 @@ int generator_forward(Generator *g, const float *z, const int32_t *y, int B) {
     return rc;
 }
 
+int generator_draw(Generator *g, const float *z, const int32_t *y, long n, int batch, float *img) {
+    if (batch < 1 || batch > g->max_B) return KERNELS_EINVAL;
+    const SaganConfig *c = &g->cfg;
+    long P = (long)c->channels * c->img * c->img;
+    for (long i = 0; i < n; i += batch) {
+        int b = (int)(n - i < batch ? n - i : batch);
+        int rc = generator_forward(g, z + i * c->z_dim, y ? y + i : NULL, b);
+        if (rc) return rc;
+        memcpy(img + i * P, g->img, sizeof(float) * b * P);
+    }
+    return 0;
+}
+
 int generator_backward(Generator *g, const float *dimg, int B) {
     const SaganConfig *c = &g->cfg;
     if (B < 1 || B > g->max_B) return KERNELS_EINVAL;
@@ -429,7 +442,6 @@ static void discriminator_carve(Discriminator *d, Carver *cv) {
         d->blend = carve(cv, B * d->chan[1] * h * h);
     }
     d->out = carve(cv, B);
-    d->proj = carve(cv, B * d->chan[d->n_stages] * 16);
     d->feat_drop = carve(cv, B * d->chan[d->n_stages] * 16);
     d->drop_mask = carve(cv, B * d->chan[d->n_stages] * 16);
 }
@@ -655,13 +667,7 @@ int discriminator_forward(Discriminator *d, const float *x, const int32_t *y, in
     CHECK(linear_forward(d->out, feat, W(d, d->p_fc_w), W(d, d->p_fc_b), B, F, 1));
     if (c->n_classes) {
         // Projection discriminator (Miyato & Koyama 2018): logit += <embed(y), features>.
-        embedding_forward(d->proj, W(d, d->p_embed), y, B, F);
-        for (int b = 0; b < B; b++) {
-            const float *e = d->proj + (long)b * F, *h = feat + (long)b * F;
-            float s = 0;
-            for (int i = 0; i < F; i++) s += e[i] * h[i];
-            d->out[b] += s;
-        }
+        projection_forward(d->out, W(d, d->p_embed), y, feat, B, F);
     }
     return 0;
 }
@@ -727,18 +733,9 @@ int discriminator_backward(Discriminator *d, const float *dout, int B, int param
     float *dfeat = GRAD(d, feat);
     CHECK(linear_backward(dfeat, pg ? DW(d, d->p_fc_w) : NULL, pg ? DW(d, d->p_fc_b) : NULL, dout,
                           feat, W(d, d->p_fc_w), B, F, 1));
-    if (c->n_classes) {
-        float *demb = DW(d, d->p_embed);
-        for (int b = 0; b < B; b++) {
-            const float *e = d->proj + (long)b * F, *h = feat + (long)b * F;
-            float *dh = dfeat + (long)b * F, g = dout[b];
-            for (int i = 0; i < F; i++) dh[i] += g * e[i];
-            if (pg) {
-                float *de = demb + (long)d->labels[b] * F;
-                for (int i = 0; i < F; i++) de[i] += g * h[i];
-            }
-        }
-    }
+    if (c->n_classes)
+        projection_backward(dfeat, pg ? DW(d, d->p_embed) : NULL, dout, W(d, d->p_embed),
+                            d->labels, feat, B, F);
     if (d->dropped)
         dropout_backward(GRAD(d, discriminator_stage_input(d, n_st)), dfeat, d->drop_mask,
                          (long)B * F);

@@ -105,7 +105,6 @@ typedef struct {
     // previous level's fromRGB, and the blend that feeds the next stage
     float *xpool, *old_pre, *old_act, *blend;
     float *out;                     // (B) logits
-    float *proj;                    // (B, F) class embedding rows used by the projection
     float *feat_drop, *drop_mask;   // (B, F) features after dropout, and the mask (0 or 1/(1-p))
     const float *x;                 // borrowed: input of the last forward
     const int32_t *labels;          // borrowed: labels of the last forward
@@ -130,6 +129,10 @@ void generator_free(Generator *g);
 // z (B, Z); y (B) class labels or NULL for an unconditional model. Output in g->img.
 // Uses the effective (spectral-normalized) weights as last computed by paramset_sn_forward.
 int generator_forward(Generator *g, const float *z, const int32_t *y, int B);
+// n frames of latents z (n, Z) and classes y (n, or NULL) into img (n, C, R, R), drawn batch
+// (1..max_B) at a time: G's rounding depends on the batch size, so a caller that must reproduce
+// frames keeps it fixed. Returns 0, or the first failing forward's code (img then partly filled).
+int generator_draw(Generator *g, const float *z, const int32_t *y, long n, int batch, float *img);
 // Backpropagates dimg (B, channels, img, img) through the last forward; accumulates into
 // g->ps's gradient slots (call paramset_sn_backward after to fold SN gradients).
 int generator_backward(Generator *g, const float *dimg, int B);
@@ -164,7 +167,7 @@ void discriminator_pattern_save(const Discriminator *d, float *pattern, int B);
 // Backpropagates dfeat (B, F), a gradient w.r.t. the last forward's features (those
 // discriminator_features returns, before dropout), through D to its input: dx (B, channels, img,
 // img) is accumulated; no parameter gradients. For losses on D's features (the users' reward of
-// server/finetune.h, feature matching of server/distill.h).
+// generator/finetune.h, feature matching of generator/distill.h).
 int discriminator_backward_features(Discriminator *d, const float *dfeat, int B, float *dx);
 
 // Multiply-accumulates of one G forward / one D forward for one image (for GFLOP/s figures).

@@ -336,6 +336,30 @@ void embedding_backward(float *dtable, const float *dout, const int32_t *labels,
     }
 }
 
+void projection_forward(float *out, const float *table, const int32_t *labels, const float *feat,
+                        int B, int F) {
+    for (int b = 0; b < B; b++) {
+        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
+        float s = 0;
+        for (int i = 0; i < F; i++) s += e[i] * h[i];
+        out[b] += s;
+    }
+}
+
+void projection_backward(float *dfeat, float *dtable, const float *dout, const float *table,
+                         const int32_t *labels, const float *feat, int B, int F) {
+    for (int b = 0; b < B; b++) {
+        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
+        float g = dout[b];
+        if (dfeat)
+            for (int i = 0; i < F; i++) dfeat[(long)b * F + i] += g * e[i];
+        if (dtable) {
+            float *de = dtable + (long)labels[b] * F;
+            for (int i = 0; i < F; i++) de[i] += g * h[i];
+        }
+    }
+}
+
 // Keep an element when u >= p (probability 1 - p) and scale kept ones by 1/(1 - p), so the
 // expected output equals the input (inverted dropout, as torch.nn.Dropout). From *seed, two
 // words are drawn: the key for this call's chunk streams and the next *seed, so successive calls

@@ -64,6 +64,16 @@ float softmax_xent_forward_backward(float *dlogits, float *probs, const float *l
 void embedding_forward(float *out, const float *table, const int32_t *labels, int B, int D);
 void embedding_backward(float *dtable, const float *dout, const int32_t *labels, int B, int D);
 
+// The projection discriminator's class term (Miyato & Koyama 2018): out (B) += <table[labels[b]],
+// feat[b]>, table (K, F), feat (B, F), one float sum per item in index order. Backward: dfeat (B,
+// F) += dout[b] table[labels[b]] (skipped when NULL) and dtable[labels[b]] += dout[b] feat[b]
+// (skipped when NULL), serial over b. The CUDA build's stand-in (tests/cuda/shim) calls these
+// very functions, so its sums round as the CPU's do whatever the compiler makes of the loops.
+void projection_forward(float *out, const float *table, const int32_t *labels, const float *feat,
+                        int B, int F);
+void projection_backward(float *dfeat, float *dtable, const float *dout, const float *table,
+                         const int32_t *labels, const float *feat, int B, int F);
+
 // Inverted dropout with keep mask: mask (n) gets 0 or 1/(1-p) from rng state *seed (advanced).
 // p = 0 copies. out may alias inp. Chunk k of OPS_DROPOUT_CHUNK elements draws from its own
 // xoshiro stream seeded with key + k (splitmix64 seeding makes neighbouring seeds unrelated), so

@@ -12,8 +12,8 @@
 #include <string.h>
 #include <time.h>
 
-#include "env/imageio.h"
-#include "generator/cli.h"
+#include "generator/data/imageio.h"
+#include "util/clock.h"
 #include "server/proto.h"
 
 static FrameOut *slot_at(Gen *gen, size_t i) {
@@ -170,7 +170,7 @@ static void *gen_main(void *arg) {
         if (gen->count == 0) break; // stopping, and nothing left to draw
         while (!gen->stop && gen->count < (size_t)gen->opt.batch_max) {
             double until = gen->reqs[gen->head].t_submit + gen->opt.deadline_s;
-            if (cli_now_s() >= until) break;
+            if (clock_now_s() >= until) break;
             struct timespec ts = {(time_t)until, (long)((until - (double)(time_t)until) * 1e9)};
             if (pthread_cond_timedwait(&gen->cond, &gen->lock, &ts) == ETIMEDOUT) break;
             if (gen->count == 0) break;
@@ -213,7 +213,7 @@ static void *gen_main(void *arg) {
             gen_follow_swap(gen);
         }
 
-        double t0 = cli_now_s();
+        double t0 = clock_now_s();
         int rc = gen_forward(gen, (int)n);
         if (rc) {
             for (size_t i = 0; i < n; i++) gen->outs[i]->len = 0, gen->outs[i]->req = gen->batch[i];
@@ -221,7 +221,7 @@ static void *gen_main(void *arg) {
 #pragma omp parallel for schedule(static)
             for (int i = 0; i < (int)n; i++) frame_encode(gen, i, gen->scratch[omp_get_thread_num()]);
         }
-        double dt = cli_now_s() - t0;
+        double dt = clock_now_s() - t0;
         pthread_mutex_lock(&gen->metrics->lock);
         histogram_observe(&gen->metrics->batch_size, (double)n);
         histogram_observe(&gen->metrics->generation_s, dt);

@@ -25,7 +25,7 @@ typedef struct {
     int32_t cls;             // class to draw, -1 for an unconditional model
     uint32_t policy_version; // of the user's policy the latent was drawn from
     int format, side;        // ProtoFormat; side -1 outside pair mode
-    double t_submit;         // cli_now_s() at submission, for the batching deadline
+    double t_submit;         // clock_now_s() at submission, for the batching deadline
 } FrameRequest;
 
 // One finished frame: the whole `frame` message, with pad bytes before it for libwebsockets.

@@ -19,6 +19,8 @@
 #include "generator/gan.h"
 #include "generator/sagan.h"
 #include "kernels/device.h"
+#include "util/clock.h"
+#include "util/fs.h"
 
 extern char **environ;
 
@@ -32,12 +34,6 @@ static int state_from(const char *s) {
     for (int i = 0; i < (int)(sizeof STATE_NAMES / sizeof STATE_NAMES[0]); i++)
         if (!strcmp(s, STATE_NAMES[i])) return i;
     return -1;
-}
-
-static int64_t now_unix_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 // ---- persistence: statements through the store thread ----------------------------------------
@@ -70,7 +66,7 @@ static void job_save(Jobs *js, const Job *j) {
                              "parent_fd = %s, message = %Q, model_version = %ld, "
                              "updated_unix_us = %lld WHERE id = %ld;",
                              job_state_name(j->state), j->step, j->steps, fd, pfd, j->message,
-                             j->model_version, (long long)now_unix_us(), j->id),
+                             j->model_version, (long long)clock_unix_us(), j->id),
              j->id, 0, 0, 0);
 }
 
@@ -135,7 +131,7 @@ static void model_save(Jobs *js, const ModelEntry *m) {
              sqlite3_mprintf("INSERT OR REPLACE INTO model(version, path, sha256, parent, job, fd, "
                              "created_unix_us) VALUES(%ld, %Q, %Q, %ld, %ld, %s, %lld);",
                              m->version, m->path, m->sha256, m->parent, m->job, fd,
-                             (long long)now_unix_us()),
+                             (long long)clock_unix_us()),
              0, 0, 0, 0);
 }
 
@@ -228,7 +224,7 @@ static void swap_done(uv_work_t *req, int status) {
     js->served = w->entry.version;
     exec_sql(js,
              sqlite3_mprintf("INSERT INTO served(at_unix_us, version, why) VALUES(%lld, %ld, %Q);",
-                             (long long)now_unix_us(), w->entry.version,
+                             (long long)clock_unix_us(), w->entry.version,
                              w->is_new ? "promoted" : "rollback"),
              0, 0, 0, 0);
     if (j && w->is_new) {
@@ -647,18 +643,6 @@ static void read_server_keys(Job *j, json_t *root) {
     if (json_is_integer(s)) j->steps = (long)json_integer_value(s);
 }
 
-static int mkdirs(const char *path) {
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", path);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return mkdir(buf, 0755) && errno != EEXIST ? -1 : 0;
-}
-
 Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial, char *err,
                  size_t errlen) {
     json_error_t je;
@@ -735,7 +719,7 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
     char path[PATH_MAX + 16];
     snprintf(path, sizeof path, "%s/spec.json", j->dir);
     FILE *f = NULL;
-    if (mkdirs(j->dir) || !(f = fopen(path, "w")) || fputs(text, f) < 0 || fclose(f)) {
+    if (fs_mkdir_p(j->dir) || !(f = fopen(path, "w")) || fputs(text, f) < 0 || fclose(f)) {
         if (f) fclose(f);
         j->state = JOB_FAILED;
         snprintf(j->message, sizeof j->message, "cannot write %s: %s", path, strerror(errno));
@@ -743,7 +727,7 @@ Job *jobs_submit(Jobs *js, const char *spec_json, uint32_t slot, uint32_t serial
         j->state = JOB_QUEUED;
         snprintf(j->message, sizeof j->message, "queued");
     }
-    long long now = (long long)now_unix_us();
+    long long now = (long long)clock_unix_us();
     exec_sql(js,
              sqlite3_mprintf("INSERT INTO job(id, spec, state, steps, message, created_unix_us, "
                              "updated_unix_us) VALUES(%ld, %Q, %Q, %ld, %Q, %lld, %lld);",
@@ -919,7 +903,7 @@ int jobs_open(Jobs *js, uv_loop_t *loop, Store *store, const char *data_dir, con
             js->served = m->version;
             exec_sql(js,
                      sqlite3_mprintf("INSERT INTO served(at_unix_us, version, why) VALUES(%lld, %ld, "
-                                     "'start');", (long long)now_unix_us(), m->version),
+                                     "'start');", (long long)clock_unix_us(), m->version),
                      0, 0, 0, 0);
         }
     }

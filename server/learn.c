@@ -9,7 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "generator/cli.h"
+#include "util/clock.h"
 #include "generator/gan.h"
 #include "kernels/conv.h"
 #include "kernels/kernels.h"
@@ -146,7 +146,7 @@ static void queue_snap(Learn *l, LearnSnap *s) {
 // under the user name ""). Called at fixed points of the store's feedback order (every pop_every
 // events), so that a rebuild from the store refits at the same point on the same comparisons.
 static int population_refit(Learn *l) {
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     int rc = learner_update(&l->pop, &l->scratch, NULL);
     if (rc) return rc;
     int F = l->feat.F;
@@ -163,7 +163,7 @@ static int population_refit(Learn *l) {
     s->params.version = 0;
     s->params.feedback = s->params.comparisons = 0;
     s->params.accuracy = NAN;
-    s->update_s = cli_now_s() - t0;
+    s->update_s = clock_now_s() - t0;
     queue_snap(l, s);
     pthread_mutex_lock(&l->lock);
     l->pop_refits++;
@@ -202,7 +202,7 @@ static long draw_pool_index(const Learn *l, const PolicyParams *p, Rng *r) {
 
 // Refits u and queues its new policy, with the pairs pair mode should ask next.
 static int publish(Learn *l, LearnUser *u) {
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     int rc = learner_update(&u->learner, &l->scratch, l->have_w0 ? l->w0 : NULL);
     if (rc) return rc;
     LearnSnap *s = calloc(1, sizeof *s);
@@ -230,7 +230,7 @@ static int publish(Learn *l, LearnUser *u) {
         n = m;
     }
     s->t_first = u->t_first;
-    s->update_s = cli_now_s() - t0;
+    s->update_s = clock_now_s() - t0;
     u->t_first = 0;
     u->dirty = 0;
     queue_snap(l, s);
@@ -427,7 +427,7 @@ static int learn_load_fp32(Learn *l, const char *ckpt, uint64_t version, const c
     l->max_comparisons = LEARN_MAX_COMPARISONS;
     l->pop_every = pop_every;
     l->pop_accuracy = NAN;
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     const int B = LEARN_CHUNK;
     if (generator_load(&l->g, ckpt, B, err, errlen) || features_init(&l->feat, ckpt, B, err, errlen))
         return -1;
@@ -476,7 +476,7 @@ static int learn_load_fp32(Learn *l, const char *ckpt, uint64_t version, const c
     }
     l->locks_ready = 1;
     if (rebuild(l, db_path, err, errlen)) return -1;
-    l->rebuild_s = cli_now_s() - t0;
+    l->rebuild_s = clock_now_s() - t0;
     return 0;
 }
 
@@ -560,4 +560,45 @@ void learn_close(Learn *l) {
             free(l->models[i]);
         }
     memset(l, 0, sizeof *l);
+}
+
+// ---- the users' reward for fine-tuning ---------------------------------------------------------
+
+#define LEARN_REWARD_POOL 2048 // the learning thread's pool size: the same calibration of features
+
+int learn_reward_init(LearnReward *r, const char *ckpt, const char *db_path, char *err,
+                      size_t errlen) {
+    memset(r, 0, sizeof *r);
+    // never refitted on its own (every 2^40 feedback): refitted once below on all it holds
+    // frames of every model version are redrawn with their own G (found in the registry); the
+    // version of ckpt itself is not known here, so its frames too come from the registry's file
+    if (learn_load(&r->learn, ckpt, UINT64_MAX, db_path, LEARN_REWARD_POOL, 1L << 40, err, errlen))
+        return -1;
+    Learner *pop = &r->learn.pop;
+    if (pop->n == 0) {
+        snprintf(err, errlen, "%s holds no feedback to fine-tune on", db_path);
+        return -1;
+    }
+    int rc = learner_update(pop, &r->learn.scratch, NULL);
+    if (rc) {
+        snprintf(err, errlen, "fitting the users' reward model: %s", reward_strerror(rc));
+        return -1;
+    }
+    Features *f = &r->learn.feat;
+    if (frame_reward_init(&r->reward, f)) {
+        snprintf(err, errlen, "out of memory");
+        return -1;
+    }
+    memcpy(r->reward.w, pop->rm.mean_weights, (size_t)f->F * sizeof(double));
+    r->reward.r0 = 0;
+    for (int k = 0; k < f->F; k++) r->reward.r0 += r->reward.w[k] * r->learn.pool.neutral[k];
+    r->comparisons = pop->n;
+    r->accuracy = pop->params.accuracy;
+    return 0;
+}
+
+void learn_reward_free(LearnReward *r) {
+    frame_reward_free(&r->reward);
+    learn_close(&r->learn);
+    memset(r, 0, sizeof *r);
 }

@@ -21,6 +21,7 @@
 
 #include "generator/sagan.h"
 #include "policy/features.h"
+#include "policy/frame_reward.h"
 #include "policy/policy.h"
 #include "server/store.h"
 
@@ -35,7 +36,7 @@ typedef struct LearnSnap {
     PolicyParams params;
     int n_pairs;
     long pairs[2 * LEARN_PAIRS]; // pool indices (a, b) of the pairs the ensemble is least sure of
-    double t_first;              // receipt time (cli_now_s) of the oldest feedback it includes
+    double t_first;              // receipt time (clock_now_s) of the oldest feedback it includes
     double update_s;             // seconds the update itself took
 } LearnSnap;
 
@@ -108,5 +109,21 @@ LearnSnap *learn_take(Learn *l);
 void learn_snap_free(LearnSnap *s);
 // Stops the thread and frees everything. Safe on a half-opened Learn.
 void learn_close(Learn *l);
+
+// The users' reward a finetune job pulls G toward: the population model rebuilt from the store
+// at db_path (learn_load, with the features of ckpt's D: the same pool and calibration as the
+// server's learning thread), refitted once on every comparison it holds; its mean weights w give
+// reward(x, y) = sigma(w . phi(x, y) - w . phi(average pool frame)) (policy/frame_reward.h).
+typedef struct {
+    Learn learn;
+    FrameReward reward;
+    long comparisons;
+    double accuracy; // held-out accuracy of the population's reward model
+} LearnReward;
+
+// Fails (-1, err) when the store holds no feedback. learn_reward_free is safe after a failure.
+int learn_reward_init(LearnReward *r, const char *ckpt, const char *db_path, char *err,
+                      size_t errlen);
+void learn_reward_free(LearnReward *r);
 
 #endif

@@ -8,10 +8,11 @@
 #include <math.h>
 #include <jansson.h>
 #include <msgpack.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "util/errmsg.h"
 
 static const char *const proto_code_names[PROTO_NCODES] = {
     [PROTO_OK] = "ok",
@@ -29,14 +30,6 @@ static const char *const format_names[] = {"png", "raw8"};
 const char *proto_mode_name(int mode) { return (mode >= 0 && mode < 3) ? mode_names[mode] : "?"; }
 const char *proto_format_name(int format) {
     return (format >= 0 && format < 2) ? format_names[format] : "?";
-}
-
-static int fail(int code, char *err, size_t errlen, const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(err, errlen, fmt, ap);
-    va_end(ap);
-    return code;
 }
 
 // Big-endian unsigned of n bytes at p.
@@ -58,7 +51,7 @@ int proto_scan(const uint8_t *buf, size_t len, char *err, size_t errlen) {
         }
         pending[depth]--;
         if (pos >= len)
-            return fail(PROTO_EBAD_MESSAGE, err, errlen, "msgpack truncated at byte %zu", pos);
+            return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "msgpack truncated at byte %zu", pos);
         size_t at = pos;
         uint8_t b = buf[pos++];
         int len_bytes = 0;   // bytes of a length field that follows the type byte
@@ -96,12 +89,12 @@ int proto_scan(const uint8_t *buf, size_t len, char *err, size_t errlen) {
             case 0xde: len_bytes = 2; kind = 3; break;
             case 0xdf: len_bytes = 4; kind = 3; break;
             default:
-                return fail(PROTO_EBAD_MESSAGE, err, errlen,
+                return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE,
                             "byte 0x%02x at %zu is not a msgpack type", b, at);
             }
         }
         if ((size_t)len_bytes > len - pos)
-            return fail(PROTO_EBAD_MESSAGE, err, errlen, "msgpack length field truncated at byte %zu",
+            return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "msgpack length field truncated at byte %zu",
                         at);
         if (len_bytes) {
             uint64_t n = be_read(buf + pos, len_bytes);
@@ -112,24 +105,24 @@ int proto_scan(const uint8_t *buf, size_t len, char *err, size_t errlen) {
         }
         size_t left = len - pos;
         if (payload > left)
-            return fail(PROTO_EBAD_MESSAGE, err, errlen,
+            return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE,
                         "object at byte %zu declares %llu bytes but only %zu remain", at,
                         (unsigned long long)payload, left);
         pos += (size_t)payload;
         if (children) {
             // Every element takes at least one byte, so a count past the bytes left is a lie.
             if (children > len - pos)
-                return fail(PROTO_EBAD_MESSAGE, err, errlen,
+                return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE,
                             "container at byte %zu declares %llu elements but only %zu bytes remain",
                             at, (unsigned long long)children, len - pos);
             if (depth + 1 > PROTO_MAX_DEPTH)
-                return fail(PROTO_EBAD_MESSAGE, err, errlen, "nesting deeper than %d",
+                return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "nesting deeper than %d",
                             PROTO_MAX_DEPTH);
             pending[++depth] = children;
         }
     }
     if (pos != len)
-        return fail(PROTO_EBAD_MESSAGE, err, errlen, "%zu bytes after the message", len - pos);
+        return errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "%zu bytes after the message", len - pos);
     return 0;
 }
 
@@ -152,21 +145,21 @@ static int get_int(const msgpack_object_map *map, const char *key, int required,
                    int64_t hi, int64_t *out, char *err, size_t errlen) {
     const msgpack_object *o = map_get(map, key);
     if (!o) {
-        if (required) return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' is required", key);
+        if (required) return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' is required", key);
         return 0;
     }
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
         if (o->via.u64 > (uint64_t)hi)
-            return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%lld, %lld]", key,
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be in [%lld, %lld]", key,
                         (long long)lo, (long long)hi);
         *out = (int64_t)o->via.u64;
     } else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) {
         *out = o->via.i64;
     } else {
-        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be an integer", key);
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be an integer", key);
     }
     if (*out < lo || *out > hi)
-        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%lld, %lld]", key,
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be in [%lld, %lld]", key,
                     (long long)lo, (long long)hi);
     return 0;
 }
@@ -179,9 +172,9 @@ static int get_float(const msgpack_object_map *map, const char *key, double lo, 
     if (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER) v = (double)o->via.u64;
     else if (o->type == MSGPACK_OBJECT_NEGATIVE_INTEGER) v = (double)o->via.i64;
     else if (o->type == MSGPACK_OBJECT_FLOAT32 || o->type == MSGPACK_OBJECT_FLOAT64) v = o->via.f64;
-    else return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be a number", key);
+    else return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be a number", key);
     if (!(v >= lo && v <= hi)) // also refuses NaN
-        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be in [%g, %g]", key, lo, hi);
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be in [%g, %g]", key, lo, hi);
     *out = v;
     return 0;
 }
@@ -193,9 +186,9 @@ static int get_str(const msgpack_object_map *map, const char *key, char *out, si
     const msgpack_object *o = map_get(map, key);
     if (!o) return 0;
     if (o->type != MSGPACK_OBJECT_STR)
-        return -fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be a string", key);
+        return -errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be a string", key);
     if (o->via.str.size >= cap)
-        return -fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' is longer than %zu bytes", key,
+        return -errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' is longer than %zu bytes", key,
                      cap - 1);
     memcpy(out, o->via.str.ptr, o->via.str.size);
     out[o->via.str.size] = 0;
@@ -208,7 +201,7 @@ static int get_enum(const msgpack_object_map *map, const char *key, const char *
     char s[16];
     int rc = get_str(map, key, s, sizeof s, err, errlen);
     if (rc < 0) {
-        return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' must be one of the names listed in "
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' must be one of the names listed in "
                     "docs/protocol.md", key);
     }
     if (rc == 0) return 0;
@@ -217,7 +210,7 @@ static int get_enum(const msgpack_object_map *map, const char *key, const char *
             *out = i;
             return 0;
         }
-    return fail(PROTO_EBAD_FIELD, err, errlen, "field '%s' has an unknown value '%s'", key, s);
+    return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field '%s' has an unknown value '%s'", key, s);
 }
 
 static int user_name_ok(const char *s) {
@@ -286,7 +279,7 @@ static int decode_job(ProtoMsg *m, const msgpack_object_map *map, char *err, siz
                       err, errlen);
     if (rc) return rc;
     if (m->job_op < 0)
-        return fail(PROTO_EBAD_FIELD, err, errlen,
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                     "job needs 'op': submit, list, cancel, pause, resume, models, rollback or promote");
     if (m->job_op == PROTO_JOB_CANCEL || m->job_op == PROTO_JOB_PAUSE || m->job_op == PROTO_JOB_RESUME ||
         m->job_op == PROTO_JOB_PROMOTE) {
@@ -298,15 +291,15 @@ static int decode_job(ProtoMsg *m, const msgpack_object_map *map, char *err, siz
     if (m->job_op == PROTO_JOB_SUBMIT) {
         const msgpack_object *spec = map_get(map, "spec");
         if (!spec || spec->type != MSGPACK_OBJECT_MAP)
-            return fail(PROTO_EBAD_FIELD, err, errlen, "submit needs 'spec', a map (docs/jobs.md)");
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "submit needs 'spec', a map (docs/jobs.md)");
         json_t *j = proto_json_of(spec);
         size_t n = j ? json_dumpb(j, m->job_spec, sizeof m->job_spec - 1, JSON_COMPACT) : 0;
         json_decref(j);
         if (!j)
-            return fail(PROTO_EBAD_FIELD, err, errlen,
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                         "'spec' must hold only string keys, strings, numbers, booleans, arrays, maps");
         if (n == 0 || n >= sizeof m->job_spec - 1)
-            return fail(PROTO_EBAD_FIELD, err, errlen, "'spec' is longer than %d bytes as JSON",
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "'spec' is longer than %d bytes as JSON",
                         PROTO_JOB_SPEC_MAX - 2);
         m->job_spec[n] = 0;
     }
@@ -338,23 +331,23 @@ static int decode_feedback(ProtoMsg *m, const msgpack_object_map *map, char *err
         m->fb_id[id->via.str.size] = 0;
         for (const char *p = m->fb_id; *p; p++)
             if (!id_char_ok(*p))
-                return fail(PROTO_EBAD_FIELD, err, errlen,
+                return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                             "field 'id' may hold only A-Z a-z 0-9 _ . : -");
     } else {
-        return fail(PROTO_EBAD_FIELD, err, errlen,
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                     "field 'id' (the idempotency key) must be a uint or a string of 1..%d bytes",
                     PROTO_FEEDBACK_ID_MAX);
     }
     m->fb_kind = -1;
     int rc = get_enum(map, "kind", feedback_kinds, 3, &m->fb_kind, err, errlen);
     if (rc) return rc;
-    if (m->fb_kind < 0) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'kind' is required");
+    if (m->fb_kind < 0) return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'kind' is required");
     if (m->fb_kind == PROTO_FEEDBACK_RATE) {
         m->fb_n = 1;
         if ((rc = get_frame(map, "frame", &m->fb_frames[0], err, errlen))) return rc;
         m->fb_value = NAN;
         if ((rc = get_float(map, "value", -1.0, 1.0, &m->fb_value, err, errlen))) return rc;
-        if (isnan(m->fb_value)) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'value' is required");
+        if (isnan(m->fb_value)) return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'value' is required");
         return 0;
     }
     if (m->fb_kind == PROTO_FEEDBACK_PAIR) {
@@ -362,10 +355,10 @@ static int decode_feedback(ProtoMsg *m, const msgpack_object_map *map, char *err
         if ((rc = get_frame(map, "winner", &m->fb_frames[0], err, errlen))) return rc;
         if ((rc = get_frame(map, "loser", &m->fb_frames[1], err, errlen))) return rc;
         if (m->fb_frames[0] == m->fb_frames[1])
-            return fail(PROTO_EBAD_FIELD, err, errlen, "winner and loser must differ");
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "winner and loser must differ");
         const msgpack_object *tie = map_get(map, "tie");
         if (tie && tie->type != MSGPACK_OBJECT_BOOLEAN)
-            return fail(PROTO_EBAD_FIELD, err, errlen, "field 'tie' must be a boolean");
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'tie' must be a boolean");
         m->fb_tie = tie && tie->via.boolean;
         return 0;
     }
@@ -373,24 +366,24 @@ static int decode_feedback(ProtoMsg *m, const msgpack_object_map *map, char *err
     const msgpack_object *among = map_get(map, "among");
     if (!among || among->type != MSGPACK_OBJECT_ARRAY || among->via.array.size < 2 ||
         among->via.array.size > PROTO_FEEDBACK_MAX_FRAMES)
-        return fail(PROTO_EBAD_FIELD, err, errlen,
+        return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                     "field 'among' must be an array of 2..%d frame ids", PROTO_FEEDBACK_MAX_FRAMES);
     int found = 0;
     m->fb_n = 1;
     for (uint32_t i = 0; i < among->via.array.size; i++) {
         const msgpack_object *o = &among->via.array.ptr[i];
         if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 >= (UINT64_C(1) << 53))
-            return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' must hold frame ids");
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'among' must hold frame ids");
         for (int k = 1; k < m->fb_n; k++)
             if (m->fb_frames[k] == o->via.u64)
-                return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' names a frame twice");
+                return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'among' names a frame twice");
         if (o->via.u64 == m->fb_frames[0]) {
-            if (found++) return fail(PROTO_EBAD_FIELD, err, errlen, "field 'among' names a frame twice");
+            if (found++) return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "field 'among' names a frame twice");
             continue;
         }
         m->fb_frames[m->fb_n++] = o->via.u64;
     }
-    if (!found) return fail(PROTO_EBAD_FIELD, err, errlen, "'chosen' must be one of 'among'");
+    if (!found) return errmsg_set(err, errlen, PROTO_EBAD_FIELD, "'chosen' must be one of 'among'");
     return 0;
 }
 
@@ -398,7 +391,7 @@ static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLim
                       char *err, size_t errlen, int64_t *ref) {
     const msgpack_object *t = map_get(map, "t");
     if (!t || t->type != MSGPACK_OBJECT_STR)
-        return fail(PROTO_EBAD_TYPE, err, errlen, "every message needs a string field 't'");
+        return errmsg_set(err, errlen, PROTO_EBAD_TYPE, "every message needs a string field 't'");
     char type[16] = {0};
     size_t tl = t->via.str.size < sizeof type - 1 ? t->via.str.size : sizeof type - 1;
     memcpy(type, t->via.str.ptr, tl);
@@ -411,7 +404,7 @@ static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLim
         if ((rc = get_str(map, "user", m->user, sizeof m->user, err, errlen)) < 0) return -rc;
         m->has_user = rc;
         if (m->has_user && !user_name_ok(m->user))
-            return fail(PROTO_EBAD_FIELD, err, errlen,
+            return errmsg_set(err, errlen, PROTO_EBAD_FIELD,
                         "field 'user' must be 1..%d characters of A-Z a-z 0-9 _ . @ -",
                         PROTO_USER_MAX);
         return 0;
@@ -465,7 +458,7 @@ static int decode_map(ProtoMsg *m, const msgpack_object_map *map, const ProtoLim
     // Echo only printable characters of the unknown name.
     for (size_t i = 0; i < tl; i++)
         if (type[i] < 0x20 || type[i] > 0x7e) type[i] = '?';
-    return fail(PROTO_EUNKNOWN_TYPE, err, errlen, "unknown message type '%s'", type);
+    return errmsg_set(err, errlen, PROTO_EUNKNOWN_TYPE, "unknown message type '%s'", type);
 }
 
 int proto_decode(ProtoMsg *m, const uint8_t *buf, size_t len, const ProtoLimits *lim, char *err,
@@ -483,9 +476,9 @@ int proto_decode(ProtoMsg *m, const uint8_t *buf, size_t len, const ProtoLimits 
     size_t off = 0;
     msgpack_unpack_return ur = msgpack_unpack_next(&u, (const char *)buf, len, &off);
     if (ur != MSGPACK_UNPACK_SUCCESS || off != len) {
-        rc = fail(PROTO_EBAD_MESSAGE, err, errlen, "not one msgpack object (unpack %d)", (int)ur);
+        rc = errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "not one msgpack object (unpack %d)", (int)ur);
     } else if (u.data.type != MSGPACK_OBJECT_MAP) {
-        rc = fail(PROTO_EBAD_MESSAGE, err, errlen, "a message must be a msgpack map");
+        rc = errmsg_set(err, errlen, PROTO_EBAD_MESSAGE, "a message must be a msgpack map");
     } else {
         rc = decode_map(m, &u.data.via.map, lim, err, errlen, ref);
     }

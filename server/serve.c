@@ -25,7 +25,7 @@
 #include <time.h>
 #include <uv.h>
 
-#include "generator/cli.h"
+#include "util/clock.h"
 #include "generator/gan.h"
 #include "server/gen.h"
 #include "server/metrics.h"
@@ -44,20 +44,8 @@
 #define SERVE_SHUTDOWN_CLOSE_S 2.0     // longest wait for clients to answer the close
 #define SERVE_WRITE_CLOSE 4
 #define SERVE_CLOSE_WAIT_S 10          // longest wait for a client to answer our close frame
-#define SERVE_PING_EVERY 8             // frames between read-confirmation pings
 #define SERVE_PING_MAGIC "steerRd1"    // first 8 bytes of our ping payloads (then a u64 count)
 #define SERVE_VENDOR_MSGPACK "node_modules/@msgpack/msgpack/dist.umd/msgpack.min.js"
-
-typedef struct {
-    const char *model_path, *host, *web_dir, *token_file, *origins, *data_dir, *admin_token_file;
-    int workers;
-    Device device; // --device: where generation runs (auto: the GPU when there is one)
-    int port, batch, max_connections, queue_frames, history, idle_timeout, ping_interval, quiet;
-    int sndbuf, max_unread;
-    long max_message, policy_pool, population_every;
-    double deadline_ms, max_rate;
-    uint64_t seed;
-} ServeOptions;
 
 // A user's policy as the loop thread draws from it: the learning thread's latest, and the pairs
 // its reward ensemble is least sure of (pool indices) for pair mode to ask next.
@@ -412,7 +400,7 @@ static void session_pump(Server *sv, Session *s) {
         lws_callback_on_writable(s->wsi);
         return;
     }
-    double now = cli_now_s();
+    double now = clock_now_s();
     int progress = 1;
     while (progress) {
         progress = 0;
@@ -514,7 +502,7 @@ static void session_feedback(Server *sv, Session *s, const ProtoMsg *m) {
     it->kind = m->fb_kind;
     it->value = m->fb_value;
     it->tie = m->fb_tie;
-    it->t_recv = cli_now_s();
+    it->t_recv = clock_now_s();
     for (int i = 0; i < m->fb_n; i++) {
         StoreFrame *f = &it->frames[i];
         f->frame = m->fb_frames[i];
@@ -535,7 +523,7 @@ static void session_feedback(Server *sv, Session *s, const ProtoMsg *m) {
 }
 
 static void on_message(Server *sv, Session *s, const uint8_t *buf, size_t len, int binary) {
-    double now = cli_now_s();
+    double now = clock_now_s();
     sv->metrics.messages_received++;
     s->last_activity = now;
     if (!binary) {
@@ -670,7 +658,7 @@ static Session *session_open(Server *sv, struct lws *wsi) {
     s->rx_len = 0;
     s->rx_in_message = 0;
     s->tokens = 2 * sv->opt.max_rate;
-    s->last_refill = s->last_activity = cli_now_s();
+    s->last_refill = s->last_activity = clock_now_s();
     s->rx_paused = s->closing = s->close_sent = 0;
     s->fb_pending = 0;
     s->written = s->pinged = s->confirmed = 0;
@@ -751,7 +739,7 @@ static int session_write(Server *sv, Session *s) {
             s->written++;
             sv->metrics.frames_sent++;
             sv->metrics.frame_bytes_sent += f->len;
-            s->last_activity = cli_now_s();
+            s->last_activity = clock_now_s();
             gen_release(&sv->gen, f);
             session_pump(sv, s);
         } else {
@@ -778,7 +766,7 @@ static int session_write(Server *sv, Session *s) {
 // Token bucket of max_rate messages per second, bursts of twice that. Returns 0, or -1 with the
 // close reason set on wsi when the client floods.
 static int session_rate_check(Server *sv, Session *s, struct lws *wsi) {
-    double now = cli_now_s();
+    double now = clock_now_s();
     s->tokens += (now - s->last_refill) * sv->opt.max_rate;
     if (s->tokens > 2 * sv->opt.max_rate) s->tokens = 2 * sv->opt.max_rate;
     s->last_refill = now;
@@ -905,7 +893,7 @@ static int http_healthz(Server *sv, struct lws *wsi, HttpConn *h) {
                      sv->stopping ? "stopping" : "ok", (unsigned long long)sv->model.version,
                      sv->model.name, (unsigned long long)sv->metrics.connections,
                      (unsigned long long)sv->metrics.streams, gen_queue_depth(&sv->gen),
-                     cli_now_s() - sv->t_start);
+                     clock_now_s() - sv->t_start);
     return http_respond(wsi, h, sv->stopping ? 503 : 200, "application/json", body, (size_t)n);
 }
 
@@ -913,7 +901,7 @@ static int http_metrics(Server *sv, struct lws *wsi, HttpConn *h) {
     static char text[32768];
     MetricsExtra x = {.queue_depth = gen_queue_depth(&sv->gen),
                       .model_version = sv->model.version,
-                      .uptime_s = cli_now_s() - sv->t_start,
+                      .uptime_s = clock_now_s() - sv->t_start,
                       .feedback_stored = sv->feedback_acked,
                       .feedback_duplicates = sv->feedback_duplicates,
                       .feedback_refused = sv->feedback_refused,
@@ -1182,7 +1170,7 @@ static void user_policy_changed(Server *sv, UserPolicy *u) {
 // who has not given feedback yet.
 static void on_learned(uv_async_t *a) {
     Server *sv = a->data;
-    double now = cli_now_s();
+    double now = clock_now_s();
     for (LearnSnap *n = learn_take(&sv->learn), *next; n; n = next) {
         next = n->next;
         if (!n->user[0]) {
@@ -1223,7 +1211,7 @@ static void on_lag_timer(uv_timer_t *t) {
 // Once a second: closes idle connections.
 static void on_tick(uv_timer_t *t) {
     Server *sv = t->data;
-    double now = cli_now_s();
+    double now = clock_now_s();
     for (int i = 0; i < sv->opt.max_connections; i++) {
         Session *s = &sv->sessions[i];
         if (!s->active || s->closing) continue;
@@ -1264,7 +1252,7 @@ static void close_handle(uv_handle_t *h) {
 // SERVE_SHUTDOWN_DRAIN_S), then close every WebSocket with 1001, then destroy the context.
 static void on_stop_timer(uv_timer_t *t) {
     Server *sv = t->data;
-    double now = cli_now_s();
+    double now = clock_now_s();
     if (sv->close_sent == 0) {
         int busy = gen_queue_depth(&sv->gen) || gen_running(&sv->gen) ||
                    sv->metrics.frames_in_flight || sv->metrics.frames_queued || sv->store_pending;
@@ -1306,7 +1294,7 @@ static void on_signal(uv_signal_t *sig, int signum) {
         _exit(1);
     }
     sv->stopping = 1;
-    sv->stop_started = cli_now_s();
+    sv->stop_started = clock_now_s();
     if (sv->jobs_on) jobs_stop(&sv->jobs);
     if (!sv->opt.quiet)
         fprintf(stderr, "steer: signal %d: finishing frames in flight, then closing connections\n",
@@ -1317,147 +1305,6 @@ static void on_signal(uv_signal_t *sig, int signum) {
 }
 
 // ---- start-up --------------------------------------------------------------------------------
-
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: steer serve [options]\n"
-            "  --model PATH            generator checkpoint (default models/fmnist32c.safetensors)\n"
-            "  --host ADDR             address to listen on (default 127.0.0.1)\n"
-            "  --port N                port (default 8080; 0 picks a free one)\n"
-            "  --web DIR               browser client served at / (default clients/web)\n"
-            "  --data DIR              feedback store, DIR/steer.db (default data)\n"
-            "  --batch N               largest generator batch (default 64)\n"
-            "  --batch-deadline-ms MS  longest wait for a batch to fill (default 2)\n"
-            "  --device D              where frames are drawn: auto (default: the GPU when this\n"
-            "                          build has CUDA and a GPU is usable), cpu, cuda; a GPU that\n"
-            "                          cannot be used falls back to the CPU, saying why\n"
-            "  --tf32                  the GPU's convolutions and matrix products in TF32 (faster;\n"
-            "                          ~1e-3 relative rounding per product; default FP32)\n"
-            "  --bf16                  convolutions on BF16 inputs, accumulating in FP32: on the\n"
-            "                          CPU where it has AVX512-BF16 or AMX (elsewhere FP32, saying\n"
-            "                          why), on the GPU cuDNN's (default FP32)\n"
-            "  --max-connections N     WebSocket connections at once (default 1024)\n"
-            "  --max-message BYTES     largest message from a client (default 65536)\n"
-            "  --queue-frames N        frames requested or unsent per connection (default 16)\n"
-            "  --policy-pool N         prior frames each user's policy gradient is estimated on\n"
-            "                          (default 2048; 0 turns learning off: frames from the prior)\n"
-            "  --workers N             background training workers at once (default 1; 0 = no jobs)\n"
-            "  --admin-token-file FILE hello with this file's first line as token may send `job`\n"
-            "  --population-every N    refit the population model (every user's prior, new users'\n"
-            "                          policy) every N stored feedback (default 256; 0 = never)\n"
-            "  --history N             recent frames remembered per session (default 64)\n"
-            "  --max-rate N            messages per second per connection, burst 2N (default 2000)\n"
-            "  --idle-timeout S        close connections silent this long (default 120)\n"
-            "  --ping-interval S       ping idle connections; hang up 10 s later (default 20)\n"
-            "  --token-file FILE       clients must send this file's first line as hello's token\n"
-            "  --origin LIST           comma-separated Origin allow-list for WebSocket handshakes\n"
-            "  --seed N                seed of the streams' latents (default: from the clock)\n"
-            "  --max-unread N          frames sent ahead of what the client confirmed reading (32)\n"
-            "  --sndbuf BYTES          socket send buffer per connection (default 32768; 0: kernel autotuning)\n"
-            "  --quiet                 print only the serving line and errors\n");
-}
-
-static int parse_options(ServeOptions *o, int argc, char **argv) {
-    *o = (ServeOptions){.model_path = "models/fmnist32c.safetensors",
-                        .host = "127.0.0.1",
-                        .web_dir = "clients/web",
-                        .data_dir = "data",
-                        .port = 8080,
-                        .batch = 64,
-                        .deadline_ms = 2.0,
-                        .max_connections = 1024,
-                        .max_message = 65536,
-                        .queue_frames = 16,
-                        .history = 64,
-                        .max_rate = 2000,
-                        .idle_timeout = 120,
-                        .ping_interval = 20,
-                        .sndbuf = 32768,
-                        .max_unread = 32,
-                        .policy_pool = 2048,
-                        .population_every = 256,
-                        .workers = 1,
-                        .seed = (uint64_t)time(NULL)};
-    static const struct option opts[] = {
-        {"model", 1, 0, 'm'},         {"host", 1, 0, 'H'},          {"port", 1, 0, 'p'},
-        {"web", 1, 0, 'w'},           {"batch", 1, 0, 'b'},         {"batch-deadline-ms", 1, 0, 'd'},
-        {"max-connections", 1, 0, 'c'}, {"max-message", 1, 0, 'M'}, {"queue-frames", 1, 0, 'q'},
-        {"history", 1, 0, 'y'},       {"max-rate", 1, 0, 'r'},      {"idle-timeout", 1, 0, 'i'},
-        {"ping-interval", 1, 0, 'P'}, {"token-file", 1, 0, 't'},    {"origin", 1, 0, 'o'},
-        {"seed", 1, 0, 's'},          {"quiet", 0, 0, 'Q'},         {"help", 0, 0, 'h'},
-        {"sndbuf", 1, 0, 'B'},        {"max-unread", 1, 0, 'U'},    {"data", 1, 0, 'D'},
-        {"policy-pool", 1, 0, 'L'},   {"population-every", 1, 0, 'E'},
-        {"workers", 1, 0, 'W'},       {"admin-token-file", 1, 0, 'A'},
-        {"device", 1, 0, 'V'},        {"tf32", 0, 0, 'T'},          {"bf16", 0, 0, 'F'},
-        {0, 0, 0, 0}};
-    int ch;
-    long v;
-    float fv;
-    optind = 1;
-    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (ch) {
-        case 'm': o->model_path = optarg; break;
-        case 'H': o->host = optarg; break;
-        case 'w': o->web_dir = optarg; break;
-        case 'D': o->data_dir = optarg; break;
-        case 't': o->token_file = optarg; break;
-        case 'o': o->origins = optarg; break;
-        case 'Q': o->quiet = 1; break;
-        case 'p': if (cli_parse_long("serve", optarg, 0, 65535, "--port", &v)) return 2; o->port = (int)v; break;
-        case 'b': if (cli_parse_long("serve", optarg, 1, 1024, "--batch", &v)) return 2; o->batch = (int)v; break;
-        case 'd': if (cli_parse_float("serve", optarg, 0, 1000, "--batch-deadline-ms", &fv)) return 2; o->deadline_ms = fv; break;
-        case 'c': if (cli_parse_long("serve", optarg, 1, 100000, "--max-connections", &v)) return 2; o->max_connections = (int)v; break;
-        case 'M': if (cli_parse_long("serve", optarg, 64, 64L << 20, "--max-message", &v)) return 2; o->max_message = v; break;
-        case 'q': if (cli_parse_long("serve", optarg, 2, 4096, "--queue-frames", &v)) return 2; o->queue_frames = (int)v; break;
-        case 'y': if (cli_parse_long("serve", optarg, 1, 100000, "--history", &v)) return 2; o->history = (int)v; break;
-        case 'r': if (cli_parse_float("serve", optarg, 1, 1e7, "--max-rate", &fv)) return 2; o->max_rate = fv; break;
-        case 'i': if (cli_parse_long("serve", optarg, 1, 86400, "--idle-timeout", &v)) return 2; o->idle_timeout = (int)v; break;
-        case 'P': if (cli_parse_long("serve", optarg, 1, 3600, "--ping-interval", &v)) return 2; o->ping_interval = (int)v; break;
-        case 's': if (cli_parse_long("serve", optarg, 0, LONG_MAX, "--seed", &v)) return 2; o->seed = (uint64_t)v; break;
-        case 'B': if (cli_parse_long("serve", optarg, 0, 64L << 20, "--sndbuf", &v)) return 2; o->sndbuf = (int)v; break;
-        case 'U': if (cli_parse_long("serve", optarg, SERVE_PING_EVERY + 1, 1 << 20, "--max-unread", &v)) return 2; o->max_unread = (int)v; break;
-        case 'L': if (cli_parse_long("serve", optarg, 0, 1 << 20, "--policy-pool", &v)) return 2; o->policy_pool = v; break;
-        case 'W': if (cli_parse_long("serve", optarg, 0, 64, "--workers", &v)) return 2; o->workers = (int)v; break;
-        case 'A': o->admin_token_file = optarg; break;
-        case 'V':
-            if (device_parse(optarg, &o->device)) {
-                fprintf(stderr, "steer serve: --device '%s': expected auto, cpu or cuda\n", optarg);
-                return 2;
-            }
-            break;
-        case 'E': if (cli_parse_long("serve", optarg, 0, 1L << 30, "--population-every", &v)) return 2; o->population_every = v; break;
-        case 'T': device_tf32_set(1); break;
-        case 'F': device_bf16_set(1, NULL, 0); break; // the device line says if the CPU cannot
-        case 'h': usage(stdout); return 1;
-        default: usage(stderr); return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, "steer serve: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
-    return 0;
-}
-
-// The first line of path into out (a token of 1..PROTO_TOKEN_MAX bytes). Returns 0 or -1 (printed).
-static int read_token_file(const char *opt, const char *path, char *out) {
-    FILE *f = fopen(path, "r");
-    if (!f) {
-        fprintf(stderr, "steer serve: cannot read %s %s: %s\n", opt, path, strerror(errno));
-        return -1;
-    }
-    char line[PROTO_TOKEN_MAX + 2] = {0};
-    if (!fgets(line, sizeof line, f)) line[0] = 0;
-    fclose(f);
-    line[strcspn(line, "\r\n")] = 0;
-    if (!line[0] || strlen(line) > PROTO_TOKEN_MAX) {
-        fprintf(stderr, "steer serve: %s %s: the first line must be a token of 1..%d bytes\n", opt,
-                path, PROTO_TOKEN_MAX);
-        return -1;
-    }
-    memcpy(out, line, strlen(line) + 1);
-    return 0;
-}
 
 static int parse_origins(Server *sv, const char *list) {
     if (strlen(list) >= sizeof sv->origin_buf) {
@@ -1516,17 +1363,17 @@ static int start_failed(Server *sv) {
     return 1;
 }
 
-int cli_serve(int argc, char **argv) {
+int serve_run(const ServeOptions *opt) {
     static Server server; // one per process; lws reaches it through the context's user pointer
     Server *sv = &server;
-    int rc = parse_options(&sv->opt, argc, argv);
-    if (rc) return rc == 1 ? 0 : rc;
-    if (sv->opt.token_file) {
-        if (read_token_file("--token-file", sv->opt.token_file, sv->token)) return 2;
+    int rc;
+    sv->opt = *opt;
+    if (opt->token) {
+        snprintf(sv->token, sizeof sv->token, "%s", opt->token);
         sv->has_token = 1;
     }
-    if (sv->opt.admin_token_file) {
-        if (read_token_file("--admin-token-file", sv->opt.admin_token_file, sv->admin_token)) return 2;
+    if (opt->admin_token) {
+        snprintf(sv->admin_token, sizeof sv->admin_token, "%s", opt->admin_token);
         sv->has_admin_token = 1;
     }
     if (sv->opt.origins && parse_origins(sv, sv->opt.origins)) return 2;
@@ -1565,10 +1412,8 @@ int cli_serve(int argc, char **argv) {
                                           .queue_frames = (uint32_t)sv->opt.queue_frames,
                                           .history = (uint32_t)sv->opt.history};
     rng_seed(&sv->seeds, sv->opt.seed);
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    sv->next_frame_id = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
-    sv->t_start = cli_now_s();
+    sv->next_frame_id = (uint64_t)clock_unix_us(); // frame ids stay unique across restarts
+    sv->t_start = clock_now_s();
 
     int n = sv->opt.max_connections;
     sv->sessions = calloc((size_t)n, sizeof *sv->sessions);

@@ -1,19 +1,18 @@
-// store.c — the feedback store thread (see store.h) and `steer export`. Group commit: the thread
+// store.c — the feedback store thread (see store.h) and the export of what it stored. Group commit: the thread
 // takes every item queued since its last COMMIT, writes them in one transaction and fsyncs once
 // (synchronous=FULL in WAL mode), then answers them all; under load many feedbacks share one fsync.
 // Not here: reading feedback back into policies (issue 4's policy thread does that).
 #include "server/store.h"
 
 #include <errno.h>
-#include <getopt.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
-#include "generator/cli.h"
 #include "server/proto.h"
+#include "util/clock.h"
 
 static const char *const kind_names[] = {"rate", "pair", "choose"};
 static const char *const role_names[] = {"rated", "winner", "loser", "chosen", "among"};
@@ -120,12 +119,6 @@ typedef struct {
     sqlite3_stmt *find, *insert, *insert_frame;
 } Db;
 
-static int64_t now_unix_us(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 // Writes one item inside the open transaction; sets its answer. Returns 0, or -1 on a database
 // error (the transaction is then rolled back and every item of the group answered with it).
 static int item_write(Db *d, StoreItem *it) {
@@ -164,7 +157,7 @@ static int item_write(Db *d, StoreItem *it) {
     if (it->kind == STORE_RATE) sqlite3_bind_double(d->insert, 4, it->value);
     else sqlite3_bind_null(d->insert, 4);
     sqlite3_bind_int(d->insert, 5, it->tie);
-    sqlite3_bind_int64(d->insert, 6, now_unix_us());
+    sqlite3_bind_int64(d->insert, 6, clock_unix_us());
     if (sqlite3_step(d->insert) != SQLITE_DONE) return -1;
     sqlite3_int64 row = sqlite3_last_insert_rowid(d->db);
     for (int i = 0; i < it->n_frames; i++) {
@@ -209,7 +202,7 @@ static void *store_main(void *arg) {
         st->in_head = st->in_tail = NULL;
         pthread_mutex_unlock(&st->lock);
 
-        double t0 = cli_now_s();
+        double t0 = clock_now_s();
         int failed = !ok || sqlite3_exec(d.db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK;
         size_t n = 0;
         for (StoreItem *it = group; it && !failed; it = it->next, n++)
@@ -224,7 +217,7 @@ static void *store_main(void *arg) {
                 snprintf(it->msg, sizeof it->msg, "feedback not stored: %s", why);
             }
         }
-        double dt = cli_now_s() - t0;
+        double dt = clock_now_s() - t0;
 
         pthread_mutex_lock(&st->lock);
         StoreItem *last = group;
@@ -310,7 +303,7 @@ void store_close(Store *st) {
     }
 }
 
-// ---- steer export ----------------------------------------------------------------------------
+// ---- export ----------------------------------------------------------------------------
 
 // Writes s as a JSON string (quotes and escapes).
 static void json_str(FILE *f, const char *s) {
@@ -334,54 +327,25 @@ static void json_frame(FILE *f, sqlite3_stmt *fr) {
     fputs("]}", f);
 }
 
-int cli_export(int argc, char **argv) {
-    const char *dir = "data", *format = "trl", *out_path = NULL;
-    static const struct option opts[] = {{"data", 1, 0, 'd'}, {"format", 1, 0, 'f'},
-                                         {"out", 1, 0, 'o'},  {"help", 0, 0, 'h'},
-                                         {0, 0, 0, 0}};
-    int o;
-    optind = 1;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'd': dir = optarg; break;
-        case 'f': format = optarg; break;
-        case 'o': out_path = optarg; break;
-        case 'h':
-            printf("usage: steer export [--data data] [--format trl|csv] [--out FILE]\n"
-                   "Writes the stored feedback: trl is JSONL, one object per feedback with the\n"
-                   "frames it names (chosen/rejected for pair and choose, rated for rate), each with\n"
-                   "its class, model and policy versions and latent; csv is one row per frame.\n");
-            return 0;
-        default: return 2;
-        }
-    }
-    int trl = !strcmp(format, "trl");
-    if (!trl && strcmp(format, "csv")) {
-        fprintf(stderr, "steer export: --format must be trl or csv, not '%s'\n", format);
-        return 2;
-    }
+int store_export(const char *dir, StoreExportFormat format, FILE *f, long *rows_out, char *err,
+                 size_t errlen) {
+    int trl = format == STORE_EXPORT_TRL;
     char path[4096];
     snprintf(path, sizeof path, "%s/steer.db", dir);
     sqlite3 *db = NULL;
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) != SQLITE_OK) {
-        fprintf(stderr, "steer export: cannot open %s: %s\n", path, db ? sqlite3_errmsg(db) : "?");
+        snprintf(err, errlen, "cannot open %s: %s", path, db ? sqlite3_errmsg(db) : "?");
         sqlite3_close(db);
-        return 1;
-    }
-    FILE *f = out_path ? fopen(out_path, "w") : stdout;
-    if (!f) {
-        fprintf(stderr, "steer export: cannot write %s: %s\n", out_path, strerror(errno));
-        sqlite3_close(db);
-        return 1;
+        return -1;
     }
     sqlite3_stmt *fb = NULL, *fr = NULL;
-    int rc = 1;
+    int rc = -1;
     if (sqlite3_prepare_v2(db, "SELECT id, user, client_id, kind, value, tie, created_unix_us FROM "
                            "feedback ORDER BY id", -1, &fb, NULL) != SQLITE_OK ||
         sqlite3_prepare_v2(db, "SELECT role, frame, class, model_version, policy_version, latent "
                            "FROM feedback_frame WHERE feedback = ?1 ORDER BY rowid", -1, &fr,
                            NULL) != SQLITE_OK) {
-        fprintf(stderr, "steer export: %s: %s\n", path, sqlite3_errmsg(db));
+        snprintf(err, errlen, "%s: %s", path, sqlite3_errmsg(db));
         goto done;
     }
     if (!trl) fputs("feedback,user,client_id,kind,value,tie,created_unix_us,role,frame,class,"
@@ -446,15 +410,11 @@ int cli_export(int argc, char **argv) {
         }
         rows++;
     }
-    fprintf(stderr, "steer export: %ld feedback rows from %s\n", rows, path);
+    *rows_out = rows;
     rc = 0;
 done:
     sqlite3_finalize(fb);
     sqlite3_finalize(fr);
     sqlite3_close(db);
-    if (out_path && fclose(f)) {
-        fprintf(stderr, "steer export: writing %s failed\n", out_path);
-        rc = 1;
-    }
     return rc;
 }

@@ -10,6 +10,7 @@
 #define SERVER_STORE_H
 #include <pthread.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <uv.h>
 
@@ -39,7 +40,7 @@ typedef struct StoreItem {
     int kind;
     double value; // rate: -1..1
     int tie;      // pair: the user could not tell
-    double t_recv; // cli_now_s() when the loop received it (the learning thread's latency figure)
+    double t_recv; // clock_now_s() when the loop received it (the learning thread's latency figure)
     char *sql;     // STORE_EXEC: statements (sqlite3_mprintf'ed; freed with store_item_free)
     long job_id;   // STORE_EXEC: the job it concerns (a submit is answered after COMMIT)
     int reply;     // STORE_EXEC: 1 = answer the session (slot, serial) when committed
@@ -80,7 +81,13 @@ StoreItem *store_take_done(Store *st);
 // Commits what is queued, stops the thread and closes the database. Safe on a half-opened Store.
 void store_close(Store *st);
 
-// `steer export`: writes the stored feedback as JSONL (--format trl) or CSV.
-int cli_export(int argc, char **argv);
+// The stored feedback of DIR/steer.db, read-only (a live server may be writing it), written to
+// out in id order: STORE_EXPORT_TRL is JSONL, one object per feedback with its frames as
+// `chosen` / `rejected` (pair and choose, as TRL's preference datasets name them) or `rated`
+// (rate), each with its class, versions and latent; STORE_EXPORT_CSV one row per named frame
+// (README, "steer export"). *rows receives the feedback count. Returns 0, or -1 with err set.
+typedef enum { STORE_EXPORT_TRL, STORE_EXPORT_CSV } StoreExportFormat;
+int store_export(const char *dir, StoreExportFormat format, FILE *out, long *rows, char *err,
+                 size_t errlen);
 
 #endif

@@ -55,7 +55,7 @@ export STEER_ROOT=$root
 export STEER_BIN=$root/$build/steer
 export STEER_CLIENT_BIN=$root/$build/steer-client
 cd "$root"
-for t in tests/server/test_*.py tests/server/test_*.sh tests/web/test_*.mjs; do
+for t in tests/test_*.py tests/server/test_*.py tests/server/test_*.sh tests/web/test_*.mjs; do
     [ -f "$t" ] || continue
     case "$t" in
     *.py) run_one "$t" /usr/bin/python3 "$t" ;;

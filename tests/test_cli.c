@@ -18,7 +18,7 @@
 #include <sys/stat.h>
 #include <sys/wait.h>
 
-#include "env/imageio.h"
+#include "generator/data/imageio.h"
 #include "kernels/conv.h"
 #include "tests/check.h"
 

@@ -1,4 +1,4 @@
-// test_data.c — unit tests of env/fmnist and env/imageio: the real Fashion-MNIST sets load with
+// test_data.c — unit tests of generator/data/fmnist and generator/data/imageio: the real Fashion-MNIST sets load with
 // the right shapes, values, padding and labels (checked against the raw IDX bytes read
 // independently); missing and damaged files give errors, not crashes; PNG grids and frames decode
 // back to the expected pixels with libpng; NPY round trips are exact and damaged NPY is refused.
@@ -21,8 +21,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "env/fmnist.h"
-#include "env/imageio.h"
+#include "generator/data/fmnist.h"
+#include "generator/data/imageio.h"
 #include "tests/check.h"
 
 static char tmpdir[256];

@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/classifier.h"
 #include "generator/fid.h"
 #include "generator/safetensors.h"

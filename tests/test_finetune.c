@@ -17,7 +17,7 @@
 
 #include "generator/gan.h"
 #include "kernels/kernels.h"
-#include "server/distill.h"
+#include "generator/distill.h"
 #include "tests/check.h"
 
 static char tmpdir[256];

@@ -16,7 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/safetensors.h"
 #include "tests/check.h"

@@ -14,8 +14,8 @@
 #include <string.h>
 #include <uv.h>
 
-#include "env/imageio.h"
-#include "generator/cli.h"
+#include "generator/data/imageio.h"
+#include "util/clock.h"
 #include "generator/gan.h"
 #include "server/gen.h"
 #include "server/proto.h"
@@ -97,7 +97,7 @@ static void test_gen_batches_and_pixels(void **state) {
         FrameRequest r = {.slot = i < N_REQ ? 1 : 9, .session_serial = 1, .stream_id = 5,
                           .stream_serial = 1, .seq = (uint32_t)i, .frame_id = 1000 + (uint64_t)i,
                           .cls = y[i], .format = PROTO_FORMAT_RAW8, .side = -1,
-                          .t_submit = cli_now_s()};
+                          .t_submit = clock_now_s()};
         assert_int_equal(gen_submit(&c->gen, &r, z + (size_t)i * Z), 0);
     }
     assert_int_equal(gen_cancel(&c->gen, 9, 1, UINT32_MAX), 8);

@@ -1,4 +1,4 @@
-// test_pngdir.c — env/pngdir: a folder of PNGs as a dataset (sorted, limit, RGB and gray, area
+// test_pngdir.c — generator/data/pngdir: a folder of PNGs as a dataset (sorted, limit, RGB and gray, area
 // resampling 8 -> 4 and 8 -> 3, non-PNG files skipped, a damaged PNG refused with its name, an
 // empty folder refused) and dataset_subset (classes, limit, nothing left).
 #include <setjmp.h>
@@ -14,8 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
-#include "env/imageio.h"
-#include "env/pngdir.h"
+#include "generator/data/imageio.h"
+#include "generator/data/pngdir.h"
 #include "tests/check.h"
 
 static char tmpdir[256];

@@ -21,7 +21,7 @@
 #include <string.h>
 #include <sys/wait.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/safetensors.h"
 #include "kernels/ops.h"

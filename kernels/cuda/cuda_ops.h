@@ -262,13 +262,13 @@ int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, con
                              const int32_t *labels, const float *feat, int B, int F,
                              cudaStream_t stream);
 
-// grads (n) += lambda (params - theta0): the fine-tuning anchor's gradient (server/finetune.c).
+// grads (n) += lambda (params - theta0): the fine-tuning anchor's gradient (generator/finetune.c).
 int anchor_grad_cuda(float *grads, const float *params, const float *theta0, float lambda, long n,
                      cudaStream_t stream);
 
 // x (n) *= a.
 int scale_inplace_cuda(float *x, float a, long n, cudaStream_t stream);
-// A squared-error term (server/distill.c's): e = a - b per element, *sum (one DEVICE double) =
+// A squared-error term (generator/distill.c's): e = a - b per element, *sum (one DEVICE double) =
 // sum e^2 in double (one block, a fixed order), grad (n) gets scale e, written (accumulate = 0)
 // or added (accumulate = 1).
 int sq_diff_cuda(double *sum, float *grad, const float *a, const float *b, float scale, long n,

@@ -67,15 +67,15 @@
 
 #include <cuda_runtime_api.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/gan_cuda.h"
 #include "kernels/attention.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/kernels.h"
 #include "kernels/rng.h"
-#include "server/distill.h"
-#include "server/finetune.h"
+#include "generator/distill.h"
+#include "generator/finetune.h"
 #include "tests/check.h"
 #include "tests/cuda/cuda_check.h"
 #include "tests/cuda/tune_fixture.h"
@@ -626,7 +626,7 @@ static void test_train_gp_ortho_sn_off(void **state) {
     train_case("tiny", &fmnist, 0.5f, hp);
 }
 
-// The finetune job's step on the GPU (server/finetune.c's finetune_device_step: gan_cuda_tune_step,
+// The finetune job's step on the GPU (generator/finetune.c's finetune_device_step: gan_cuda_tune_step,
 // the reward D's forward and backward on the device, the reward from its maps on the host)
 // against finetune_step, as train_case's single steps; the batch's mean reward too. The reward D
 // is the starting checkpoint's D, the reward weights made up (tune_fixture.h).
@@ -643,22 +643,22 @@ static void test_finetune_step(void **state) {
     char dir[32], ckpt[96], err[512], line[600];
     fixture_tmp(dir, ckpt, "reward.safetensors");
     if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
-    FinetuneReward r;
-    fixture_reward(&r, ckpt, BATCH, &test_rng);
+    FixtureReward fx;
+    fixture_reward(&fx, ckpt, BATCH, &test_rng);
     FinetuneConfig fc = {.beta = 1.0, .lambda = 1e-3};
     float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
     memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
     GanCuda gc;
     if (gan_cuda_init(&gc, &gpu, err, sizeof err)) fail_msg("%s", err);
-    Tune tu = {.td = {.on_gpu = 1, .gc = &gc}, .r = &r, .theta0 = theta0};
-    assert_int_equal(finetune_device_init(&tu.fd, &tu.td, &gpu, &r, &fc, theta0, line, sizeof line),
+    Tune tu = {.td = {.on_gpu = 1, .gc = &gc}, .r = &fx.r, .theta0 = theta0};
+    assert_int_equal(finetune_device_init(&tu.fd, &tu.td, &gpu, &fx.r, &fc, theta0, line, sizeof line),
                      0);
     printf("# %s\n", line);
     assert_non_null(tu.fd.tu);
     int bad = steps_from_cpu_state("finetune tinyc", STEP_FINETUNE, &gc, &tu, &gpu, &cpu, &fmnist);
     finetune_device_free(&tu.fd, &tu.td);
     gan_cuda_free(&gc);
-    fixture_reward_free(&r);
+    fixture_reward_free(&fx);
     free(theta0);
     fixture_tmp_remove(dir, ckpt);
     gan_free(&cpu);
@@ -666,7 +666,7 @@ static void test_finetune_step(void **state) {
     assert_int_equal(bad, 0);
 }
 
-// The distill job's step on the GPU (server/distill.c's distill_device_step: the teacher's G and
+// The distill job's step on the GPU (generator/distill.c's distill_device_step: the teacher's G and
 // D of twice the student's width on the device) against distill_step, as test_finetune_step; the
 // pixel and feature losses too.
 static void test_distill_step(void **state) {

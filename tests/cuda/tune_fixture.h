@@ -12,7 +12,8 @@
 
 #include "generator/gan.h"
 #include "kernels/rng.h"
-#include "server/finetune.h"
+#include "generator/finetune.h"
+#include "policy/frame_reward.h"
 
 // GanHparams' defaults at batch B, with G's EMA (when a test switches it on) copied on step 1
 // and averaged after.
@@ -36,30 +37,30 @@ static void fixture_tmp_remove(const char *dir, const char *path) {
     rmdir(dir);
 }
 
-// A users' reward over the features of ckpt's D for batches up to B, as finetune_reward_init
-// leaves one but with made-up weights and standardization (drawn from rng) instead of a model
-// fitted on stored feedback: what the finetune step does with it is what is checked.
-static void fixture_reward(FinetuneReward *r, const char *ckpt, int B, Rng *rng) {
+// A users' reward over the features of ckpt's D for batches up to B, as learn_reward_init leaves
+// one but with made-up weights and standardization (drawn from rng) instead of a model fitted on
+// stored feedback: what the finetune step does with it is what is checked. Steps take &x->r.
+typedef struct {
+    Features f;
+    FrameReward fr;
+    FinetuneReward r;
+} FixtureReward;
+
+static void fixture_reward(FixtureReward *x, const char *ckpt, int B, Rng *rng) {
     char err[512];
-    memset(r, 0, sizeof *r);
-    if (features_init(&r->learn.feat, ckpt, B, err, sizeof err)) fail_msg("%s", err);
-    Features *f = &r->learn.feat;
-    int Fd;
-    discriminator_features(&f->d, &Fd);
-    r->w = CHECK_ALLOC(double, f->F);
-    r->phi = CHECK_ALLOC(float, (long)B * f->F);
-    r->dfeat = CHECK_ALLOC(float, (long)B * Fd);
-    for (int k = 0; k < f->F; k++) r->w[k] = 0.5 * (rng_uniform(rng) - 0.5);
-    for (int k = 0; k < f->d_ch; k++) f->istd[k] = 0.5f + rng_uniform(rng); // as if calibrated
-    r->r0 = 0.1;
+    memset(x, 0, sizeof *x);
+    if (features_init(&x->f, ckpt, B, err, sizeof err)) fail_msg("%s", err);
+    assert_int_equal(frame_reward_init(&x->fr, &x->f), 0);
+    for (int k = 0; k < x->f.F; k++) x->fr.w[k] = 0.5 * (rng_uniform(rng) - 0.5);
+    for (int k = 0; k < x->f.d_ch; k++) x->f.istd[k] = 0.5f + rng_uniform(rng); // as if calibrated
+    x->fr.r0 = 0.1;
+    x->r = frame_reward_finetune(&x->fr);
 }
 
-static void fixture_reward_free(FinetuneReward *r) {
-    features_free(&r->learn.feat);
-    free(r->w);
-    free(r->phi);
-    free(r->dfeat);
-    memset(r, 0, sizeof *r);
+static void fixture_reward_free(FixtureReward *x) {
+    frame_reward_free(&x->fr);
+    features_free(&x->f);
+    memset(x, 0, sizeof *x);
 }
 
 // A teacher for a student of config cfg: the same config at twice the width (seed 3, attention's

@@ -391,20 +391,11 @@ int embedding_backward_cuda(float *dtable, const float *dout, const int32_t *lab
     return 0;
 }
 
-// The projection has no CPU function of its own: these are generator/sagan.c's loops in
-// discriminator_forward and discriminator_backward, in their order (one float sum per item, then
-// added to out; each table row's gradient summed over the items in batch order), so that the
-// sums round as the CPU's do.
+// The projection is kernels/ops.c's, as discriminator_forward and discriminator_backward call it.
 int projection_forward_cuda(float *out, const float *table, const int32_t *labels,
                             const float *feat, int B, int F, cudaStream_t stream) {
     (void)stream;
-    for (int b = 0; b < B; b++) {
-        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
-        float acc = 0.0f;
-        for (int i = 0; i < F; i++)
-            acc += e[i] * h[i];
-        out[b] += acc;
-    }
+    projection_forward(out, table, labels, feat, B, F);
     return 0;
 }
 
@@ -412,16 +403,7 @@ int projection_backward_cuda(float *dfeat, float *dtable, const float *dout, con
                              const int32_t *labels, const float *feat, int B, int F,
                              cudaStream_t stream) {
     (void)stream;
-    for (int b = 0; b < B; b++) {
-        const float *e = table + (long)labels[b] * F, *h = feat + (long)b * F;
-        float g = dout[b];
-        if (dfeat)
-            for (int i = 0; i < F; i++)
-                dfeat[(long)b * F + i] += g * e[i];
-        if (dtable)
-            for (int i = 0; i < F; i++)
-                dtable[(long)labels[b] * F + i] += g * h[i];
-    }
+    projection_backward(dfeat, dtable, dout, table, labels, feat, B, F);
     return 0;
 }
 

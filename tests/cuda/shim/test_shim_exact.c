@@ -34,13 +34,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/gan_cuda.h"
 #include "generator/sagan_cuda.h"
 #include "kernels/rng.h"
-#include "server/distill.h"
-#include "server/finetune.h"
+#include "generator/distill.h"
+#include "generator/finetune.h"
 #include "tests/check.h"
 #include "tests/cuda/tune_fixture.h"
 
@@ -362,7 +362,7 @@ static long job_differ(const char *config, const Job *job, GanTrainer *cuda, Gan
     return total;
 }
 
-// server/finetune.c's step on the GPU path (finetune_device_step: gan_cuda_tune_step with the
+// generator/finetune.c's step on the GPU path (finetune_device_step: gan_cuda_tune_step with the
 // reward computed on the host from the reward D's maps): the reward D is the starting trainer's
 // checkpoint's D, the reward weights made up (the users' fitted model is not what is checked
 // here), theta0 the starting G.
@@ -375,15 +375,15 @@ static long finetune_differ(const char *config, GanHparams hp) {
     char dir[32], ckpt[96], err[512];
     fixture_tmp(dir, ckpt, "reward.safetensors");
     if (gan_save(&cpu, ckpt, err, sizeof err)) fail_msg("%s", err);
-    FinetuneReward r;
+    FixtureReward fx;
     Rng wr;
     rng_seed(&wr, 5);
-    fixture_reward(&r, ckpt, BATCH, &wr);
+    fixture_reward(&fx, ckpt, BATCH, &wr);
     float *theta0 = CHECK_ALLOC(float, cpu.G.ps.total);
     memcpy(theta0, cpu.G.ps.params, sizeof(float) * cpu.G.ps.total);
-    Job job = {.r = &r, .fc = {.beta = 1.0, .lambda = 1e-3}, .theta0 = theta0};
+    Job job = {.r = &fx.r, .fc = {.beta = 1.0, .lambda = 1e-3}, .theta0 = theta0};
     long total = job_differ(config, &job, &cuda, &cpu);
-    fixture_reward_free(&r);
+    fixture_reward_free(&fx);
     free(theta0);
     fixture_tmp_remove(dir, ckpt);
     gan_free(&cuda);
@@ -402,7 +402,7 @@ static void test_finetune(void **state) {
     assert_int_equal(finetune_differ("fmnist32c", hp), 0);
 }
 
-// server/distill.c's step on the GPU path (distill_device_step: gan_cuda_tune_step with the
+// generator/distill.c's step on the GPU path (distill_device_step: gan_cuda_tune_step with the
 // teacher's G and D on the device): a teacher of twice the student's width, saved and loaded as
 // the job loads it.
 static long distill_differ(const char *config, GanHparams hp) {

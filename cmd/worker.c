@@ -1,8 +1,15 @@
-// worker.c — `steer worker` (worker.h): reads a job folder's spec.json, trains, checkpoints,
+// worker.c — `steer worker` (spawned by steer serve, server/jobs.h, or run by hand): reads a job folder's spec.json, trains, checkpoints,
 // measures FD at the end, and reports every step of the way as msgpack maps on stdout.
 // Messages are bounded on purpose: a long path or stderr tail is cut, never overflowed.
+//
+// A job is a folder: DIR/spec.json (what to train, written by whoever submits the job) and what
+// the worker writes there: DIR/latest.safetensors (the whole training state: a resumed worker
+// continues exactly where the last checkpoint left it) and DIR/final.safetensors when it finishes.
+// Progress goes to stdout as a stream of msgpack maps, each with a string key `t` (a pipe to the
+// server; docs/jobs.md lists them), logs to stderr. SIGTERM (pause, cancel, server stop) makes it
+// save a checkpoint after the current step and exit 0 with `stopped`. The spec's keys are in
+// docs/jobs.md; unknown keys are refused.
 #pragma GCC diagnostic ignored "-Wformat-truncation"
-#include "server/worker.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -18,17 +25,20 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "env/fmnist.h"
-#include "env/pngdir.h"
+#include "generator/data/fmnist.h"
+#include "generator/data/pngdir.h"
 #include "generator/classifier.h"
-#include "generator/cli.h"
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
 #include "generator/fid.h"
 #include "generator/gan.h"
 #include "kernels/conv.h"
 #include "kernels/kernels.h"
-#include "server/distill.h"
-#include "server/finetune.h"
+#include "generator/distill.h"
+#include "generator/finetune.h"
 #include "generator/train_device.h"
+#include "server/learn.h"
 
 #define WORKER_EVAL_MODEL "models/fmnist-eval.safetensors"
 #define WORKER_G_BATCH 64
@@ -401,11 +411,11 @@ static double gen_speed(const char *path) {
         gan_sample_latents(c, 3, WORKER_G_BATCH, -1, z, c->n_classes ? y : NULL);
         generator_forward(&g, z, c->n_classes ? y : NULL, WORKER_G_BATCH);
         long n = 0;
-        double t0 = cli_now_s(), t;
+        double t0 = clock_now_s(), t;
         do {
             generator_forward(&g, z, c->n_classes ? y : NULL, WORKER_G_BATCH);
             n += WORKER_G_BATCH;
-        } while ((t = cli_now_s() - t0) < 1.0);
+        } while ((t = clock_now_s() - t0) < 1.0);
         speed = n / t;
     }
     free(z);
@@ -438,12 +448,14 @@ static int run(const char *dir) {
     memset(&t, 0, sizeof t);
     Dataset data = {0};
     Judge judge = {0};
+    LearnReward lr;
     FinetuneReward fr;
     Distiller dist;
     TrainDevice td = {0};
     FinetuneDevice ftd = {0};
     DistillDevice dsd = {0};
     memset(&fr, 0, sizeof fr);
+    memset(&lr, 0, sizeof lr);
     memset(&dist, 0, sizeof dist);
     float *theta0 = NULL;
     double reward_now = NAN, pix = NAN, featl = NAN;
@@ -488,7 +500,8 @@ static int run(const char *dir) {
         }
     }
     if (s.k == KIND_FINETUNE) { // the users' reward, and the weights the anchor pulls toward
-        if (finetune_reward_init(&fr, s.init, s.store, err, sizeof err)) goto fail;
+        if (learn_reward_init(&lr, s.init, s.store, err, sizeof err)) goto fail;
+        fr = frame_reward_finetune(&lr.reward);
         Generator g0;
         if (generator_load_weights(&g0, s.init, 1, GAN_WEIGHTS_RAW, err, sizeof err)) goto fail;
         theta0 = malloc(sizeof(float) * t.G.ps.total);
@@ -501,7 +514,7 @@ static int run(const char *dir) {
             goto fail;
         }
         fprintf(stderr, "steer worker: the users' reward: %ld comparisons, held-out accuracy %.3f\n",
-                fr.comparisons, fr.accuracy);
+                lr.comparisons, lr.accuracy);
     }
     if (load_data(&data, &s, &t.cfg, 1, err, sizeof err)) goto fail;
     if (data.c != t.cfg.channels || data.h != t.cfg.img) {
@@ -542,7 +555,7 @@ static int run(const char *dir) {
         }
         fprintf(stderr, "steer worker: %s\n", where);
     }
-    double t_log = cli_now_s(), t_start = t_log;
+    double t_log = clock_now_s(), t_start = t_log;
     double t_eval = 0; // time spent in FD evaluations: not training time (seconds, `eval`, `done`)
     long log_start = t.step;
     int out_of_time = 0;
@@ -564,7 +577,7 @@ static int run(const char *dir) {
             goto fail;
         }
         if (t.step % s.log_every == 0 || t.step == s.steps) {
-            double now = cli_now_s();
+            double now = clock_now_s();
             msg_begin(&m, "progress", 5 + (s.k == KIND_FINETUNE) + 2 * (s.k == KIND_DISTILL) +
                                           2 * t.cfg.prog);
             kv_int(&m, "step", t.step);
@@ -587,7 +600,7 @@ static int run(const char *dir) {
         }
         if (s.eval_every && s.eval_n > 0 && t.step % s.eval_every == 0 && t.step < s.steps) {
             // an FD curve: the model as it is now, against the same test images as at the end
-            double e0 = cli_now_s();
+            double e0 = clock_now_s();
             char why[512] = "", mid[PATH_MAX + 32];
             snprintf(mid, sizeof mid, "%s/eval.safetensors", dir);
             if (!judge.ready && judge_init(&judge, &s, why, sizeof why)) judge.ready = -1;
@@ -599,12 +612,12 @@ static int run(const char *dir) {
             msg_begin(&m, "eval", 3);
             kv_int(&m, "step", t.step);
             kv_num(&m, "fd", fd_now);
-            t_eval += cli_now_s() - e0;
-            kv_num(&m, "seconds", cli_now_s() - t_start - t_eval);
+            t_eval += clock_now_s() - e0;
+            kv_num(&m, "seconds", clock_now_s() - t_start - t_eval);
             msg_send(&m);
             fprintf(stderr, "steer worker: step %ld FD %.3f%s%s\n", t.step, fd_now, why[0] ? ": " : "", why);
         }
-        out_of_time = s.seconds > 0 && cli_now_s() - t_start - t_eval >= s.seconds;
+        out_of_time = s.seconds > 0 && clock_now_s() - t_start - t_eval >= s.seconds;
         if (s.save_every && t.step % s.save_every == 0 && t.step < s.steps && !out_of_time) {
             if ((rc = train_device_sync(&td, &t))) {
                 snprintf(err, sizeof err, "step %ld: %s", t.step, kernels_strerror(rc));
@@ -617,7 +630,7 @@ static int run(const char *dir) {
             msg_send(&m);
         }
     }
-    double t_end = cli_now_s(); // the training loop's end (the final FD not included)
+    double t_end = clock_now_s(); // the training loop's end (the final FD not included)
     if ((rc = train_device_sync(&td, &t))) {
         snprintf(err, sizeof err, "step %ld: %s", t.step, kernels_strerror(rc));
         goto fail;
@@ -681,7 +694,7 @@ done:
     finetune_device_free(&ftd, &td);
     distill_device_free(&dsd, &td);
     train_device_free(&td);
-    finetune_reward_free(&fr);
+    learn_reward_free(&lr);
     distill_free(&dist);
     free(theta0);
     judge_free(&judge);
@@ -691,7 +704,7 @@ done:
     return status;
 }
 
-int cli_worker(int argc, char **argv) {
+int cmd_worker(int argc, char **argv) {
     const char *dir = NULL;
     static const struct option opts[] = {{"dir", 1, 0, 'd'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     optind = 1;

@@ -1,6 +1,5 @@
-// cli_job.c — `steer job`: background jobs and model versions of a running `steer serve`, through
+// job.c — `steer job`: background jobs and model versions of a running `steer serve`, through
 // the same `job` messages the browser's dashboard sends (docs/protocol.md), as an admin.
-#include "server/cli_job.h"
 
 #include <getopt.h>
 #include <jansson.h>
@@ -9,9 +8,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "generator/cli.h"
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
 #include "server/proto.h"
-#include "server/wsclient.h"
+#include "env/wsclient.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -116,7 +117,7 @@ static int is_end(const char *state) {
            !strcmp(state, "paused");
 }
 
-int cli_job(int argc, char **argv) {
+int cmd_job(int argc, char **argv) {
     const char *url = "ws://127.0.0.1:8080/", *token_file = NULL;
     int json = 0, wait = 0;
     static const struct option opts[] = {{"server", 1, 0, 's'}, {"token-file", 1, 0, 't'},
@@ -155,7 +156,7 @@ int cli_job(int argc, char **argv) {
     int needs_id = k >= 3 && k <= 6;
     long id = 0;
     if ((needs_id || (k == 8 && arg) || (k == 2 && arg)) &&
-        cli_parse_long("job", arg ? arg : "", needs_id ? 1 : 0, 1L << 53, "the id", &id))
+        args_long("job", arg ? arg : "", needs_id ? 1 : 0, 1L << 53, "the id", &id))
         return 2;
     if (k == 0 && !arg) {
         fprintf(stderr, "steer job: submit needs a spec file (JSON; - for stdin)\n");

@@ -1,5 +1,8 @@
-// cli.c — `steer train` and `steer sample`: argument parsing, progress, files. No model math.
-#include "generator/cli.h"
+// train.c — `steer train`: argument parsing, progress, files. No model math.
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
+#include "util/fs.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -11,65 +14,12 @@
 #include <sys/stat.h>
 #include <time.h>
 
-#include "env/fmnist.h"
-#include "env/imageio.h"
+#include "generator/data/fmnist.h"
+#include "generator/data/imageio.h"
 #include "generator/dist.h"
 #include "generator/gan.h"
 #include "generator/train_device.h"
 #include "kernels/kernels.h"
-
-double cli_now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-int cli_parse_long(const char *cmd, const char *s, long lo, long hi, const char *opt, long *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "steer %s: %s '%s': expected an integer in [%ld, %ld]\n", cmd, opt, s, lo,
-                hi);
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-int cli_parse_float(const char *cmd, const char *s, double lo, double hi, const char *opt,
-                    float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end || !(v >= lo && v <= hi)) {
-        fprintf(stderr, "steer %s: %s '%s': expected a number in [%g, %g]\n", cmd, opt, s, lo, hi);
-        return -1;
-    }
-    *out = (float)v;
-    return 0;
-}
-
-static int mkdir_p(const char *dir) {
-    char buf[PATH_MAX];
-    snprintf(buf, sizeof buf, "%s", dir);
-    for (char *p = buf + 1; *p; p++)
-        if (*p == '/') {
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = '/';
-        }
-    return (mkdir(buf, 0755) && errno != EEXIST) ? -1 : 0;
-}
-
-static void format_duration(char *out, size_t len, double s) {
-    if (s < 0 || s > 1e8) s = 0;
-    long t = (long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(out, len, "%ldh%02ldm", t / 3600, t / 60 % 60);
-    else
-        snprintf(out, len, "%ldm%02lds", t / 60, t % 60);
-}
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
@@ -184,7 +134,7 @@ static int train_set_add(TrainSet *sets, int *n, const char *opt, const char *ke
 
 static int train_main(int argc, char **argv, Dist *dist);
 
-int cli_train(int argc, char **argv) {
+int cmd_train(int argc, char **argv) {
     Dist dist;
     char err[256];
     if (dist_init(&dist, err, sizeof err)) {
@@ -244,29 +194,29 @@ static int train_main(int argc, char **argv, Dist *dist) {
         switch (o) {
         case 'c': config = optarg; break;
         case 'd': data_dir = optarg; break;
-        case 'i': if (cli_parse_long("train", optarg, 0, 100000000, "--iters", &iters)) return 2; break;
+        case 'i': if (args_long("train", optarg, 0, 100000000, "--iters", &iters)) return 2; break;
         case 'b':
-            if (cli_parse_long("train", optarg, 1, 4096, "--batch", &v)) return 2;
+            if (args_long("train", optarg, 1, 4096, "--batch", &v)) return 2;
             if (train_set_add(sets, &n_sets, "--batch", "batch", optarg)) return 2;
             break;
-        case 's': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
+        case 's': if (args_long("train", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
         case 'G':
-            if (cli_parse_float("train", optarg, 0, 1, "--lr-g", &fv) ||
+            if (args_float("train", optarg, 0, 1, "--lr-g", &fv) ||
                 train_set_add(sets, &n_sets, "--lr-g", "lr_g", optarg))
                 return 2;
             break;
         case 'D':
-            if (cli_parse_float("train", optarg, 0, 1, "--lr-d", &fv) ||
+            if (args_float("train", optarg, 0, 1, "--lr-d", &fv) ||
                 train_set_add(sets, &n_sets, "--lr-d", "lr_d", optarg))
                 return 2;
             break;
         case '1':
-            if (cli_parse_float("train", optarg, 0, 0.9999, "--beta1", &fv) ||
+            if (args_float("train", optarg, 0, 0.9999, "--beta1", &fv) ||
                 train_set_add(sets, &n_sets, "--beta1", "beta1", optarg))
                 return 2;
             break;
         case '2':
-            if (cli_parse_float("train", optarg, 0, 0.9999, "--beta2", &fv) ||
+            if (args_float("train", optarg, 0, 0.9999, "--beta2", &fv) ||
                 train_set_add(sets, &n_sets, "--beta2", "beta2", optarg))
                 return 2;
             break;
@@ -283,12 +233,12 @@ static int train_main(int argc, char **argv, Dist *dist) {
         }
         case 'o': snprintf(ckpt_dir, sizeof ckpt_dir, "%s", optarg); break;
         case 'r': resume = optarg; break;
-        case 'S': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
-        case 'l': if (cli_parse_long("train", optarg, 1, LONG_MAX, "--log-every", &log_every)) return 2; break;
-        case 'p': if (cli_parse_long("train", optarg, 0, LONG_MAX, "--sample-every", &sample_every)) return 2; break;
+        case 'S': if (args_long("train", optarg, 0, LONG_MAX, "--save-every", &save_every)) return 2; break;
+        case 'l': if (args_long("train", optarg, 1, LONG_MAX, "--log-every", &log_every)) return 2; break;
+        case 'p': if (args_long("train", optarg, 0, LONG_MAX, "--sample-every", &sample_every)) return 2; break;
         case 'O': out = optarg; break;
-        case 'w': if (cli_parse_long("train", optarg, 8, 1024, "--ch", &ch)) return 2; break;
-        case 'z': if (cli_parse_long("train", optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
+        case 'w': if (args_long("train", optarg, 8, 1024, "--ch", &ch)) return 2; break;
+        case 'z': if (args_long("train", optarg, 1, 4096, "--z-dim", &z_dim)) return 2; break;
         case 'V':
             if (device_parse(optarg, &device)) {
                 fprintf(stderr, "steer train: --device '%s': expected auto, cpu or cuda\n", optarg);
@@ -361,7 +311,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
     t.reduce_ctx = dist;
     int lead = dist->rank == 0; // logs, samples and checkpoints
     if (!ckpt_dir[0]) snprintf(ckpt_dir, sizeof ckpt_dir, "runs/%s", t.cfg.name);
-    if (mkdir_p(ckpt_dir)) {
+    if (fs_mkdir_p(ckpt_dir)) {
         fprintf(stderr, "steer train: cannot create %s: %s\n", ckpt_dir, strerror(errno));
         gan_free(&t);
         return 1;
@@ -408,7 +358,7 @@ static int train_main(int argc, char **argv, Dist *dist) {
     train_device_init(&td, device, &t, where, sizeof where);
     if (lead) fprintf(stderr, "%s\n", where);
     char path[PATH_MAX + 64], eta[32];
-    double t0 = cli_now_s(), t_log = t0;
+    double t0 = clock_now_s(), t_log = t0;
     long start = t.step, log_start = t.step;
     int status = 0;
     int stop = 0;
@@ -425,10 +375,10 @@ static int train_main(int argc, char **argv, Dist *dist) {
             break;
         }
         if (t.step % log_every == 0 || t.step == iters) {
-            double now = cli_now_s();
+            double now = clock_now_s();
             double ips = (t.step - log_start) * t.hp.batch / (now - t_log);
             double done_rate = (t.step - start) / (now - t0);
-            format_duration(eta, sizeof eta, (iters - t.step) / done_rate);
+            args_duration(eta, sizeof eta, (iters - t.step) / done_rate);
             char extra[64] = "";
             if (t.hp.r1_gamma > 0 || t.hp.gp_lambda > 0 || t.hp.ortho_beta > 0 || t.hp.l1_act > 0)
                 snprintf(extra, sizeof extra, "  penalty_d %.4f  reg_g %.4f", t.penalty_d,
@@ -476,162 +426,11 @@ static int train_main(int argc, char **argv, Dist *dist) {
         status = 1;
     } else {
         fprintf(stderr, "%s at step %ld after %.1f s; checkpoint %s%s%s\n",
-                stop_requested ? "stopped" : "done", t.step, cli_now_s() - t0, path,
+                stop_requested ? "stopped" : "done", t.step, clock_now_s() - t0, path,
                 out ? " and " : "", out ? out : "");
     }
     train_device_free(&td);
     dataset_free(&data);
     gan_free(&t);
-    return status;
-}
-
-static void sample_usage(FILE *f) {
-    fprintf(f, "usage: steer sample --ckpt FILE (--n N | --latents Z.npy) --out FILE.npy|FILE.png [--seed S] "
-               "[--class K | --by-class] [--cols C] [--bf16]\n"
-               "Samples N images from a checkpoint, deterministically for a seed.\n"
-               "  .npy: float32, shape (N, C, H, W), values in [-1, 1]; .png: a grid\n"
-               "  --class K  a conditional model samples class K only (default: uniform)\n"
-               "  --by-class a conditional model fills row r of the grid with class r %% classes\n"
-               "  --cols C   grid columns (default 10)\n"
-               "  --latents Z.npy  draw these latents (float32, (n, z_dim)) instead of seeded ones;\n"
-               "             classes: --class K, else i %% classes\n"
-               "  --bf16     G's convolutions on BF16 inputs (as steer serve --bf16 on the CPU);\n"
-               "             where the CPU has no BF16 instructions, FP32, saying why\n");
-}
-
-static int ends_with(const char *s, const char *suffix) {
-    size_t n = strlen(s), m = strlen(suffix);
-    return n >= m && !strcmp(s + n - m, suffix);
-}
-
-int cli_sample(int argc, char **argv) {
-    const char *ckpt = NULL, *out = NULL, *latents = NULL;
-    long n = 0, seed = 0, cls = -1, cols = 10;
-    int by_class = 0;
-    static const struct option opts[] = {{"ckpt", 1, 0, 'c'}, {"n", 1, 0, 'n'},
-                                         {"latents", 1, 0, 'L'},
-                                         {"out", 1, 0, 'o'},  {"seed", 1, 0, 's'},
-                                         {"class", 1, 0, 'k'}, {"cols", 1, 0, 'w'},
-                                         {"by-class", 0, 0, 'B'}, {"bf16", 0, 0, 'F'},
-                                         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    optind = 1;
-    int o;
-    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c': ckpt = optarg; break;
-        case 'n': if (cli_parse_long("sample", optarg, 1, 1000000, "--n", &n)) return 2; break;
-        case 'o': out = optarg; break;
-        case 's': if (cli_parse_long("sample", optarg, 0, LONG_MAX, "--seed", &seed)) return 2; break;
-        case 'k': if (cli_parse_long("sample", optarg, 0, 999, "--class", &cls)) return 2; break;
-        case 'w': if (cli_parse_long("sample", optarg, 1, 1000, "--cols", &cols)) return 2; break;
-        case 'B': by_class = 1; break;
-        case 'F': {
-            char why[200];
-            if (device_bf16_set(1, why, sizeof why))
-                fprintf(stderr, "steer sample: --bf16: %s; sampling in FP32\n", why);
-            break;
-        }
-        case 'L': latents = optarg; break;
-        case 'h': sample_usage(stdout); return 0;
-        default: sample_usage(stderr); return 2;
-        }
-    }
-    // --latents: the frames of given latents (n, Z) float32 .npy, e.g. a stored feedback's
-    float *given = NULL;
-    if (latents) {
-        int nd;
-        int64_t shape[NPY_MAX_DIMS];
-        char lerr[512];
-        if (npy_read_f32(latents, &given, &nd, shape, lerr, sizeof lerr) || nd != 2) {
-            fprintf(stderr, "steer sample: --latents %s: %s\n", latents,
-                    given ? "must be a 2-D array (n, z_dim)" : lerr);
-            free(given);
-            return 2;
-        }
-        if (n && n != shape[0]) {
-            fprintf(stderr, "steer sample: --n %ld but %s holds %lld latents\n", n, latents,
-                    (long long)shape[0]);
-            free(given);
-            return 2;
-        }
-        n = (long)shape[0];
-        seed = shape[1]; // checked against the model's z_dim below
-    }
-    if (!ckpt || !out || !n || optind < argc) {
-        sample_usage(stderr);
-        free(given);
-        return 2;
-    }
-    int png = ends_with(out, ".png");
-    if (!png && !ends_with(out, ".npy")) {
-        fprintf(stderr, "steer sample: --out '%s' must end in .npy or .png\n", out);
-        return 2;
-    }
-    char err[1024];
-    Generator g;
-    enum { BATCH = 64 };
-    if (generator_load(&g, ckpt, BATCH, err, sizeof err)) {
-        fprintf(stderr, "steer sample: %s\n", err);
-        generator_free(&g);
-        return 1;
-    }
-    const SaganConfig *c = &g.cfg;
-    if (cls >= 0 && cls >= c->n_classes) {
-        fprintf(stderr, "steer sample: --class %ld, but %s has %s\n", cls, ckpt,
-                c->n_classes ? "fewer classes" : "no classes (unconditional)");
-        generator_free(&g);
-        return 2;
-    }
-    long img = (long)c->channels * c->img * c->img;
-    float *z = malloc(sizeof(float) * n * c->z_dim), *x = malloc(sizeof(float) * n * img);
-    int32_t *y = malloc(sizeof(int32_t) * n);
-    int status = 1;
-    if (!z || !x || !y) {
-        fprintf(stderr, "steer sample: out of memory for %ld samples\n", n);
-        goto done;
-    }
-    if (given && seed != c->z_dim) {
-        fprintf(stderr, "steer sample: --latents %s: rows of %ld values, the model's z_dim is %d\n",
-                latents, seed, c->z_dim);
-        status = 2;
-        goto done;
-    }
-    if (given) { // classes: --class K, else i % classes
-        memcpy(z, given, sizeof(float) * n * c->z_dim);
-        for (long i = 0; i < n; i++) y[i] = c->n_classes ? (cls >= 0 ? (int32_t)cls : (int32_t)(i % c->n_classes)) : 0;
-    } else {
-        gan_sample_latents(c, (uint64_t)seed, n, (int)cls, z, y);
-    }
-    if (by_class && c->n_classes)
-        for (long i = 0; i < n; i++) y[i] = (int32_t)((i / cols) % c->n_classes);
-    for (long i = 0; i < n; i += BATCH) {
-        int b = n - i < BATCH ? (int)(n - i) : BATCH;
-        int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
-        if (rc) {
-            fprintf(stderr, "steer sample: generator: %s\n", kernels_strerror(rc));
-            goto done;
-        }
-        memcpy(x + i * img, g.img, sizeof(float) * b * img);
-    }
-    int rc;
-    if (png) {
-        rc = image_grid_write_png(out, x, (int)n, c->channels, c->img, c->img, (int)cols, err,
-                                  sizeof err);
-    } else {
-        int64_t shape[4] = {n, c->channels, c->img, c->img};
-        rc = npy_write_f32(out, x, 4, shape, err, sizeof err);
-    }
-    if (rc) {
-        fprintf(stderr, "steer sample: %s\n", err);
-        goto done;
-    }
-    fprintf(stderr, "wrote %ld samples of %s to %s\n", n, ckpt, out);
-    status = 0;
-done:
-    free(given);
-    free(z);
-    free(x);
-    free(y);
-    generator_free(&g);
     return status;
 }

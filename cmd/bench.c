@@ -5,9 +5,10 @@
 // GPU training step (gan_cuda_step) and G forward (generator_cuda_forward) at --batch, the peak
 // through cuBLAS (gemm_cuda), as cuda_* lines. Timings only; no checks of results (the tests do
 // that). Each figure runs for a fixed wall time after a warm-up that is not counted.
-#include "generator/bench.h"
 
-#include "generator/cli.h"
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
 
 #include <getopt.h>
 #include <stdio.h>
@@ -15,7 +16,7 @@
 #include <string.h>
 #include <time.h>
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "kernels/conv.h"
 #include "kernels/device.h"
@@ -65,11 +66,11 @@ static double sgemm_gflops(double seconds) {
     for (long i = 0; i < (long)N * N; i++) a[i] = b[i] = (float)(i % 7) * 0.1f, c[i] = 0;
     gemm(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
     long reps = 0;
-    double t0 = cli_now_s(), t;
+    double t0 = clock_now_s(), t;
     do {
         gemm(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N);
         reps++;
-    } while ((t = cli_now_s() - t0) < seconds);
+    } while ((t = clock_now_s() - t0) < seconds);
     free(a);
     free(b);
     free(c);
@@ -83,11 +84,11 @@ static double gen_images_per_s(Generator *g, int B, double seconds) {
     gan_sample_latents(c, 1, B, -1, z, y);
     for (int i = 0; i < 3; i++) generator_forward(g, z, c->n_classes ? y : NULL, B);
     long reps = 0;
-    double t0 = cli_now_s(), t;
+    double t0 = clock_now_s(), t;
     do {
         if (generator_forward(g, z, c->n_classes ? y : NULL, B)) return 0;
         reps++;
-    } while ((t = cli_now_s() - t0) < seconds);
+    } while ((t = clock_now_s() - t0) < seconds);
     free(z);
     free(y);
     return (double)reps * B / t;
@@ -112,11 +113,11 @@ static double train_images_per_s(GanTrainer *t, const Dataset *data, double seco
     for (int i = 0; i < 3; i++)
         if (gan_step(t, data)) return 0;
     long reps = 0;
-    double t0 = cli_now_s(), el;
+    double t0 = clock_now_s(), el;
     do {
         if (gan_step(t, data)) return 0;
         reps++;
-    } while ((el = cli_now_s() - t0) < seconds);
+    } while ((el = clock_now_s() - t0) < seconds);
     return (double)reps * t->hp.batch / el;
 }
 
@@ -255,13 +256,13 @@ static double cuda_sgemm_gflops(double seconds) {
         if (gemm_cuda(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N, st)) goto done;
     if (cudaStreamSynchronize(st) != cudaSuccess) goto done;
     long reps = 0;
-    double t0 = cli_now_s(), el;
+    double t0 = clock_now_s(), el;
     do {
         for (int k = 0; k < GROUP; k++)
             if (gemm_cuda(0, 0, N, N, N, 1.0f, a, N, b, N, 0.0f, c, N, st)) goto done;
         if (cudaStreamSynchronize(st) != cudaSuccess) goto done;
         reps += GROUP;
-    } while ((el = cli_now_s() - t0) < seconds);
+    } while ((el = clock_now_s() - t0) < seconds);
     gflops = 2.0 * N * N * (double)N * reps / el / 1e9;
 done:
     cuda_stream_retire(st);
@@ -287,12 +288,12 @@ static int cuda_train_rate(GanTrainer *t, const Dataset *data, double seconds, d
     for (int i = 0; i < 3 && !rc; i++) rc = gan_cuda_step(&gc, t, data);
     if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc.stream));
     long reps = 0;
-    double t0 = cli_now_s(), el = 0;
+    double t0 = clock_now_s(), el = 0;
     while (!rc) {
         rc = gan_cuda_step(&gc, t, data);
         if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc.stream));
         reps++;
-        if ((el = cli_now_s() - t0) >= seconds) break;
+        if ((el = clock_now_s() - t0) >= seconds) break;
     }
     if (rc) {
         snprintf(err, len, "a GPU training step failed: %s", kernels_strerror(rc));
@@ -329,12 +330,12 @@ static int cuda_gen_rate(const Generator *g, int B, double seconds, double *ips,
     if ((rc = generator_cuda_init(&gc, g, B, err, len))) goto done;
     for (int i = 0; i < 3 && !rc; i++) rc = generator_cuda_forward(&gc, z, labels, B, img);
     long reps = 0;
-    double t0 = cli_now_s(), el = 0;
+    double t0 = clock_now_s(), el = 0;
     while (!rc) {
         rc = generator_cuda_forward(&gc, z, labels, B, img);
         if (!rc) rc = CUDA_OK(cudaStreamSynchronize(gc.sp.gc.stream));
         reps++;
-        if ((el = cli_now_s() - t0) >= seconds) break;
+        if ((el = clock_now_s() - t0) >= seconds) break;
     }
     if (rc)
         snprintf(err, len, "a GPU forward failed: %s", kernels_strerror(rc));
@@ -527,7 +528,7 @@ static int bench_parse(int argc, char **argv, BenchOptions *o) {
         case 's': o->seconds = atof(optarg); break;
         case 'k': o->ckpt = optarg; break;
         case 'b':
-            if (cli_parse_long("bench", optarg, 1, 4096, "--batch", &batch)) return 2;
+            if (args_long("bench", optarg, 1, 4096, "--batch", &batch)) return 2;
             o->batch = (int)batch;
             break;
         case 'V':
@@ -577,7 +578,7 @@ static int bench_device(const BenchOptions *o, int *on_gpu, char *device, size_t
     return 0;
 }
 
-int cli_bench(int argc, char **argv) {
+int cmd_bench(int argc, char **argv) {
     BenchOptions o;
     int rc = bench_parse(argc, argv, &o);
     if (rc) return rc < 0 ? 0 : rc;

@@ -1,8 +1,8 @@
 // wsclient.h — a small blocking steer.v1 client (libwebsockets, its own poll loop: one connection,
 // one thread), for command-line tools that send a message and wait for answers: `steer simulate
 // --server` and `steer job`. Not for the server's own use. Messages are whole msgpack maps.
-#ifndef SERVER_WSCLIENT_H
-#define SERVER_WSCLIENT_H
+#ifndef ENV_WSCLIENT_H
+#define ENV_WSCLIENT_H
 
 #include <stddef.h>
 

@@ -7,7 +7,7 @@
 //
 // It is deliberately not a general IDX reader (only the u8 layouts Fashion-MNIST uses), and it does
 // no augmentation or shuffling: that is the training loop's business.
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -17,7 +17,8 @@
 #include <unistd.h>
 #include <zlib.h>
 
-#include "env/imageio.h"
+#include "generator/data/imageio.h"
+#include "util/errmsg.h"
 
 #define IDX_MAGIC_IMAGES 0x00000803u
 #define IDX_MAGIC_LABELS 0x00000801u
@@ -59,17 +60,17 @@ static int idx_open(gzFile *out, const char *path, char *err, size_t errlen) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         if (errno == ENOENT)
-            return imageio_fail(
+            return errmsg_set(
                 err, errlen, FMNIST_ENOENT,
                 "%s: not found (Fashion-MNIST comes from Debian's dataset-fashion-mnist: "
                 "`apt-get install dataset-fashion-mnist`, or `make deps`)",
                 path);
-        return imageio_fail(err, errlen, FMNIST_EIO, "%s: cannot open: %s", path, strerror(errno));
+        return errmsg_set(err, errlen, FMNIST_EIO, "%s: cannot open: %s", path, strerror(errno));
     }
     gzFile gz = gzdopen(fd, "rb");
     if (!gz) {
         close(fd);
-        return imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory opening gzip stream",
+        return errmsg_set(err, errlen, FMNIST_ENOMEM, "%s: out of memory opening gzip stream",
                             path);
     }
     gzbuffer(gz, 1 << 17);
@@ -88,7 +89,7 @@ static int idx_read(gzFile gz, const char *path, void *buf, size_t n, const char
         if (k < 0) {
             int zerr;
             const char *msg = gzerror(gz, &zerr);
-            return imageio_fail(err, errlen, zerr == Z_ERRNO ? FMNIST_EIO : FMNIST_EFORMAT,
+            return errmsg_set(err, errlen, zerr == Z_ERRNO ? FMNIST_EIO : FMNIST_EFORMAT,
                                 "%s: damaged or truncated gzip stream while reading %s: %s", path,
                                 what, zerr == Z_ERRNO ? strerror(errno) : msg);
         }
@@ -100,7 +101,7 @@ static int idx_read(gzFile gz, const char *path, void *buf, size_t n, const char
         // gzread reports a truncated gzip member as a short read with an error set.
         int zerr;
         const char *msg = gzerror(gz, &zerr);
-        return imageio_fail(err, errlen, FMNIST_EFORMAT,
+        return errmsg_set(err, errlen, FMNIST_EFORMAT,
                             "%s: truncated: reading %s needs %zu bytes, the file gives %zu%s%s%s",
                             path, what, n, got, zerr != Z_OK ? " (" : "", zerr != Z_OK ? msg : "",
                             zerr != Z_OK ? ")" : "");
@@ -112,11 +113,11 @@ static int idx_expect_end(gzFile gz, const char *path, char *err, size_t errlen)
     uint8_t extra;
     int k = gzread(gz, &extra, 1);
     if (k > 0)
-        return imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: trailing bytes after the data", path);
+        return errmsg_set(err, errlen, FMNIST_EFORMAT, "%s: trailing bytes after the data", path);
     if (k < 0) {
         int zerr;
         const char *msg = gzerror(gz, &zerr);
-        return imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: damaged gzip stream at the end: %s",
+        return errmsg_set(err, errlen, FMNIST_EFORMAT, "%s: damaged gzip stream at the end: %s",
                             path, msg);
     }
     return 0;
@@ -135,7 +136,7 @@ static int idx_header(gzFile gz, const char *path, uint32_t magic, int ndim, uin
         return rc;
     uint32_t m = be32(head);
     if (m != magic)
-        return imageio_fail(err, errlen, FMNIST_EFORMAT,
+        return errmsg_set(err, errlen, FMNIST_EFORMAT,
                             "%s: bad IDX magic 0x%08x, expected 0x%08x (u8, %d dimensions)", path,
                             m, magic, ndim);
     for (int i = 0; i < ndim; i++)
@@ -146,14 +147,14 @@ static int idx_header(gzFile gz, const char *path, uint32_t magic, int ndim, uin
 int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen) {
     memset(d, 0, sizeof(*d));
     if (!dir)
-        return imageio_fail(err, errlen, FMNIST_EINVAL, "fmnist: NULL directory");
+        return errmsg_set(err, errlen, FMNIST_EINVAL, "fmnist: NULL directory");
     const char *split = train ? "train" : "t10k";
     char images_path[4096], labels_path[4096];
     if (snprintf(images_path, sizeof(images_path), "%s/%s-images-idx3-ubyte.gz", dir, split) >=
             (int)sizeof(images_path) ||
         snprintf(labels_path, sizeof(labels_path), "%s/%s-labels-idx1-ubyte.gz", dir, split) >=
             (int)sizeof(labels_path))
-        return imageio_fail(err, errlen, FMNIST_EINVAL, "fmnist: directory name too long: %s", dir);
+        return errmsg_set(err, errlen, FMNIST_EINVAL, "fmnist: directory name too long: %s", dir);
 
     int rc;
     gzFile gz = NULL;
@@ -167,14 +168,14 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
         goto fail;
     uint32_t n = dims[0];
     if (n == 0 || n > MAX_IMAGES) {
-        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: implausible label count %u",
+        rc = errmsg_set(err, errlen, FMNIST_EFORMAT, "%s: implausible label count %u",
                           labels_path, n);
         goto fail;
     }
     raw = malloc(n);
     d->labels = malloc(sizeof(int32_t) * n);
     if (!raw || !d->labels) {
-        rc = imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory", labels_path);
+        rc = errmsg_set(err, errlen, FMNIST_ENOMEM, "%s: out of memory", labels_path);
         goto fail;
     }
     if ((rc = idx_read(gz, labels_path, raw, n, "the labels", err, errlen)) != 0)
@@ -183,7 +184,7 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
         goto fail;
     for (uint32_t i = 0; i < n; i++) {
         if (raw[i] >= FMNIST_CLASSES) {
-            rc = imageio_fail(err, errlen, FMNIST_EFORMAT,
+            rc = errmsg_set(err, errlen, FMNIST_EFORMAT,
                               "%s: label %u of image %u is not in 0..%d", labels_path, raw[i], i,
                               FMNIST_CLASSES - 1);
             goto fail;
@@ -200,12 +201,12 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
     if ((rc = idx_header(gz, images_path, IDX_MAGIC_IMAGES, 3, dims, err, errlen)) != 0)
         goto fail;
     if (dims[0] != n) {
-        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: holds %u images but %s holds %u labels",
+        rc = errmsg_set(err, errlen, FMNIST_EFORMAT, "%s: holds %u images but %s holds %u labels",
                           images_path, dims[0], labels_path, n);
         goto fail;
     }
     if (dims[1] != FMNIST_RAW_SIZE || dims[2] != FMNIST_RAW_SIZE) {
-        rc = imageio_fail(err, errlen, FMNIST_EFORMAT, "%s: images are %ux%u, expected %dx%d",
+        rc = errmsg_set(err, errlen, FMNIST_EFORMAT, "%s: images are %ux%u, expected %dx%d",
                           images_path, dims[1], dims[2], FMNIST_RAW_SIZE, FMNIST_RAW_SIZE);
         goto fail;
     }
@@ -213,7 +214,7 @@ int fmnist_load(Dataset *d, const char *dir, int train, char *err, size_t errlen
     raw = malloc((size_t)n * raw_px);
     d->images = malloc(sizeof(float) * (size_t)n * px);
     if (!raw || !d->images) {
-        rc = imageio_fail(err, errlen, FMNIST_ENOMEM, "%s: out of memory for %u images",
+        rc = errmsg_set(err, errlen, FMNIST_ENOMEM, "%s: out of memory for %u images",
                           images_path, n);
         goto fail;
     }

@@ -1,6 +1,5 @@
 // imageio.c — PNG writing (grids to files, single frames to memory) with libpng, float32 NPY
-// reading and writing, and imageio_fail, the error-message formatter env/ and
-// generator/safetensors.c share.
+// reading and writing.
 //
 // PNG output goes through one encoder with a pluggable sink (a FILE or the caller's buffer), with
 // libpng's errors caught by its setjmp protocol so nothing here ever aborts. The NPY reader
@@ -8,7 +7,7 @@
 // out; it is deliberately not a general NPY reader: only little-endian float32 in C order, which
 // is all steer writes and all its fixtures need. There is no PNG reader here: datasets of PNG
 // folders load elsewhere.
-#include "env/imageio.h"
+#include "generator/data/imageio.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -19,6 +18,8 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
+
+#include "util/errmsg.h"
 
 #if !defined(__BYTE_ORDER__) || __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "imageio.c writes '<f4' NPY data straight from memory: it assumes a little-endian host"
@@ -36,16 +37,6 @@ const char *imageio_strerror(int code) {
     default:
         return "unknown imageio error";
     }
-}
-
-int imageio_fail(char *err, size_t errlen, int code, const char *fmt, ...) {
-    if (err && errlen > 0) {
-        va_list ap;
-        va_start(ap, fmt);
-        vsnprintf(err, errlen, fmt, ap);
-        va_end(ap);
-    }
-    return code;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -79,10 +70,10 @@ void image_to_u8(uint8_t *out, const float *image, int c, int h, int w) {
 
 static int image_dims_check(const char *what, int c, int h, int w, char *err, size_t errlen) {
     if (c != 1 && c != 3)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: %d channels (1 or 3 can be written)",
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: %d channels (1 or 3 can be written)",
                             what, c);
     if (h < 1 || w < 1 || h > IMAGEIO_MAX_SIDE || w > IMAGEIO_MAX_SIDE)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: image size %dx%d outside 1..%d", what,
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: image size %dx%d outside 1..%d", what,
                             h, w, IMAGEIO_MAX_SIDE);
     return 0;
 }
@@ -178,12 +169,12 @@ static int png_encode(PngSink *sink, const uint8_t *pixels, int width, int heigh
 int image_grid_write_png(const char *path, const float *images, int n, int c, int h, int w,
                          int cols, char *err, size_t errlen) {
     if (!path)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "image grid: NULL path");
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "image grid: NULL path");
     int rc = image_dims_check(path, c, h, w, err, errlen);
     if (rc != 0)
         return rc;
     if (n < 1 || cols < 1 || !images)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: bad grid (n = %d, cols = %d)", path,
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: bad grid (n = %d, cols = %d)", path,
                             n, cols);
     if (cols > n)
         cols = n;
@@ -191,14 +182,14 @@ int image_grid_write_png(const char *path, const float *images, int n, int c, in
     long long gw = (long long)cols * w + (long long)(cols - 1) * IMAGEIO_GRID_GAP;
     long long gh = rows * h + (rows - 1) * IMAGEIO_GRID_GAP;
     if (gw > IMAGEIO_MAX_SIDE || gh > IMAGEIO_MAX_SIDE)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL,
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL,
                             "%s: grid of %lldx%lld pixels is over %d a side", path, gw, gh,
                             IMAGEIO_MAX_SIDE);
 
     size_t stride = (size_t)gw * c;
     uint8_t *pixels = malloc(stride * (size_t)gh);
     if (!pixels)
-        return imageio_fail(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory", path);
+        return errmsg_set(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory", path);
     memset(pixels, IMAGEIO_GRID_GAP_VALUE, stride * (size_t)gh);
     for (int i = 0; i < n; i++) {
         size_t x0 = (size_t)(i % cols) * (w + IMAGEIO_GRID_GAP);
@@ -211,7 +202,7 @@ int image_grid_write_png(const char *path, const float *images, int n, int c, in
     sink.fp = fopen(path, "wb");
     if (!sink.fp) {
         free(pixels);
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: cannot create: %s", path,
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: cannot create: %s", path,
                             strerror(errno));
     }
     errno = 0;
@@ -219,11 +210,11 @@ int image_grid_write_png(const char *path, const float *images, int n, int c, in
     int closed = fclose(sink.fp);
     free(pixels);
     if (enc != 0)
-        return imageio_fail(err, errlen, sink.io_error ? IMAGEIO_EIO : IMAGEIO_ENOMEM,
+        return errmsg_set(err, errlen, sink.io_error ? IMAGEIO_EIO : IMAGEIO_ENOMEM,
                             "%s: libpng: %s%s%s", path, sink.msg, sink.io_error ? ": " : "",
                             sink.io_error ? strerror(sink.io_error) : "");
     if (closed != 0)
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: write failed: %s", path,
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: write failed: %s", path,
                             strerror(errno));
     return 0;
 }
@@ -246,21 +237,21 @@ int image_encode_png(uint8_t *out, size_t cap, size_t *len, const float *image, 
     if (rc != 0)
         return rc;
     if (!out || !len || !image)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "png frame: NULL buffer or image");
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "png frame: NULL buffer or image");
     uint8_t *pixels = malloc((size_t)c * h * w);
     if (!pixels)
-        return imageio_fail(err, errlen, IMAGEIO_ENOMEM, "png frame: out of memory");
+        return errmsg_set(err, errlen, IMAGEIO_ENOMEM, "png frame: out of memory");
     image_to_u8(pixels, image, c, h, w);
     PngSink sink = {.out = out, .cap = cap};
     int enc = png_encode(&sink, pixels, w, h, c, 1);
     free(pixels);
     if (enc != 0) {
         if (sink.overflow)
-            return imageio_fail(
+            return errmsg_set(
                 err, errlen, IMAGEIO_ETOOSMALL,
                 "png frame: %zu-byte buffer too small for a %dx%dx%d PNG (bound %zu)", cap, c, h, w,
                 image_png_bound(c, h, w));
-        return imageio_fail(err, errlen, IMAGEIO_ENOMEM, "png frame: libpng: %s", sink.msg);
+        return errmsg_set(err, errlen, IMAGEIO_ENOMEM, "png frame: libpng: %s", sink.msg);
     }
     *len = sink.len;
     return 0;
@@ -286,15 +277,15 @@ static int npy_count(int ndim, const int64_t *shape, uint64_t *count) {
 int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *shape, char *err,
                   size_t errlen) {
     if (!path)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "npy: NULL path");
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "npy: NULL path");
     if (ndim < 0 || ndim > NPY_MAX_DIMS || (ndim > 0 && !shape))
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: %d dimensions (0..%d allowed)", path,
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: %d dimensions (0..%d allowed)", path,
                             ndim, NPY_MAX_DIMS);
     uint64_t count;
     if (npy_count(ndim, shape, &count) != 0)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: negative or overflowing shape", path);
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: negative or overflowing shape", path);
     if (count > 0 && !data)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "%s: NULL data", path);
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "%s: NULL data", path);
 
     // The header dict as numpy writes it, padded with spaces and a final '\n' so that the data
     // starts at a multiple of 64 bytes (numpy's ARRAY_ALIGN). 8 dims of 20 digits fit easily.
@@ -316,7 +307,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
 
     FILE *fp = fopen(path, "wb");
     if (!fp)
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: cannot create: %s", path,
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: cannot create: %s", path,
                             strerror(errno));
     int bad = fwrite(prefix, 1, 10, fp) != 10 || fwrite(header, 1, hlen, fp) != hlen ||
               (count > 0 && fwrite(data, sizeof(float), count, fp) != count);
@@ -326,7 +317,7 @@ int npy_write_f32(const char *path, const float *data, int ndim, const int64_t *
         saved = errno;
     }
     if (bad)
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: write failed: %s", path,
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: write failed: %s", path,
                             strerror(saved));
     return 0;
 }
@@ -419,52 +410,52 @@ static int npy_header_parse(const char *path, const char *text, size_t n, int *n
     Scan s = {text, text + n};
     int seen_descr = 0, seen_order = 0, seen_shape = 0;
     if (scan_char(&s, '{') != 0)
-        return imageio_fail(err, errlen, E, "%s: NPY header is not a dict", path);
+        return errmsg_set(err, errlen, E, "%s: NPY header is not a dict", path);
     for (;;) {
         if (scan_char(&s, '}') == 0)
             break;
         char key[32], val[32];
         if (scan_string(&s, key, sizeof(key)) != 0 || scan_char(&s, ':') != 0)
-            return imageio_fail(err, errlen, E, "%s: NPY header dict is malformed", path);
+            return errmsg_set(err, errlen, E, "%s: NPY header dict is malformed", path);
         if (strcmp(key, "descr") == 0 && !seen_descr) {
             if (scan_string(&s, val, sizeof(val)) != 0)
-                return imageio_fail(err, errlen, E, "%s: NPY 'descr' is not a string", path);
+                return errmsg_set(err, errlen, E, "%s: NPY 'descr' is not a string", path);
             if (strcmp(val, "<f4") != 0)
-                return imageio_fail(err, errlen, E,
+                return errmsg_set(err, errlen, E,
                                     "%s: NPY dtype is '%s', only '<f4' (float32) is read", path,
                                     val);
             seen_descr = 1;
         } else if (strcmp(key, "fortran_order") == 0 && !seen_order) {
             if (scan_word(&s, "True") == 0)
-                return imageio_fail(err, errlen, E,
+                return errmsg_set(err, errlen, E,
                                     "%s: NPY array is in Fortran order, only C order is read",
                                     path);
             if (scan_word(&s, "False") != 0)
-                return imageio_fail(err, errlen, E, "%s: NPY 'fortran_order' is not True or False",
+                return errmsg_set(err, errlen, E, "%s: NPY 'fortran_order' is not True or False",
                                     path);
             seen_order = 1;
         } else if (strcmp(key, "shape") == 0 && !seen_shape) {
             if (scan_shape(&s, ndim, shape) != 0)
-                return imageio_fail(
+                return errmsg_set(
                     err, errlen, E,
                     "%s: NPY 'shape' is not a tuple of at most %d non-negative integers", path,
                     NPY_MAX_DIMS);
             seen_shape = 1;
         } else {
-            return imageio_fail(err, errlen, E,
+            return errmsg_set(err, errlen, E,
                                 "%s: NPY header has an unexpected or repeated key '%s'", path, key);
         }
         if (scan_char(&s, ',') != 0) {
             if (scan_char(&s, '}') != 0)
-                return imageio_fail(err, errlen, E, "%s: NPY header dict is malformed", path);
+                return errmsg_set(err, errlen, E, "%s: NPY header dict is malformed", path);
             break;
         }
     }
     scan_space(&s);
     if (s.p != s.end)
-        return imageio_fail(err, errlen, E, "%s: NPY header has bytes after the dict", path);
+        return errmsg_set(err, errlen, E, "%s: NPY header has bytes after the dict", path);
     if (!seen_descr || !seen_order || !seen_shape)
-        return imageio_fail(err, errlen, E, "%s: NPY header lacks %s", path,
+        return errmsg_set(err, errlen, E, "%s: NPY header lacks %s", path,
                             !seen_descr   ? "'descr'"
                             : !seen_order ? "'fortran_order'"
                                           : "'shape'");
@@ -476,20 +467,20 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     *data = NULL;
     *ndim = 0;
     if (!path)
-        return imageio_fail(err, errlen, IMAGEIO_EINVAL, "npy: NULL path");
+        return errmsg_set(err, errlen, IMAGEIO_EINVAL, "npy: NULL path");
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: cannot open: %s", path, strerror(errno));
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         close(fd);
-        return imageio_fail(err, errlen, IMAGEIO_EIO, "%s: not a regular file", path);
+        return errmsg_set(err, errlen, IMAGEIO_EIO, "%s: not a regular file", path);
     }
     size_t size = (size_t)st.st_size;
     uint8_t *buf = malloc(size ? size : 1);
     if (!buf) {
         close(fd);
-        return imageio_fail(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory for %zu bytes", path,
+        return errmsg_set(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory for %zu bytes", path,
                             size);
     }
     size_t got = 0;
@@ -504,12 +495,12 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     close(fd);
     int rc = 0;
     if (got != size) {
-        rc = imageio_fail(err, errlen, IMAGEIO_EIO, "%s: read failed", path);
+        rc = errmsg_set(err, errlen, IMAGEIO_EIO, "%s: read failed", path);
         goto done;
     }
 
     if (size < 10 || memcmp(buf, npy_magic, 6) != 0) {
-        rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT, "%s: not an NPY file (bad magic)", path);
+        rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT, "%s: not an NPY file (bad magic)", path);
         goto done;
     }
     int major = buf[6];
@@ -519,18 +510,18 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
         hlen = buf[8] | (size_t)buf[9] << 8;
     } else if (major == 2 || major == 3) {
         if (size < 12) {
-            rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT, "%s: truncated NPY header", path);
+            rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT, "%s: truncated NPY header", path);
             goto done;
         }
         prefix = 12;
         hlen = buf[8] | (size_t)buf[9] << 8 | (size_t)buf[10] << 16 | (size_t)buf[11] << 24;
     } else {
-        rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT, "%s: unsupported NPY version %d.%d", path,
+        rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT, "%s: unsupported NPY version %d.%d", path,
                           major, buf[7]);
         goto done;
     }
     if (hlen > size - prefix) {
-        rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT,
+        rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT,
                           "%s: NPY header length %zu runs past the end of the file (%zu bytes)",
                           path, hlen, size);
         goto done;
@@ -542,12 +533,12 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
         goto done;
     uint64_t count;
     if (npy_count(nd, dims, &count) != 0) {
-        rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT, "%s: NPY shape overflows", path);
+        rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT, "%s: NPY shape overflows", path);
         goto done;
     }
     size_t have = size - prefix - hlen;
     if ((uint64_t)have != count * 4) {
-        rc = imageio_fail(err, errlen, IMAGEIO_EFORMAT,
+        rc = errmsg_set(err, errlen, IMAGEIO_EFORMAT,
                           "%s: NPY data is %zu bytes but its shape needs %llu (%s)", path, have,
                           (unsigned long long)(count * 4),
                           (uint64_t)have < count * 4 ? "truncated" : "trailing bytes");
@@ -555,7 +546,7 @@ int npy_read_f32(const char *path, float **data, int *ndim, int64_t shape[NPY_MA
     }
     float *out = malloc(count ? count * 4 : 4);
     if (!out) {
-        rc = imageio_fail(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory", path);
+        rc = errmsg_set(err, errlen, IMAGEIO_ENOMEM, "%s: out of memory", path);
         goto done;
     }
     memcpy(out, buf + prefix + hlen, count * 4);

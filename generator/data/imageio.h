@@ -3,11 +3,9 @@
 //
 // Images are float (c, h, w) planes in [-1, 1], c = 1 (gray) or 3 (RGB); they become 8-bit pixels
 // as round((v + 1) * 127.5), clamped to 0..255 (NaN gives 0). No function keeps state; all are
-// thread-safe. imageio_fail, the formatter of error messages, is here and not in a module of its
-// own: env/ is the lowest part that reads files, so fmnist.c and generator/safetensors.c can both
-// use it.
-#ifndef ENV_IMAGEIO_H
-#define ENV_IMAGEIO_H
+// thread-safe.
+#ifndef GENERATOR_DATA_IMAGEIO_H
+#define GENERATOR_DATA_IMAGEIO_H
 
 #include <stddef.h>
 #include <stdint.h>
@@ -27,12 +25,6 @@ enum {
 
 // A static string for an IMAGEIO_E* code (never NULL).
 const char *imageio_strerror(int code);
-
-// Formats a message into the caller's err (errlen bytes; nothing is written when err is NULL or
-// errlen is 0) and returns code, so an error path reads `return imageio_fail(err, errlen, CODE,
-// "%s: ...", path)`. The one formatter behind the messages of env/ and generator/safetensors.c.
-__attribute__((format(printf, 4, 5))) int imageio_fail(char *err, size_t errlen, int code,
-                                                       const char *fmt, ...);
 
 #define IMAGEIO_MAX_SIDE 16384     // largest PNG width or height written
 #define IMAGEIO_GRID_GAP 2         // pixels between tiles in a grid

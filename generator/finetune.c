@@ -1,5 +1,5 @@
 // finetune.c — fine-tuning G toward the users' reward (finetune.h).
-#include "server/finetune.h"
+#include "generator/finetune.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -10,93 +10,27 @@
 #include "kernels/kernels.h"
 #include "kernels/ops.h"
 
-#define FINETUNE_POOL 2048 // the learning thread's pool size: the same calibration of features
-
-int finetune_reward_init(FinetuneReward *r, const char *ckpt, const char *db_path, char *err,
-                         size_t errlen) {
-    memset(r, 0, sizeof *r);
-    // never refitted on its own (every 2^40 feedback): refitted once below on all it holds
-    // frames of every model version are redrawn with their own G (found in the registry); the
-    // version of ckpt itself is not known here, so its frames too come from the registry's file
-    if (learn_load(&r->learn, ckpt, UINT64_MAX, db_path, FINETUNE_POOL, 1L << 40, err, errlen))
-        return -1;
-    Learner *pop = &r->learn.pop;
-    if (pop->n == 0) {
-        snprintf(err, errlen, "%s holds no feedback to fine-tune on", db_path);
-        return -1;
+// rewards rb (B) of B <= r->max_B frames img with classes y (NULL: unconditional) from a forward
+// of the reward D; with dmaps, their gradient too (FinetuneReward.score). D's last forward is then
+// theirs, for the backward to the frames.
+static int rewards(FinetuneReward *r, const float *img, const int32_t *y, int B, double beta,
+                   double *rb, float *dmaps) {
+    int32_t zeros[B];
+    const int32_t *yd = y; // a conditional reward D asked about unconditional frames: class 0
+    if (!y && r->d->cfg.n_classes) {
+        memset(zeros, 0, sizeof zeros);
+        yd = zeros;
     }
-    int rc = learner_update(pop, &r->learn.scratch, NULL);
-    if (rc) {
-        snprintf(err, errlen, "fitting the users' reward model: %s", reward_strerror(rc));
-        return -1;
-    }
-    Features *f = &r->learn.feat;
-    int Fd;
-    discriminator_features(&f->d, &Fd);
-    r->w = malloc((size_t)f->F * sizeof(double));
-    r->phi = malloc((size_t)f->max_B * f->F * sizeof(float));
-    r->dfeat = malloc((size_t)f->max_B * Fd * sizeof(float));
-    if (!r->w || !r->phi || !r->dfeat) {
-        snprintf(err, errlen, "out of memory");
-        return -1;
-    }
-    memcpy(r->w, pop->rm.mean_weights, (size_t)f->F * sizeof(double));
-    r->r0 = 0;
-    for (int k = 0; k < f->F; k++) r->r0 += r->w[k] * r->learn.pool.neutral[k];
-    r->comparisons = pop->n;
-    r->accuracy = pop->params.accuracy;
-    return 0;
-}
-
-void finetune_reward_free(FinetuneReward *r) {
-    learn_close(&r->learn);
-    free(r->w);
-    free(r->phi);
-    free(r->dfeat);
-    memset(r, 0, sizeof *r);
-}
-
-// The rewards of B frames whose features are in r->phi, into out (B): the Bradley-Terry
-// probability that the users prefer each frame to the average frame, sigma(w . phi(x) - w .
-// neutral).
-static void rewards_of_phi(const FinetuneReward *r, int B, double *out) {
-    const Features *f = &r->learn.feat;
-    for (int b = 0; b < B; b++) {
-        double s = -r->r0;
-        for (int k = 0; k < f->F; k++) s += r->w[k] * r->phi[(long)b * f->F + k];
-        out[b] = 1.0 / (1.0 + exp(-s));
-    }
-}
-
-// Rewards of B <= max_B frames (img, classes y) into out (B); D's last forward is then theirs.
-static int rewards(FinetuneReward *r, const float *img, const int32_t *y, int B, double *out) {
-    int rc = features_compute(&r->learn.feat, img, y, B, r->phi);
+    int rc = discriminator_forward(r->d, img, r->d->cfg.n_classes ? yd : NULL, B);
     if (rc) return rc;
-    rewards_of_phi(r, B, out);
-    return 0;
-}
-
-// The reward term's gradient w.r.t. the reward D's last maps, dfeat (B, D's feature size), from
-// the frames' rewards rb (B): L_r = -beta mean log p, p = sigma(s), with s = sum_c w_c ds istd_c
-// (mean_k map_ck - mean_c) + class term - r0, so dL_r/dmap_ck = -beta / B (1 - p) w_c ds istd_c /
-// hw: a frame already clearly liked stops pulling (no runaway).
-static void reward_dfeat(const FinetuneReward *r, const FinetuneConfig *c, const double *rb, int B,
-                         float *dfeat) {
-    const Features *f = &r->learn.feat;
-    int Fd, Dc = f->d_ch;
-    discriminator_features(&f->d, &Fd);
-    int hw = Fd / Dc;
-    float ds = f->d_scale / sqrtf((float)Dc);
-    for (int b = 0; b < B; b++)
-        for (int ch = 0; ch < Dc; ch++) {
-            float g = (float)(-c->beta / B * (1.0 - rb[b]) * r->w[ch]) * ds * f->istd[ch] / (float)hw;
-            for (int k = 0; k < hw; k++) dfeat[(long)b * Fd + (long)ch * hw + k] = g;
-        }
+    int Fd;
+    const float *maps = discriminator_features(r->d, &Fd);
+    return r->score(r->ctx, maps, y, B, beta, rb, dmaps);
 }
 
 int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_reward) {
     const SaganConfig *c = &g->cfg;
-    int B = r->learn.feat.max_B < g->max_B ? r->learn.feat.max_B : g->max_B;
+    int B = r->max_B < g->max_B ? r->max_B : g->max_B;
     float *z = malloc((size_t)n * c->z_dim * sizeof(float));
     int32_t *y = malloc((size_t)n * sizeof(int32_t));
     double *rb = malloc((size_t)B * sizeof(double)), sum = 0;
@@ -106,7 +40,7 @@ int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_rewar
     for (long i = 0; !rc && i < n; i += B) {
         int b = (int)(n - i < B ? n - i : B);
         rc = generator_forward(g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
-        if (!rc) rc = rewards(r, g->img, c->n_classes ? y + i : NULL, b, rb);
+        if (!rc) rc = rewards(r, g->img, c->n_classes ? y + i : NULL, b, 0, rb, NULL);
         for (int k = 0; !rc && k < b; k++) sum += rb[k];
     }
     *mean_reward = sum / (double)n;
@@ -125,9 +59,8 @@ int finetune_measure(FinetuneReward *r, Generator *g, long n, double *mean_rewar
 int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, const float *theta0,
                   const Dataset *data, double *reward) {
     const SaganConfig *cfg = &t->cfg;
-    Features *f = &r->learn.feat;
     int B = t->hp.batch, Z = cfg->z_dim;
-    if (B > f->max_B) return KERNELS_EINVAL;
+    if (B > r->max_B) return KERNELS_EINVAL;
     long img = (long)cfg->channels * cfg->img * cfg->img;
     CHECK(gan_d_step(t, data)); // D keeps judging realism as G moves
 
@@ -143,13 +76,12 @@ int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, con
     t->loss_g = hinge_g_loss(t->dlogits, t->D.out, B);
     memset(t->dimg, 0, (size_t)B * img * sizeof(float));
     CHECK(discriminator_backward(&t->D, t->dlogits, B, 0, t->dimg));
-    // the reward term through the frozen reward D (reward_dfeat)
+    // the reward term through the frozen reward D
     double rb[B], sum = 0;
-    CHECK(rewards(r, t->G.img, y, B, rb));
+    CHECK(rewards(r, t->G.img, y, B, c->beta, rb, r->dmaps));
     for (int b = 0; b < B; b++) sum += rb[b];
     *reward = sum / B;
-    reward_dfeat(r, c, rb, B, r->dfeat);
-    CHECK(discriminator_backward_features(&f->d, r->dfeat, B, t->dimg));
+    CHECK(discriminator_backward_features(r->d, r->dmaps, B, t->dimg));
     // G's gradient, plus the anchor lambda (theta - theta0) on the raw parameters
     paramset_zero_grad(&t->G.ps);
     CHECK(generator_backward(&t->G, t->dimg, B));
@@ -170,13 +102,12 @@ int finetune_step(GanTrainer *t, FinetuneReward *r, const FinetuneConfig *c, con
 static int reward_loss(void *ctx, const float *feat, const int32_t *y, int B, float *dfeat) {
     FinetuneDevice *fd = ctx;
     FinetuneReward *r = fd->r;
-    if (B > r->learn.feat.max_B) return KERNELS_EINVAL;
-    features_from_maps(&r->learn.feat, feat, y, B, r->phi);
+    if (B > r->max_B) return KERNELS_EINVAL;
     double rb[B], sum = 0;
-    rewards_of_phi(r, B, rb);
+    int rc = r->score(r->ctx, feat, y, B, fd->c.beta, rb, dfeat);
+    if (rc) return rc;
     for (int b = 0; b < B; b++) sum += rb[b];
     fd->reward = sum / B;
-    reward_dfeat(r, &fd->c, rb, B, dfeat);
     return 0;
 }
 #endif
@@ -192,8 +123,8 @@ int finetune_device_init(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, Fin
     char err[400] = "out of memory";
     GanCudaTune *tu = t->hp.prog_stable > 0 ? NULL : calloc(1, sizeof *tu);
     if (t->hp.prog_stable > 0) snprintf(err, sizeof err, "a progressive schedule");
-    if (tu && t->hp.batch <= r->learn.feat.max_B &&
-        !gan_cuda_tune_init(tu, td->gc, &r->learn.feat.d, theta0, err, sizeof err)) {
+    if (tu && t->hp.batch <= r->max_B &&
+        !gan_cuda_tune_init(tu, td->gc, r->d, theta0, err, sizeof err)) {
         tu->loss = reward_loss;
         tu->ctx = fd;
         tu->lambda = (float)c->lambda;
@@ -201,7 +132,7 @@ int finetune_device_init(FinetuneDevice *fd, TrainDevice *td, GanTrainer *t, Fin
         snprintf(line, len, "fine-tuning on the GPU (the reward on the host)");
         return 0;
     }
-    if (tu && t->hp.batch > r->learn.feat.max_B) snprintf(err, sizeof err, "batch too large");
+    if (tu && t->hp.batch > r->max_B) snprintf(err, sizeof err, "batch too large");
     free(tu);
     snprintf(line, len, "fine-tuning on the CPU (the reward D cannot go on the GPU: %s)", err);
     return train_device_to_cpu(td, t);

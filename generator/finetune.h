@@ -1,52 +1,48 @@
 // finetune.h — fine-tuning the generator itself toward what users like (issue 5, item 4): the
-// worker's "finetune" job.
+// "finetune" kind of training run (generator/train.h).
 //
-// The reward is the population model of the server's learning (server/learn.h): a Bradley–Terry
-// ensemble fitted on every user's stored comparisons, over features of the served D
-// (policy/features.h). Its mean weights w give r(x, y) = w . phi(x, y), linear in the pooled,
-// standardized last map of that D, so dr/dx is one backward pass through the (frozen) reward D.
-// Each step then updates G on
+// The reward comes through FinetuneReward, a small interface: a frozen discriminator whose last
+// maps the reward reads, and a function giving each frame's reward in (0, 1) from those maps with
+// its gradient. The server's population model provides it (a Bradley–Terry ensemble fitted on
+// every user's stored comparisons over features of the served D: policy/frame_reward.h,
+// server/learn.h's learn_reward_init); this module knows nothing of users or stores. Each step
+// updates G on
 //
 //   L_G = -beta * mean log p(G(z), y)  +  hinge G loss against the training D  +  lambda/2 |theta - theta0|^2
 //
-// where p = sigma(r(x, y) - r(average frame)) is the Bradley-Terry probability that the users
-// prefer the frame to the average one (bounded: a frame already liked stops pulling, so G does not
-// run off to features no real frame has)
+// where p is the reward: the probability that users prefer the frame to the average one (bounded:
+// a frame already liked stops pulling, so G does not run off to features no real frame has)
 //
 // (gradient through G; the anchor keeps it near the served weights theta0, the adversarial term
 // keeps its frames realistic), after one usual D step (real data against G's frames) so that the
 // training D keeps judging realism as G moves. Reward and FD are measured before and after on the
 // same latents: the result is promoted only if its reward beats the served model's and its FD does
-// not regress past the job's margin (server/jobs.c).
-#ifndef SERVER_FINETUNE_H
-#define SERVER_FINETUNE_H
+// not regress past the job's margin (server/registry.c).
+#ifndef GENERATOR_FINETUNE_H
+#define GENERATOR_FINETUNE_H
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/train_device.h"
-#include "server/learn.h"
+
+// The reward fine-tuning pulls toward. Its provider owns d and dmaps and outlives every use.
+typedef struct {
+    Discriminator *d; // frozen: forwards and backwards to the image, never a step
+    int max_B;        // largest batch score takes (d's max_B)
+    float *dmaps;     // (max_B, d's feature size) scratch for the step's gradient
+    void *ctx;
+    // rewards (B) of frames whose maps of d are maps (B, feature size) and classes y (B, or NULL
+    // when unconditional); with dmaps, dmaps (B, feature size) receives d(-beta mean_b log
+    // reward_b) / d maps. Returns 0 or a KERNELS_E* code.
+    int (*score)(void *ctx, const float *maps, const int32_t *y, int B, double beta,
+                 double *reward, float *dmaps);
+} FinetuneReward;
 
 typedef struct {
     double beta;   // reward weight (default 1)
     double lambda; // anchor weight (default 1e-3 per parameter)
     long eval_n;   // frames the reward is measured on (fixed latents; default 1000)
 } FinetuneConfig;
-
-// The reward: rebuilt from the store at db_path with the features of ckpt's D (the same pool and
-// calibration as the server's learning thread). Fails (err) when the store holds no feedback.
-typedef struct {
-    Learn learn;   // its population learner holds every user's comparisons; its Features the D
-    double *w;     // (F) the population's mean reward weights
-    double r0;     // w . the pool's mean features: the average frame's score
-    float *phi;    // scratch (max_B, F)
-    float *dfeat;  // scratch (max_B, D's feature size)
-    long comparisons;
-    double accuracy; // held-out accuracy of the population's reward model
-} FinetuneReward;
-
-int finetune_reward_init(FinetuneReward *r, const char *ckpt, const char *db_path, char *err,
-                         size_t errlen);
-void finetune_reward_free(FinetuneReward *r);
 
 // Mean reward of G's frames for n fixed latents (seed 7; the same for every model, so two models
 // are compared frame for frame). Returns 0 or a negative code.

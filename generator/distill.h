@@ -11,10 +11,10 @@
 // the idea; pixel plus feature matching as in Aguinaldo et al. 2019, "Compressing GANs using
 // knowledge distillation"). The student has the teacher's z, classes and image shape and a smaller
 // width (`ch`), so it can be served in the teacher's place.
-#ifndef SERVER_DISTILL_H
-#define SERVER_DISTILL_H
+#ifndef GENERATOR_DISTILL_H
+#define GENERATOR_DISTILL_H
 
-#include "env/fmnist.h"
+#include "generator/data/fmnist.h"
 #include "generator/gan.h"
 #include "generator/train_device.h"
 

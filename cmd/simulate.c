@@ -1,6 +1,5 @@
-// cli_simulate.c — `steer simulate`: simulated users steer generation, in-process or through a
+// simulate.c — `steer simulate`: simulated users steer generation, in-process or through a
 // running server, against the random and evolution baselines (env/simulate.h).
-#include "env/cli_simulate.h"
 
 #include <getopt.h>
 #include <limits.h>
@@ -10,7 +9,9 @@
 #include <string.h>
 
 #include "env/simulate.h"
-#include "generator/cli.h"
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
 #include "kernels/kernels.h"
 
 static int cmp_long(const void *a, const void *b) {
@@ -38,7 +39,7 @@ static void usage(void) {
         "  --json           one JSON object per method on stdout\n");
 }
 
-int cli_simulate(int argc, char **argv) {
+int cmd_simulate(int argc, char **argv) {
     const char *model = "models/fmnist32c.safetensors", *eval = "models/fmnist-eval.safetensors";
     const char *method = "all", *pref = "class", *server = NULL;
     long cls = -1, users = 3, budget = 100, population = 8, pool = 2048, seed = 1;
@@ -55,12 +56,12 @@ int cli_simulate(int argc, char **argv) {
         switch (o) {
         case 'm': method = optarg; break;
         case 'p': pref = optarg; break;
-        case 'k': if (cli_parse_long("simulate", optarg, 0, 9, "--class", &cls)) return 2; break;
-        case 'u': if (cli_parse_long("simulate", optarg, 1, 10000, "--users", &users)) return 2; break;
-        case 'b': if (cli_parse_long("simulate", optarg, 1, 100000, "--budget", &budget)) return 2; break;
-        case 'P': if (cli_parse_long("simulate", optarg, 2, 1000, "--population", &population)) return 2; break;
-        case 'o': if (cli_parse_long("simulate", optarg, 64, 65536, "--pool", &pool)) return 2; break;
-        case 's': if (cli_parse_long("simulate", optarg, 0, 1L << 40, "--seed", &seed)) return 2; break;
+        case 'k': if (args_long("simulate", optarg, 0, 9, "--class", &cls)) return 2; break;
+        case 'u': if (args_long("simulate", optarg, 1, 10000, "--users", &users)) return 2; break;
+        case 'b': if (args_long("simulate", optarg, 1, 100000, "--budget", &budget)) return 2; break;
+        case 'P': if (args_long("simulate", optarg, 2, 1000, "--population", &population)) return 2; break;
+        case 'o': if (args_long("simulate", optarg, 64, 65536, "--pool", &pool)) return 2; break;
+        case 's': if (args_long("simulate", optarg, 0, 1L << 40, "--seed", &seed)) return 2; break;
         case 'M': model = optarg; break;
         case 'e': eval = optarg; break;
         case 'S': server = optarg; break;
@@ -97,14 +98,14 @@ int cli_simulate(int argc, char **argv) {
     }
     char err[512];
     SimWorld w;
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     if (sim_world_init(&w, model, eval, pool, (uint64_t)seed ^ 0x51a7ull, err, sizeof err)) {
         fprintf(stderr, "steer simulate: %s\n", err);
         sim_world_free(&w);
         return 1;
     }
     if (!json)
-        fprintf(stderr, "steer simulate: pool of %ld frames ready in %.1f s\n", pool, cli_now_s() - t0);
+        fprintf(stderr, "steer simulate: pool of %ld frames ready in %.1f s\n", pool, clock_now_s() - t0);
     // the users: (class, seed) pairs
     long n_users = kind == SIMUSER_LIKES_CLASS ? (cls >= 0 ? users : 10 * users) : users;
     long *events = malloc((size_t)n_users * sizeof(long));

@@ -1,12 +1,12 @@
 // wsclient.c — the blocking steer.v1 client of wsclient.h.
-#include "server/wsclient.h"
+#include "env/wsclient.h"
 
 #include <libwebsockets.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "generator/cli.h"
+#include "util/clock.h"
 
 
 static int wsc_callback(struct lws *wsi, enum lws_callback_reasons reason, void *user, void *in,
@@ -102,9 +102,9 @@ int wsc_open(Wsc *c, const char *url, double timeout_s, char *err, size_t errlen
     cc.ietf_version_or_minus_one = -1;
     cc.opaque_user_data = c;
     cc.pwsi = &c->wsi;
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     if (!lws_client_connect_via_info(&cc)) c->state = 2;
-    while (c->state == 0 && cli_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
+    while (c->state == 0 && clock_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
     if (c->state != 1) {
         snprintf(err, errlen, "cannot connect to %s", url);
         return -1;
@@ -115,8 +115,8 @@ int wsc_open(Wsc *c, const char *url, double timeout_s, char *err, size_t errlen
 // Sends one msgpack message (packed into c->tx) and waits until it is written.
 int wsc_flush(Wsc *c) {
     lws_callback_on_writable(c->wsi);
-    double t0 = cli_now_s();
-    while (c->tx_len && c->state == 1 && cli_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
+    double t0 = clock_now_s();
+    while (c->tx_len && c->state == 1 && clock_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
     return c->tx_len || c->state != 1 ? -1 : 0;
 }
 
@@ -130,8 +130,8 @@ int wsc_write(void *data, const char *buf, size_t len) {
 
 // The next message, or NULL after c->timeout_s or a closed connection. Free it.
 WscMsg *wsc_recv(Wsc *c) {
-    double t0 = cli_now_s();
-    while (!c->head && c->state == 1 && cli_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
+    double t0 = clock_now_s();
+    while (!c->head && c->state == 1 && clock_now_s() - t0 < c->timeout_s) lws_service(c->ctx, 50);
     WscMsg *m = c->head;
     if (m) {
         c->head = m->next;

@@ -6,8 +6,8 @@
 //
 // Dataset is the in-memory form every image dataset in steer takes; it is owned by the caller's
 // struct and released by dataset_free.
-#ifndef ENV_FMNIST_H
-#define ENV_FMNIST_H
+#ifndef GENERATOR_DATA_FMNIST_H
+#define GENERATOR_DATA_FMNIST_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,11 +1,13 @@
 // pngdir.c — a folder of PNGs as a dataset, and dataset subsets (pngdir.h).
-#include "env/pngdir.h"
+#include "generator/data/pngdir.h"
 
 #include <dirent.h>
+#include <limits.h>
 #include <png.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 static int by_name(const void *a, const void *b) {
     return strcmp(*(char *const *)a, *(char *const *)b);
@@ -156,4 +158,19 @@ int dataset_subset(Dataset *d, const int *classes, int n_cls, long limit, char *
     }
     d->n = (int)m;
     return 0;
+}
+
+int dataset_is_fmnist(const char *dir) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/train-images-idx3-ubyte.gz", dir);
+    return access(p, R_OK) == 0;
+}
+
+int dataset_load(Dataset *d, const char *dir, int train, int c, int h, int w, const int *classes,
+                 int n_cls, long limit, char *err, size_t errlen) {
+    int rc = dataset_is_fmnist(dir) ? fmnist_load(d, dir, train, err, errlen)
+                                    : pngdir_load(d, dir, c, h, w, 0, err, errlen);
+    if (!rc && (n_cls || (train && limit > 0)))
+        rc = dataset_subset(d, classes, n_cls, train ? limit : 0, err, errlen);
+    return rc;
 }

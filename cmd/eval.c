@@ -1,12 +1,12 @@
-// cli_eval.c — `steer eval` (Fréchet distance and class histogram of generated images, against
+// eval.c — `steer eval` (Fréchet distance and class histogram of generated images, against
 // the Fashion-MNIST test set) and `steer train-eval` (trains the evaluator those use).
 //
 // Argument parsing, the training loop's schedule (shuffling, cosine learning rate),
 // progress lines and files. No model math: the net is classifier.c, the distance fid.c.
 // Definitions and the exact commands are in docs/eval.md.
-#include "generator/cli_eval.h"
-
-#include "generator/cli.h"
+#include "cmd/args.h"
+#include "cmd/commands.h"
+#include "util/clock.h"
 
 #include <errno.h>
 #include <getopt.h>
@@ -19,8 +19,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "env/fmnist.h"
-#include "env/imageio.h"
+#include "generator/data/fmnist.h"
+#include "generator/data/imageio.h"
 #include "generator/classifier.h"
 #include "generator/fid.h"
 #include "generator/gan.h"
@@ -36,33 +36,6 @@
 #define EVAL_RANGE_SLACK 1e-3f // samples may overshoot [-1, 1] by this much (rounding)
 
 static const long IMG = (long)CLASSIFIER_IMG * CLASSIFIER_IMG; // floats per image (1x32x32)
-
-// The last case of both commands' option switch: 'h' (--help) prints the usage on stdout and
-// exits 0; anything else is an option getopt has already complained of, so the usage goes to
-// stderr and the exit status is 2.
-static int usage_exit(void (*usage)(FILE *), int opt) {
-    usage(opt == 'h' ? stdout : stderr);
-    return opt == 'h' ? 0 : 2;
-}
-
-// After the options: prints why and returns -1 if a non-option argument is left, else 0.
-static int extra_argument(const char *cmd, int argc, char **argv) {
-    if (optind < argc) {
-        fprintf(stderr, "steer %s: unexpected argument '%s' (see --help)\n", cmd, argv[optind]);
-        return -1;
-    }
-    return 0;
-}
-
-static void format_duration(char *out, size_t len, double s) {
-    if (s < 0 || s > 1e8)
-        s = 0;
-    long t = (long)(s + 0.5);
-    if (t >= 3600)
-        snprintf(out, len, "%ldh%02ldm", t / 3600, t / 60 % 60);
-    else
-        snprintf(out, len, "%ldm%02lds", t / 60, t % 60);
-}
 
 // Loads the Fashion-MNIST train or test set, with the loader's message on failure.
 static int load_fmnist(Dataset *d, const char *dir, int train, const char *cmd) {
@@ -119,7 +92,7 @@ static int check_writable(const char *path) {
     return 0;
 }
 
-int cli_train_eval(int argc, char **argv) {
+int cmd_train_eval(int argc, char **argv) {
     const char *cmd = "train-eval", *out = EVAL_MODEL_DEFAULT, *data_dir = FMNIST_DIR;
     long epochs = 3, iters = 0, seed = 1, batch = 128;
     float lr = 2e-3f;
@@ -132,23 +105,23 @@ int cli_train_eval(int argc, char **argv) {
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'e':
-            if (cli_parse_long(cmd, optarg, 1, 1000, "--epochs", &epochs))
+            if (args_long(cmd, optarg, 1, 1000, "--epochs", &epochs))
                 return 2;
             break;
         case 'i':
-            if (cli_parse_long(cmd, optarg, 1, 100000000, "--iters", &iters))
+            if (args_long(cmd, optarg, 1, 100000000, "--iters", &iters))
                 return 2;
             break;
         case 's':
-            if (cli_parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
+            if (args_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
                 return 2;
             break;
         case 'l':
-            if (cli_parse_float(cmd, optarg, 1e-7, 1, "--lr", &lr))
+            if (args_float(cmd, optarg, 1e-7, 1, "--lr", &lr))
                 return 2;
             break;
         case 'b':
-            if (cli_parse_long(cmd, optarg, 1, 4096, "--batch", &batch))
+            if (args_long(cmd, optarg, 1, 4096, "--batch", &batch))
                 return 2;
             break;
         case 'o':
@@ -159,10 +132,10 @@ int cli_train_eval(int argc, char **argv) {
             break;
         case 'h':
         default:
-            return usage_exit(train_usage, o);
+            return args_usage_exit(train_usage, o);
         }
     }
-    if (extra_argument(cmd, argc, argv))
+    if (args_none_left(cmd, argc, argv))
         return 2;
     if (check_writable(out))
         return 1;
@@ -205,7 +178,7 @@ int cli_train_eval(int argc, char **argv) {
             "seed %ld\n",
             train.n, B, total, (double)total / steps_per_epoch, lr, seed);
 
-    double t0 = cli_now_s(), loss_sum = 0;
+    double t0 = clock_now_s(), loss_sum = 0;
     long seen_sum = 0, right_sum = 0, window = 0;
     const long log_every = 50;
     for (long step = 0; step < total; step++) {
@@ -241,9 +214,9 @@ int cli_train_eval(int argc, char **argv) {
         seen_sum += B;
         window++;
         if ((step + 1) % log_every == 0 || step + 1 == total) {
-            double el = cli_now_s() - t0, ips = (double)(step + 1) * B / el;
+            double el = clock_now_s() - t0, ips = (double)(step + 1) * B / el;
             char eta[32];
-            format_duration(eta, sizeof eta, (double)(total - step - 1) * B / ips);
+            args_duration(eta, sizeof eta, (double)(total - step - 1) * B / ips);
             fprintf(stderr,
                     "step %ld/%ld  epoch %.2f  loss %.4f  train acc %.4f  lr %.2e  %.0f img/s  "
                     "eta %s\n",
@@ -253,13 +226,13 @@ int cli_train_eval(int argc, char **argv) {
             right_sum = seen_sum = window = 0;
         }
     }
-    double train_s = cli_now_s() - t0, acc;
+    double train_s = clock_now_s() - t0, acc;
     if ((rc = test_accuracy(&c, &test, &acc))) {
         fprintf(stderr, "steer train-eval: evaluating: %s\n", kernels_strerror(rc));
         goto done;
     }
     char dur[32];
-    format_duration(dur, sizeof dur, train_s);
+    args_duration(dur, sizeof dur, train_s);
     printf("trained %ld steps in %s (%.1f s)\n", total, dur, train_s);
     printf("test accuracy %.4f (%ld of %d)\n", acc, lround(acc * test.n), test.n);
 
@@ -356,7 +329,7 @@ static int sample_checkpoint(const char *path, long n, uint64_t seed, float *ima
         goto done;
     }
     gan_sample_latents(c, seed, n, -1, z, y);
-    double t0 = cli_now_s();
+    double t0 = clock_now_s();
     for (long i = 0; i < n; i += EVAL_G_BATCH) {
         int b = (int)(n - i < EVAL_G_BATCH ? n - i : EVAL_G_BATCH);
         if ((rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b))) {
@@ -366,7 +339,7 @@ static int sample_checkpoint(const char *path, long n, uint64_t seed, float *ima
         memcpy(images + i * IMG, g.img, sizeof(float) * b * IMG);
     }
     fprintf(stderr, "eval: %ld samples from %s (config %s, seed %llu) in %.1f s\n", n, path,
-            c->name, (unsigned long long)seed, cli_now_s() - t0);
+            c->name, (unsigned long long)seed, clock_now_s() - t0);
     status = 0;
 done:
     generator_free(&g);
@@ -454,7 +427,7 @@ static double confident_fraction(const float *conf, long n) {
     return (double)k / n;
 }
 
-int cli_eval(int argc, char **argv) {
+int cmd_eval(int argc, char **argv) {
     const char *cmd = "eval", *ckpt = NULL, *samples = NULL, *model = EVAL_MODEL_DEFAULT,
                *data_dir = FMNIST_DIR;
     long n = 0, seed = 1;
@@ -477,11 +450,11 @@ int cli_eval(int argc, char **argv) {
             halves = 1;
             break;
         case 'n':
-            if (cli_parse_long(cmd, optarg, 2, EVAL_N_MAX, "--n", &n))
+            if (args_long(cmd, optarg, 2, EVAL_N_MAX, "--n", &n))
                 return 2;
             break;
         case 's':
-            if (cli_parse_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
+            if (args_long(cmd, optarg, 0, LONG_MAX, "--seed", &seed))
                 return 2;
             break;
         case 'm':
@@ -492,10 +465,10 @@ int cli_eval(int argc, char **argv) {
             break;
         case 'h':
         default:
-            return usage_exit(eval_usage, o);
+            return args_usage_exit(eval_usage, o);
         }
     }
-    if (extra_argument(cmd, argc, argv))
+    if (args_none_left(cmd, argc, argv))
         return 2;
     if ((ckpt != NULL) + (samples != NULL) + halves != 1) {
         fprintf(stderr, "steer eval: give exactly one of --ckpt, --samples, --test-halves\n");

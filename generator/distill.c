@@ -1,5 +1,5 @@
 // distill.c — teacher-to-student distillation (distill.h).
-#include "server/distill.h"
+#include "generator/distill.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -330,13 +330,9 @@ static int sample_checkpoint(const char *path, long n, uint64_t seed, float *ima
     }
     gan_sample_latents(c, seed, n, -1, z, y);
     double t0 = clock_now_s();
-    for (long i = 0; i < n; i += EVAL_G_BATCH) {
-        int b = (int)(n - i < EVAL_G_BATCH ? n - i : EVAL_G_BATCH);
-        if ((rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b))) {
-            fprintf(stderr, "steer eval: %s: generator: %s\n", path, kernels_strerror(rc));
-            goto done;
-        }
-        memcpy(images + i * IMG, g.img, sizeof(float) * b * IMG);
+    if ((rc = generator_draw(&g, z, c->n_classes ? y : NULL, n, EVAL_G_BATCH, images))) {
+        fprintf(stderr, "steer eval: %s: generator: %s\n", path, kernels_strerror(rc));
+        goto done;
     }
     fprintf(stderr, "eval: %ld samples from %s (config %s, seed %llu) in %.1f s\n", n, path,
             c->name, (unsigned long long)seed, clock_now_s() - t0);

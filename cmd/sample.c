@@ -132,16 +132,11 @@ int cmd_sample(int argc, char **argv) {
     }
     if (by_class && c->n_classes)
         for (long i = 0; i < n; i++) y[i] = (int32_t)((i / cols) % c->n_classes);
-    for (long i = 0; i < n; i += BATCH) {
-        int b = n - i < BATCH ? (int)(n - i) : BATCH;
-        int rc = generator_forward(&g, z + i * c->z_dim, c->n_classes ? y + i : NULL, b);
-        if (rc) {
-            fprintf(stderr, "steer sample: generator: %s\n", kernels_strerror(rc));
-            goto done;
-        }
-        memcpy(x + i * img, g.img, sizeof(float) * b * img);
+    int rc = generator_draw(&g, z, c->n_classes ? y : NULL, n, BATCH, x);
+    if (rc) {
+        fprintf(stderr, "steer sample: generator: %s\n", kernels_strerror(rc));
+        goto done;
     }
-    int rc;
     if (png) {
         rc = image_grid_write_png(out, x, (int)n, c->channels, c->img, c->img, (int)cols, err,
                                   sizeof err);

@@ -1,9 +1,5 @@
-// train.c — `steer train`: argument parsing, progress, files. No model math.
-#include "cmd/args.h"
-#include "cmd/commands.h"
-#include "util/clock.h"
-#include "util/fs.h"
-
+// train.c — `steer train`: options into a TrainSpec, then the one training loop
+// (generator/train.h) with its events printed as progress lines. No model math, no loop here.
 #include <errno.h>
 #include <getopt.h>
 #include <limits.h>
@@ -11,15 +7,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <time.h>
 
+#include "cmd/args.h"
+#include "cmd/commands.h"
 #include "generator/data/fmnist.h"
-#include "generator/data/imageio.h"
 #include "generator/dist.h"
-#include "generator/gan.h"
-#include "generator/train_device.h"
-#include "kernels/kernels.h"
+#include "generator/train.h"
+#include "server/learn.h"
 
 static volatile sig_atomic_t stop_requested;
 static void on_signal(int sig) {
@@ -27,46 +21,17 @@ static void on_signal(int sig) {
     stop_requested = 1;
 }
 
-// Writes a grid of `n` samples of the trainer's G (fixed seed, so grids over time compare).
-static int write_grid(GanTrainer *t, const char *path, int n, char *err, size_t errlen) {
-    const SaganConfig *c = &t->cfg;
-    long img = (long)c->channels * c->img * c->img;
-    float *z = malloc(sizeof(float) * n * c->z_dim), *out = malloc(sizeof(float) * n * img);
-    int32_t *y = malloc(sizeof(int32_t) * n);
-    int rc = -1;
-    if (!z || !out || !y) {
-        snprintf(err, errlen, "out of memory");
-        goto done;
-    }
-    // Conditional: row r (of 10 columns) shows class r % n_classes.
-    gan_sample_latents(c, 12345, n, -1, z, y);
-    if (c->n_classes)
-        for (int i = 0; i < n; i++) y[i] = (i / 10) % c->n_classes;
-    for (int i = 0; i < n; i += t->hp.batch) {
-        int b = n - i < t->hp.batch ? n - i : t->hp.batch;
-        if ((rc = generator_forward(&t->G, z + (long)i * c->z_dim, c->n_classes ? y + i : NULL,
-                                    b))) {
-            snprintf(err, errlen, "generator: %s", kernels_strerror(rc));
-            goto done;
-        }
-        memcpy(out + i * img, t->G.img, sizeof(float) * b * img);
-    }
-    rc = image_grid_write_png(path, out, n, c->channels, c->img, c->img, 10, err, errlen);
-done:
-    free(z);
-    free(out);
-    free(y);
-    return rc;
-}
-
 static void train_usage(FILE *f) {
     fprintf(f,
             "usage: steer train [options]\n"
-            "Trains the SN-GAN on Fashion-MNIST; checkpoints and sample grids go to --ckpt-dir.\n"
+            "Trains the SN-GAN (on Fashion-MNIST unless --data names another folder); checkpoints\n"
+            "and sample grids go to --ckpt-dir. The same run as a job's (docs/jobs.md).\n"
             "  --config NAME      model config: fmnist32c (default), fmnist32, tiny, tinyc\n"
             "  --ch N             override the config's base width (power of two)\n"
             "  --z-dim N          override the config's latent size\n"
-            "  --data DIR         Fashion-MNIST folder (default %s)\n"
+            "  --data DIR         Fashion-MNIST folder (default %s) or a folder of PNGs\n"
+            "  --classes LIST     train on these labels only (comma-separated, e.g. 7,9)\n"
+            "  --limit N          train on the first N images only\n"
             "  --iters N          training iterations (default 20000)\n"
             "  --batch N          batch size (default 64)\n"
             "  --seed S           seed of initialization and of every draw (default 1)\n"
@@ -79,6 +44,13 @@ static void train_usage(FILE *f) {
             "  --log-every N      progress line interval (default 100)\n"
             "  --sample-every N   PNG sample grid interval (default 1000, 0: never)\n"
             "  --out FILE         also write the final checkpoint here\n"
+            "  --init FILE        start from another run's whole state (step 0)\n"
+            "  --teacher FILE     distill this model into a student of width --ch (default half)\n"
+            "  --finetune-store DB  fine-tune --init toward the users' reward in this steer.db\n"
+            "  --eval-n N         FD of N samples at the end (default 0: none; Fashion-MNIST only)\n"
+            "  --eval-every N     also FD every N iterations (with --eval-n)\n"
+            "  --eval-model FILE  the evaluator FD uses (default models/fmnist-eval.safetensors)\n"
+            "  --seconds S        stop (as done) after S seconds of training (default: no limit)\n"
             "  --device D         auto (default: the GPU when this is a CUDA build, a GPU is usable\n"
             "                     and the GPU step covers the run's switches), cpu, cuda\n"
             "  --tf32             let the GPU's convolutions and matrix products use TF32 tensor\n"
@@ -149,7 +121,116 @@ int cmd_train(int argc, char **argv) {
     return rc;
 }
 
+// Comma-separated labels into classes (at most TRAIN_MAX_CLASSES). 0, or -1 (printed).
+static int parse_classes(const char *list, int *classes, int *n) {
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", list);
+    *n = 0;
+    for (char *save = NULL, *tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+        long v;
+        if (*n == TRAIN_MAX_CLASSES) {
+            fprintf(stderr, "steer train: --classes: at most %d labels\n", TRAIN_MAX_CLASSES);
+            return -1;
+        }
+        if (args_long("train", tok, 0, 1000, "--classes", &v)) return -1;
+        classes[(*n)++] = (int)v;
+    }
+    if (!*n) {
+        fprintf(stderr, "steer train: --classes '%s': expected labels such as 7,9\n", list);
+        return -1;
+    }
+    return 0;
+}
+
+// The run's events as steer train prints them: what it trains on stderr, a progress line per
+// --log-every on stdout, and how it ended.
+typedef struct {
+    const TrainSpec *spec;
+    const char *out;
+    char dir[PATH_MAX]; // the run's folder, as STARTED names it
+} Printer;
+
+static void print_hyperparameters(const GanHparams *hp) {
+    // The switches that differ from the defaults, so a log says how the run was trained.
+    GanHparams def;
+    gan_hparams_default(&def);
+    char a[64], b[64], line[1024] = "";
+    size_t used = 0;
+    const char *key;
+    for (int i = 0; (key = gan_hparams_key(i, NULL)); i++) {
+        gan_hparams_get(hp, key, a, sizeof a);
+        gan_hparams_get(&def, key, b, sizeof b);
+        if (strcmp(a, b) && used < sizeof line)
+            used += snprintf(line + used, sizeof line - used, " %s=%s", key, a);
+    }
+    if (used) fprintf(stderr, "hyperparameters:%s\n", line);
+}
+
+static void on_event(void *ctx, const TrainEvent *e) {
+    Printer *p = ctx;
+    const TrainSpec *s = p->spec;
+    const GanHparams *hp = &s->hp;
+    switch (e->kind) {
+    case TRAIN_EVENT_NOTE: fprintf(stderr, "%s\n", e->text); break;
+    case TRAIN_EVENT_STARTED:
+        snprintf(p->dir, sizeof p->dir, "%s", e->path);
+        if (e->resumed) fprintf(stderr, "resumed %s at step %ld\n", s->resume, e->step);
+        fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
+                e->config, e->ch, e->z_dim, e->classes ? "conditional" : "unconditional",
+                e->steps, e->batch, e->path);
+        print_hyperparameters(hp);
+        break;
+    case TRAIN_EVENT_PROGRESS: {
+        char eta[32], extra[160] = "";
+        args_duration(eta, sizeof eta, e->eta_s);
+        size_t k = 0;
+        if (hp->r1_gamma > 0 || hp->gp_lambda > 0 || hp->ortho_beta > 0 || hp->l1_act > 0)
+            k += snprintf(extra, sizeof extra, "  penalty_d %.4f  reg_g %.4f", e->penalty_d,
+                          e->reg_g);
+        if (e->prog)
+            k += snprintf(extra + k, sizeof extra - k, "  res %d alpha %.2f", e->resolution,
+                          e->alpha);
+        if (s->kind == TRAIN_FINETUNE)
+            k += snprintf(extra + k, sizeof extra - k, "  reward %.4f", e->reward);
+        if (s->kind == TRAIN_DISTILL)
+            snprintf(extra + k, sizeof extra - k, "  pixel %.4f  feature %.4f", e->pixel_loss,
+                     e->feature_loss);
+        printf("step %ld/%ld  loss_d %.4f  loss_g %.4f%s  %.0f images/s  eta %s\n", e->step,
+               e->steps, e->loss_d, e->loss_g, extra, e->images_per_s, eta);
+        fflush(stdout);
+        break;
+    }
+    case TRAIN_EVENT_EVAL:
+        printf("eval step %ld  fd %.4f%s%s\n", e->step, e->fd, e->text[0] ? "  " : "", e->text);
+        fflush(stdout);
+        break;
+    case TRAIN_EVENT_CHECKPOINT:
+    case TRAIN_EVENT_SAMPLES: break; // the files speak for themselves
+    case TRAIN_EVENT_STOPPED:
+    case TRAIN_EVENT_DONE:
+        if (e->kind == TRAIN_EVENT_DONE && s->eval_n > 0)
+            printf("fd %.4f (n %ld)\n", e->fd, e->eval_n);
+        if (e->kind == TRAIN_EVENT_DONE && s->kind == TRAIN_FINETUNE)
+            printf("reward %.4f (the model it started from: %.4f)\n", e->reward,
+                   e->parent_reward);
+        if (e->kind == TRAIN_EVENT_DONE && s->kind == TRAIN_DISTILL)
+            printf("student %.0f images/s, teacher %.0f (batch 64); teacher fd %.4f\n",
+                   e->gen_images_per_s, e->parent_gen_images_per_s, e->parent_fd);
+        fprintf(stderr, "%s at step %ld after %.1f s; checkpoint %s/latest.safetensors%s%s\n",
+                e->kind == TRAIN_EVENT_STOPPED ? "stopped" : "done", e->step, e->seconds,
+                p->dir, p->out ? " and " : "", p->out ? p->out : "");
+        break;
+    }
+}
+
 static int train_main(int argc, char **argv, Dist *dist) {
+    TrainSpec spec;
+    train_spec_default(&spec);
+    const char *store = NULL, *eval_model = spec.eval_model;
+    long eval_n = 0, eval_every = 0, limit = 0;
+    float seconds = 0;
+    int classes[TRAIN_MAX_CLASSES], n_classes = 0;
+    const char *init = NULL, *teacher = NULL;
     const char *config = "fmnist32c", *data_dir = FMNIST_DIR, *resume = NULL, *out = NULL;
     char ckpt_dir[PATH_MAX] = "";
     long iters = 20000, seed = 1, save_every = 1000, log_every = 100, sample_every = 1000, v;
@@ -178,7 +259,10 @@ static int train_main(int argc, char **argv, Dist *dist) {
         {"ortho", 1, 0, 258},       {"l1-act", 1, 0, 259},       {"dropout-d", 1, 0, 260},
         {"ema", 1, 0, 261},         {"freeze-d", 1, 0, 262},     {"weight-decay", 1, 0, 263},
         {"no-sn-g", 0, 0, 264},     {"no-sn-d", 0, 0, 265},      {"device", 1, 0, 'V'},
-        {"tf32", 0, 0, 266},        {"bf16", 0, 0, 267},
+        {"tf32", 0, 0, 266},        {"bf16", 0, 0, 267},         {"classes", 1, 0, 268},
+        {"limit", 1, 0, 269},       {"init", 1, 0, 270},         {"teacher", 1, 0, 271},
+        {"finetune-store", 1, 0, 272}, {"eval-n", 1, 0, 273},    {"eval-every", 1, 0, 274},
+        {"eval-model", 1, 0, 275},  {"seconds", 1, 0, 276},
         {0, 0, 0, 0}};
     optind = 1;
     int o;
@@ -245,18 +329,25 @@ static int train_main(int argc, char **argv, Dist *dist) {
                 return 2;
             }
             break;
-        case 266: device_tf32_set(1); break;
-        case 267: device_bf16_set(1, NULL, 0); break; // the device line says if the CPU cannot
+        case 266: spec.tf32 = 1; break;
+        case 267: spec.bf16 = 1; break; // the device line says if the CPU cannot
+        case 268:
+            if (parse_classes(optarg, classes, &n_classes)) return 2;
+            break;
+        case 269: if (args_long("train", optarg, 0, LONG_MAX, "--limit", &limit)) return 2; break;
+        case 270: init = optarg; break;
+        case 271: teacher = optarg; break;
+        case 272: store = optarg; break;
+        case 273: if (args_long("train", optarg, 2, 100000, "--eval-n", &eval_n)) return 2; break;
+        case 274: if (args_long("train", optarg, 0, LONG_MAX, "--eval-every", &eval_every)) return 2; break;
+        case 275: eval_model = optarg; break;
+        case 276: if (args_float("train", optarg, 0, 1e9, "--seconds", &seconds)) return 2; break;
         case 'h': train_usage(stdout); return 0;
         default: train_usage(stderr); return 2;
         }
     }
-    if (optind < argc) {
-        fprintf(stderr, "steer train: unexpected argument '%s'\n", argv[optind]);
-        return 2;
-    }
+    if (args_none_left("train", argc, argv)) return 2;
     char err[1024];
-    GanTrainer t;
     int rc;
     // The settings go over the checkpoint's own hyperparameters when resuming, so a resumed run
     // keeps every technique it was started with unless a flag here changes it.
@@ -273,164 +364,65 @@ static int train_main(int argc, char **argv, Dist *dist) {
         fprintf(stderr, "steer train: %s\n", err);
         return 2;
     }
-    if (resume) {
-        if ((rc = gan_load(&t, resume, &hp, err, sizeof err))) {
-            fprintf(stderr, "steer train: %s\n", err);
-            gan_free(&t);
-            return 1;
-        }
-        fprintf(stderr, "resumed %s at step %ld\n", resume, t.step);
-    } else {
-        SaganConfig cfg;
-        if (sagan_config_lookup(&cfg, config)) {
-            fprintf(stderr, "steer train: unknown config '%s' (try fmnist32c, fmnist32, tiny)\n",
-                    config);
-            return 2;
-        }
-        if (ch) cfg.ch = (int)ch;
-        if (z_dim) cfg.z_dim = (int)z_dim;
-        if (sagan_config_check(&cfg, err, sizeof err)) {
-            fprintf(stderr, "steer train: %s\n", err);
-            return 2;
-        }
-        if (gan_init(&t, &cfg, &hp, (uint64_t)seed)) {
-            fprintf(stderr, "steer train: out of memory building the model\n");
-            gan_free(&t);
-            return 1;
-        }
-    }
-    if (t.hp.batch % dist->size) {
-        fprintf(stderr, "steer train: batch %d does not split over %d processes\n", t.hp.batch,
-                dist->size);
-        gan_free(&t);
+    if (teacher && store) {
+        fprintf(stderr, "steer train: --teacher (distill) and --finetune-store (fine-tune) do not "
+                        "go together\n");
         return 2;
     }
-    t.dp_rank = dist->rank;
-    t.dp_size = dist->size;
-    t.grad_reduce = dist_grad_reduce;
-    t.reduce_ctx = dist;
-    int lead = dist->rank == 0; // logs, samples and checkpoints
-    if (!ckpt_dir[0]) snprintf(ckpt_dir, sizeof ckpt_dir, "runs/%s", t.cfg.name);
-    if (fs_mkdir_p(ckpt_dir)) {
-        fprintf(stderr, "steer train: cannot create %s: %s\n", ckpt_dir, strerror(errno));
-        gan_free(&t);
-        return 1;
-    }
-    Dataset data = {0};
-    if ((rc = fmnist_load(&data, data_dir, 1, err, sizeof err))) {
-        fprintf(stderr, "steer train: %s\n", err);
-        gan_free(&t);
-        return 1;
-    }
-    if (data.c != t.cfg.channels || data.h != t.cfg.img) {
-        fprintf(stderr, "steer train: the data is %dx%dx%d but config %s makes %dx%dx%d\n", data.c,
-                data.h, data.w, t.cfg.name, t.cfg.channels, t.cfg.img, t.cfg.img);
-        dataset_free(&data);
-        gan_free(&t);
+    if (store && !init) {
+        fprintf(stderr, "steer train: --finetune-store needs --init, the model to fine-tune\n");
         return 2;
+    }
+    if (eval_every && !eval_n) {
+        fprintf(stderr, "steer train: --eval-every needs --eval-n\n");
+        return 2;
+    }
+    spec.kind = teacher ? TRAIN_DISTILL : store ? TRAIN_FINETUNE : TRAIN_GAN;
+    spec.resume = resume;
+    spec.init = init;
+    spec.teacher = teacher;
+    spec.parent = teacher; // a student's FD beside its teacher's
+    spec.config = config;
+    spec.ch = (int)ch;
+    spec.z_dim = (int)z_dim;
+    spec.seed = (uint64_t)seed;
+    spec.hp = hp;
+    spec.data = data_dir;
+    memcpy(spec.classes, classes, sizeof classes);
+    spec.n_classes = n_classes;
+    spec.limit = limit;
+    spec.steps = iters;
+    spec.log_every = log_every;
+    spec.save_every = save_every;
+    spec.sample_every = sample_every;
+    spec.eval_every = eval_every;
+    spec.eval_n = eval_n;
+    spec.eval_model = eval_model;
+    spec.seconds = seconds;
+    spec.device = device;
+    spec.dir = ckpt_dir[0] ? ckpt_dir : NULL;
+    spec.final_path = out;
+    spec.final_when_stopped = 1;
+    spec.dist = dist;
+    LearnReward users;
+    FinetuneReward reward;
+    memset(&users, 0, sizeof users);
+    if (store) { // the users' reward, from a server's store
+        if (learn_reward_init(&users, init, store, err, sizeof err)) {
+            fprintf(stderr, "steer train: %s\n", err);
+            learn_reward_free(&users);
+            return 1;
+        }
+        reward = frame_reward_finetune(&users.reward);
+        spec.reward = &reward;
+        fprintf(stderr, "the users' reward: %ld comparisons, held-out accuracy %.3f\n",
+                users.comparisons, users.accuracy);
     }
     signal(SIGINT, on_signal);
     signal(SIGTERM, on_signal);
-    if (lead)
-        fprintf(stderr, "training %s (ch %d, z %d, %s) for %ld iterations, batch %d, into %s\n",
-                t.cfg.name, t.cfg.ch, t.cfg.z_dim,
-                t.cfg.n_classes ? "conditional" : "unconditional", iters, t.hp.batch, ckpt_dir);
-    if (lead && dist->size > 1)
-        fprintf(stderr, "data parallel: %d processes, %d images each per step\n", dist->size,
-                t.hp.batch / dist->size);
-    if (lead) {
-        // The switches that differ from the defaults, so a log says how the run was trained.
-        GanHparams def;
-        gan_hparams_default(&def);
-        char a[64], b[64], line[1024] = "";
-        size_t used = 0;
-        const char *key;
-        for (int i = 0; (key = gan_hparams_key(i, NULL)); i++) {
-            gan_hparams_get(&t.hp, key, a, sizeof a);
-            gan_hparams_get(&def, key, b, sizeof b);
-            if (strcmp(a, b) && used < sizeof line)
-                used += snprintf(line + used, sizeof line - used, " %s=%s", key, a);
-        }
-        if (used) fprintf(stderr, "hyperparameters:%s\n", line);
-    }
-    TrainDevice td;
-    char where[512];
-    train_device_init(&td, device, &t, where, sizeof where);
-    if (lead) fprintf(stderr, "%s\n", where);
-    char path[PATH_MAX + 64], eta[32];
-    double t0 = clock_now_s(), t_log = t0;
-    long start = t.step, log_start = t.step;
-    int status = 0;
-    int stop = 0;
-    while (t.step < iters && !stop) {
-        if ((rc = train_device_step(&td, &t, &data))) {
-            fprintf(stderr, "steer train: step %ld failed: %s\n", t.step, kernels_strerror(rc));
-            status = 1;
-            break;
-        }
-        if (!(t.loss_d == t.loss_d && t.loss_g == t.loss_g)) {
-            fprintf(stderr, "steer train: step %ld: loss is not finite (D %g, G %g)\n", t.step,
-                    t.loss_d, t.loss_g);
-            status = 1;
-            break;
-        }
-        if (t.step % log_every == 0 || t.step == iters) {
-            double now = clock_now_s();
-            double ips = (t.step - log_start) * t.hp.batch / (now - t_log);
-            double done_rate = (t.step - start) / (now - t0);
-            args_duration(eta, sizeof eta, (iters - t.step) / done_rate);
-            char extra[64] = "";
-            if (t.hp.r1_gamma > 0 || t.hp.gp_lambda > 0 || t.hp.ortho_beta > 0 || t.hp.l1_act > 0)
-                snprintf(extra, sizeof extra, "  penalty_d %.4f  reg_g %.4f", t.penalty_d,
-                         t.reg_g);
-            if (t.cfg.prog) {
-                size_t k = strlen(extra);
-                snprintf(extra + k, sizeof extra - k, "  res %d alpha %.2f", 4 << t.level, t.alpha);
-            }
-            printf("step %ld/%ld  loss_d %.4f  loss_g %.4f%s  %.0f images/s  eta %s\n", t.step,
-                   iters, t.loss_d, t.loss_g, extra, ips, eta);
-            fflush(stdout);
-            t_log = now;
-            log_start = t.step;
-        }
-        int sample_now = lead && sample_every && t.step % sample_every == 0;
-        int save_now = lead && save_every && t.step % save_every == 0 && t.step < iters;
-        if ((sample_now || save_now) && (rc = train_device_sync(&td, &t))) {
-            fprintf(stderr, "steer train: step %ld: %s\n", t.step, kernels_strerror(rc));
-            status = 1;
-            sample_now = save_now = 0;
-        }
-        if (sample_now) {
-            snprintf(path, sizeof path, "%s/samples_%07ld.png", ckpt_dir, t.step);
-            if (write_grid(&t, path, 100, err, sizeof err))
-                fprintf(stderr, "steer train: sample grid: %s\n", err);
-        }
-        if (save_now) {
-            snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
-            if (gan_save(&t, path, err, sizeof err)) {
-                fprintf(stderr, "steer train: %s\n", err);
-                status = 1;
-            }
-        }
-        // every process stops at the same step: on a signal any of them got, or the lead's failure
-        stop = dist_any(dist, stop_requested || status) != 0;
-    }
-    snprintf(path, sizeof path, "%s/latest.safetensors", ckpt_dir);
-    if ((rc = train_device_sync(&td, &t))) {
-        fprintf(stderr, "steer train: %s\n", kernels_strerror(rc));
-        status = 1;
-    } else if (!lead) {
-        // the lead saves
-    } else if (gan_save(&t, path, err, sizeof err) || (out && gan_save(&t, out, err, sizeof err))) {
-        fprintf(stderr, "steer train: %s\n", err);
-        status = 1;
-    } else {
-        fprintf(stderr, "%s at step %ld after %.1f s; checkpoint %s%s%s\n",
-                stop_requested ? "stopped" : "done", t.step, clock_now_s() - t0, path,
-                out ? " and " : "", out ? out : "");
-    }
-    train_device_free(&td);
-    dataset_free(&data);
-    gan_free(&t);
-    return status;
+    Printer p = {.spec = &spec, .out = out};
+    rc = train_run(&spec, on_event, &p, &stop_requested, err, sizeof err);
+    if (rc) fprintf(stderr, "steer train: %s\n", err);
+    learn_reward_free(&users);
+    return rc;
 }

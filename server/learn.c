@@ -448,12 +448,7 @@ static int learn_load_fp32(Learn *l, const char *ckpt, uint64_t version, const c
     }
     PolicyPool *p = &l->pool;
     gan_sample_latents(cfg, 0x9001, pool_n, -1, p->z, C ? p->y : NULL);
-    int rc = 0;
-    for (long i = 0; i < pool_n && !rc; i += B) {
-        int b = (int)(pool_n - i < B ? pool_n - i : B);
-        rc = generator_forward(&l->g, p->z + i * Z, C ? p->y + i : NULL, b);
-        if (!rc) memcpy(images + i * img, l->g.img, (size_t)b * img * sizeof(float));
-    }
+    int rc = generator_draw(&l->g, p->z, C ? p->y : NULL, pool_n, B, images);
     if (!rc) rc = features_calibrate(&l->feat, images, C ? p->y : NULL, pool_n);
     if (!rc) rc = features_compute(&l->feat, images, C ? p->y : NULL, pool_n, p->phi);
     free(images);

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 
 #include "tests/check.h"
 
@@ -188,4 +189,40 @@ double *check_bf16_copy(const double *x, long n) {
     for (long i = 0; i < n; i++)
         r[i] = check_bf16_round(x[i]);
     return r;
+}
+
+int check_fmnist_setup(Dataset *data, char *dir, size_t len, const char *prefix) {
+    char err[512];
+    if (fmnist_load(data, FMNIST_DIR, 0, err, sizeof err)) {
+        fprintf(stderr, "%s\n", err);
+        return -1;
+    }
+    return check_tmpdir_make(dir, len, prefix);
+}
+
+int check_fmnist_teardown(Dataset *data, const char *dir) {
+    dataset_free(data);
+    return check_tmpdir_remove(dir);
+}
+
+int check_sh(char *out, size_t len, const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd - 8, fmt, ap);
+    va_end(ap);
+    strcat(cmd, " 2>&1");
+    FILE *p = popen(cmd, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, len - 1, p);
+    out[n] = 0;
+    char sink[4096]; // the rest, so the command never blocks on a full pipe
+    while (fread(sink, 1, sizeof sink, p) > 0) {}
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+const char *check_steer_bin(void) {
+    const char *b = getenv("STEER_BIN");
+    return b && *b ? b : "build/steer";
 }

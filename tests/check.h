@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "generator/data/fmnist.h"
 #include "kernels/rng.h"
 
 // Zeroed memory for bytes (at least one byte, so n = 0 is a valid pointer too); the caller frees
@@ -65,6 +66,18 @@ int check_compare_fd(const char *what, const double *analytic, double *x, long n
 int check_tmpdir_make(char *dir, size_t len, const char *prefix);
 // Removes dir and everything below it (links are removed, not followed). Returns 0 or -1.
 int check_tmpdir_remove(const char *dir);
+
+// The fixture of the training tests: Fashion-MNIST's test split into *data (10,000 images, enough
+// for short runs and quick to load) and a fresh temporary folder as check_tmpdir_make makes it.
+// Returns 0, or -1 after printing why (cmocka then skips the group). The teardown frees both.
+int check_fmnist_setup(Dataset *data, char *dir, size_t len, const char *prefix);
+int check_fmnist_teardown(Dataset *data, const char *dir);
+
+// Runs the shell command made of fmt (stderr joined to stdout, which is captured into out, len
+// bytes, NUL-terminated and cut when longer). Returns its exit status (128 after a signal).
+int check_sh(char *out, size_t len, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+// The steer binary the tests run: $STEER_BIN, else build/steer.
+const char *check_steer_bin(void);
 
 // Writes n bytes of buf to path, created or truncated; fails the running test on any error.
 void check_write_file(const char *path, const void *buf, size_t n);

@@ -23,28 +23,20 @@
 #include "tests/check.h"
 
 static char dir[64];
-static const char *bin = "build/steer";
 static char out[8192];
 
 // Runs `steer ARGS` with stdout and stderr captured into `out`; returns the exit status.
 static int run(const char *fmt, ...) {
-    char args[1024], cmd[2048];
+    char args[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, sizeof out - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return check_sh(out, sizeof out, "%s %s", check_steer_bin(), args);
 }
 
 static int setup(void **state) {
     (void)state;
-    if (getenv("STEER_BIN")) bin = getenv("STEER_BIN");
     if (check_tmpdir_make(dir, sizeof dir, "steer_test_cli")) return -1;
     // One tiny conditional run that every test samples from.
     int rc = run("train --config tinyc --iters 4 --batch 8 --seed 3 --ckpt-dir %s/run "
@@ -146,6 +138,60 @@ static void test_train_outputs(void **state) {
     assert_non_null(strstr(out, "step 5/5"));
 }
 
+// steer train runs the same loop as a job (generator/train.h): any folder of PNGs is data, a
+// class filter and a limit cut Fashion-MNIST, and FD is measured during and at the end.
+static void test_train_data_and_fd(void **state) {
+    (void)state;
+    // four 32x32 gray PNGs: a folder of images is a dataset (no FD: that needs Fashion-MNIST)
+    char png[512];
+    float img[32 * 32];
+    snprintf(png, sizeof png, "mkdir -p %s/pngs", dir);
+    assert_int_equal(check_sh(out, sizeof out, "%s", png), 0);
+    for (int k = 0; k < 4; k++) {
+        for (int i = 0; i < 32 * 32; i++) img[i] = (float)((i * (k + 1)) % 64) / 32.0f - 1;
+        char err[256];
+        snprintf(png, sizeof png, "%s/pngs/%d.png", dir, k);
+        assert_int_equal(image_grid_write_png(png, img, 1, 1, 32, 32, 1, err, sizeof err), 0);
+    }
+    int rc = run("train --config tiny --data %s/pngs --iters 3 --batch 4 --sample-every 0 "
+                 "--eval-n 50 --ckpt-dir %s/png", dir, dir);
+    if (rc) fail_msg("train on PNGs: exit %d:\n%s", rc, out);
+    CHECK_ASSERT_HAS(out, "step 3/3");
+    CHECK_ASSERT_HAS(out, "no FD: FD is measured on Fashion-MNIST only");
+    // one class of Fashion-MNIST, 40 images, FD of that class every 2 steps and at the end
+    rc = run("train --config tiny --classes 7 --limit 40 --iters 4 --batch 4 --log-every 2 "
+             "--sample-every 0 --eval-n 64 --eval-every 2 --ckpt-dir %s/class7%.0s", dir, dir);
+    if (rc) fail_msg("train --classes: exit %d:\n%s", rc, out);
+    CHECK_ASSERT_HAS(out, "eval step 2  fd ");
+    CHECK_ASSERT_HAS(out, "fd ");
+    CHECK_ASSERT_HAS(out, "(n 64)");
+    // --seconds ends the run as done, at the step it reached
+    rc = run("train --config tiny --iters 100000 --batch 4 --seconds 0.5 --sample-every 0 "
+             "--save-every 0 --ckpt-dir %s/budget%.0s", dir, dir);
+    if (rc) fail_msg("train --seconds: exit %d:\n%s", rc, out);
+    CHECK_ASSERT_HAS(out, "done at step ");
+    // bad values are refused before anything trains
+    assert_int_equal(run("train --classes 7,x --ckpt-dir %s/bad%.0s", dir, dir), 2);
+    CHECK_ASSERT_HAS(out, "--classes 'x'");
+    assert_int_equal(run("train --eval-every 5 --ckpt-dir %s/bad%.0s", dir, dir), 2);
+    CHECK_ASSERT_HAS(out, "--eval-every needs --eval-n");
+    assert_int_equal(run("train --finetune-store x.db --ckpt-dir %s/bad%.0s", dir, dir), 2);
+    CHECK_ASSERT_HAS(out, "--finetune-store needs --init");
+    assert_int_equal(run("train --data %s/nothing-here --ckpt-dir %s/bad", dir, dir), 1);
+    CHECK_ASSERT_HAS(out, "no such folder");
+}
+
+// A distillation run from the command line: the student, its speed beside the teacher's.
+static void test_train_distill(void **state) {
+    (void)state;
+    int rc = run("train --teacher %s/tiny.safetensors --ch 8 --iters 2 --batch 8 --sample-every 0 "
+                 "--ckpt-dir %s/student", dir, dir);
+    if (rc) fail_msg("train --teacher: exit %d:\n%s", rc, out);
+    CHECK_ASSERT_HAS(out, "training tinyc (ch 8,");
+    CHECK_ASSERT_HAS(out, "student ");
+    CHECK_ASSERT_HAS(out, " images/s, teacher ");
+}
+
 static void test_sample_deterministic(void **state) {
     (void)state;
     char a[256], b[256];
@@ -240,6 +286,8 @@ int main(void) {
         cmocka_unit_test(test_train_outputs),
         cmocka_unit_test(test_train_device),
         cmocka_unit_test(test_bench_device),
+        cmocka_unit_test(test_train_data_and_fd),
+        cmocka_unit_test(test_train_distill),
         cmocka_unit_test(test_sample_deterministic),
         cmocka_unit_test(test_errors),
     };

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 
 #include "generator/data/fmnist.h"
@@ -33,18 +34,12 @@ static char dir[64];
 
 static int setup(void **state) {
     (void)state;
-    char err[512];
-    if (fmnist_load(&data, FMNIST_DIR, 0, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    return check_tmpdir_make(dir, sizeof dir, "steer_test_dist");
+    return check_fmnist_setup(&data, dir, sizeof dir, "steer_test_dist");
 }
 
 static int teardown(void **state) {
     (void)state;
-    dataset_free(&data);
-    return check_tmpdir_remove(dir);
+    return check_fmnist_teardown(&data, dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -206,22 +201,6 @@ static void test_threads_in_step(void **state) {
 // ---------------------------------------------------------------------------------------------
 // mpirun
 
-static const char *bin = "build/steer";
-
-static int sh(char *out, size_t len, const char *fmt, ...) {
-    char cmd[2048];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(cmd, sizeof cmd, fmt, ap);
-    va_end(ap);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
-}
-
 // mpirun as root (CI's containers) needs OpenMPI's consent; one OpenMP thread per process.
 #define MPIRUN                                                                                     \
     "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 " \
@@ -255,16 +234,16 @@ static int compare_files(const char *pa, const char *pb, const char *suffix, dou
 static void test_mpirun(void **state) {
     (void)state;
     char out[8192];
-    int rc = sh(out, sizeof out, "command -v mpirun");
+    int rc = check_sh(out, sizeof out, "command -v mpirun");
     if (rc) fail_msg("mpirun is missing (make deps installs openmpi-bin)");
     // learning rates 0, three steps: Adam's moments hold the averaged gradients (m: the last
     // step's, v: the sum of their squares)
     const char *args = "train --config tinyc --iters 3 --batch 16 --seed 4 --lr-g 0 --lr-d 0 "
                        "--save-every 0 --sample-every 0 --log-every 1";
-    rc = sh(out, sizeof out, MPIRUN "%s %s --ckpt-dir %s/mpi 2>&1", bin, args, dir);
+    rc = check_sh(out, sizeof out, MPIRUN "%s %s --ckpt-dir %s/mpi", check_steer_bin(), args, dir);
     if (rc) fail_msg("mpirun steer train: exit %d:\n%s", rc, out);
     CHECK_ASSERT_HAS(out, "data parallel: 2 processes, 8 images each per step");
-    rc = sh(out, sizeof out, "OMP_NUM_THREADS=1 %s %s --ckpt-dir %s/one 2>&1", bin, args, dir);
+    rc = check_sh(out, sizeof out, "OMP_NUM_THREADS=1 %s %s --ckpt-dir %s/one", check_steer_bin(), args, dir);
     if (rc) fail_msg("steer train: exit %d:\n%s", rc, out);
     char pa[256], pb[256];
     snprintf(pa, sizeof pa, "%s/mpi/latest.safetensors", dir);
@@ -273,10 +252,52 @@ static void test_mpirun(void **state) {
     bad += compare_files(pa, pb, ".adam_v", 1e-10, 2e-3);
     assert_int_equal(bad, 0);
     // a batch that does not split is refused before any training
-    rc = sh(out, sizeof out, MPIRUN "%s train --config tinyc --iters 1 --batch 15 --ckpt-dir %s/odd 2>&1",
-            bin, dir);
+    rc = check_sh(out, sizeof out, MPIRUN "%s train --config tinyc --iters 1 --batch 15 --ckpt-dir %s/odd",
+            check_steer_bin(), dir);
     assert_int_not_equal(rc, 0);
     CHECK_ASSERT_HAS(out, "batch 15 does not split over 2 processes");
+}
+
+// steer worker runs the same loop as steer train, so a job splits over mpirun's processes too:
+// the same averaged gradients as one worker with the whole batch, rank 0 alone reporting.
+static void test_mpirun_worker(void **state) {
+    (void)state;
+    char out[8192], spec[512], path[256];
+    const char *job = "{\"config\": \"tinyc\", \"steps\": 3, \"batch\": 16, \"seed\": 4, "
+                      "\"save_every\": 0, \"log_every\": 1, \"eval_n\": 0, "
+                      "\"set\": {\"lr_g\": 0, \"lr_d\": 0}}";
+    const char *runs[] = {"mpiw", "onew"};
+    for (int k = 0; k < 2; k++) {
+        snprintf(path, sizeof path, "%s/%s", dir, runs[k]);
+        assert_int_equal(mkdir(path, 0755), 0);
+        snprintf(spec, sizeof spec, "%s/%s/spec.json", dir, runs[k]);
+        check_write_file(spec, job, strlen(job));
+    }
+    int rc = check_sh(out, sizeof out, "{ " MPIRUN "%s worker --dir %s/mpiw >%s/mpiw/messages; }",
+                      check_steer_bin(), dir, dir);
+    if (rc) fail_msg("mpirun steer worker: exit %d:\n%s", rc, out);
+    CHECK_ASSERT_HAS(out, "steer worker: data parallel: 2 processes, 8 images each per step");
+    CHECK_ASSERT_HAS(out, "steer worker: done at step 3");
+    rc = check_sh(out, sizeof out, "{ OMP_NUM_THREADS=1 %s worker --dir %s/onew >%s/onew/messages; }",
+                  check_steer_bin(), dir, dir);
+    if (rc) fail_msg("steer worker: exit %d:\n%s", rc, out);
+    char pa[256], pb[256];
+    snprintf(pa, sizeof pa, "%s/mpiw/final.safetensors", dir);
+    snprintf(pb, sizeof pb, "%s/onew/final.safetensors", dir);
+    int bad = compare_files(pa, pb, ".adam_m", 1e-6, 1e-3);
+    bad += compare_files(pa, pb, ".adam_v", 1e-10, 2e-3);
+    assert_int_equal(bad, 0);
+    // one voice: the two processes' messages are one process's (started, 3 progress, done)
+    size_t na, nb;
+    snprintf(pa, sizeof pa, "%s/mpiw/messages", dir);
+    snprintf(pb, sizeof pb, "%s/onew/messages", dir);
+    uint8_t *a = check_read_file(pa, &na), *b = check_read_file(pb, &nb);
+    int dones = 0;
+    for (size_t i = 0; i + 4 <= na; i++) dones += !memcmp(a + i, "done", 4);
+    assert_int_equal(dones, 1);
+    assert_true(na > 0 && na == nb); // the same messages; the figures in them differ only in time
+    free(a);
+    free(b);
 }
 
 int main(void) {
@@ -284,6 +305,7 @@ int main(void) {
         cmocka_unit_test(test_threads_gradients),
         cmocka_unit_test(test_threads_in_step),
         cmocka_unit_test(test_mpirun),
+        cmocka_unit_test(test_mpirun_worker),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

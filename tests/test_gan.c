@@ -26,18 +26,12 @@ static char dir[64];
 
 static int setup(void **state) {
     (void)state;
-    char err[512];
-    if (fmnist_load(&data, FMNIST_DIR, 0, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    return check_tmpdir_make(dir, sizeof dir, "steer_test_gan");
+    return check_fmnist_setup(&data, dir, sizeof dir, "steer_test_gan");
 }
 
 static int teardown(void **state) {
     (void)state;
-    dataset_free(&data);
-    return check_tmpdir_remove(dir);
+    return check_fmnist_teardown(&data, dir);
 }
 
 static GanHparams tiny_hp(void) {

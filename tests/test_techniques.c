@@ -34,18 +34,12 @@ static char dir[64];
 
 static int setup(void **state) {
     (void)state;
-    char err[512];
-    if (fmnist_load(&data, FMNIST_DIR, 0, err, sizeof err)) {
-        fprintf(stderr, "%s\n", err);
-        return -1;
-    }
-    return check_tmpdir_make(dir, sizeof dir, "steer_test_techniques");
+    return check_fmnist_setup(&data, dir, sizeof dir, "steer_test_techniques");
 }
 
 static int teardown(void **state) {
     (void)state;
-    dataset_free(&data);
-    return check_tmpdir_remove(dir);
+    return check_fmnist_teardown(&data, dir);
 }
 
 static GanHparams tiny_hp(void) {
@@ -1308,21 +1302,13 @@ static void test_progressive_rgb64(void **state) {
 // ---------------------------------------------------------------------------------------------
 // steer train --set
 
-static const char *bin = "build/steer";
-
 static int run(char *out, size_t len, const char *fmt, ...) {
-    char args[1024], cmd[2048];
+    char args[1024];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
     va_end(ap);
-    snprintf(cmd, sizeof cmd, "%s %s 2>&1", bin, args);
-    FILE *p = popen(cmd, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, len - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+    return check_sh(out, len, "%s %s", check_steer_bin(), args);
 }
 
 static void expect_meta(const char *path, const char *key, const char *want) {
@@ -1336,7 +1322,6 @@ static void expect_meta(const char *path, const char *key, const char *want) {
 
 static void test_cli_set(void **state) {
     (void)state;
-    if (getenv("STEER_BIN")) bin = getenv("STEER_BIN");
     static char out[16384];
     int rc = run(out, sizeof out,
                  "train --config tiny --iters 2 --batch 4 --sample-every 0 --log-every 1 "

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static int by_name(const void *a, const void *b) {
@@ -168,6 +169,12 @@ int dataset_is_fmnist(const char *dir) {
 
 int dataset_load(Dataset *d, const char *dir, int train, int c, int h, int w, const int *classes,
                  int n_cls, long limit, char *err, size_t errlen) {
+    struct stat st;
+    if (!dataset_is_fmnist(dir) && (stat(dir, &st) || !S_ISDIR(st.st_mode))) {
+        snprintf(err, errlen, "%s: no such folder (training data is a folder of Fashion-MNIST's IDX "
+                              "files, from Debian's dataset-fashion-mnist, or a folder of PNGs)", dir);
+        return FMNIST_ENOENT;
+    }
     int rc = dataset_is_fmnist(dir) ? fmnist_load(d, dir, train, err, errlen)
                                     : pngdir_load(d, dir, c, h, w, 0, err, errlen);
     if (!rc && (n_cls || (train && limit > 0)))

@@ -29,7 +29,8 @@ int dataset_is_fmnist(const char *dir);
 // A training run's data: Fashion-MNIST's train (train = 1) or test split when dir holds it, else
 // every PNG of dir at c x h x w (pngdir_load; the same for both splits); then the images whose
 // label is in classes (n_cls of them; 0 = all), and for the train split at most limit (> 0) of
-// them. Returns 0, or a FMNIST_E* code with err set.
+// them. Returns 0, or a FMNIST_E* code with err set (a folder that does not exist: FMNIST_ENOENT,
+// the message saying what a data folder holds).
 int dataset_load(Dataset *d, const char *dir, int train, int c, int h, int w, const int *classes,
                  int n_cls, long limit, char *err, size_t errlen);
 
